@@ -1,0 +1,93 @@
+"""Turn the input flags into a sorted list of sources, each with a unique document id.
+
+Runs on the driver before the pipeline starts: it only lists folders (cheap, even for 100,000
+files); reading and tokenizing happen on the workers. Ids are derived from names, so the same
+inputs give the same ids on any machine; a clash gets ``~2``, ``~3``... in path order.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from transforms.documents import Reject
+from transforms.reading import BOOK_SUFFIXES, display_path, walk_repository
+from transforms.records import RECORD_SUFFIXES
+
+BOOK, REPO, RECORDS = "book", "repo", "records"
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # book | repo | records
+    path: str  # absolute
+    doc_id: str  # document id (records: the prefix of the ids of its rows)
+    name: str  # repository name / file name
+
+
+def _unique(sources: list[Source]) -> list[Source]:
+    seen: dict[str, int] = {}
+    out = []
+    for src in sorted(sources, key=lambda s: (s.doc_id, s.path)):
+        n = seen.get(src.doc_id, 0) + 1
+        seen[src.doc_id] = n
+        out.append(src if n == 1 else Source(src.kind, src.path, f"{src.doc_id}~{n}", src.name))
+    return sorted(out, key=lambda s: s.doc_id)
+
+
+def _book_sources(arg: str, rejects: list[Reject]) -> list[Source]:
+    root = os.path.abspath(arg)
+    if not os.path.isdir(root) or os.path.islink(root):
+        return [Source(BOOK, root, f"book/{Path(root).stem}", Path(root).name)]
+    out = []
+    for item in walk_repository(root):
+        if isinstance(item, Reject):
+            rejects.append(item)
+            continue
+        rel, path = item
+        if os.path.splitext(rel)[1].lower() in BOOK_SUFFIXES:
+            stem = os.path.splitext(display_path(rel))[0]
+            out.append(Source(BOOK, path, f"book/{stem}", os.path.basename(path)))
+        else:
+            rejects.append(Reject(display_path(path), "unsupported_type",
+                                  f"books are {', '.join(BOOK_SUFFIXES)} files"))
+    return out
+
+
+def _repo_source(path: str) -> Source:
+    path = os.path.abspath(path)
+    name = display_path(os.path.basename(path.rstrip("/")))
+    return Source(REPO, path, f"code/{name}", name)
+
+
+def discover(
+    *, books=(), repos=(), repos_root=(), documents=()
+) -> tuple[list[Source], list[Reject]]:
+    """All sources named by the flags, sorted by document id, and the rejects found on the way."""
+    sources: list[Source] = []
+    rejects: list[Reject] = []
+    for arg in books:
+        sources += _book_sources(arg, rejects)
+    for arg in repos:
+        sources.append(_repo_source(arg))
+    for root in repos_root:
+        try:
+            entries = sorted(os.scandir(root), key=lambda e: e.name)
+        except OSError as err:
+            rejects.append(Reject(display_path(root), "unreadable", err.strerror or str(err)))
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                sources.append(_repo_source(entry.path))
+            else:
+                rejects.append(Reject(display_path(entry.path), "not_a_repository",
+                                      "--repos-root holds repositories as folders"))
+    for arg in documents:
+        path = os.path.abspath(arg)
+        if not path.endswith(RECORD_SUFFIXES):
+            rejects.append(Reject(display_path(path), "unsupported_type",
+                                  f"--documents takes {', '.join(RECORD_SUFFIXES)} files"))
+            continue
+        sources.append(Source(RECORDS, path, f"docs/{Path(path).stem}", os.path.basename(path)))
+    return _unique(sources), rejects

@@ -1,0 +1,74 @@
+"""The project's own command-line options (CONTRACTS.md section 1) as Beam PipelineOptions.
+
+Every other flag (``--runner``, ``--direct_num_workers``, Dataflow/Flink/Spark options) passes
+through to Beam unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+
+class UsageError(Exception):
+    """An unusable argument; the message names the flag or path. Exit status 2."""
+
+
+class LongctxOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--books", action="append", default=[], metavar="PATH",
+                            help="a book file (.txt, .md) or a folder searched recursively; repeatable")
+        parser.add_argument("--repos", action="append", default=[], metavar="PATH",
+                            help="one code repository folder; repeatable")
+        parser.add_argument("--repos-root", dest="repos_root", action="append", default=[], metavar="PATH",
+                            help="a folder whose immediate subfolders are repositories; repeatable")
+        parser.add_argument("--documents", action="append", default=[], metavar="PATH",
+                            help="JSONL or Parquet file of ready documents (text, optional id/kind/path); repeatable")
+        parser.add_argument("--tokenizer", default=None, metavar="NAME_OR_PATH",
+                            help="tokenizer.json file, folder with Hugging Face tokenizer files, or Hub id "
+                                 "(default: the bundled Qwen3 tokenizer)")
+        parser.add_argument("--seq-len", dest="seq_len", type=int, default=65536, metavar="TOKENS",
+                            help="target sample length in tokens (default 65536)")
+        parser.add_argument("--overlap", type=int, default=0, metavar="TOKENS",
+                            help="tokens shared by consecutive windows of a document longer than "
+                                 "--seq-len, 0 <= N < seq-len (default 0)")
+        parser.add_argument("--output", default="out", metavar="DIR", help="output folder (default out)")
+        parser.add_argument("--format", dest="shard_format", default="arrow", choices=("arrow", "parquet"),
+                            help="shard file format (default arrow: Arrow IPC stream)")
+        parser.add_argument("--max-file-mb", dest="max_file_mb", type=float, default=32.0, metavar="MB",
+                            help="files larger than this are rejected as too_large (default 32 MiB)")
+        parser.add_argument("--shard-mb", dest="shard_mb", type=float, default=256.0, metavar="MB",
+                            help="target size of the input_ids of one shard (default 256 MiB)")
+        parser.add_argument("--overwrite", action="store_true", default=False,
+                            help="replace a finished output already in --output")
+
+
+def validate(opts: LongctxOptions) -> None:
+    """Check the project's options before any work; raises UsageError naming the flag/path."""
+    if opts.seq_len <= 0:
+        raise UsageError(f"--seq-len must be a positive number of tokens, got {opts.seq_len}")
+    if not 0 <= opts.overlap < opts.seq_len:
+        raise UsageError(
+            f"--overlap must satisfy 0 <= overlap < --seq-len ({opts.seq_len}), got {opts.overlap}"
+        )
+    if opts.max_file_mb <= 0:
+        raise UsageError(f"--max-file-mb must be > 0, got {opts.max_file_mb}")
+    if opts.shard_mb <= 0:
+        raise UsageError(f"--shard-mb must be > 0, got {opts.shard_mb}")
+    for flag, paths in (("--books", opts.books), ("--repos", opts.repos),
+                        ("--repos-root", opts.repos_root), ("--documents", opts.documents)):
+        for path in paths:
+            if not os.path.lexists(path):
+                raise UsageError(f"{flag} {path}: no such file or folder")
+    for path in opts.repos_root:
+        if not os.path.isdir(path):
+            raise UsageError(f"--repos-root {path}: not a folder")
+    out = opts.output
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--output {out}: exists and is not a folder")
+    if os.path.exists(os.path.join(out, "manifest.json")) and not opts.overwrite:
+        raise UsageError(
+            f"--output {out}: holds a finished output (manifest.json); pass --overwrite to replace it"
+        )

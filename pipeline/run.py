@@ -1,0 +1,199 @@
+"""Books and code repositories in, packed Arrow shards out.
+
+    python -m pipeline.run --runner DirectRunner                       # embedded demo corpus
+    python -m pipeline.run --runner DirectRunner \\
+        --books ../shared/data/books --repos ~/src/myrepo \\
+        --tokenizer ../shared/data/tokenizers/qwen3 --seq-len 65536 --output out
+
+Exit status: 0 output complete (rejected inputs are listed in rejects.jsonl), 2 unusable
+arguments (the message names the flag or path), 1 any other failure. Every Beam option passes
+through (``--runner``, ``--direct_running_mode``, ``--direct_num_workers``, Dataflow/Flink/Spark).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections import Counter
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipeline import __version__
+from pipeline.demo import demo_repositories
+from pipeline.discover import discover
+from pipeline.options import LongctxOptions, UsageError, validate
+from pipeline.output import (
+    MANIFEST,
+    prepare_staging,
+    publish,
+    read_json,
+    read_table,
+    read_text,
+)
+from pipeline.report import write_report
+from pipeline.steps import BuildDataset
+from transforms.reading import ReadLimits
+from transforms.tokenize import TokenizerError, load_tokenizer
+
+_LOG = logging.getLogger("longctx")
+
+
+def make_runner(options: PipelineOptions):
+    """``DirectRunner`` without its Prism attempt.
+
+    Beam 2.77's DirectRunner first tries Prism, which downloads a Go binary; offline that fails
+    (after network timeouts) and it falls back to the FnApiRunner. We go to the FnApiRunner
+    directly, exactly as DirectRunner's fallback builds it, so ``--direct_running_mode`` and
+    ``--direct_num_workers`` keep working. Any other ``--runner`` is left to Beam.
+    """
+    runner = options.view_as(StandardOptions).runner
+    if runner not in (None, "DirectRunner", "direct"):
+        return None
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
+    return fn_runner.FnApiRunner(provision_info=info)
+
+
+def effective_config(lc: LongctxOptions, options: PipelineOptions, demo: bool) -> dict:
+    std = options.get_all_options(drop_default=True)
+    return {
+        "books": [os.path.abspath(p) for p in lc.books],
+        "repos": [os.path.abspath(p) for p in lc.repos],
+        "repos_root": [os.path.abspath(p) for p in lc.repos_root],
+        "documents": [os.path.abspath(p) for p in lc.documents],
+        "demo_corpus": demo,
+        "tokenizer": lc.tokenizer,
+        "seq_len": lc.seq_len,
+        "overlap": lc.overlap,
+        "output": lc.output,
+        "format": lc.shard_format,
+        "max_file_mb": lc.max_file_mb,
+        "shard_mb": lc.shard_mb,
+        "overwrite": lc.overwrite,
+        "beam_options": {k: v for k, v in sorted(std.items()) if k not in LONGCTX_DESTS},
+    }
+
+
+LONGCTX_DESTS = {
+    "books", "repos", "repos_root", "documents", "tokenizer", "seq_len", "overlap", "output",
+    "shard_format", "max_file_mb", "shard_mb", "overwrite",
+}
+
+
+def build_manifest(*, lc, config, tok, docs, shard_stats, rejects) -> dict:
+    kinds = docs.column("kind").to_pylist()
+    n_tokens = np.asarray(docs.column("n_tokens"), dtype=np.int64)
+    by_kind_docs = Counter(kinds)
+    by_kind_tokens = Counter()
+    for k, n in zip(kinds, n_tokens.tolist(), strict=True):
+        by_kind_tokens[k] += n
+    samples = sum(s["rows"] for s in shard_stats)
+    tokens = sum(s["tokens"] for s in shard_stats)
+    return {
+        "format_version": 1,
+        "pipeline": {"name": "longctx", "version": __version__},
+        "seq_len": lc.seq_len,
+        "overlap": lc.overlap,
+        "tokenizer": tok.describe(),
+        "config": config,
+        "counts": {
+            "documents": len(kinds),
+            "documents_by_kind": dict(sorted(by_kind_docs.items())),
+            "document_tokens": int(n_tokens.sum()),
+            "document_tokens_by_kind": dict(sorted(by_kind_tokens.items())),
+            "samples": samples,
+            "tokens": tokens,
+            "shards": len(shard_stats),
+            "rejects": len(rejects),
+            "rejects_by_reason": dict(sorted(Counter(r["reason"] for r in rejects).items())),
+        },
+        "fill_rate": round(tokens / (samples * lc.seq_len), 6) if samples else 0.0,
+        "lower_bound_samples": -(-int(n_tokens.sum()) // lc.seq_len),
+        "documents": "documents.arrow",
+        "rejects": "rejects.jsonl",
+        "report": "report/summary.md",
+        "shards": [{k: s[k] for k in ("path", "rows", "tokens", "sha256")} for s in shard_stats],
+    }
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the pipeline; returns the exit status (0 complete, 2 bad arguments, 1 failure)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    options = PipelineOptions(argv)
+    lc = options.view_as(LongctxOptions)
+    try:
+        validate(lc)
+        try:
+            tok = load_tokenizer(lc.tokenizer)
+        except TokenizerError as err:
+            raise UsageError(str(err)) from None
+        demo = not (lc.books or lc.repos or lc.repos_root or lc.documents)
+        repos = demo_repositories() if demo else lc.repos
+        sources, discovery_rejects = discover(
+            books=lc.books, repos=repos, repos_root=lc.repos_root, documents=lc.documents
+        )
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if demo:
+        print(f"No --books/--repos/--repos-root/--documents given: running on the embedded demo "
+              f"corpus ({len(sources)} packages of this Python's standard library as repositories).")
+    started = time.time()
+    out = lc.output
+    try:
+        staging = prepare_staging(out)
+        samples_per_shard = max(1, int(lc.shard_mb * 2**20) // (4 * lc.seq_len))
+        pipeline = beam.Pipeline(runner=make_runner(options), options=options)
+        _ = pipeline | "BuildDataset" >> BuildDataset(
+            sources=sources,
+            discovery_rejects=discovery_rejects,
+            tokenizer_spec=lc.tokenizer,
+            limits=ReadLimits(max_file_bytes=int(lc.max_file_mb * 2**20)),
+            seq_len=lc.seq_len,
+            overlap=lc.overlap,
+            samples_per_shard=samples_per_shard,
+            fmt=lc.shard_format,
+            staging=staging,
+        )
+        result = pipeline.run()
+        result.wait_until_finish()
+        shard_stats = read_json(FileSystems.join(staging, "shards.json"))
+        docs = read_table(FileSystems.join(staging, "documents.arrow"))
+        import json
+
+        rejects = [json.loads(line) for line in read_text(FileSystems.join(staging, "rejects.jsonl")).splitlines()]
+        manifest = build_manifest(lc=lc, config=effective_config(lc, options, demo), tok=tok,
+                                  docs=docs, shard_stats=shard_stats, rejects=rejects)
+        sample_tokens = np.array([t for s in shard_stats for t in s["sample_tokens"]], dtype=np.int64)
+        write_report(FileSystems.join(staging, "report"), manifest=manifest, docs=docs,
+                     sample_tokens=sample_tokens, rejects=rejects)
+        FileSystems.delete([FileSystems.join(staging, "shards.json")])
+        publish(out, staging, manifest)
+    except Exception:
+        _LOG.exception("the pipeline failed; %s holds no finished output", out)
+        return 1
+    c = manifest["counts"]
+    print(f"Wrote {out}/ in {time.time() - started:.1f}s: {c['documents']} documents "
+          f"({c['document_tokens']:,} tokens), {c['samples']} samples of <= {lc.seq_len} tokens "
+          f"in {c['shards']} shard(s), fill rate {manifest['fill_rate']:.4f}, "
+          f"{c['rejects']} rejected inputs (rejects.jsonl).")
+    print(f"Manifest: {os.path.join(out, MANIFEST)}  Report: {os.path.join(out, 'report', 'summary.md')}")
+    return 0
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Column definitions of the output folder (CONTRACTS.md sections 2-3).
+
+A shard row is one training sample of at most ``seq_len`` tokens made of one or more
+*segments*; segment ``i`` holds ``seq_lengths[i]`` tokens cut from document ``doc_ids[i]``
+starting at token offset ``doc_starts[i]``::
+
+    input_ids   [ 11 12 13 | 21 22 | 31 32 33 34 ]     (one sample, seq_len >= 9)
+    seq_lengths [ 3, 2, 4 ]                             sum == len(input_ids)
+    doc_ids     [ "book/a", "code/b", "book/c" ]
+    doc_starts  [ 0, 0, 65532 ]                         offset inside each document
+"""
+
+import pyarrow as pa
+
+SAMPLE_SCHEMA = pa.schema(
+    [
+        pa.field("input_ids", pa.list_(pa.int32()), nullable=False),
+        pa.field("seq_lengths", pa.list_(pa.int32()), nullable=False),
+        pa.field("doc_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("doc_starts", pa.list_(pa.int64()), nullable=False),
+        pa.field("n_tokens", pa.int32(), nullable=False),
+    ]
+)
+
+DOCUMENT_SCHEMA = pa.schema(
+    [
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),  # "book" or "code"
+        pa.field("origin", pa.string(), nullable=False),  # path of the book or repository
+        pa.field("n_tokens", pa.int64(), nullable=False),  # incl. separators and end-of-text
+        pa.field("n_bytes", pa.int64(), nullable=False),  # UTF-8 bytes of the text that was tokenized
+        pa.field("files", pa.list_(pa.string()), nullable=False),  # code: file order in the document
+        pa.field("content_sha256", pa.string(), nullable=False),
+        pa.field("n_segments", pa.int32(), nullable=False),  # pieces the document was cut into
+    ]
+)
+
+# rejects.jsonl: one JSON object per line with exactly these keys.
+REJECT_FIELDS = ("path", "reason", "detail")

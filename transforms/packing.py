@@ -1,0 +1,107 @@
+"""Best-fit-decreasing packing of pieces (<= seq_len tokens) into samples.
+
+Every piece goes whole into one sample, so a document that fits is never split, and a
+sample's segments never interleave. Pieces of exactly ``seq_len`` tokens (full windows) are
+samples of their own. The rest are sorted by length, longest first (ties: document id, then
+offset, so the result is deterministic), and each goes into the open sample with the *least*
+free room that still fits it, or a new sample. BFD uses at most 11/9 OPT + 1 bins; on real
+corpora (many short documents) it lands within a fraction of a percent of the lower bound
+ceil(total tokens / seq_len).
+
+Finding the best open sample is a query on a segment tree over free capacities
+(0..seq_len), O(log seq_len) per piece, never a scan over open samples.
+
+Example, seq_len=10::
+
+    pieces (doc, start, length): a:7  b:5  c:4  d:3  e:1
+    a -> sample 0 (free 3); b -> sample 1 (free 5); c -> sample 1 (free 1, best fit);
+    d -> sample 0 (free 0); e -> sample 1 (free 0)
+    samples: [[a, d], [b, c, e]]
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+from typing import NamedTuple
+
+
+class Piece(NamedTuple):
+    doc_id: str
+    start: int
+    length: int
+
+
+class _CapacityIndex:
+    """Multiset of free capacities in [0, max_cap]; finds the smallest capacity >= x."""
+
+    def __init__(self, max_cap: int):
+        size = 1
+        while size < max_cap + 1:
+            size *= 2
+        self.size = size
+        self.tree = [0] * (2 * size)
+
+    def add(self, cap: int, delta: int) -> None:
+        i = cap + self.size
+        tree = self.tree
+        while i:
+            tree[i] += delta
+            i //= 2
+
+    def first_at_least(self, x: int) -> int:
+        """Smallest stored capacity >= x, or -1 when none."""
+        tree, i = self.tree, x + self.size
+        if tree[i] > 0:
+            return x
+        while i > 1:
+            if i % 2 == 0 and tree[i + 1] > 0:
+                i += 1
+                break
+            i //= 2
+        else:
+            return -1
+        while i < self.size:
+            i = 2 * i if tree[2 * i] > 0 else 2 * i + 1
+        return i - self.size
+
+
+def pack_best_fit(pieces: Sequence[Piece], *, seq_len: int) -> list[list[Piece]]:
+    """Pack pieces into samples of at most ``seq_len`` tokens (best-fit decreasing).
+
+    >>> ps = [Piece("a", 0, 7), Piece("b", 0, 5), Piece("c", 0, 4), Piece("d", 0, 3), Piece("e", 0, 1)]
+    >>> [[p.doc_id for p in s] for s in pack_best_fit(ps, seq_len=10)]
+    [['a', 'd'], ['b', 'c', 'e']]
+    """
+    if seq_len <= 0:
+        raise ValueError(f"seq_len must be > 0, got {seq_len}")
+    for p in pieces:
+        if not 0 < p.length <= seq_len:
+            raise ValueError(
+                f"piece {p.doc_id}@{p.start} has {p.length} tokens; pieces must hold "
+                f"1..seq_len ({seq_len}) tokens: window documents before packing"
+            )
+    order = sorted(pieces, key=lambda p: (-p.length, p.doc_id, p.start))
+    samples: list[list[Piece]] = []
+    free: list[int] = []
+    index = _CapacityIndex(seq_len)
+    by_cap: dict[int, list[int]] = {}  # free capacity -> heap of sample ids (lowest id first)
+    for piece in order:
+        if piece.length == seq_len:
+            samples.append([piece])
+            free.append(0)
+            continue
+        cap = index.first_at_least(piece.length)
+        if cap < 0:
+            sid = len(samples)
+            samples.append([piece])
+            free.append(seq_len - piece.length)
+        else:
+            sid = heapq.heappop(by_cap[cap])
+            index.add(cap, -1)
+            samples[sid].append(piece)
+            free[sid] = cap - piece.length
+        if free[sid] > 0:
+            heapq.heappush(by_cap.setdefault(free[sid], []), sid)
+            index.add(free[sid], +1)
+    return samples

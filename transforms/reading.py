@@ -1,0 +1,156 @@
+"""Reading inputs into :class:`TextDocument` s: books, repository folders, document records.
+
+Readers never follow symbolic links, never read outside the root they were given, and turn
+every file they do not use into a :class:`Reject` with a reason, so nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from transforms.books import gutenberg_title, strip_gutenberg
+from transforms.decode import decode_text
+from transforms.documents import BOOK, CODE, Reject, RejectError, TextDocument
+
+BOOK_SUFFIXES = (".txt", ".md")
+# Directories that hold no hand-written source: version control, caches, vendored and built trees.
+SKIP_DIRS = {
+    ".git": "version-control metadata",
+    ".hg": "version-control metadata",
+    ".svn": "version-control metadata",
+    "__pycache__": "bytecode cache",
+    ".mypy_cache": "tool cache",
+    ".pytest_cache": "tool cache",
+    ".ruff_cache": "tool cache",
+    ".tox": "tool cache",
+    "node_modules": "vendored dependencies",
+    ".venv": "virtualenv",
+    "venv": "virtualenv",
+    ".eggs": "build output",
+}
+# Extensions that are never text; rejected without reading the file.
+BINARY_SUFFIXES = frozenset(
+    ".png .jpg .jpeg .gif .bmp .ico .webp .tif .tiff .pdf .zip .gz .tgz .bz2 .xz .zst .7z .rar "
+    ".tar .jar .war .class .so .dylib .dll .exe .o .a .lib .obj .pyc .pyo .pyd .whl .egg .bin "
+    ".dat .db .sqlite .npy .npz .pt .pth .safetensors .onnx .pkl .pickle .woff .woff2 .ttf .otf "
+    ".eot .mp3 .mp4 .wav .ogg .flac .avi .mov .mkv .webm .wasm".split()
+)
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    max_file_bytes: int = 32 * 1024 * 1024
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """A path as valid UTF-8 text (undecodable bytes in names become U+FFFD)."""
+    return os.fsencode(path).decode("utf-8", "replace")
+
+
+def read_file_text(path: str, limits: ReadLimits) -> tuple[str, str]:
+    """Read and decode one regular file without following a symlink; raises RejectError."""
+    try:
+        st = os.lstat(path)
+    except OSError as err:
+        raise RejectError("unreadable", err.strerror or str(err)) from None
+    if stat.S_ISLNK(st.st_mode):
+        target = os.readlink(path)
+        if not os.path.exists(path):
+            raise RejectError("broken_symlink", f"points to {display_path(target)}")
+        raise RejectError("symlink", f"links are not followed (points to {display_path(target)})")
+    if not stat.S_ISREG(st.st_mode):
+        raise RejectError("not_a_file", "not a regular file")
+    if st.st_size > limits.max_file_bytes:
+        raise RejectError(
+            "too_large", f"{st.st_size} bytes > --max-file-mb {limits.max_file_bytes / 2**20:g}"
+        )
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in BINARY_SUFFIXES:
+        raise RejectError("binary", f"binary file type {suffix}")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as fh:
+            data = fh.read(limits.max_file_bytes + 1)
+    except OSError as err:
+        raise RejectError("unreadable", err.strerror or str(err)) from None
+    if len(data) > limits.max_file_bytes:
+        raise RejectError("too_large", f"grew past --max-file-mb while reading")
+    return decode_text(data)
+
+
+def read_book(path: str, doc_id: str, limits: ReadLimits) -> TextDocument:
+    """One book file -> a document (Gutenberg boilerplate stripped); raises RejectError."""
+    text, _encoding = read_file_text(path, limits)
+    body, _stripped = strip_gutenberg(text)
+    if not body.strip():
+        raise RejectError("empty", "no text left after removing Project Gutenberg boilerplate")
+    title = gutenberg_title(text) or Path(path).stem
+    return TextDocument(doc_id=doc_id, kind=BOOK, origin=display_path(path), texts=[body], title=title)
+
+
+def walk_repository(root: str) -> Iterator[tuple[str, str] | Reject]:
+    """Yield ``(relative_posix_path, absolute_path)`` of candidate files, in path order.
+
+    Skipped directories and entries that cannot be listed come out as :class:`Reject`.
+    Symbolic links (to files or folders) are yielded as files, so that the reader rejects them.
+    """
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        abs_dir = os.path.join(root, rel_dir) if rel_dir else root
+        try:
+            with os.scandir(abs_dir) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as err:
+            yield Reject(display_path(abs_dir), "unreadable", err.strerror or str(err))
+            continue
+        subdirs = []
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if entry.name in SKIP_DIRS:
+                    yield Reject(display_path(entry.path), "skipped_dir", SKIP_DIRS[entry.name])
+                else:
+                    subdirs.append(rel)
+            else:
+                yield rel, entry.path
+        stack.extend(reversed(subdirs))
+
+
+def read_repository(
+    root: str, doc_id: str, name: str, limits: ReadLimits
+) -> tuple[TextDocument | None, list[Reject]]:
+    """A repository folder -> one code document with its files in path order, plus rejects."""
+    files: list[str] = []
+    texts: list[str] = []
+    rejects: list[Reject] = []
+    for item in walk_repository(root):
+        if isinstance(item, Reject):
+            rejects.append(item)
+            continue
+        rel, path = item
+        try:
+            text, _ = read_file_text(path, limits)
+        except RejectError as err:
+            rejects.append(Reject(display_path(path), err.reason, err.detail))
+            continue
+        files.append(display_path(rel))
+        texts.append(text)
+    order = sorted(range(len(files)), key=lambda i: files[i])
+    files = [files[i] for i in order]
+    texts = [texts[i] for i in order]
+    if not files:
+        rejects.append(Reject(display_path(root), "empty", "no readable text file in the repository"))
+        return None, rejects
+    doc = TextDocument(
+        doc_id=doc_id, kind=CODE, origin=display_path(root), texts=texts, files=files, title=name
+    )
+    return doc, rejects

@@ -1,0 +1,48 @@
+"""Assemble packed samples into Arrow tables (the shard rows of schemas.SAMPLE_SCHEMA).
+
+Segments arrive as ``(sample, slot, doc_id, start, tokens)``; rows are built with numpy
+offsets (no per-token Python loop) in sample order, segments in slot order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pyarrow as pa
+
+from schemas.columns import DOCUMENT_SCHEMA, SAMPLE_SCHEMA
+
+Segment = tuple[int, int, str, int, np.ndarray]
+
+
+def build_sample_table(segments: Iterable[Segment]) -> pa.Table:
+    """One Arrow table with a row per sample, sorted by sample index."""
+    segs = sorted(segments, key=lambda s: (s[0], s[1]))
+    if not segs:
+        return SAMPLE_SCHEMA.empty_table()
+    seg_lengths = np.fromiter((s[4].shape[0] for s in segs), dtype=np.int32, count=len(segs))
+    sample_of = np.fromiter((s[0] for s in segs), dtype=np.int64, count=len(segs))
+    # Row boundaries: where the sample index changes.
+    row_starts = np.flatnonzero(np.r_[True, sample_of[1:] != sample_of[:-1]])
+    seg_offsets = np.r_[row_starts, len(segs)].astype(np.int32)
+    tok_cum = np.r_[0, np.cumsum(seg_lengths, dtype=np.int64)]
+    tok_offsets = tok_cum[seg_offsets].astype(np.int32)
+    flat_tokens = np.concatenate([s[4] for s in segs]).astype(np.int32, copy=False)
+    n_tokens = np.diff(tok_offsets).astype(np.int32)
+    arrays = [
+        pa.ListArray.from_arrays(pa.array(tok_offsets), pa.array(flat_tokens, pa.int32())),
+        pa.ListArray.from_arrays(pa.array(seg_offsets), pa.array(seg_lengths, pa.int32())),
+        pa.ListArray.from_arrays(pa.array(seg_offsets), pa.array([s[2] for s in segs], pa.string())),
+        pa.ListArray.from_arrays(
+            pa.array(seg_offsets), pa.array(np.array([s[3] for s in segs], np.int64), pa.int64())
+        ),
+        pa.array(n_tokens, pa.int32()),
+    ]
+    return pa.Table.from_arrays(arrays, schema=SAMPLE_SCHEMA)
+
+
+def build_document_table(rows: Iterable[dict]) -> pa.Table:
+    """documents.arrow: one row per accepted document, sorted by doc_id."""
+    rows = sorted(rows, key=lambda r: r["doc_id"])
+    return pa.Table.from_pylist(rows, schema=DOCUMENT_SCHEMA)

@@ -1,0 +1,222 @@
+"""Tokenizer loading and document encoding.
+
+``load_tokenizer(spec)`` accepts what ``--tokenizer`` accepts: ``None`` (the bundled Qwen3
+tokenizer), a ``tokenizer.json`` file, a folder holding Hugging Face tokenizer files, or a Hub id
+(needs network, or a filled HF cache). Tokenizers never execute code from the model repository
+(no ``trust_remote_code``).
+
+Encoding a document:
+
+- text is cut into chunks of about 64 KiB, each ending after a run of newlines that is followed
+  by a non-space character, and the chunks go through one ``encode_batch`` call (Rust threads).
+  For byte-level BPE tokenizers with GPT-2/Llama-3/Qwen pre-tokenization no pre-token crosses
+  such a cut, so the ids equal those of one ``encode`` of the whole text (tested on a real book);
+- special-token strings *inside* the text (a source file that mentions ``<|endoftext|>``) are
+  encoded as plain text, never as control tokens;
+- a repository becomes ``<|repo_name|>name\\n`` then ``<|file_sep|>path\\ncontent`` per file
+  (the Qwen2.5-Coder repository format) when the tokenizer has those tokens, else plain-text
+  headers; every document ends with the end-of-text token (``<|endoftext|>`` for Qwen3, not the
+  chat ``eos_token`` ``<|im_end|>``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import lzma
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from transforms.documents import CODE, TextDocument
+
+BUNDLED = "bundled:qwen3"
+CHUNK_CHARS = 65536
+# Candidates for the end-of-text token, most specific first: Qwen/GPT-2, Llama 3, Mistral/Llama 2, Gemma.
+END_OF_TEXT_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|end|>")
+_CUT = re.compile(r"\n(?=\S)")
+
+
+class TokenizerError(ValueError):
+    """The ``--tokenizer`` value cannot be loaded or lacks what the pipeline needs."""
+
+
+@dataclass
+class LoadedTokenizer:
+    tokenizer: Tokenizer
+    name: str
+    sha256: str
+    end_of_text: str
+    end_of_text_id: int
+    file_sep_id: int | None
+    repo_name_id: int | None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "vocab_size": self.vocab_size,
+            "sha256": self.sha256,
+            "end_of_text": self.end_of_text,
+            "end_of_text_id": self.end_of_text_id,
+            "file_sep_id": self.file_sep_id,
+            "repo_name_id": self.repo_name_id,
+        }
+
+
+def _bundled_json() -> str:
+    data = resources.files("pipeline").joinpath("assets/qwen3-tokenizer.json.xz").read_bytes()
+    return lzma.decompress(data).decode("utf-8")
+
+
+def _config_eos(folder: Path) -> str | None:
+    cfg = folder / "tokenizer_config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        eos = json.loads(cfg.read_text("utf-8")).get("eos_token")
+    except (OSError, ValueError):
+        return None
+    if isinstance(eos, dict):
+        eos = eos.get("content")
+    return eos if isinstance(eos, str) else None
+
+
+def _from_transformers(spec: str) -> str:
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as err:
+        raise TokenizerError(
+            f"--tokenizer {spec}: no tokenizer.json there, and loading other tokenizer formats "
+            "needs `pip install transformers`"
+        ) from err
+    try:
+        tok = AutoTokenizer.from_pretrained(spec, trust_remote_code=False)
+    except Exception as err:  # transformers raises OSError, ValueError, HF errors...
+        raise TokenizerError(f"--tokenizer {spec}: cannot load it ({err})") from err
+    if not getattr(tok, "is_fast", False):
+        raise TokenizerError(f"--tokenizer {spec}: only fast (tokenizers-backed) tokenizers are supported")
+    return tok.backend_tokenizer.to_str()
+
+
+def load_tokenizer(spec: str | None) -> LoadedTokenizer:
+    """Load ``--tokenizer``; raises :class:`TokenizerError` with a message naming the flag."""
+    eos_hint = None
+    if spec in (None, "", BUNDLED):
+        name, text = BUNDLED, _bundled_json()
+        eos_hint = "<|endoftext|>"
+    else:
+        path = Path(spec).expanduser()
+        name = str(spec)
+        if path.is_file():
+            text = path.read_text("utf-8")
+            eos_hint = _config_eos(path.parent)
+        elif path.is_dir():
+            if (path / "tokenizer.json").is_file():
+                text = (path / "tokenizer.json").read_text("utf-8")
+            else:
+                text = _from_transformers(str(path))
+            eos_hint = _config_eos(path)
+        elif path.exists() or "/" not in spec.strip("/") and spec.startswith((".", "/", "~")):
+            raise TokenizerError(f"--tokenizer {spec}: not a tokenizer.json file or folder")
+        elif spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+            text = _from_transformers(spec)  # a Hub id such as Qwen/Qwen3-8B
+        else:
+            raise TokenizerError(
+                f"--tokenizer {spec}: no such file or folder, and not a Hub id (owner/name)"
+            )
+    try:
+        tokenizer = Tokenizer.from_str(text)
+    except Exception as err:
+        raise TokenizerError(f"--tokenizer {spec}: not a valid tokenizer.json ({err})") from err
+    tokenizer.encode_special_tokens = True  # text that spells a special token stays text
+    eos = None
+    for cand in END_OF_TEXT_CANDIDATES:
+        if tokenizer.token_to_id(cand) is not None:
+            eos = cand
+            break
+    if eos is None and eos_hint and tokenizer.token_to_id(eos_hint) is not None:
+        eos = eos_hint
+    if eos is None:
+        raise TokenizerError(
+            f"--tokenizer {spec}: no end-of-text token found (looked for "
+            f"{', '.join(END_OF_TEXT_CANDIDATES)} and tokenizer_config.json's eos_token)"
+        )
+    return LoadedTokenizer(
+        tokenizer=tokenizer,
+        name=name,
+        sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        end_of_text=eos,
+        end_of_text_id=tokenizer.token_to_id(eos),
+        file_sep_id=tokenizer.token_to_id("<|file_sep|>"),
+        repo_name_id=tokenizer.token_to_id("<|repo_name|>"),
+    )
+
+
+def chunk_text(text: str, chunk_chars: int = CHUNK_CHARS) -> list[str]:
+    """Cut text into pieces of about ``chunk_chars`` at a newline followed by non-space.
+
+    >>> chunk_text("aa\\nbb\\ncc", 3)
+    ['aa\\n', 'bb\\n', 'cc']
+    """
+    if len(text) <= chunk_chars:
+        return [text]
+    chunks, pos = [], 0
+    while len(text) - pos > chunk_chars:
+        match = _CUT.search(text, pos + chunk_chars)
+        if match is None:
+            break
+        chunks.append(text[pos : match.end()])
+        pos = match.end()
+    chunks.append(text[pos:])
+    return chunks
+
+
+def document_parts(doc: TextDocument, tok: LoadedTokenizer) -> list[int | str]:
+    """The document as a sequence of special-token ids and text, before encoding."""
+    parts: list[int | str] = []
+    if doc.kind == CODE:
+        if tok.repo_name_id is not None:
+            parts += [tok.repo_name_id, f"{doc.title}\n"]
+        else:
+            parts.append(f"Repository: {doc.title}\n")
+        for path, text in zip(doc.files, doc.texts, strict=True):
+            body = text if text.endswith("\n") else text + "\n"
+            if tok.file_sep_id is not None:
+                parts += [tok.file_sep_id, f"{path}\n{body}"]
+            else:
+                parts.append(f"\n### File: {path}\n{body}")
+    else:
+        parts.extend(doc.texts)
+    parts.append(tok.end_of_text_id)
+    return parts
+
+
+def encode_document(doc: TextDocument, tok: LoadedTokenizer) -> np.ndarray:
+    """Token ids of a whole document (int32), separators and end-of-text included."""
+    parts = document_parts(doc, tok)
+    texts: list[str] = []
+    layout: list[int | tuple[int, int]] = []  # special id, or (first, count) into texts
+    for part in parts:
+        if isinstance(part, int):
+            layout.append(part)
+        else:
+            chunks = chunk_text(part)
+            layout.append((len(texts), len(chunks)))
+            texts.extend(chunks)
+    encoded = tok.tokenizer.encode_batch_fast(texts, add_special_tokens=False) if texts else []
+    arrays = []
+    for item in layout:
+        if isinstance(item, int):
+            arrays.append(np.array([item], dtype=np.int32))
+        else:
+            first, count = item
+            arrays.extend(np.asarray(e.ids, dtype=np.int32) for e in encoded[first : first + count])
+    return np.concatenate(arrays) if arrays else np.zeros(0, np.int32)
