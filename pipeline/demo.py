@@ -11,9 +11,27 @@ import os
 import sysconfig
 
 DEMO_PACKAGES = (
-    "asyncio", "collections", "concurrent", "ctypes", "email", "encodings", "ensurepip", "http",
-    "importlib", "json", "logging", "multiprocessing", "pydoc_data", "re", "sqlite3", "tomllib",
-    "unittest", "urllib", "wsgiref", "xml", "zoneinfo",
+    "asyncio",
+    "collections",
+    "concurrent",
+    "ctypes",
+    "email",
+    "encodings",
+    "ensurepip",
+    "http",
+    "importlib",
+    "json",
+    "logging",
+    "multiprocessing",
+    "pydoc_data",
+    "re",
+    "sqlite3",
+    "tomllib",
+    "unittest",
+    "urllib",
+    "wsgiref",
+    "xml",
+    "zoneinfo",
 )
 
 

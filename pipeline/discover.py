@@ -50,8 +50,13 @@ def _book_sources(arg: str, rejects: list[Reject]) -> list[Source]:
             stem = os.path.splitext(display_path(rel))[0]
             out.append(Source(BOOK, path, f"book/{stem}", os.path.basename(path)))
         else:
-            rejects.append(Reject(display_path(path), "unsupported_type",
-                                  f"books are {', '.join(BOOK_SUFFIXES)} files"))
+            rejects.append(
+                Reject(
+                    display_path(path),
+                    "unsupported_type",
+                    f"books are {', '.join(BOOK_SUFFIXES)} files",
+                )
+            )
     return out
 
 
@@ -81,13 +86,23 @@ def discover(
             if entry.is_dir(follow_symlinks=False):
                 sources.append(_repo_source(entry.path))
             else:
-                rejects.append(Reject(display_path(entry.path), "not_a_repository",
-                                      "--repos-root holds repositories as folders"))
+                rejects.append(
+                    Reject(
+                        display_path(entry.path),
+                        "not_a_repository",
+                        "--repos-root holds repositories as folders",
+                    )
+                )
     for arg in documents:
         path = os.path.abspath(arg)
         if not path.endswith(RECORD_SUFFIXES):
-            rejects.append(Reject(display_path(path), "unsupported_type",
-                                  f"--documents takes {', '.join(RECORD_SUFFIXES)} files"))
+            rejects.append(
+                Reject(
+                    display_path(path),
+                    "unsupported_type",
+                    f"--documents takes {', '.join(RECORD_SUFFIXES)} files",
+                )
+            )
             continue
         sources.append(Source(RECORDS, path, f"docs/{Path(path).stem}", os.path.basename(path)))
     return _unique(sources), rejects

@@ -18,31 +18,90 @@ class UsageError(Exception):
 class LongctxOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--books", action="append", default=[], metavar="PATH",
-                            help="a book file (.txt, .md) or a folder searched recursively; repeatable")
-        parser.add_argument("--repos", action="append", default=[], metavar="PATH",
-                            help="one code repository folder; repeatable")
-        parser.add_argument("--repos-root", dest="repos_root", action="append", default=[], metavar="PATH",
-                            help="a folder whose immediate subfolders are repositories; repeatable")
-        parser.add_argument("--documents", action="append", default=[], metavar="PATH",
-                            help="JSONL or Parquet file of ready documents (text, optional id/kind/path); repeatable")
-        parser.add_argument("--tokenizer", default=None, metavar="NAME_OR_PATH",
-                            help="tokenizer.json file, folder with Hugging Face tokenizer files, or Hub id "
-                                 "(default: the bundled Qwen3 tokenizer)")
-        parser.add_argument("--seq-len", dest="seq_len", type=int, default=65536, metavar="TOKENS",
-                            help="target sample length in tokens (default 65536)")
-        parser.add_argument("--overlap", type=int, default=0, metavar="TOKENS",
-                            help="tokens shared by consecutive windows of a document longer than "
-                                 "--seq-len, 0 <= N < seq-len (default 0)")
-        parser.add_argument("--output", default="out", metavar="DIR", help="output folder (default out)")
-        parser.add_argument("--format", dest="shard_format", default="arrow", choices=("arrow", "parquet"),
-                            help="shard file format (default arrow: Arrow IPC stream)")
-        parser.add_argument("--max-file-mb", dest="max_file_mb", type=float, default=32.0, metavar="MB",
-                            help="files larger than this are rejected as too_large (default 32 MiB)")
-        parser.add_argument("--shard-mb", dest="shard_mb", type=float, default=256.0, metavar="MB",
-                            help="target size of the input_ids of one shard (default 256 MiB)")
-        parser.add_argument("--overwrite", action="store_true", default=False,
-                            help="replace a finished output already in --output")
+        parser.add_argument(
+            "--books",
+            action="append",
+            default=[],
+            metavar="PATH",
+            help="a book file (.txt, .md) or a folder searched recursively; repeatable",
+        )
+        parser.add_argument(
+            "--repos",
+            action="append",
+            default=[],
+            metavar="PATH",
+            help="one code repository folder; repeatable",
+        )
+        parser.add_argument(
+            "--repos-root",
+            dest="repos_root",
+            action="append",
+            default=[],
+            metavar="PATH",
+            help="a folder whose immediate subfolders are repositories; repeatable",
+        )
+        parser.add_argument(
+            "--documents",
+            action="append",
+            default=[],
+            metavar="PATH",
+            help="JSONL or Parquet file of ready documents (text, optional id/kind/path); repeatable",
+        )
+        parser.add_argument(
+            "--tokenizer",
+            default=None,
+            metavar="NAME_OR_PATH",
+            help="tokenizer.json file, folder with Hugging Face tokenizer files, or Hub id "
+            "(default: the bundled Qwen3 tokenizer)",
+        )
+        parser.add_argument(
+            "--seq-len",
+            dest="seq_len",
+            type=int,
+            default=65536,
+            metavar="TOKENS",
+            help="target sample length in tokens (default 65536)",
+        )
+        parser.add_argument(
+            "--overlap",
+            type=int,
+            default=0,
+            metavar="TOKENS",
+            help="tokens shared by consecutive windows of a document longer than "
+            "--seq-len, 0 <= N < seq-len (default 0)",
+        )
+        parser.add_argument(
+            "--output", default="out", metavar="DIR", help="output folder (default out)"
+        )
+        parser.add_argument(
+            "--format",
+            dest="shard_format",
+            default="arrow",
+            choices=("arrow", "parquet"),
+            help="shard file format (default arrow: Arrow IPC stream)",
+        )
+        parser.add_argument(
+            "--max-file-mb",
+            dest="max_file_mb",
+            type=float,
+            default=32.0,
+            metavar="MB",
+            help="files larger than this are rejected as too_large (default 32 MiB)",
+        )
+        parser.add_argument(
+            "--shard-mb",
+            dest="shard_mb",
+            type=float,
+            default=256.0,
+            metavar="MB",
+            help="target size of the input_ids of one shard (default 256 MiB)",
+        )
+        parser.add_argument(
+            "--overwrite",
+            action="store_true",
+            default=False,
+            help="replace a finished output already in --output",
+        )
 
 
 def validate(opts: LongctxOptions) -> None:
@@ -57,8 +116,12 @@ def validate(opts: LongctxOptions) -> None:
         raise UsageError(f"--max-file-mb must be > 0, got {opts.max_file_mb}")
     if opts.shard_mb <= 0:
         raise UsageError(f"--shard-mb must be > 0, got {opts.shard_mb}")
-    for flag, paths in (("--books", opts.books), ("--repos", opts.repos),
-                        ("--repos-root", opts.repos_root), ("--documents", opts.documents)):
+    for flag, paths in (
+        ("--books", opts.books),
+        ("--repos", opts.repos),
+        ("--repos-root", opts.repos_root),
+        ("--documents", opts.documents),
+    ):
         for path in paths:
             if not os.path.lexists(path):
                 raise UsageError(f"{flag} {path}: no such file or folder")

@@ -58,8 +58,14 @@ def _plots(docs: pa.Table, sample_tokens: np.ndarray, seq_len: int) -> dict[str,
     return out
 
 
-def write_report(report_dir: str, *, manifest: dict, docs: pa.Table, sample_tokens: np.ndarray,
-                 rejects: list[dict]) -> None:
+def write_report(
+    report_dir: str,
+    *,
+    manifest: dict,
+    docs: pa.Table,
+    sample_tokens: np.ndarray,
+    rejects: list[dict],
+) -> None:
     seq_len = manifest["seq_len"]
     for name, data in _plots(docs, sample_tokens, seq_len).items():
         write_bytes(FileSystems.join(report_dir, name), data)
@@ -82,8 +88,10 @@ def write_report(report_dir: str, *, manifest: dict, docs: pa.Table, sample_toke
     lengths = np.asarray(docs.column("n_tokens"), dtype=np.int64)
     for kind in sorted(set(kinds)):
         sel = lengths[np.array([k == kind for k in kinds])]
-        lines.append(f"| {kind} | {len(sel)} | {int(sel.sum()):,} | {int(np.median(sel)):,} | "
-                     f"{int(sel.max()):,} | {int((sel > seq_len).sum())} |")
+        lines.append(
+            f"| {kind} | {len(sel)} | {int(sel.sum()):,} | {int(np.median(sel)):,} | "
+            f"{int(sel.max()):,} | {int((sel > seq_len).sum())} |"
+        )
     lines += ["", "## Rejects by reason", "", "| reason | count | example |", "|---|---|---|"]
     by_reason = Counter(r["reason"] for r in rejects)
     for reason, n in sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0])):

@@ -59,7 +59,9 @@ def make_runner(options: PipelineOptions):
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
-    info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
+    info = fn_runner.ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
+    )
     return fn_runner.FnApiRunner(provision_info=info)
 
 
@@ -84,8 +86,18 @@ def effective_config(lc: LongctxOptions, options: PipelineOptions, demo: bool) -
 
 
 LONGCTX_DESTS = {
-    "books", "repos", "repos_root", "documents", "tokenizer", "seq_len", "overlap", "output",
-    "shard_format", "max_file_mb", "shard_mb", "overwrite",
+    "books",
+    "repos",
+    "repos_root",
+    "documents",
+    "tokenizer",
+    "seq_len",
+    "overlap",
+    "output",
+    "shard_format",
+    "max_file_mb",
+    "shard_mb",
+    "overwrite",
 }
 
 
@@ -145,8 +157,10 @@ def run(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if demo:
-        print(f"No --books/--repos/--repos-root/--documents given: running on the embedded demo "
-              f"corpus ({len(sources)} packages of this Python's standard library as repositories).")
+        print(
+            f"No --books/--repos/--repos-root/--documents given: running on the embedded demo "
+            f"corpus ({len(sources)} packages of this Python's standard library as repositories)."
+        )
     started = time.time()
     out = lc.output
     try:
@@ -170,23 +184,43 @@ def run(argv: list[str] | None = None) -> int:
         docs = read_table(FileSystems.join(staging, "documents.arrow"))
         import json
 
-        rejects = [json.loads(line) for line in read_text(FileSystems.join(staging, "rejects.jsonl")).splitlines()]
-        manifest = build_manifest(lc=lc, config=effective_config(lc, options, demo), tok=tok,
-                                  docs=docs, shard_stats=shard_stats, rejects=rejects)
-        sample_tokens = np.array([t for s in shard_stats for t in s["sample_tokens"]], dtype=np.int64)
-        write_report(FileSystems.join(staging, "report"), manifest=manifest, docs=docs,
-                     sample_tokens=sample_tokens, rejects=rejects)
+        rejects = [
+            json.loads(line)
+            for line in read_text(FileSystems.join(staging, "rejects.jsonl")).splitlines()
+        ]
+        manifest = build_manifest(
+            lc=lc,
+            config=effective_config(lc, options, demo),
+            tok=tok,
+            docs=docs,
+            shard_stats=shard_stats,
+            rejects=rejects,
+        )
+        sample_tokens = np.array(
+            [t for s in shard_stats for t in s["sample_tokens"]], dtype=np.int64
+        )
+        write_report(
+            FileSystems.join(staging, "report"),
+            manifest=manifest,
+            docs=docs,
+            sample_tokens=sample_tokens,
+            rejects=rejects,
+        )
         FileSystems.delete([FileSystems.join(staging, "shards.json")])
         publish(out, staging, manifest)
     except Exception:
         _LOG.exception("the pipeline failed; %s holds no finished output", out)
         return 1
     c = manifest["counts"]
-    print(f"Wrote {out}/ in {time.time() - started:.1f}s: {c['documents']} documents "
-          f"({c['document_tokens']:,} tokens), {c['samples']} samples of <= {lc.seq_len} tokens "
-          f"in {c['shards']} shard(s), fill rate {manifest['fill_rate']:.4f}, "
-          f"{c['rejects']} rejected inputs (rejects.jsonl).")
-    print(f"Manifest: {os.path.join(out, MANIFEST)}  Report: {os.path.join(out, 'report', 'summary.md')}")
+    print(
+        f"Wrote {out}/ in {time.time() - started:.1f}s: {c['documents']} documents "
+        f"({c['document_tokens']:,} tokens), {c['samples']} samples of <= {lc.seq_len} tokens "
+        f"in {c['shards']} shard(s), fill rate {manifest['fill_rate']:.4f}, "
+        f"{c['rejects']} rejected inputs (rejects.jsonl)."
+    )
+    print(
+        f"Manifest: {os.path.join(out, MANIFEST)}  Report: {os.path.join(out, 'report', 'summary.md')}"
+    )
     return 0
 
 

@@ -60,19 +60,24 @@ class ReadSourceFn(beam.DoFn):
                     yield item
         except RejectError as err:
             Metrics.counter(NAMESPACE, f"rejects_{err.reason}").inc()
-            yield beam.pvalue.TaggedOutput(REJECTS, Reject(display_path(src.path), err.reason, err.detail))
+            yield beam.pvalue.TaggedOutput(
+                REJECTS, Reject(display_path(src.path), err.reason, err.detail)
+            )
         except Exception as err:  # one bad input must not end a long run
             _LOG.exception("reading %s failed", src.path)
             Metrics.counter(NAMESPACE, "rejects_read_error").inc()
             yield beam.pvalue.TaggedOutput(
-                REJECTS, Reject(display_path(src.path), "read_error", f"{type(err).__name__}: {err}")
+                REJECTS,
+                Reject(display_path(src.path), "read_error", f"{type(err).__name__}: {err}"),
             )
 
 
 def content_sha256(doc: TextDocument) -> str:
     h = hashlib.sha256()
     for name, text in zip(doc.files or [""] * len(doc.texts), doc.texts, strict=True):
-        h.update(name.encode("utf-8", "replace") + b"\0" + text.encode("utf-8", "surrogatepass") + b"\0")
+        h.update(
+            name.encode("utf-8", "replace") + b"\0" + text.encode("utf-8", "surrogatepass") + b"\0"
+        )
     return h.hexdigest()
 
 
@@ -108,7 +113,9 @@ class TokenizeFn(beam.DoFn):
 
 def plan_to_assignments(doc_lengths, *, seq_len: int, overlap: int, samples_per_shard: int):
     """Whole-corpus plan -> ``(doc_id, (n_shards, [Assignment...]))`` per document."""
-    plan = plan_samples(doc_lengths, seq_len=seq_len, overlap=overlap, samples_per_shard=samples_per_shard)
+    plan = plan_samples(
+        doc_lengths, seq_len=seq_len, overlap=overlap, samples_per_shard=samples_per_shard
+    )
     Metrics.counter(NAMESPACE, "samples").inc(plan.n_samples)
     for doc_id, assignments in plan.by_doc.items():
         yield doc_id, (plan.n_shards, assignments)
@@ -121,7 +128,9 @@ class CutSegmentsFn(beam.DoFn):
         doc_id, grouped = element
         docs, plans = list(grouped["doc"]), list(grouped["plan"])
         if len(docs) != 1 or len(plans) != 1:
-            raise RuntimeError(f"document {doc_id}: {len(docs)} token arrays and {len(plans)} plans")
+            raise RuntimeError(
+                f"document {doc_id}: {len(docs)} token arrays and {len(plans)} plans"
+            )
         doc, (n_shards, assignments) = docs[0], plans[0]
         for a in assignments:
             tokens = doc.tokens[a.start : a.start + a.length]
@@ -157,13 +166,17 @@ class WriteShardFn(beam.DoFn):
         (shard, n_shards), segments = element
         table = build_sample_table(segments)
         name = shard_name(shard, n_shards, self.fmt)
-        sha = write_table(table, FileSystems.join(self.staging, "shards", name), self.fmt, self.seq_len)
+        sha = write_table(
+            table, FileSystems.join(self.staging, "shards", name), self.fmt, self.seq_len
+        )
         yield {
             "path": f"shards/{name}",
             "rows": table.num_rows,
             "tokens": int(np.asarray(table.column("n_tokens")).sum()) if table.num_rows else 0,
             "sha256": sha,
-            "sample_tokens": np.asarray(table.column("n_tokens")).tolist() if table.num_rows else [],
+            "sample_tokens": np.asarray(table.column("n_tokens")).tolist()
+            if table.num_rows
+            else [],
         }
 
 
@@ -187,8 +200,19 @@ def _write_rejects(rejects, path: str) -> None:
 class BuildDataset(beam.PTransform):
     """Sources -> shards, documents.arrow, rejects.jsonl and shard stats in ``staging``."""
 
-    def __init__(self, *, sources, discovery_rejects, tokenizer_spec, limits, seq_len, overlap,
-                 samples_per_shard, fmt, staging):
+    def __init__(
+        self,
+        *,
+        sources,
+        discovery_rejects,
+        tokenizer_spec,
+        limits,
+        seq_len,
+        overlap,
+        samples_per_shard,
+        fmt,
+        staging,
+    ):
         super().__init__()
         self.sources, self.discovery_rejects = sources, discovery_rejects
         self.tokenizer_spec, self.limits = tokenizer_spec, limits
@@ -201,15 +225,19 @@ class BuildDataset(beam.PTransform):
             pbegin
             | "CreateSources" >> beam.Create(self.sources)
             | "SpreadSources" >> beam.Reshuffle()
-            | "ReadSources" >> beam.ParDo(ReadSourceFn(self.limits)).with_outputs(REJECTS, main="docs")
+            | "ReadSources"
+            >> beam.ParDo(ReadSourceFn(self.limits)).with_outputs(REJECTS, main="docs")
         )
         docs = read.docs | "Tokenize" >> beam.ParDo(TokenizeFn(self.tokenizer_spec))
         plan = (
             docs
             | "DocLengths" >> beam.Map(lambda d: (d.doc_id, d.n_tokens))
             | "CollectLengths" >> beam.combiners.ToList()
-            | "PlanSamples" >> beam.FlatMap(
-                plan_to_assignments, seq_len=self.seq_len, overlap=self.overlap,
+            | "PlanSamples"
+            >> beam.FlatMap(
+                plan_to_assignments,
+                seq_len=self.seq_len,
+                overlap=self.overlap,
                 samples_per_shard=self.samples_per_shard,
             )
         )
@@ -226,13 +254,18 @@ class BuildDataset(beam.PTransform):
         _ = (
             shard_stats
             | "CollectShardStats" >> beam.combiners.ToList()
-            | "WriteShardStats" >> beam.Map(
-                lambda s: _write_json(sorted(s, key=lambda x: x["path"]), FileSystems.join(staging, "shards.json")))
+            | "WriteShardStats"
+            >> beam.Map(
+                lambda s: _write_json(
+                    sorted(s, key=lambda x: x["path"]), FileSystems.join(staging, "shards.json")
+                )
+            )
         )
         _ = (
             cut[DOCUMENTS]
             | "CollectDocuments" >> beam.combiners.ToList()
-            | "WriteDocuments" >> beam.Map(_write_documents, FileSystems.join(staging, "documents.arrow"))
+            | "WriteDocuments"
+            >> beam.Map(_write_documents, FileSystems.join(staging, "documents.arrow"))
         )
         _ = (
             (read[REJECTS], pbegin | "DiscoveryRejects" >> beam.Create(self.discovery_rejects))

@@ -28,8 +28,12 @@ DOCUMENT_SCHEMA = pa.schema(
         pa.field("kind", pa.string(), nullable=False),  # "book" or "code"
         pa.field("origin", pa.string(), nullable=False),  # path of the book or repository
         pa.field("n_tokens", pa.int64(), nullable=False),  # incl. separators and end-of-text
-        pa.field("n_bytes", pa.int64(), nullable=False),  # UTF-8 bytes of the text that was tokenized
-        pa.field("files", pa.list_(pa.string()), nullable=False),  # code: file order in the document
+        pa.field(
+            "n_bytes", pa.int64(), nullable=False
+        ),  # UTF-8 bytes of the text that was tokenized
+        pa.field(
+            "files", pa.list_(pa.string()), nullable=False
+        ),  # code: file order in the document
         pa.field("content_sha256", pa.string(), nullable=False),
         pa.field("n_segments", pa.int32(), nullable=False),  # pieces the document was cut into
     ]

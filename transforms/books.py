@@ -3,7 +3,8 @@
 Project Gutenberg plain-text files wrap the book in a header (title, licence pointer, encoding,
 up to a ``*** START OF THE PROJECT GUTENBERG EBOOK ... ***`` line) and a footer (an
 ``End of the Project Gutenberg EBook of ...`` line, the ``*** END OF ... ***`` marker and the
-licence, ~350 lines). Both are removed; a file without the markers is kept whole.
+licence, ~350 lines). Both are removed, with a transcriber credit paragraph ("Produced by
+...") right after the START marker; a file without the markers is kept whole.
 """
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ import re
 _START = re.compile(r"^\s*\*{3}\s*START OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK.*$", re.I | re.M)
 _END = re.compile(r"^\s*\*{3}\s*END OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK.*$", re.I | re.M)
 _END_LINE = re.compile(r"^\s*End of (?:the )?Project Gutenberg.*$", re.I | re.M)
+# A transcriber credit paragraph right after the START marker is Gutenberg's, not the author's.
+_CREDIT = re.compile(
+    r"\A\s*(?:Produced by|E-text prepared by|Transcribed from|This etext was)[^\n]*(?:\n[^\n]+)*\n*",
+    re.I,
+)
 _TITLE = re.compile(r"^Title:\s*(.+)$", re.M)
 # How far before the END marker the "End of the Project Gutenberg EBook" line may sit.
 _END_LINE_WINDOW = 1000
@@ -33,12 +39,11 @@ def strip_gutenberg(text: str) -> tuple[str, bool]:
     hi = end.start() if end else len(text)
     if end:
         tail = text[max(lo, hi - _END_LINE_WINDOW) : hi]
-        line = None
-        for line in _END_LINE.finditer(tail):
-            pass
-        if line is not None:
-            hi = max(lo, hi - _END_LINE_WINDOW) + line.start()
-    body = text[lo:hi].strip("\n")
+        lines = list(_END_LINE.finditer(tail))
+        if lines:
+            hi = max(lo, hi - _END_LINE_WINDOW) + lines[-1].start()
+    body = _CREDIT.sub("", text[lo:hi]) if start else text[lo:hi]
+    body = body.strip("\n")
     return (body + "\n" if body else ""), True
 
 

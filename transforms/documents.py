@@ -70,7 +70,7 @@ class TokenizedDocument:
     files: list[str]
     n_bytes: int
     content_sha256: str
-    tokens: "np.ndarray"
+    tokens: np.ndarray
 
     @property
     def n_tokens(self) -> int:

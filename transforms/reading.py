@@ -34,10 +34,70 @@ SKIP_DIRS = {
 }
 # Extensions that are never text; rejected without reading the file.
 BINARY_SUFFIXES = frozenset(
-    ".png .jpg .jpeg .gif .bmp .ico .webp .tif .tiff .pdf .zip .gz .tgz .bz2 .xz .zst .7z .rar "
-    ".tar .jar .war .class .so .dylib .dll .exe .o .a .lib .obj .pyc .pyo .pyd .whl .egg .bin "
-    ".dat .db .sqlite .npy .npz .pt .pth .safetensors .onnx .pkl .pickle .woff .woff2 .ttf .otf "
-    ".eot .mp3 .mp4 .wav .ogg .flac .avi .mov .mkv .webm .wasm".split()
+    [
+        ".png",
+        ".jpg",
+        ".jpeg",
+        ".gif",
+        ".bmp",
+        ".ico",
+        ".webp",
+        ".tif",
+        ".tiff",
+        ".pdf",
+        ".zip",
+        ".gz",
+        ".tgz",
+        ".bz2",
+        ".xz",
+        ".zst",
+        ".7z",
+        ".rar",
+        ".tar",
+        ".jar",
+        ".war",
+        ".class",
+        ".so",
+        ".dylib",
+        ".dll",
+        ".exe",
+        ".o",
+        ".a",
+        ".lib",
+        ".obj",
+        ".pyc",
+        ".pyo",
+        ".pyd",
+        ".whl",
+        ".egg",
+        ".bin",
+        ".dat",
+        ".db",
+        ".sqlite",
+        ".npy",
+        ".npz",
+        ".pt",
+        ".pth",
+        ".safetensors",
+        ".onnx",
+        ".pkl",
+        ".pickle",
+        ".woff",
+        ".woff2",
+        ".ttf",
+        ".otf",
+        ".eot",
+        ".mp3",
+        ".mp4",
+        ".wav",
+        ".ogg",
+        ".flac",
+        ".avi",
+        ".mov",
+        ".mkv",
+        ".webm",
+        ".wasm",
+    ]
 )
 
 
@@ -78,7 +138,7 @@ def read_file_text(path: str, limits: ReadLimits) -> tuple[str, str]:
     except OSError as err:
         raise RejectError("unreadable", err.strerror or str(err)) from None
     if len(data) > limits.max_file_bytes:
-        raise RejectError("too_large", f"grew past --max-file-mb while reading")
+        raise RejectError("too_large", "grew past --max-file-mb while reading")
     return decode_text(data)
 
 
@@ -89,7 +149,9 @@ def read_book(path: str, doc_id: str, limits: ReadLimits) -> TextDocument:
     if not body.strip():
         raise RejectError("empty", "no text left after removing Project Gutenberg boilerplate")
     title = gutenberg_title(text) or Path(path).stem
-    return TextDocument(doc_id=doc_id, kind=BOOK, origin=display_path(path), texts=[body], title=title)
+    return TextDocument(
+        doc_id=doc_id, kind=BOOK, origin=display_path(path), texts=[body], title=title
+    )
 
 
 def walk_repository(root: str) -> Iterator[tuple[str, str] | Reject]:
@@ -148,7 +210,9 @@ def read_repository(
     files = [files[i] for i in order]
     texts = [texts[i] for i in order]
     if not files:
-        rejects.append(Reject(display_path(root), "empty", "no readable text file in the repository"))
+        rejects.append(
+            Reject(display_path(root), "empty", "no readable text file in the repository")
+        )
         return None, rejects
     doc = TextDocument(
         doc_id=doc_id, kind=CODE, origin=display_path(root), texts=texts, files=files, title=name

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+
 from transforms.documents import BOOK, CODE, KINDS, Reject, RejectError, TextDocument
 from transforms.reading import ReadLimits, display_path
 
@@ -40,7 +41,11 @@ def _rows(path: str) -> Iterator[tuple[int, dict | None, str]]:
             except ValueError as err:
                 yield row, None, f"invalid JSON ({err})"
                 continue
-            yield row, rec if isinstance(rec, dict) else None, "" if isinstance(rec, dict) else "not a JSON object"
+            yield (
+                row,
+                rec if isinstance(rec, dict) else None,
+                "" if isinstance(rec, dict) else "not a JSON object",
+            )
 
 
 def read_records(path: str, prefix: str, limits: ReadLimits) -> Iterator[TextDocument | Reject]:
@@ -58,7 +63,9 @@ def read_records(path: str, prefix: str, limits: ReadLimits) -> Iterator[TextDoc
                 yield Reject(where, "empty", "no text in the 'text' field")
                 continue
             if len(text.encode("utf-8", "surrogatepass")) > limits.max_file_bytes:
-                yield Reject(where, "too_large", f"text over --max-file-mb {limits.max_file_bytes / 2**20:g}")
+                yield Reject(
+                    where, "too_large", f"text over --max-file-mb {limits.max_file_bytes / 2**20:g}"
+                )
                 continue
             kind = rec.get("kind") or BOOK
             if kind not in KINDS:

@@ -33,7 +33,9 @@ def build_sample_table(segments: Iterable[Segment]) -> pa.Table:
     arrays = [
         pa.ListArray.from_arrays(pa.array(tok_offsets), pa.array(flat_tokens, pa.int32())),
         pa.ListArray.from_arrays(pa.array(seg_offsets), pa.array(seg_lengths, pa.int32())),
-        pa.ListArray.from_arrays(pa.array(seg_offsets), pa.array([s[2] for s in segs], pa.string())),
+        pa.ListArray.from_arrays(
+            pa.array(seg_offsets), pa.array([s[2] for s in segs], pa.string())
+        ),
         pa.ListArray.from_arrays(
             pa.array(seg_offsets), pa.array(np.array([s[3] for s in segs], np.int64), pa.int64())
         ),

@@ -102,7 +102,9 @@ def _from_transformers(spec: str) -> str:
     except Exception as err:  # transformers raises OSError, ValueError, HF errors...
         raise TokenizerError(f"--tokenizer {spec}: cannot load it ({err})") from err
     if not getattr(tok, "is_fast", False):
-        raise TokenizerError(f"--tokenizer {spec}: only fast (tokenizers-backed) tokenizers are supported")
+        raise TokenizerError(
+            f"--tokenizer {spec}: only fast (tokenizers-backed) tokenizers are supported"
+        )
     return tok.backend_tokenizer.to_str()
 
 

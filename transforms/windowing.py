@@ -14,7 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def window_document(n_tokens: int, *, seq_len: int, overlap: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def window_document(
+    n_tokens: int, *, seq_len: int, overlap: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(starts, lengths)`` (int64 arrays) of the windows of a document.
 
     >>> s, l = window_document(10, seq_len=4, overlap=1); s.tolist(), l.tolist()

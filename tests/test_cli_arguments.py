@@ -1,0 +1,79 @@
+"""Bad arguments stop before any work with exit status 2 and a message naming the flag."""
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--seq-len", "0"], "--seq-len"),
+        (["--seq-len", "-5"], "--seq-len"),
+        (["--seq-len", "abc"], "--seq-len"),
+        (["--seq-len", "8", "--overlap", "8"], "--overlap"),
+        (["--overlap", "-1"], "--overlap"),
+        (["--books", "/no/such/books"], "--books /no/such/books"),
+        (["--repos", "/no/such/repo"], "--repos /no/such/repo"),
+        (["--tokenizer", "/no/such/tokenizer.json"], "--tokenizer"),
+        (["--format", "csv"], "--format"),
+    ],
+)
+def test_bad_arguments_exit_2(tmp_path, args, needle):
+    out = tmp_path / "out"
+    proc = run_cli("pipeline.run", "--runner", "DirectRunner", "--output", out, *args)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr
+    assert not (out / "manifest.json").exists()
+
+
+def test_finished_output_needs_overwrite(tmp_path, books_dir):
+    out = tmp_path / "out"
+    book = books_dir / "gilman-the-yellow-wallpaper.txt"
+    base = ["--runner", "DirectRunner", "--books", book, "--seq-len", "4096", "--output", out]
+    assert run_cli("pipeline.run", *base).returncode == 0
+    proc = run_cli("pipeline.run", *base)
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr
+    proc = run_cli("pipeline.run", *base, "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["counts"]["documents"] == 1 and m["tokenizer"]["name"] == "bundled:qwen3"
+
+
+def test_bad_inputs_are_rejects_and_the_run_completes(tmp_path, books_dir):
+    books = tmp_path / "books"
+    books.mkdir()
+    (books / "good.txt").write_text(
+        (books_dir / "kafka-metamorphosis.txt").read_text(encoding="utf-8")
+    )
+    (books / "empty.txt").write_text("")
+    (books / "binary.txt").write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(4000))
+    (books / "latin.md").write_bytes("caf\u00e9 cr\u00e8me ".encode("latin-1") * 100)
+    (books / "cover.jpg").write_bytes(b"\xff\xd8\xff" + bytes(100))
+    out = tmp_path / "out"
+    proc = run_cli(
+        "pipeline.run",
+        "--runner",
+        "DirectRunner",
+        "--books",
+        books,
+        "--seq-len",
+        "8192",
+        "--output",
+        out,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rejects = {
+        json.loads(line)["path"].rsplit("/", 1)[-1]: json.loads(line)["reason"]
+        for line in (out / "rejects.jsonl").read_text().splitlines()
+    }
+    assert rejects == {
+        "empty.txt": "empty",
+        "binary.txt": "binary",
+        "latin.md": "undecodable",
+        "cover.jpg": "unsupported_type",
+    }
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["counts"]["documents"] == 1 and m["counts"]["rejects"] == 4
