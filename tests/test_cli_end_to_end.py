@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.validate import validate_output
+from schemas.validation import validate_output
 from tests.conftest import STDLIB, run_cli
 from transforms.reading import ReadLimits, read_book, read_repository
 from transforms.tokenize import encode_document

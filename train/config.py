@@ -1,0 +1,123 @@
+"""One training run's configuration: a YAML file plus command-line overrides.
+
+Every field carries its help text (``metadata["help"]``); the CLI is generated from the fields,
+so a YAML key and a flag always mean the same thing (``max_seq_length`` <-> ``--max-seq-length``).
+Precedence: dataclass default < YAML file < command-line flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    data: str = _f("", "finished pipeline output folder (holds manifest.json)")
+    model: str = _f("", "model folder or Hub id (Llama-3, Qwen3, Mistral...)")
+    output_dir: str = _f("runs/longctx", "where checkpoints and logs go")
+    max_seq_length: int = _f(0, "context length in tokens; 0 = the manifest's seq_len")
+    rope_scaling: str = _f(
+        "auto", "auto | none | linear | yarn | dynamic | llama3 | ntk (new rope_theta)"
+    )
+    load_in_4bit: bool = _f(False, "QLoRA: 4-bit base weights (bitsandbytes NF4)")
+    lora_r: int = _f(16, "LoRA rank")
+    lora_alpha: int = _f(16, "LoRA alpha")
+    lora_dropout: float = _f(0.0, "LoRA dropout (0 keeps Unsloth's fast path)")
+    target_modules: tuple = _f(
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        "modules that get LoRA adapters",
+    )
+    gradient_checkpointing: str = _f(
+        "unsloth", "unsloth | true | false; 'unsloth' (offloaded) is mandatory above 32768 tokens"
+    )
+    per_device_batch_size: int = _f(
+        1, "packed rows per device per micro-step (rows are flattened, padding-free)"
+    )
+    tokens_per_step: int = _f(
+        524288, "target tokens per optimizer step; sets gradient accumulation"
+    )
+    gradient_accumulation_steps: int = _f(0, "0 = from tokens_per_step")
+    learning_rate: float = _f(2e-4, "peak learning rate")
+    lr_scheduler: str = _f("cosine", "transformers scheduler name")
+    warmup_steps: int = _f(5, "linear warmup steps")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    optim: str = _f("adamw_8bit", "optimizer (transformers name); adamw_torch on CPU")
+    num_train_epochs: float = _f(1.0, "passes over the samples")
+    max_steps: int = _f(-1, "stop after this many optimizer steps (-1 = epochs decide)")
+    seed: int = _f(3407, "random seed (data order, LoRA init)")
+    logging_steps: int = _f(1, "log every N steps")
+    save_steps: int = _f(0, "checkpoint every N steps (0 = only at the end)")
+    gpu_memory_gib: float = _f(80.0, "memory of the target GPU, for the plan and the fit check")
+    allow_tokenizer_mismatch: bool = _f(
+        False, "train even if the data's tokenizer differs from the model's"
+    )
+    skip_validation: bool = _f(
+        False, "do not re-check the output folder's invariants before loading"
+    )
+    trust_remote_code: bool = _f(False, "let transformers run code from the model repository")
+
+    def resolved_gc(self) -> str | bool:
+        v = str(self.gradient_checkpointing).lower()
+        return {"unsloth": "unsloth", "true": True, "false": False}.get(v, v)
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message says what to change."""
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = type(f.default) if f.default is not dataclasses.MISSING else str
+        help_ = f"{f.metadata['help']} (default {f.default!r})"
+        if kind is bool:
+            parser.add_argument(
+                flag, dest=f.name, type=_parse_bool, default=None, metavar="BOOL", help=help_
+            )
+        elif kind is tuple:
+            parser.add_argument(flag, dest=f.name, nargs="+", default=None, help=help_)
+        else:
+            parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_)
+
+
+def load_config(path: str | None, overrides: dict) -> TrainConfig:
+    """Defaults < YAML file < overrides (the non-None values of parsed flags)."""
+    values: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"--config {path}: no such file")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"--config {path}: must be a mapping of option: value")
+        known = {f.name for f in fields(TrainConfig)}
+        unknown = sorted(set(loaded) - known)
+        if unknown:
+            raise ConfigError(f"--config {path}: unknown option(s) {', '.join(unknown)}")
+        values.update(loaded)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if "target_modules" in values:
+        values["target_modules"] = tuple(values["target_modules"])
+    cfg = TrainConfig(**values)
+    if not cfg.data:
+        raise ConfigError("--data is required: a finished pipeline output folder")
+    if not cfg.model:
+        raise ConfigError("--model is required: a model folder or Hub id")
+    return cfg

@@ -1,0 +1,94 @@
+"""The shards as training rows: memory-mapped with ``datasets``, collated padding-free.
+
+A shard row is already a packed sample; nothing is re-packed or truncated here. The collator
+flattens the rows of a micro-batch into one row (the padding-free / varlen convention of TRL and
+Unsloth) and builds, per segment of ``seq_lengths``::
+
+    input_ids     [ a0 a1 a2 | b0 b1 | c0 c1 c2 c3 ]
+    position_ids  [  0  1  2 |  0  1 |  0  1  2  3 ]    restart at every boundary
+    labels        [ -100 a1 a2 | -100 b1 | -100 c1 c2 c3 ]   a segment's first token is not
+                                                     predicted from the previous document
+    packed_seq_lengths = [3, 2, 4]   (int32; Unsloth's kernels keep attention inside segments)
+
+Plain transformers (SDPA/eager) derives the same block-diagonal mask from ``position_ids``
+when no attention mask is given; Unsloth is given the lengths explicitly (GPU-NOTES.md: with
+lengths inferred from positions one document's loss moved by 6e-3).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+IGNORE_INDEX = -100
+
+
+class DataError(ValueError):
+    """The output folder cannot be trained on as configured; the message says what to change."""
+
+
+def read_manifest(data_dir: str) -> dict:
+    path = Path(data_dir) / "manifest.json"
+    if not path.is_file():
+        raise DataError(f"--data {data_dir}: no manifest.json: not a finished pipeline output "
+                        "(run python -m pipeline.run, and let it finish)")
+    return json.loads(path.read_text())
+
+
+def load_shards(data_dir: str, manifest: dict):
+    """All shards as one ``datasets.Dataset``; Arrow shards are memory-mapped, not copied."""
+    import datasets
+
+    paths = [str(Path(data_dir) / s["path"]) for s in manifest["shards"]]
+    if not paths:
+        raise DataError(f"--data {data_dir}: the output holds no samples")
+    if paths[0].endswith(".parquet"):
+        ds = datasets.load_dataset("parquet", data_files=paths, split="train")
+    else:
+        ds = datasets.concatenate_datasets([datasets.Dataset.from_file(p) for p in paths])
+    return ds.select_columns(["input_ids", "seq_lengths"])
+
+
+def collate_packed(rows: list[dict], *, max_seq_length: int, with_packed_lengths: bool = True) -> dict:
+    """Rows of ``input_ids``/``seq_lengths`` -> one padding-free row of torch tensors."""
+    import torch
+
+    ids = [np.asarray(r["input_ids"], dtype=np.int64) for r in rows]
+    lens = [np.asarray(r["seq_lengths"], dtype=np.int64) for r in rows]
+    for i, (t, n) in enumerate(zip(ids, lens, strict=True)):
+        if len(t) > max_seq_length:
+            raise DataError(f"a row of {len(t)} tokens exceeds max_seq_length {max_seq_length}: "
+                            "it would be truncated; raise --max-seq-length or re-run the pipeline")
+        if int(n.sum()) != len(t) or (n <= 0).any():
+            raise DataError(f"row {i}: seq_lengths sum to {int(n.sum())}, input_ids has {len(t)}")
+    input_ids = np.concatenate(ids)
+    seg = np.concatenate(lens)
+    starts = np.r_[0, np.cumsum(seg)[:-1]]
+    position_ids = np.arange(len(input_ids)) - np.repeat(starts, seg)
+    labels = input_ids.copy()
+    labels[starts] = IGNORE_INDEX
+    batch = {
+        "input_ids": torch.from_numpy(input_ids)[None],
+        "labels": torch.from_numpy(labels)[None],
+        "position_ids": torch.from_numpy(position_ids)[None],
+    }
+    if with_packed_lengths:
+        batch["packed_seq_lengths"] = torch.from_numpy(seg.astype(np.int32))
+    return batch
+
+
+class PackedCollator:
+    """``data_collator`` for TRL's SFTTrainer: see :func:`collate_packed`."""
+
+    def __init__(self, max_seq_length: int, with_packed_lengths: bool = True):
+        self.max_seq_length = max_seq_length
+        self.with_packed_lengths = with_packed_lengths
+        self.tokens_seen = 0  # for tokens/s in the run summary
+
+    def __call__(self, rows: list[dict]) -> dict:
+        batch = collate_packed(rows, max_seq_length=self.max_seq_length,
+                               with_packed_lengths=self.with_packed_lengths)
+        self.tokens_seen += int(batch["input_ids"].shape[1])
+        return batch

@@ -1,0 +1,63 @@
+"""Build a random-initialised model of a real shape, saved with a tokenizer, for offline runs.
+
+    python -m train.random_model --shape llama-3.2-1b --tokenizer ../shared/data/tokenizers/qwen3 --out models/l1b
+
+For smoke tests and memory/speed measurements where no model hub is reachable: the memory and
+speed of a training step depend on the shape, not on the weights. The embedding is sized to the
+tokenizer (rounded up to a multiple of 128).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 32.0, "original_max_position_embeddings": 8192,
+               "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+SHAPES = {
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=4096, rope_theta=10000.0, tie_word_embeddings=True),
+    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                         num_key_value_heads=8, head_dim=64, max_position_embeddings=131072, rope_theta=500000.0,
+                         rope_scaling=LLAMA3_ROPE, tie_word_embeddings=True),
+    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=8, head_dim=128, max_position_embeddings=131072, rope_theta=500000.0,
+                         rope_scaling=dict(LLAMA3_ROPE, factor=8.0), tie_word_embeddings=False),
+}
+
+
+def build(shape: str, tokenizer_dir: str, out: str, seed: int = 0) -> Path:
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok_dir = Path(tokenizer_dir)
+    vocab = Tokenizer.from_file(str(tok_dir / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
+    cfg = LlamaConfig(vocab_size=-(-vocab // 128) * 128, bos_token_id=None, **SHAPES[shape])
+    eot = Tokenizer.from_file(str(tok_dir / "tokenizer.json")).token_to_id("<|endoftext|>")
+    cfg.eos_token_id = cfg.pad_token_id = eot
+    torch.manual_seed(seed)
+    dtype = torch.float32 if shape == "tiny" else torch.bfloat16
+    with torch.device("cpu"):
+        model = LlamaForCausalLM(cfg).to(dtype)
+    out_dir = Path(out)
+    model.save_pretrained(out_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if (tok_dir / name).is_file():
+            shutil.copy(tok_dir / name, out_dir / name)
+    return out_dir
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m train.random_model", description=__doc__.split("\n")[0])
+    p.add_argument("--shape", choices=sorted(SHAPES), required=True)
+    p.add_argument("--tokenizer", required=True, help="folder with tokenizer.json")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    print(build(a.shape, a.tokenizer, a.out, a.seed))
+
+
+if __name__ == "__main__":
+    main()
