@@ -37,13 +37,17 @@ def main(argv=None) -> int:
     ds = load_shards(a.data, manifest)
     n_segs = [len(x) for x in ds["seq_lengths"]]
     row = ds[int(max(range(len(n_segs)), key=lambda i: n_segs[i]))]
-    lens, keep = [], 0
+    # Real documents of that sample, re-packed into one row of at most --max-tokens.
+    ids, lens, keep, start = [], [], 0, 0
     for n in row["seq_lengths"]:
-        if keep + n > a.max_tokens:
-            break
-        lens.append(n)
-        keep += n
-    row = {"input_ids": row["input_ids"][:keep], "seq_lengths": lens}
+        if keep + n <= a.max_tokens:
+            ids.extend(row["input_ids"][start : start + n])
+            lens.append(n)
+            keep += n
+        start += n
+    if len(lens) < 2:
+        raise SystemExit("no sample with two documents fitting --max-tokens; raise it")
+    row = {"input_ids": ids, "seq_lengths": lens}
     model, _ = FastLanguageModel.from_pretrained(a.model, max_seq_length=manifest["seq_len"], dtype=None)
     model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=16, use_gradient_checkpointing="unsloth",
                                              target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])

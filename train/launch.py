@@ -225,6 +225,7 @@ def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
         "runtime_s": round(runtime, 2),
         "tokens_per_s": round(collator.tokens_seen / runtime, 1),
         "peak_gib": round(torch.cuda.max_memory_allocated() / GIB, 2) if on_gpu else None,
+        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 2) if on_gpu else None,
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         "device": torch.cuda.get_device_name() if on_gpu else "cpu",
