@@ -35,22 +35,29 @@ def main(argv=None) -> int:
 
     manifest = read_manifest(a.data)
     ds = load_shards(a.data, manifest)
-    n_segs = [len(x) for x in ds["seq_lengths"]]
-    row = ds[int(max(range(len(n_segs)), key=lambda i: n_segs[i]))]
-    # Real documents of that sample, re-packed into one row of at most --max-tokens.
-    ids, lens, keep, start = [], [], 0, 0
-    for n in row["seq_lengths"]:
-        if keep + n <= a.max_tokens:
-            ids.extend(row["input_ids"][start : start + n])
-            lens.append(n)
-            keep += n
-        start += n
+    # Real documents from the samples, re-packed into one row of at most --max-tokens.
+    ids, lens, keep = [], [], 0
+    for r in range(len(ds)):
+        row, start = ds[r], 0
+        for n in row["seq_lengths"]:
+            if n <= a.max_tokens // 2 and keep + n <= a.max_tokens and len(lens) < 8:
+                ids.extend(row["input_ids"][start : start + n])
+                lens.append(n)
+                keep += n
+            start += n
     if len(lens) < 2:
         raise SystemExit("no sample with two documents fitting --max-tokens; raise it")
     row = {"input_ids": ids, "seq_lengths": lens}
-    model, _ = FastLanguageModel.from_pretrained(a.model, max_seq_length=manifest["seq_len"], dtype=None)
-    model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=16, use_gradient_checkpointing="unsloth",
-                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    model, _ = FastLanguageModel.from_pretrained(
+        a.model, max_seq_length=manifest["seq_len"], dtype=None
+    )
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=16,
+        lora_alpha=16,
+        use_gradient_checkpointing="unsloth",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+    )
     torch.manual_seed(0)
     for name, prm in model.named_parameters():
         if "lora_B" in name:
@@ -70,7 +77,9 @@ def main(argv=None) -> int:
         return out
 
     packed = doc_losses(collate_packed([row], max_seq_length=keep), lens)
-    stream_batch = collate_packed([{"input_ids": row["input_ids"], "seq_lengths": [keep]}], max_seq_length=keep)
+    stream_batch = collate_packed(
+        [{"input_ids": row["input_ids"], "seq_lengths": [keep]}], max_seq_length=keep
+    )
     stream_batch["position_ids"] = torch.arange(keep)[None]
     stream_batch["packed_seq_lengths"] = torch.tensor([keep], dtype=torch.int32)
     start, alone = 0, []
@@ -80,7 +89,10 @@ def main(argv=None) -> int:
         start += n
     # one causal stream: per-document losses read off the same positions
     with torch.no_grad():
-        logits = model(input_ids=stream_batch["input_ids"].cuda(), position_ids=stream_batch["position_ids"].cuda()).logits.float()[0]
+        logits = model(
+            input_ids=stream_batch["input_ids"].cuda(),
+            position_ids=stream_batch["position_ids"].cuda(),
+        ).logits.float()[0]
     ids = stream_batch["input_ids"][0].cuda()
     lp = torch.log_softmax(logits[:-1], -1).gather(1, ids[1:, None])[:, 0]
     stream, start = [], 0
@@ -91,11 +103,18 @@ def main(argv=None) -> int:
     print("| doc | tokens | loss alone | loss packed | |diff| | loss one stream | |diff| |")
     print("|---|---|---|---|---|---|---|")
     for i, n in enumerate(lens):
-        print(f"| {i} | {n} | {alone[i]:.4f} | {packed[i]:.4f} | {abs(packed[i] - alone[i]):.2e} | "
-              f"{stream[i]:.4f} | {abs(stream[i] - alone[i]):.2e} |")
-    res = {"lengths": lens, "alone": alone, "packed": packed, "stream": stream,
-           "max_packed_diff": max(abs(x - y) for x, y in zip(packed, alone, strict=True)),
-           "max_stream_diff": max(abs(x - y) for x, y in zip(stream, alone, strict=True))}
+        print(
+            f"| {i} | {n} | {alone[i]:.4f} | {packed[i]:.4f} | {abs(packed[i] - alone[i]):.2e} | "
+            f"{stream[i]:.4f} | {abs(stream[i] - alone[i]):.2e} |"
+        )
+    res = {
+        "lengths": lens,
+        "alone": alone,
+        "packed": packed,
+        "stream": stream,
+        "max_packed_diff": max(abs(x - y) for x, y in zip(packed, alone, strict=True)),
+        "max_stream_diff": max(abs(x - y) for x, y in zip(stream, alone, strict=True)),
+    }
     print(json.dumps({k: res[k] for k in ("max_packed_diff", "max_stream_diff")}))
     if a.json_out:
         with open(a.json_out, "w") as fh:

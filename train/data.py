@@ -32,8 +32,10 @@ class DataError(ValueError):
 def read_manifest(data_dir: str) -> dict:
     path = Path(data_dir) / "manifest.json"
     if not path.is_file():
-        raise DataError(f"--data {data_dir}: no manifest.json: not a finished pipeline output "
-                        "(run python -m pipeline.run, and let it finish)")
+        raise DataError(
+            f"--data {data_dir}: no manifest.json: not a finished pipeline output "
+            "(run python -m pipeline.run, and let it finish)"
+        )
     return json.loads(path.read_text())
 
 
@@ -51,7 +53,9 @@ def load_shards(data_dir: str, manifest: dict):
     return ds.select_columns(["input_ids", "seq_lengths"])
 
 
-def collate_packed(rows: list[dict], *, max_seq_length: int, with_packed_lengths: bool = True) -> dict:
+def collate_packed(
+    rows: list[dict], *, max_seq_length: int, with_packed_lengths: bool = True
+) -> dict:
     """Rows of ``input_ids``/``seq_lengths`` -> one padding-free row of torch tensors."""
     import torch
 
@@ -59,8 +63,10 @@ def collate_packed(rows: list[dict], *, max_seq_length: int, with_packed_lengths
     lens = [np.asarray(r["seq_lengths"], dtype=np.int64) for r in rows]
     for i, (t, n) in enumerate(zip(ids, lens, strict=True)):
         if len(t) > max_seq_length:
-            raise DataError(f"a row of {len(t)} tokens exceeds max_seq_length {max_seq_length}: "
-                            "it would be truncated; raise --max-seq-length or re-run the pipeline")
+            raise DataError(
+                f"a row of {len(t)} tokens exceeds max_seq_length {max_seq_length}: "
+                "it would be truncated; raise --max-seq-length or re-run the pipeline"
+            )
         if int(n.sum()) != len(t) or (n <= 0).any():
             raise DataError(f"row {i}: seq_lengths sum to {int(n.sum())}, input_ids has {len(t)}")
     input_ids = np.concatenate(ids)
@@ -88,7 +94,8 @@ class PackedCollator:
         self.tokens_seen = 0  # for tokens/s in the run summary
 
     def __call__(self, rows: list[dict]) -> dict:
-        batch = collate_packed(rows, max_seq_length=self.max_seq_length,
-                               with_packed_lengths=self.with_packed_lengths)
+        batch = collate_packed(
+            rows, max_seq_length=self.max_seq_length, with_packed_lengths=self.with_packed_lengths
+        )
         self.tokens_seen += int(batch["input_ids"].shape[1])
         return batch

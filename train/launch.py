@@ -60,20 +60,26 @@ def build_plan(cfg: TrainConfig) -> dict:
     seq_len = int(manifest["seq_len"])
     L = cfg.max_seq_length or seq_len
     if seq_len > L:
-        raise DataError(f"the shards hold samples of up to {seq_len} tokens but --max-seq-length is {L}: "
-                        f"they would be truncated; set --max-seq-length >= {seq_len} or re-run the pipeline "
-                        f"with --seq-len {L}")
+        raise DataError(
+            f"the shards hold samples of up to {seq_len} tokens but --max-seq-length is {L}: "
+            f"they would be truncated; set --max-seq-length >= {seq_len} or re-run the pipeline "
+            f"with --seq-len {L}"
+        )
     shape = read_model_shape(cfg.model, cfg.trust_remote_code)
     tok = manifest["tokenizer"]
     warnings = []
     if tok["vocab_size"] > shape.vocab_size:
-        raise DataError(f"the data's tokenizer has {tok['vocab_size']} tokens but the model's embedding has "
-                        f"{shape.vocab_size}: ids would index past it; re-run the pipeline with "
-                        f"--tokenizer {cfg.model}")
+        raise DataError(
+            f"the data's tokenizer has {tok['vocab_size']} tokens but the model's embedding has "
+            f"{shape.vocab_size}: ids would index past it; re-run the pipeline with "
+            f"--tokenizer {cfg.model}"
+        )
     model_sha = _model_tokenizer_sha(cfg.model)
     if model_sha and model_sha != tok["sha256"]:
-        msg = (f"the data was tokenized with {tok['name']} (sha256 {tok['sha256'][:12]}), the model ships "
-               f"another tokenizer.json (sha256 {model_sha[:12]}); re-run the pipeline with --tokenizer {cfg.model}")
+        msg = (
+            f"the data was tokenized with {tok['name']} (sha256 {tok['sha256'][:12]}), the model ships "
+            f"another tokenizer.json (sha256 {model_sha[:12]}); re-run the pipeline with --tokenizer {cfg.model}"
+        )
         if not cfg.allow_tokenizer_mismatch:
             raise DataError(msg + ", or pass --allow-tokenizer-mismatch true")
         warnings.append(msg)
@@ -84,30 +90,61 @@ def build_plan(cfg: TrainConfig) -> dict:
     if rope.factor > 1 and len(lengths):
         long_share = float(lengths[lengths > rope.native_context].sum() / max(1, lengths.sum()))
         if long_share < 0.5:
-            warnings.append(f"only {long_share:.0%} of the tokens are in documents longer than the model's native "
-                            f"{rope.native_context}: RoPE scaling to {L} will learn little from this data")
-    peak = estimate_peak_bytes(shape, L * cfg.per_device_batch_size, load_in_4bit=cfg.load_in_4bit,
-                               lora_r=cfg.lora_r, modules=list(cfg.target_modules), gc=gc)
-    fits = max_context(shape, cfg.gpu_memory_gib, load_in_4bit=cfg.load_in_4bit, lora_r=cfg.lora_r,
-                       modules=list(cfg.target_modules), gc=gc)
+            warnings.append(
+                f"only {long_share:.0%} of the tokens are in documents longer than the model's native "
+                f"{rope.native_context}: RoPE scaling to {L} will learn little from this data"
+            )
+    peak = estimate_peak_bytes(
+        shape,
+        L * cfg.per_device_batch_size,
+        load_in_4bit=cfg.load_in_4bit,
+        lora_r=cfg.lora_r,
+        modules=list(cfg.target_modules),
+        gc=gc,
+    )
+    fits = max_context(
+        shape,
+        cfg.gpu_memory_gib,
+        load_in_4bit=cfg.load_in_4bit,
+        lora_r=cfg.lora_r,
+        modules=list(cfg.target_modules),
+        gc=gc,
+    )
     if peak > 0.95 * cfg.gpu_memory_gib * GIB:
-        raise PlanError(f"estimated peak {peak / GIB:.1f} GiB does not fit 95% of --gpu-memory-gib "
-                        f"{cfg.gpu_memory_gib}: the largest context that fits is about {fits} tokens; lower "
-                        "--max-seq-length (and the pipeline's --seq-len), use --load-in-4bit true, or a larger GPU")
-    steps = plan_steps(samples=int(manifest["counts"]["samples"]), seq_len=L, batch=cfg.per_device_batch_size,
-                       tokens_per_step=cfg.tokens_per_step, accum=cfg.gradient_accumulation_steps,
-                       epochs=cfg.num_train_epochs, max_steps=cfg.max_steps)
+        raise PlanError(
+            f"estimated peak {peak / GIB:.1f} GiB does not fit 95% of --gpu-memory-gib "
+            f"{cfg.gpu_memory_gib}: the largest context that fits is about {fits} tokens; lower "
+            "--max-seq-length (and the pipeline's --seq-len), use --load-in-4bit true, or a larger GPU"
+        )
+    steps = plan_steps(
+        samples=int(manifest["counts"]["samples"]),
+        seq_len=L,
+        batch=cfg.per_device_batch_size,
+        tokens_per_step=cfg.tokens_per_step,
+        accum=cfg.gradient_accumulation_steps,
+        epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+    )
     return {
-        "data": {"path": cfg.data, "seq_len": seq_len, "samples": manifest["counts"]["samples"],
-                 "tokens": manifest["counts"]["tokens"], "fill_rate": manifest["fill_rate"],
-                 "tokenizer": tok["name"]},
+        "data": {
+            "path": cfg.data,
+            "seq_len": seq_len,
+            "samples": manifest["counts"]["samples"],
+            "tokens": manifest["counts"]["tokens"],
+            "fill_rate": manifest["fill_rate"],
+            "tokenizer": tok["name"],
+        },
         "model": {"name": cfg.model, **asdict(shape), "params_b": round(shape.n_params / 1e9, 3)},
         "max_seq_length": L,
         "rope": asdict(rope),
         "gradient_checkpointing": gc,
-        "memory": {"estimated_peak_gib": round(peak / GIB, 2), "gpu_memory_gib": cfg.gpu_memory_gib,
-                   "max_context_that_fits": fits, "quantization": "4-bit QLoRA" if cfg.load_in_4bit else "bf16 LoRA",
-                   "lora_r": cfg.lora_r},
+        "memory": {
+            "estimated_peak_gib": round(peak / GIB, 2),
+            "gpu_memory_gib": cfg.gpu_memory_gib,
+            "max_context_that_fits": fits,
+            "quantization": "4-bit QLoRA" if cfg.load_in_4bit else "bf16 LoRA",
+            "lora_r": cfg.lora_r,
+        },
         "steps": asdict(steps),
         "warnings": warnings,
         "config": asdict(cfg),
@@ -116,16 +153,24 @@ def build_plan(cfg: TrainConfig) -> dict:
 
 def print_plan(plan: dict) -> None:
     m, r, mem, s = plan["model"], plan["rope"], plan["memory"], plan["steps"]
-    print(f"data      {plan['data']['path']}: {plan['data']['samples']} samples of <= {plan['data']['seq_len']} "
-          f"tokens, fill {plan['data']['fill_rate']:.3f}, tokenizer {plan['data']['tokenizer']}")
-    print(f"model     {m['name']}: {m['model_type']}, {m['params_b']}B params, hidden {m['hidden_size']}, "
-          f"{m['num_hidden_layers']} layers, vocab {m['vocab_size']}, native context {r['native_context']}")
+    print(
+        f"data      {plan['data']['path']}: {plan['data']['samples']} samples of <= {plan['data']['seq_len']} "
+        f"tokens, fill {plan['data']['fill_rate']:.3f}, tokenizer {plan['data']['tokenizer']}"
+    )
+    print(
+        f"model     {m['name']}: {m['model_type']}, {m['params_b']}B params, hidden {m['hidden_size']}, "
+        f"{m['num_hidden_layers']} layers, vocab {m['vocab_size']}, native context {r['native_context']}"
+    )
     print(f"context   max_seq_length {plan['max_seq_length']}; RoPE {r['mode']}: {r['note']}")
-    print(f"memory    {mem['quantization']} r={mem['lora_r']}, gradient checkpointing "
-          f"{plan['gradient_checkpointing']!r}: ~{mem['estimated_peak_gib']} GiB peak of "
-          f"{mem['gpu_memory_gib']} GiB; largest context that fits ~{mem['max_context_that_fits']}")
-    print(f"steps     batch {s['per_device_batch_size']} x accumulation {s['gradient_accumulation_steps']} = "
-          f"{s['tokens_per_step']} tokens/step; {s['steps']} steps ({s['epochs']} epochs of {s['samples']} samples)")
+    print(
+        f"memory    {mem['quantization']} r={mem['lora_r']}, gradient checkpointing "
+        f"{plan['gradient_checkpointing']!r}: ~{mem['estimated_peak_gib']} GiB peak of "
+        f"{mem['gpu_memory_gib']} GiB; largest context that fits ~{mem['max_context_that_fits']}"
+    )
+    print(
+        f"steps     batch {s['per_device_batch_size']} x accumulation {s['gradient_accumulation_steps']} = "
+        f"{s['tokens_per_step']} tokens/step; {s['steps']} steps ({s['epochs']} epochs of {s['samples']} samples)"
+    )
     for w in plan["warnings"]:
         print(f"warning   {w}")
 
@@ -143,12 +188,23 @@ def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
         if plan["rope"]["unsloth_rope_scaling"] is not None:
             kw["rope_scaling"] = plan["rope"]["unsloth_rope_scaling"]
         model, tokenizer = FastLanguageModel.from_pretrained(
-            model_name=cfg.model, max_seq_length=L, load_in_4bit=cfg.load_in_4bit, dtype=None,
-            trust_remote_code=cfg.trust_remote_code, **kw)
+            model_name=cfg.model,
+            max_seq_length=L,
+            load_in_4bit=cfg.load_in_4bit,
+            dtype=None,
+            trust_remote_code=cfg.trust_remote_code,
+            **kw,
+        )
         model = FastLanguageModel.get_peft_model(
-            model, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-            target_modules=list(cfg.target_modules), use_gradient_checkpointing=gc,
-            random_state=cfg.seed, max_seq_length=L)
+            model,
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.target_modules),
+            use_gradient_checkpointing=gc,
+            random_state=cfg.seed,
+            max_seq_length=L,
+        )
         collator = PackedCollator(L, with_packed_lengths=True)
     else:
         import torch
@@ -156,14 +212,30 @@ def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype, attn_implementation="sdpa",
-                                                     trust_remote_code=cfg.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            cfg.model,
+            dtype=dtype,
+            attn_implementation="sdpa",
+            trust_remote_code=cfg.trust_remote_code,
+        )
+        # transformers keeps packed documents apart (block-diagonal mask from position_ids) only when
+        # no KV cache is built: with use_cache=True a document attends to the ones before it.
+        model.config.use_cache = False
         if gc:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
             model.enable_input_require_grads()
-        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                                 lora_dropout=cfg.lora_dropout,
-                                                 target_modules=list(cfg.target_modules), task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                target_modules=list(cfg.target_modules),
+                task_type="CAUSAL_LM",
+            ),
+        )
         tokenizer = AutoTokenizer.from_pretrained(cfg.model)
         collator = PackedCollator(L, with_packed_lengths=False)
     manifest = read_manifest(cfg.data)
@@ -196,17 +268,28 @@ def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
         from trl import SFTConfig, SFTTrainer
 
         # The rows are already packed: no re-tokenizing, re-packing or truncation by TRL.
-        args = SFTConfig(**common, dataset_kwargs={"skip_prepare_dataset": True}, packing=False, max_length=None)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                             processing_class=tokenizer)
+        args = SFTConfig(
+            **common, dataset_kwargs={"skip_prepare_dataset": True}, packing=False, max_length=None
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            data_collator=collator,
+            processing_class=tokenizer,
+        )
     else:
         # TRL 1.15's SFTTrainer always computes the loss with its fused LM head, a Triton kernel that
         # needs a GPU; on a CPU the same rows and collator go through transformers' Trainer, the class
         # SFTTrainer extends (CPU tests and smoke runs).
         from transformers import Trainer, TrainingArguments
 
-        trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=dataset,
-                          data_collator=collator)
+        trainer = Trainer(
+            model=model,
+            args=TrainingArguments(**common),
+            train_dataset=dataset,
+            data_collator=collator,
+        )
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     started = time.time()
@@ -237,11 +320,19 @@ def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.launch", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m train.launch", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--config", help="YAML file of options (flags win)")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan and stop (no GPU needed)")
-    parser.add_argument("--backend", choices=("unsloth", "transformers"), default="unsloth",
-                        help="unsloth (default), or plain transformers + PEFT (CPU tests, comparisons)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the plan and stop (no GPU needed)"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("unsloth", "transformers"),
+        default="unsloth",
+        help="unsloth (default), or plain transformers + PEFT (CPU tests, comparisons)",
+    )
     add_config_arguments(parser)
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k not in ("config", "dry_run", "backend")}
@@ -259,8 +350,11 @@ def main(argv: list[str] | None = None) -> int:
 
         problems = validate_output(cfg.data)
         if problems.total:
-            print(f"error: --data {cfg.data} fails validation ({problems.total} problems), first: "
-                  + "; ".join(problems[:3]), file=sys.stderr)
+            print(
+                f"error: --data {cfg.data} fails validation ({problems.total} problems), first: "
+                + "; ".join(problems[:3]),
+                file=sys.stderr,
+            )
             return 2
     try:
         train(cfg, plan, backend=args.backend)

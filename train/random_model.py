@@ -13,17 +13,48 @@ import argparse
 import shutil
 from pathlib import Path
 
-LLAMA3_ROPE = {"rope_type": "llama3", "factor": 32.0, "original_max_position_embeddings": 8192,
-               "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 32.0,
+    "original_max_position_embeddings": 8192,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+}
 SHAPES = {
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=4096, rope_theta=10000.0, tie_word_embeddings=True),
-    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                         num_key_value_heads=8, head_dim=64, max_position_embeddings=131072, rope_theta=500000.0,
-                         rope_scaling=LLAMA3_ROPE, tie_word_embeddings=True),
-    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                         num_key_value_heads=8, head_dim=128, max_position_embeddings=131072, rope_theta=500000.0,
-                         rope_scaling=dict(LLAMA3_ROPE, factor=8.0), tie_word_embeddings=False),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+    ),
+    "llama-3.2-1b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        max_position_embeddings=131072,
+        rope_theta=500000.0,
+        rope_scaling=LLAMA3_ROPE,
+        tie_word_embeddings=True,
+    ),
+    "llama-3.1-8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=131072,
+        rope_theta=500000.0,
+        rope_scaling=dict(LLAMA3_ROPE, factor=8.0),
+        tie_word_embeddings=False,
+    ),
 }
 
 
@@ -33,7 +64,9 @@ def build(shape: str, tokenizer_dir: str, out: str, seed: int = 0) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok_dir = Path(tokenizer_dir)
-    vocab = Tokenizer.from_file(str(tok_dir / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
+    vocab = Tokenizer.from_file(str(tok_dir / "tokenizer.json")).get_vocab_size(
+        with_added_tokens=True
+    )
     cfg = LlamaConfig(vocab_size=-(-vocab // 128) * 128, bos_token_id=None, **SHAPES[shape])
     eot = Tokenizer.from_file(str(tok_dir / "tokenizer.json")).token_to_id("<|endoftext|>")
     cfg.eos_token_id = cfg.pad_token_id = eot
@@ -50,7 +83,9 @@ def build(shape: str, tokenizer_dir: str, out: str, seed: int = 0) -> Path:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m train.random_model", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m train.random_model", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--shape", choices=sorted(SHAPES), required=True)
     p.add_argument("--tokenizer", required=True, help="folder with tokenizer.json")
     p.add_argument("--out", required=True)

@@ -1,0 +1,147 @@
+"""Training plans on CPU: RoPE maths, the memory model against GPU measurements, refusals."""
+
+import math
+
+import pytest
+
+from train.plan import (
+    GIB,
+    ModelShape,
+    PlanError,
+    check_gradient_checkpointing,
+    estimate_peak_bytes,
+    max_context,
+    plan_rope,
+    plan_steps,
+)
+from train.random_model import SHAPES
+
+ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def shape(name, **kw):
+    return ModelShape.from_config_dict(
+        dict(SHAPES[name], model_type="llama", vocab_size=128256, **kw)
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "q", "r", "measured"),
+    [
+        ("llama-3.2-1b", False, 16, {32768: 7.1, 65536: 11.6, 131072: 20.8, 262144: 39.1}),
+        ("llama-3.1-8b", True, 32, {32768: 11.9, 65536: 17.6, 131072: 29.1, 262144: 52.1}),
+    ],
+)
+def test_memory_estimate_within_15_percent_of_bare_unsloth(name, q, r, measured):
+    s = shape(name)
+    for tokens, gib in measured.items():
+        est = (
+            estimate_peak_bytes(
+                s, tokens, load_in_4bit=q, lora_r=r, modules=ALL, calibration="bare-unsloth"
+            )
+            / GIB
+        )
+        assert abs(est / gib - 1) < 0.15, (name, tokens, est, gib)
+
+
+def test_memory_estimate_within_15_percent_of_the_launcher_measured_on_h100():
+    # train.launch, Unsloth 2026.10.9 + TRL 1.15, H100, 1B shape with the Qwen3 vocabulary (docs/benchmarks.md)
+    s = ModelShape.from_config_dict(
+        dict(SHAPES["llama-3.2-1b"], model_type="llama", vocab_size=151680)
+    )
+    for tokens, gib in {32768: 5.62, 65536: 8.69, 131072: 14.72}.items():
+        est = estimate_peak_bytes(s, tokens, load_in_4bit=False, lora_r=16, modules=ALL) / GIB
+        assert abs(est / gib - 1) < 0.15, (tokens, est, gib)
+
+
+def test_max_context_is_monotone_and_fits():
+    s = shape("llama-3.1-8b")
+    ctx = max_context(s, 80, load_in_4bit=True, lora_r=32, modules=ALL, calibration="bare-unsloth")
+    assert 300_000 < ctx < 500_000 and ctx % 1024 == 0
+    assert (
+        estimate_peak_bytes(
+            s, ctx, load_in_4bit=True, lora_r=32, modules=ALL, calibration="bare-unsloth"
+        )
+        <= 0.95 * 80 * GIB
+    )
+    assert max_context(s, 40, load_in_4bit=True, lora_r=32, modules=ALL) < ctx + 1
+
+
+def test_rope_auto_keeps_llama3_and_linear_otherwise():
+    l1 = shape("llama-3.2-1b")
+    p = plan_rope(l1, 262144)
+    assert p.native_context == 131072 and p.factor == 2.0 and p.unsloth_rope_scaling is None
+    assert "llama3" in p.note
+    qwen = ModelShape.from_config_dict(
+        dict(
+            SHAPES["tiny"],
+            model_type="qwen3",
+            vocab_size=151936,
+            max_position_embeddings=40960,
+            rope_theta=1_000_000.0,
+        )
+    )
+    p = plan_rope(qwen, 131072)
+    assert p.factor == pytest.approx(3.2) and "linear" in p.note
+    assert plan_rope(qwen, 32768).factor == 1.0
+
+
+def test_rope_explicit_modes_hand_computed():
+    qwen = ModelShape.from_config_dict(
+        dict(
+            SHAPES["tiny"],
+            model_type="qwen3",
+            vocab_size=151936,
+            max_position_embeddings=32768,
+            rope_theta=1_000_000.0,
+            head_dim=128,
+        )
+    )
+    assert plan_rope(qwen, 131072, "linear").unsloth_rope_scaling == {
+        "rope_type": "linear",
+        "factor": 4.0,
+    }
+    y = plan_rope(qwen, 131072, "yarn").unsloth_rope_scaling
+    assert y == {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
+    ntk = plan_rope(qwen, 131072, "ntk").unsloth_rope_scaling
+    assert ntk["rope_theta"] == pytest.approx(1_000_000.0 * 4.0 ** (128 / 126))  # 4,088,994
+    assert math.isclose(ntk["rope_theta"], 4_088_994, rel_tol=1e-6)
+    with pytest.raises(PlanError, match="ignores"):
+        plan_rope(qwen, 131072, "dynamic")
+    with pytest.raises(PlanError, match="not llama3"):
+        plan_rope(qwen, 131072, "llama3")
+    with pytest.raises(PlanError, match="never trained"):
+        plan_rope(qwen, 131072, "none")
+    gemma = ModelShape.from_config_dict(
+        dict(SHAPES["tiny"], model_type="gemma2", vocab_size=256000)
+    )
+    with pytest.raises(PlanError, match="gemma2"):
+        plan_rope(gemma, 131072, "linear")
+
+
+def test_gradient_checkpointing_rules():
+    check_gradient_checkpointing("unsloth", 262144)
+    check_gradient_checkpointing(True, 32768)
+    with pytest.raises(PlanError, match="unsloth"):
+        check_gradient_checkpointing(True, 65536)
+    with pytest.raises(PlanError, match="unsloth"):
+        check_gradient_checkpointing(False, 40000)
+
+
+def test_steps_from_tokens_per_step():
+    s = plan_steps(
+        samples=100,
+        seq_len=65536,
+        batch=1,
+        tokens_per_step=1 << 20,
+        accum=0,
+        epochs=2,
+        max_steps=-1,
+    )
+    assert (s.gradient_accumulation_steps, s.tokens_per_step, s.steps) == (16, 1 << 20, 13)
+    assert (
+        plan_steps(
+            samples=100, seq_len=8, batch=2, tokens_per_step=0, accum=3, epochs=1, max_steps=7
+        ).steps
+        == 7
+    )
