@@ -9,12 +9,13 @@ manifest is always complete. All I/O goes through ``apache_beam.io.filesystems``
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
+
+from schemas.storage import read_bytes, read_table  # noqa: F401  (read_table re-exported)
 
 STAGING = ".staging"
 MANIFEST = "manifest.json"
@@ -48,22 +49,12 @@ def write_table(table: pa.Table, path: str, fmt: str, seq_len: int) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_table(path: str) -> pa.Table:
-    with FileSystems.open(path) as fh:
-        data = fh.read()
-    if path.endswith(".parquet"):
-        return pq.read_table(io.BytesIO(data))
-    return pa.ipc.open_stream(data).read_all()
-
-
 def read_json(path: str):
-    with FileSystems.open(path) as fh:
-        return json.loads(fh.read().decode("utf-8"))
+    return json.loads(read_bytes(path).decode("utf-8"))
 
 
 def read_text(path: str) -> str:
-    with FileSystems.open(path) as fh:
-        return fh.read().decode("utf-8")
+    return read_bytes(path).decode("utf-8")
 
 
 def write_bytes(path: str, data: bytes) -> None:
