@@ -11,8 +11,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from transforms.archives import ARCHIVE_SUFFIXES
 from transforms.documents import Reject
-from transforms.reading import BOOK_SUFFIXES, display_path, walk_repository
+from transforms.reading import BOOK_SUFFIXES, display_path, walk_folder
 from transforms.records import RECORD_SUFFIXES
 
 BOOK, REPO, RECORDS = "book", "repo", "records"
@@ -41,7 +42,7 @@ def _book_sources(arg: str, rejects: list[Reject]) -> list[Source]:
     if not os.path.isdir(root) or os.path.islink(root):
         return [Source(BOOK, root, f"book/{Path(root).stem}", Path(root).name)]
     out = []
-    for item in walk_repository(root):
+    for item in walk_folder(root):
         if isinstance(item, Reject):
             rejects.append(item)
             continue
@@ -63,6 +64,10 @@ def _book_sources(arg: str, rejects: list[Reject]) -> list[Source]:
 def _repo_source(path: str) -> Source:
     path = os.path.abspath(path)
     name = display_path(os.path.basename(path.rstrip("/")))
+    for suffix in ARCHIVE_SUFFIXES:
+        if name.lower().endswith(suffix) and os.path.isfile(path):
+            name = name[: -len(suffix)]
+            break
     return Source(REPO, path, f"code/{name}", name)
 
 
@@ -83,14 +88,17 @@ def discover(
             rejects.append(Reject(display_path(root), "unreadable", err.strerror or str(err)))
             continue
         for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
+            if entry.is_dir(follow_symlinks=False) or (
+                entry.is_file(follow_symlinks=False)
+                and entry.name.lower().endswith(ARCHIVE_SUFFIXES)
+            ):
                 sources.append(_repo_source(entry.path))
             else:
                 rejects.append(
                     Reject(
                         display_path(entry.path),
                         "not_a_repository",
-                        "--repos-root holds repositories as folders",
+                        "--repos-root holds repositories as folders or .zip/.tar.gz archives",
                     )
                 )
     for arg in documents:

@@ -23,14 +23,15 @@ class LongctxOptions(PipelineOptions):
             action="append",
             default=[],
             metavar="PATH",
-            help="a book file (.txt, .md) or a folder searched recursively; repeatable",
+            help="a book file (.txt, .md, .html, .htm, .epub) or a folder searched "
+            "recursively; repeatable",
         )
         parser.add_argument(
             "--repos",
             action="append",
             default=[],
             metavar="PATH",
-            help="one code repository folder; repeatable",
+            help="one code repository: a folder, or a .zip / .tar.gz archive; repeatable",
         )
         parser.add_argument(
             "--repos-root",
@@ -97,11 +98,62 @@ class LongctxOptions(PipelineOptions):
             help="target size of the input_ids of one shard (default 256 MiB)",
         )
         parser.add_argument(
+            "--boundary-slack",
+            dest="boundary_slack",
+            type=int,
+            default=None,
+            metavar="TOKENS",
+            help="a window of a long document may end up to this many tokens early so the next "
+            "one starts at a chapter or paragraph (default seq-len/32; 0: plain cuts)",
+        )
+        parser.add_argument(
+            "--mix",
+            default=None,
+            metavar="KIND=W,...",
+            help="token shares per kind, e.g. book=0.4,code=0.6; kinds not named are left out "
+            "(default: keep everything)",
+        )
+        parser.add_argument(
+            "--seed",
+            type=int,
+            default=0,
+            metavar="INT",
+            help="seed of the --mix document selection (default 0)",
+        )
+        parser.add_argument(
+            "--min-dependency-score",
+            dest="min_dependency_score",
+            type=float,
+            default=None,
+            metavar="SCORE",
+            help="leave out documents whose long-dependency score is below this; documents "
+            "too short to score (< 45,056 tokens) are kept (default: no filter)",
+        )
+        parser.add_argument(
+            "--no-dedup",
+            dest="dedup",
+            action="store_false",
+            default=True,
+            help="keep exact and near-duplicate files (default: keep the first copy only)",
+        )
+        parser.add_argument(
             "--overwrite",
             action="store_true",
             default=False,
             help="replace a finished output already in --output",
         )
+
+
+def boundary_slack(opts: LongctxOptions) -> int:
+    """The effective --boundary-slack in tokens."""
+    return opts.seq_len // 32 if opts.boundary_slack is None else opts.boundary_slack
+
+
+def mix_weights(opts: LongctxOptions) -> dict[str, float] | None:
+    """--mix as normalised weights (validated by :func:`validate`)."""
+    from transforms.mixture import parse_mix
+
+    return parse_mix(opts.mix)
 
 
 def validate(opts: LongctxOptions) -> None:
@@ -116,6 +168,18 @@ def validate(opts: LongctxOptions) -> None:
         raise UsageError(f"--max-file-mb must be > 0, got {opts.max_file_mb}")
     if opts.shard_mb <= 0:
         raise UsageError(f"--shard-mb must be > 0, got {opts.shard_mb}")
+    if opts.boundary_slack is not None and opts.boundary_slack < 0:
+        raise UsageError(f"--boundary-slack must be >= 0 tokens, got {opts.boundary_slack}")
+    from transforms.mixture import MixError, parse_mix
+
+    try:
+        weights = parse_mix(opts.mix)
+    except MixError as err:
+        raise UsageError(str(err)) from None
+    if weights:
+        unknown = sorted(set(weights) - {"book", "code"})
+        if unknown:
+            raise UsageError(f"--mix: unknown kind {', '.join(unknown)} (kinds: book, code)")
     for flag, paths in (
         ("--books", opts.books),
         ("--repos", opts.repos),

@@ -26,7 +26,13 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipeline import __version__
 from pipeline.demo import demo_repositories
 from pipeline.discover import discover
-from pipeline.options import LongctxOptions, UsageError, validate
+from pipeline.options import (
+    LongctxOptions,
+    UsageError,
+    boundary_slack,
+    mix_weights,
+    validate,
+)
 from pipeline.output import (
     MANIFEST,
     prepare_staging,
@@ -81,6 +87,11 @@ def effective_config(lc: LongctxOptions, options: PipelineOptions, demo: bool) -
         "max_file_mb": lc.max_file_mb,
         "shard_mb": lc.shard_mb,
         "overwrite": lc.overwrite,
+        "boundary_slack": boundary_slack(lc),
+        "mix": mix_weights(lc),
+        "seed": lc.seed,
+        "min_dependency_score": lc.min_dependency_score,
+        "dedup": lc.dedup,
         "beam_options": {k: v for k, v in sorted(std.items()) if k not in LONGCTX_DESTS},
     }
 
@@ -98,10 +109,15 @@ LONGCTX_DESTS = {
     "max_file_mb",
     "shard_mb",
     "overwrite",
+    "boundary_slack",
+    "mix",
+    "seed",
+    "min_dependency_score",
+    "dedup",
 }
 
 
-def build_manifest(*, lc, config, tok, docs, shard_stats, rejects) -> dict:
+def build_manifest(*, lc, config, tok, docs, shard_stats, rejects, plan_summary) -> dict:
     kinds = docs.column("kind").to_pylist()
     n_tokens = np.asarray(docs.column("n_tokens"), dtype=np.int64)
     by_kind_docs = Counter(kinds)
@@ -130,6 +146,13 @@ def build_manifest(*, lc, config, tok, docs, shard_stats, rejects) -> dict:
         },
         "fill_rate": round(tokens / (samples * lc.seq_len), 6) if samples else 0.0,
         "lower_bound_samples": -(-int(n_tokens.sum()) // lc.seq_len),
+        "packing": plan_summary.get("packing", {}),
+        "mixture": plan_summary.get("mixture"),
+        "dependency_order": {
+            "edges": int(np.asarray(docs.column("dependency_edges")).sum()),
+            "files_on_cycles": int(np.asarray(docs.column("cycle_files")).sum()),
+            "unparsed_source_files": int(np.asarray(docs.column("unparsed_files")).sum()),
+        },
         "documents": "documents.arrow",
         "rejects": "rejects.jsonl",
         "report": "report/summary.md",
@@ -177,6 +200,11 @@ def run(argv: list[str] | None = None) -> int:
             samples_per_shard=samples_per_shard,
             fmt=lc.shard_format,
             staging=staging,
+            slack=boundary_slack(lc),
+            mix=mix_weights(lc),
+            seed=lc.seed,
+            min_score=lc.min_dependency_score,
+            dedup=lc.dedup,
         )
         result = pipeline.run()
         result.wait_until_finish()
@@ -195,6 +223,7 @@ def run(argv: list[str] | None = None) -> int:
             docs=docs,
             shard_stats=shard_stats,
             rejects=rejects,
+            plan_summary=read_json(FileSystems.join(staging, "plan.json")),
         )
         sample_tokens = np.array(
             [t for s in shard_stats for t in s["sample_tokens"]], dtype=np.int64
@@ -206,7 +235,9 @@ def run(argv: list[str] | None = None) -> int:
             sample_tokens=sample_tokens,
             rejects=rejects,
         )
-        FileSystems.delete([FileSystems.join(staging, "shards.json")])
+        FileSystems.delete(
+            [FileSystems.join(staging, "shards.json"), FileSystems.join(staging, "plan.json")]
+        )
         publish(out, staging, manifest)
     except Exception:
         _LOG.exception("the pipeline failed; %s holds no finished output", out)

@@ -2,11 +2,15 @@
 
 Graph (labels as they appear in the runner)::
 
-    CreateSources -> ReadSources ---------------------------> rejects -> WriteRejects
-                         | docs
-                     Tokenize -> DocLengths -> CollectLengths -> PlanSamples
-                         |                                          |
-                         +--------------- JoinPlan (CoGroupByKey) --+
+    CreateSources -> ReadSources ------------------------------------> rejects -> WriteRejects
+                         | docs                                             ^
+                         +-> Signatures -> GroupByBand -> FindDuplicates     |
+                         |                                 | (side input)   |
+                     RemoveDuplicates <--------------------+ ---------------+
+                         |
+                     Tokenize (+ windows, score) -> DocInfo -> CollectInfos -> PlanSamples
+                         |                                                   | (left out: rejects)
+                         +---------------- JoinPlan (CoGroupByKey) ----------+
                                               | segments (keyed by shard)    | documents
                                          GroupByShard -> WriteShards       WriteDocuments
 """
@@ -23,14 +27,19 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from pipeline.discover import BOOK, RECORDS, REPO, Source
+from transforms.dedup import band_keys, duplicates_in_bucket, remove_items, signatures
+from transforms.dependency_score import dependency_score
 from transforms.documents import Reject, RejectError, TextDocument, TokenizedDocument
-from transforms.plan import plan_samples
-from transforms.reading import ReadLimits, display_path, read_book, read_repository
+from transforms.plan import DocInfo, plan_samples
+from transforms.reading import ReadLimits, display_path, read_book
 from transforms.records import read_records
+from transforms.repository import read_repository
 from transforms.samples import build_document_table, build_sample_table
+from transforms.windowing import window_document
 
 REJECTS = "rejects"
 DOCUMENTS = "documents"
+SUMMARY = "summary"
 NAMESPACE = "longctx"
 _LOG = logging.getLogger(__name__)
 
@@ -49,7 +58,10 @@ class ReadSourceFn(beam.DoFn):
                 doc, rejects = read_repository(src.path, src.doc_id, src.name, self.limits)
                 items = [*rejects, *([doc] if doc else [])]
             elif src.kind == RECORDS:
-                items = read_records(src.path, src.doc_id, self.limits)
+                items = list(read_records(src.path, src.doc_id, self.limits))
+                for item in items:
+                    if isinstance(item, TextDocument):
+                        item.source = src.doc_id
             else:
                 raise ValueError(f"unknown source kind {src.kind!r}")
             for item in items:
@@ -81,11 +93,37 @@ def content_sha256(doc: TextDocument) -> str:
     return h.hexdigest()
 
 
-class TokenizeFn(beam.DoFn):
-    """TextDocument -> TokenizedDocument. The tokenizer is loaded once per worker in ``setup``."""
+def _bucket_duplicates(element):
+    _, members = element
+    for dropped, kept, sim in duplicates_in_bucket(list(members)):
+        yield dropped.doc_id, (dropped.path, kept.where(), sim)
 
-    def __init__(self, tokenizer_spec: str | None):
+
+class RemoveDuplicatesFn(beam.DoFn):
+    """Leave out the files (or whole documents) that duplicate a copy kept elsewhere."""
+
+    def process(self, doc: TextDocument, drops: dict):
+        found = drops.get(doc.doc_id)
+        if not found:
+            yield doc
+            return
+        kept, rejects = remove_items(doc, list(found))
+        for r in rejects:
+            Metrics.counter(NAMESPACE, f"rejects_{r.reason}").inc()
+            yield beam.pvalue.TaggedOutput(REJECTS, r)
+        if kept is not None:
+            yield kept
+
+
+class TokenizeFn(beam.DoFn):
+    """TextDocument -> TokenizedDocument with its windows and long-dependency score.
+
+    The tokenizer is loaded once per worker in ``setup``.
+    """
+
+    def __init__(self, tokenizer_spec: str | None, seq_len: int, overlap: int, slack: int):
         self.tokenizer_spec = tokenizer_spec
+        self.seq_len, self.overlap, self.slack = seq_len, overlap, slack
         self.tok = None
 
     def setup(self):
@@ -94,12 +132,22 @@ class TokenizeFn(beam.DoFn):
         self.tok = load_tokenizer(self.tokenizer_spec)
 
     def process(self, doc: TextDocument):
-        from transforms.tokenize import encode_document
+        from transforms.tokenize import encode_document_full
 
-        tokens = encode_document(doc, self.tok)
+        enc = encode_document_full(doc, self.tok, doc.chapters)
+        n = int(enc.tokens.shape[0])
+        starts, lengths = window_document(
+            n,
+            seq_len=self.seq_len,
+            overlap=self.overlap,
+            tiers=enc.tiers,
+            slack=self.slack,
+        )
         Metrics.counter(NAMESPACE, f"documents_{doc.kind}").inc()
-        Metrics.counter(NAMESPACE, f"tokens_{doc.kind}").inc(int(tokens.shape[0]))
-        Metrics.distribution(NAMESPACE, f"doc_tokens_{doc.kind}").update(int(tokens.shape[0]))
+        Metrics.counter(NAMESPACE, f"tokens_{doc.kind}").inc(n)
+        Metrics.distribution(NAMESPACE, f"doc_tokens_{doc.kind}").update(n)
+        if doc.unparsed_files:
+            Metrics.counter(NAMESPACE, "warnings_unparsed_source_files").inc(doc.unparsed_files)
         yield TokenizedDocument(
             doc_id=doc.doc_id,
             kind=doc.kind,
@@ -107,18 +155,53 @@ class TokenizeFn(beam.DoFn):
             files=list(doc.files),
             n_bytes=doc.n_bytes,
             content_sha256=content_sha256(doc),
-            tokens=tokens,
+            tokens=enc.tokens,
+            language=doc.language,
+            source=doc.source,
+            dependency_edges=doc.dependency_edges,
+            cycle_files=doc.cycle_files,
+            unparsed_files=doc.unparsed_files,
+            chapters=enc.chapters,
+            starts=starts,
+            lengths=lengths,
+            score=dependency_score(enc.tokens),
         )
 
 
-def plan_to_assignments(doc_lengths, *, seq_len: int, overlap: int, samples_per_shard: int):
-    """Whole-corpus plan -> ``(doc_id, (n_shards, [Assignment...]))`` per document."""
+def doc_info(d: TokenizedDocument) -> DocInfo:
+    """The few numbers of a document the planner needs (no tokens)."""
+    return DocInfo(
+        doc_id=d.doc_id,
+        n_tokens=d.n_tokens,
+        kind=d.kind,
+        group=f"{d.kind}:{d.language or 'unknown'}",
+        source=d.source,
+        origin=d.origin,
+        score=d.score,
+        starts=d.starts,
+        lengths=d.lengths,
+    )
+
+
+def plan_to_assignments(infos, *, seq_len, overlap, samples_per_shard, mix, seed, min_score):
+    """Whole-corpus plan -> ``(doc_id, (n_shards, [Assignment...]))`` per kept document, the
+    documents left out as rejects, and a summary for the manifest."""
     plan = plan_samples(
-        doc_lengths, seq_len=seq_len, overlap=overlap, samples_per_shard=samples_per_shard
+        infos,
+        seq_len=seq_len,
+        overlap=overlap,
+        samples_per_shard=samples_per_shard,
+        mix=mix,
+        seed=seed,
+        min_score=min_score,
     )
     Metrics.counter(NAMESPACE, "samples").inc(plan.n_samples)
     for doc_id, assignments in plan.by_doc.items():
         yield doc_id, (plan.n_shards, assignments)
+    for _doc_id, origin, reason, detail in plan.left_out:
+        Metrics.counter(NAMESPACE, f"rejects_{reason}").inc()
+        yield beam.pvalue.TaggedOutput(REJECTS, Reject(origin, reason, detail))
+    yield beam.pvalue.TaggedOutput(SUMMARY, {"packing": plan.packing, "mixture": plan.mixture})
 
 
 class CutSegmentsFn(beam.DoFn):
@@ -127,14 +210,17 @@ class CutSegmentsFn(beam.DoFn):
     def process(self, element):
         doc_id, grouped = element
         docs, plans = list(grouped["doc"]), list(grouped["plan"])
-        if len(docs) != 1 or len(plans) != 1:
+        if len(docs) != 1 or len(plans) > 1:
             raise RuntimeError(
                 f"document {doc_id}: {len(docs)} token arrays and {len(plans)} plans"
             )
+        if not plans:  # left out by --mix / --min-dependency-score: listed in rejects.jsonl
+            return
         doc, (n_shards, assignments) = docs[0], plans[0]
         for a in assignments:
             tokens = doc.tokens[a.start : a.start + a.length]
-            yield (a.shard, n_shards), (a.sample, a.slot, doc_id, a.start, tokens)
+            score = doc.score if a.length == doc.n_tokens else dependency_score(tokens)
+            yield (a.shard, n_shards), (a.sample, a.slot, doc_id, a.start, tokens, score)
         yield beam.pvalue.TaggedOutput(
             DOCUMENTS,
             {
@@ -146,6 +232,12 @@ class CutSegmentsFn(beam.DoFn):
                 "files": doc.files,
                 "content_sha256": doc.content_sha256,
                 "n_segments": len(assignments),
+                "language": doc.language,
+                "dependency_edges": doc.dependency_edges,
+                "cycle_files": doc.cycle_files,
+                "unparsed_files": doc.unparsed_files,
+                "chapter_starts": [] if doc.chapters is None else doc.chapters.tolist(),
+                "dependency_score": doc.score,
             },
         )
 
@@ -212,8 +304,15 @@ class BuildDataset(beam.PTransform):
         samples_per_shard,
         fmt,
         staging,
+        slack=0,
+        mix=None,
+        seed=0,
+        min_score=None,
+        dedup=True,
     ):
         super().__init__()
+        self.slack, self.mix, self.seed, self.min_score = slack, mix, seed, min_score
+        self.dedup = dedup
         self.sources, self.discovery_rejects = sources, discovery_rejects
         self.tokenizer_spec, self.limits = tokenizer_spec, limits
         self.seq_len, self.overlap, self.samples_per_shard = seq_len, overlap, samples_per_shard
@@ -228,18 +327,43 @@ class BuildDataset(beam.PTransform):
             | "ReadSources"
             >> beam.ParDo(ReadSourceFn(self.limits)).with_outputs(REJECTS, main="docs")
         )
-        docs = read.docs | "Tokenize" >> beam.ParDo(TokenizeFn(self.tokenizer_spec))
-        plan = (
+        texts, reject_sets = read.docs, [read[REJECTS]]
+        if self.dedup:
+            drops = (
+                texts
+                | "Signatures"
+                >> beam.FlatMap(lambda d: [(k, s) for s in signatures(d) for k in band_keys(s)])
+                | "GroupByBand" >> beam.GroupByKey()
+                | "FindDuplicates" >> beam.FlatMap(_bucket_duplicates)
+                | "DuplicatesByDocument" >> beam.GroupByKey()
+            )
+            deduped = texts | "RemoveDuplicates" >> beam.ParDo(
+                RemoveDuplicatesFn(), beam.pvalue.AsDict(drops)
+            ).with_outputs(REJECTS, main="docs")
+            texts = deduped.docs
+            reject_sets.append(deduped[REJECTS])
+        docs = texts | "Tokenize" >> beam.ParDo(
+            TokenizeFn(self.tokenizer_spec, self.seq_len, self.overlap, self.slack)
+        )
+        planned = (
             docs
-            | "DocLengths" >> beam.Map(lambda d: (d.doc_id, d.n_tokens))
-            | "CollectLengths" >> beam.combiners.ToList()
+            | "DocInfo" >> beam.Map(doc_info)
+            | "CollectInfos" >> beam.combiners.ToList()
             | "PlanSamples"
             >> beam.FlatMap(
                 plan_to_assignments,
                 seq_len=self.seq_len,
                 overlap=self.overlap,
                 samples_per_shard=self.samples_per_shard,
-            )
+                mix=self.mix,
+                seed=self.seed,
+                min_score=self.min_score,
+            ).with_outputs(REJECTS, SUMMARY, main="plan")
+        )
+        plan = planned.plan
+        reject_sets.append(planned[REJECTS])
+        _ = planned[SUMMARY] | "WritePlanSummary" >> beam.Map(
+            _write_json, FileSystems.join(staging, "plan.json")
         )
         cut = (
             {"doc": docs | "KeyDocs" >> beam.Map(lambda d: (d.doc_id, d)), "plan": plan}
@@ -268,7 +392,7 @@ class BuildDataset(beam.PTransform):
             >> beam.Map(_write_documents, FileSystems.join(staging, "documents.arrow"))
         )
         _ = (
-            (read[REJECTS], pbegin | "DiscoveryRejects" >> beam.Create(self.discovery_rejects))
+            (*reject_sets, pbegin | "DiscoveryRejects" >> beam.Create(self.discovery_rejects))
             | "AllRejects" >> beam.Flatten()
             | "CollectRejects" >> beam.combiners.ToList()
             | "WriteRejects" >> beam.Map(_write_rejects, FileSystems.join(staging, "rejects.jsonl"))

@@ -19,6 +19,9 @@ SAMPLE_SCHEMA = pa.schema(
         pa.field("doc_ids", pa.list_(pa.string()), nullable=False),
         pa.field("doc_starts", pa.list_(pa.int64()), nullable=False),
         pa.field("n_tokens", pa.int32(), nullable=False),
+        # token-weighted mean of the segments' long-dependency scores; null when no segment is
+        # long enough to score (transforms/dependency_score.py)
+        pa.field("dependency_score", pa.float32(), nullable=True),
     ]
 )
 
@@ -36,6 +39,12 @@ DOCUMENT_SCHEMA = pa.schema(
         ),  # code: file order in the document
         pa.field("content_sha256", pa.string(), nullable=False),
         pa.field("n_segments", pa.int32(), nullable=False),  # pieces the document was cut into
+        pa.field("language", pa.string(), nullable=False),  # book: declared; code: main language
+        pa.field("dependency_edges", pa.int32(), nullable=False),  # code: resolved import edges
+        pa.field("cycle_files", pa.int32(), nullable=False),  # code: files on an import cycle
+        pa.field("unparsed_files", pa.int32(), nullable=False),  # code: imports read by regex
+        pa.field("chapter_starts", pa.list_(pa.int64()), nullable=False),  # token offsets
+        pa.field("dependency_score", pa.float32(), nullable=True),  # null: too short to score
     ]
 )
 

@@ -13,7 +13,10 @@ import pytest
 
 from schemas.validation import validate_output
 from tests.conftest import STDLIB, run_cli
-from transforms.reading import ReadLimits, read_book, read_repository
+from transforms.dependencies import dependency_edges
+from transforms.ordering import strongly_connected
+from transforms.reading import ReadLimits, read_book
+from transforms.repository import read_repository
 from transforms.tokenize import encode_document
 
 PACKAGES = ("json", "email", "asyncio")
@@ -116,8 +119,46 @@ def test_every_token_of_every_document_lands_in_exactly_one_sample(out16k, qwen3
             :-1
         ].tolist()
         np.testing.assert_array_equal(rebuilt, expected, err_msg=d["doc_id"])
-    code = next(d for d in docs if d["doc_id"] == "code/json")
-    assert code["files"][:2] == ["__init__.py", "decoder.py"] and "tool.py" in code["files"]
+
+
+def test_repository_files_come_after_the_files_they_import(out16k):
+    """Independent check: re-extract imports from the files as written, in document order."""
+    docs = [d for d in _read_arrow(out16k / "documents.arrow").to_pylist() if d["kind"] == "code"]
+    assert {d["doc_id"] for d in docs} == {f"code/{p}" for p in PACKAGES}
+    total_edges = 0
+    for d in docs:
+        files = d["files"]
+        texts = [(Path(d["origin"]) / f).read_text(encoding="utf-8") for f in files]
+        edges, _ = dependency_edges(files, texts, Path(d["origin"]).name)
+        comp = strongly_connected(len(files), edges)
+        # files are listed in document order, so an edge (a imports b) needs b before a
+        violations = [(files[a], files[b]) for a, b in edges if comp[a] != comp[b] and b > a]
+        assert violations == [], d["doc_id"]
+        assert d["dependency_edges"] == len(edges)
+        total_edges += len(edges)
+    assert total_edges > 100
+    json_doc = next(d for d in docs if d["doc_id"] == "code/json")
+    assert json_doc["files"].index("scanner.py") < json_doc["files"].index("decoder.py")
+    assert json_doc["files"].index("decoder.py") < json_doc["files"].index("__init__.py")
+
+
+def test_long_book_windows_start_at_line_starts_and_chapters_are_recorded(out16k, qwen3):
+    docs = {d["doc_id"]: d for d in _read_arrow(out16k / "documents.arrow").to_pylist()}
+    assert len(docs["book/tolstoy-war-and-peace"]["chapter_starts"]) > 300
+    assert docs["book/tolstoy-war-and-peace"]["language"] == "english"
+    assert docs["book/goethe-faust-part-one"]["language"] == "german"
+    segs = _segments(out16k)
+    at_paragraph = total = 0
+    for doc_id in ("book/tolstoy-war-and-peace", "book/kjv-bible", "book/melville-moby-dick"):
+        expected = _expected_tokens(docs[doc_id], qwen3)
+        for start, _ in segs[doc_id]:
+            if start == 0:
+                continue
+            total += 1
+            before = qwen3.tokenizer.decode(expected[max(0, start - 2) : start].tolist())
+            at_paragraph += before.endswith("\n")
+        assert docs[doc_id]["dependency_score"] > 0.005
+    assert total > 50 and at_paragraph >= 0.9 * total, (at_paragraph, total)
 
 
 def test_no_gutenberg_licence_in_any_sample(out16k, qwen3):
@@ -126,6 +167,7 @@ def test_no_gutenberg_licence_in_any_sample(out16k, qwen3):
         for ids in _read_arrow(out16k / shard["path"]).column("input_ids").to_pylist():
             text = qwen3.tokenizer.decode(ids)
             assert "PROJECT GUTENBERG EBOOK" not in text and "Project Gutenberg License" not in text
+            assert "gutenberg" not in text.lower()
 
 
 def test_shards_load_with_datasets(out16k):

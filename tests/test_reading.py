@@ -7,7 +7,8 @@ import pytest
 from transforms.books import strip_gutenberg
 from transforms.decode import decode_text
 from transforms.documents import RejectError
-from transforms.reading import ReadLimits, read_book, read_repository
+from transforms.reading import ReadLimits, read_book
+from transforms.repository import read_repository
 
 LIMITS = ReadLimits(max_file_bytes=1 << 20)
 

@@ -20,6 +20,26 @@ _CREDIT = re.compile(
     re.I,
 )
 _TITLE = re.compile(r"^Title:\s*(.+)$", re.M)
+_LANGUAGE = re.compile(r"^Language:\s*(.+)$", re.M)
+# Credit and provenance paragraphs near the start or the end of the body (English and German
+# Gutenberg releases): transcriber names, proofreading teams, "Gutenberg Projekt-DE" notes.
+_CREDIT_WORDS = re.compile(
+    r"gutenberg|produced by|prepared by|transcribed|proofread|volunteer|widger|pgdp\.net|"
+    r"etext|e-text|ebook|scanned",
+    re.I,
+)
+_EDGE_CHARS = 3000
+# A paragraph anywhere in the body that names Project Gutenberg is a note about the release.
+_PG_NAME = re.compile(r"project\s+gutenberg|gutenberg[\s-]+projek?t|projekt\s+gutenberg", re.I)
+# A chapter heading: alone on its line between blank lines, at most 60 characters.
+_CHAPTER = re.compile(
+    r"(?:(?<=\n\n)|\A)"
+    r"((?:CHAPTER|Chapter|BOOK|Book|PART|Part|STAVE|Stave|ACT|Act|SCENE|Scene|LETTER|Letter|"
+    r"VOLUME|Volume|EPILOGUE|Epilogue|PROLOGUE|Prologue)\b[^\n]{0,50}"
+    r"|[IVXLC]{1,7}\.(?:[ \t][^\n]{0,50})?"
+    r"|(?:[1-3] )?[A-Z][a-z]+(?: [A-Z][a-z]+){0,3} \d{1,3})"
+    r"(?=\n\n)"
+)
 # How far before the END marker the "End of the Project Gutenberg EBook" line may sit.
 _END_LINE_WINDOW = 1000
 
@@ -43,7 +63,7 @@ def strip_gutenberg(text: str) -> tuple[str, bool]:
         if lines:
             hi = max(lo, hi - _END_LINE_WINDOW) + lines[-1].start()
     body = _CREDIT.sub("", text[lo:hi]) if start else text[lo:hi]
-    body = body.strip("\n")
+    body = _strip_edge_credits(body.strip("\n"))
     return (body + "\n" if body else ""), True
 
 
@@ -51,3 +71,42 @@ def gutenberg_title(text: str) -> str:
     """The ``Title:`` field of a Gutenberg header, or ``""``."""
     match = _TITLE.search(text[:5000])
     return match.group(1).strip() if match else ""
+
+
+def _strip_edge_credits(body: str) -> str:
+    """Drop credit paragraphs in the first and last ``_EDGE_CHARS`` of a Gutenberg body."""
+    paras = body.split("\n\n")
+    head = 0
+    used = 0
+    while head < len(paras) and used < _EDGE_CHARS:
+        p = paras[head]
+        if p.strip() and not _CREDIT_WORDS.search(p):
+            break
+        used += len(p) + 2
+        head += 1
+    tail = len(paras)
+    used = 0
+    for k in range(len(paras) - 1, head - 1, -1):
+        used += len(paras[k]) + 2
+        if used > _EDGE_CHARS:
+            break
+        if "gutenberg" in paras[k].lower():
+            tail = k
+    kept = [p for p in paras[head:tail] if not _PG_NAME.search(p)]
+    return "\n\n".join(kept).strip("\n")
+
+
+def gutenberg_language(text: str) -> str:
+    """The ``Language:`` field of a Gutenberg header, lower case, or ``""``."""
+    match = _LANGUAGE.search(text[:5000])
+    return match.group(1).strip().lower() if match else ""
+
+
+def chapter_starts(text: str) -> list[int]:
+    r"""Character offsets of chapter headings: a short line such as ``CHAPTER IV.``,
+    ``Chapter 12``, ``STAVE I``, ``II. The Mail`` or ``Genesis 3`` between blank lines.
+
+    >>> chapter_starts("Intro.\n\nCHAPTER I.\n\nIt was.\n\nII. The Mail\n\nText")
+    [8, 29]
+    """
+    return [m.start(1) for m in _CHAPTER.finditer(text)]

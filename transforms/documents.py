@@ -33,6 +33,12 @@ class TextDocument:
     texts: list[str]
     files: list[str] = field(default_factory=list)
     title: str = ""  # repository name or book title, used in the repository header
+    dependency_edges: int = 0  # resolved import edges between the files (code)
+    cycle_files: int = 0  # files on an import cycle (code)
+    unparsed_files: int = 0  # source files whose imports were read by the fallback regex
+    chapters: list[int] = field(default_factory=list)  # book: character offsets of headings
+    language: str = ""  # book: declared language; code: the most common source language
+    source: str = ""  # the input a record came from (records files); "" = the document itself
 
     @property
     def n_bytes(self) -> int:
@@ -71,6 +77,15 @@ class TokenizedDocument:
     n_bytes: int
     content_sha256: str
     tokens: np.ndarray
+    language: str = ""
+    source: str = ""
+    dependency_edges: int = 0
+    cycle_files: int = 0
+    unparsed_files: int = 0
+    chapters: np.ndarray | None = None  # token offsets of chapter / file starts
+    starts: np.ndarray | None = None  # the document's windows (see transforms/windowing.py)
+    lengths: np.ndarray | None = None
+    score: float | None = None  # long-dependency score (transforms/dependency_score.py)
 
     @property
     def n_tokens(self) -> int:

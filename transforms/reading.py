@@ -1,4 +1,4 @@
-"""Reading inputs into :class:`TextDocument` s: books, repository folders, document records.
+"""Reading files and books into :class:`TextDocument` s (repositories: ``repository.py``).
 
 Readers never follow symbolic links, never read outside the root they were given, and turn
 every file they do not use into a :class:`Reject` with a reason, so nothing is dropped silently.
@@ -12,25 +12,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from transforms.books import gutenberg_title, strip_gutenberg
+from transforms.books import chapter_starts, gutenberg_language, gutenberg_title, strip_gutenberg
 from transforms.decode import decode_text
-from transforms.documents import BOOK, CODE, Reject, RejectError, TextDocument
+from transforms.documents import BOOK, Reject, RejectError, TextDocument
+from transforms.markup import epub_text, html_to_text
 
-BOOK_SUFFIXES = (".txt", ".md")
-# Directories that hold no hand-written source: version control, caches, vendored and built trees.
-SKIP_DIRS = {
+BOOK_SUFFIXES = (".txt", ".md", ".html", ".htm", ".xhtml", ".epub")
+# Folders never searched for books: version control and tool caches.
+SKIP_BOOK_DIRS = {
     ".git": "version-control metadata",
     ".hg": "version-control metadata",
     ".svn": "version-control metadata",
     "__pycache__": "bytecode cache",
-    ".mypy_cache": "tool cache",
-    ".pytest_cache": "tool cache",
-    ".ruff_cache": "tool cache",
-    ".tox": "tool cache",
-    "node_modules": "vendored dependencies",
-    ".venv": "virtualenv",
-    "venv": "virtualenv",
-    ".eggs": "build output",
 }
 # Extensions that are never text; rejected without reading the file.
 BINARY_SUFFIXES = frozenset(
@@ -113,6 +106,11 @@ def display_path(path: str | os.PathLike) -> str:
 
 def read_file_text(path: str, limits: ReadLimits) -> tuple[str, str]:
     """Read and decode one regular file without following a symlink; raises RejectError."""
+    return decode_text(read_file_bytes(path, limits))
+
+
+def read_file_bytes(path: str, limits: ReadLimits) -> bytes:
+    """The bytes of one regular file, never through a symlink; raises RejectError."""
     try:
         st = os.lstat(path)
     except OSError as err:
@@ -139,26 +137,38 @@ def read_file_text(path: str, limits: ReadLimits) -> tuple[str, str]:
         raise RejectError("unreadable", err.strerror or str(err)) from None
     if len(data) > limits.max_file_bytes:
         raise RejectError("too_large", "grew past --max-file-mb while reading")
-    return decode_text(data)
+    return data
 
 
 def read_book(path: str, doc_id: str, limits: ReadLimits) -> TextDocument:
     """One book file -> a document (Gutenberg boilerplate stripped); raises RejectError."""
-    text, _encoding = read_file_text(path, limits)
+    suffix = os.path.splitext(path)[1].lower()
+    title = ""
+    if suffix == ".epub":
+        text, title = epub_text(read_file_bytes(path, limits), limits.max_file_bytes)
+    elif suffix in (".html", ".htm", ".xhtml"):
+        text = html_to_text(read_file_text(path, limits)[0])
+    else:
+        text = read_file_text(path, limits)[0]
     body, _stripped = strip_gutenberg(text)
     if not body.strip():
         raise RejectError("empty", "no text left after removing Project Gutenberg boilerplate")
-    title = gutenberg_title(text) or Path(path).stem
     return TextDocument(
-        doc_id=doc_id, kind=BOOK, origin=display_path(path), texts=[body], title=title
+        doc_id=doc_id,
+        kind=BOOK,
+        origin=display_path(path),
+        texts=[body],
+        title=gutenberg_title(text) or title or Path(path).stem,
+        chapters=chapter_starts(body),
+        language=gutenberg_language(text),
     )
 
 
-def walk_repository(root: str) -> Iterator[tuple[str, str] | Reject]:
-    """Yield ``(relative_posix_path, absolute_path)`` of candidate files, in path order.
+def walk_folder(root: str) -> Iterator[tuple[str, str] | Reject]:
+    """Yield ``(relative_posix_path, absolute_path)`` of the files under a folder, in path order.
 
-    Skipped directories and entries that cannot be listed come out as :class:`Reject`.
-    Symbolic links (to files or folders) are yielded as files, so that the reader rejects them.
+    Skipped folders and folders that cannot be listed come out as :class:`Reject`. Symbolic
+    links (to files or folders) are yielded as files, so that the reader rejects them.
     """
     stack = [""]
     while stack:
@@ -177,44 +187,10 @@ def walk_repository(root: str) -> Iterator[tuple[str, str] | Reject]:
                 is_dir = entry.is_dir(follow_symlinks=False)
             except OSError:
                 is_dir = False
-            if is_dir:
-                if entry.name in SKIP_DIRS:
-                    yield Reject(display_path(entry.path), "skipped_dir", SKIP_DIRS[entry.name])
-                else:
-                    subdirs.append(rel)
+            if is_dir and entry.name in SKIP_BOOK_DIRS:
+                yield Reject(display_path(entry.path), "skipped_dir", SKIP_BOOK_DIRS[entry.name])
+            elif is_dir:
+                subdirs.append(rel)
             else:
                 yield rel, entry.path
         stack.extend(reversed(subdirs))
-
-
-def read_repository(
-    root: str, doc_id: str, name: str, limits: ReadLimits
-) -> tuple[TextDocument | None, list[Reject]]:
-    """A repository folder -> one code document with its files in path order, plus rejects."""
-    files: list[str] = []
-    texts: list[str] = []
-    rejects: list[Reject] = []
-    for item in walk_repository(root):
-        if isinstance(item, Reject):
-            rejects.append(item)
-            continue
-        rel, path = item
-        try:
-            text, _ = read_file_text(path, limits)
-        except RejectError as err:
-            rejects.append(Reject(display_path(path), err.reason, err.detail))
-            continue
-        files.append(display_path(rel))
-        texts.append(text)
-    order = sorted(range(len(files)), key=lambda i: files[i])
-    files = [files[i] for i in order]
-    texts = [texts[i] for i in order]
-    if not files:
-        rejects.append(
-            Reject(display_path(root), "empty", "no readable text file in the repository")
-        )
-        return None, rejects
-    doc = TextDocument(
-        doc_id=doc_id, kind=CODE, origin=display_path(root), texts=texts, files=files, title=name
-    )
-    return doc, rejects

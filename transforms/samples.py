@@ -1,7 +1,8 @@
 """Assemble packed samples into Arrow tables (the shard rows of schemas.SAMPLE_SCHEMA).
 
-Segments arrive as ``(sample, slot, doc_id, start, tokens)``; rows are built with numpy
-offsets (no per-token Python loop) in sample order, segments in slot order.
+Segments arrive as ``(sample, slot, doc_id, start, tokens[, score])``; rows are built with
+numpy offsets (no per-token Python loop) in sample order, segments in slot order. A sample's
+``dependency_score`` is the token-weighted mean of its scored segments (null if none).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pyarrow as pa
 
 from schemas.columns import DOCUMENT_SCHEMA, SAMPLE_SCHEMA
 
-Segment = tuple[int, int, str, int, np.ndarray]
+Segment = tuple  # (sample, slot, doc_id, start, tokens[, score])
 
 
 def build_sample_table(segments: Iterable[Segment]) -> pa.Table:
@@ -40,8 +41,22 @@ def build_sample_table(segments: Iterable[Segment]) -> pa.Table:
             pa.array(seg_offsets), pa.array(np.array([s[3] for s in segs], np.int64), pa.int64())
         ),
         pa.array(n_tokens, pa.int32()),
+        pa.array(_sample_scores(segs, seg_lengths, seg_offsets), pa.float32()),
     ]
     return pa.Table.from_arrays(arrays, schema=SAMPLE_SCHEMA)
+
+
+def _sample_scores(segs, seg_lengths, seg_offsets) -> list[float | None]:
+    out = []
+    for lo, hi in zip(seg_offsets[:-1], seg_offsets[1:], strict=True):
+        num = den = 0.0
+        for k in range(lo, hi):
+            score = segs[k][5] if len(segs[k]) > 5 else None
+            if score is not None:
+                num += score * float(seg_lengths[k])
+                den += float(seg_lengths[k])
+        out.append(num / den if den else None)
+    return out
 
 
 def build_document_table(rows: Iterable[dict]) -> pa.Table:

@@ -1,0 +1,278 @@
+"""A code repository (folder or archive) -> one document, files in dependency order.
+
+What is left out, each as a :class:`Reject` with its reason (nothing is dropped silently):
+
+- ``skipped_dir``: version control, caches, vendored and built trees (``node_modules``,
+  ``vendor``, ``dist``, ``build``, ``target``, ``site-packages``) and virtualenvs (any folder
+  holding ``pyvenv.cfg``);
+- ``gitignored``: paths matched by the repository's ``.gitignore`` files (git's rules, nested
+  files apply below their folder; read with ``pathspec``);
+- ``lock_file``, ``minified`` (``*.min.js`` or lines averaging over 300 characters with one
+  over 2,000), ``generated`` (a "generated ... do not edit" marker in the first lines);
+- ``notebook_outputs``: a notebook is kept as its cells' sources (jupytext "percent" format);
+  the outputs it held are listed under ``path#outputs``;
+- everything :func:`transforms.reading.read_file_text` rejects (binary, too large, links...).
+
+The files kept are ordered by :func:`transforms.ordering.order_files` over the imports found by
+:func:`transforms.dependencies.dependency_edges`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+from collections.abc import Iterator
+
+import pathspec
+
+from transforms.archives import archive_members, is_archive
+from transforms.decode import decode_text
+from transforms.dependencies import dependency_edges, main_language
+from transforms.documents import CODE, Reject, RejectError, TextDocument
+from transforms.ordering import cycle_members, order_files
+from transforms.reading import BINARY_SUFFIXES, ReadLimits, display_path, read_file_text
+
+SKIP_DIRS = {
+    ".git": "version-control metadata",
+    ".hg": "version-control metadata",
+    ".svn": "version-control metadata",
+    "__pycache__": "bytecode cache",
+    ".mypy_cache": "tool cache",
+    ".pytest_cache": "tool cache",
+    ".ruff_cache": "tool cache",
+    ".tox": "tool cache",
+    ".nox": "tool cache",
+    ".ipynb_checkpoints": "tool cache",
+    "node_modules": "vendored dependencies",
+    "bower_components": "vendored dependencies",
+    "vendor": "vendored dependencies",
+    "site-packages": "installed packages",
+    ".venv": "virtualenv",
+    "venv": "virtualenv",
+    ".eggs": "build output",
+    "dist": "build output",
+    "build": "build output",
+    "target": "build output",
+}
+LOCK_FILES = frozenset(
+    [
+        "package-lock.json",
+        "npm-shrinkwrap.json",
+        "yarn.lock",
+        "pnpm-lock.yaml",
+        "bun.lockb",
+        "Cargo.lock",
+        "poetry.lock",
+        "Pipfile.lock",
+        "pdm.lock",
+        "uv.lock",
+        "composer.lock",
+        "Gemfile.lock",
+        "go.sum",
+        "mix.lock",
+        "pubspec.lock",
+        "packages.lock.json",
+        "flake.lock",
+    ]
+)
+_MINIFIED_NAME = re.compile(r"\.(min|bundle)\.(js|css|mjs)$|\.js\.map$|\.css\.map$")
+_GENERATED = re.compile(
+    r"(code generated .* do not edit|@generated|auto-?generated .*do not (edit|modify)|"
+    r"this file (is|was) (automatically )?generated)",
+    re.I,
+)
+
+
+class _Ignore:
+    """The .gitignore rules in force, one spec per folder that has a .gitignore."""
+
+    def __init__(self):
+        self.specs: list[tuple[str, pathspec.PathSpec]] = []
+
+    def add(self, folder: str, text: str) -> None:
+        spec = pathspec.GitIgnoreSpec.from_lines(text.splitlines())
+        self.specs.append((folder, spec))
+
+    def ignored(self, rel: str, is_dir: bool) -> bool:
+        verdict = False
+        for folder, spec in self.specs:  # outer folders first; deeper files can override
+            if folder and not rel.startswith(folder + "/"):
+                continue
+            sub = rel[len(folder) + 1 :] if folder else rel
+            result = spec.check_file(sub + "/" if is_dir else sub)
+            if result.include is not None:
+                verdict = result.include
+        return verdict
+
+
+def _folder_entries(root: str, limits: ReadLimits) -> Iterator[tuple[str, object] | Reject]:
+    """``(rel, text_or_RejectError)`` per file of a folder, in path order, honouring .gitignore."""
+    ignore = _Ignore()
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        abs_dir = os.path.join(root, rel_dir) if rel_dir else root
+        try:
+            with os.scandir(abs_dir) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as err:
+            yield Reject(display_path(abs_dir), "unreadable", err.strerror or str(err))
+            continue
+        names = {e.name for e in entries}
+        if "pyvenv.cfg" in names and rel_dir:
+            yield Reject(display_path(abs_dir), "skipped_dir", "virtualenv (holds pyvenv.cfg)")
+            continue
+        if ".gitignore" in names:
+            try:
+                text, _ = read_file_text(os.path.join(abs_dir, ".gitignore"), limits)
+                ignore.add(display_path(rel_dir), text)
+            except RejectError:
+                pass  # the file itself is reported when it is read below
+        subdirs = []
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                is_dir = False
+            if ignore.ignored(display_path(rel), is_dir):
+                yield Reject(display_path(entry.path), "gitignored", "matched by .gitignore")
+            elif is_dir and entry.name in SKIP_DIRS:
+                yield Reject(display_path(entry.path), "skipped_dir", SKIP_DIRS[entry.name])
+            elif is_dir:
+                subdirs.append(rel)
+            else:
+                try:
+                    yield rel, read_file_text(entry.path, limits)[0]
+                except RejectError as err:
+                    yield rel, err
+        stack.extend(reversed(subdirs))
+
+
+def _archive_entries(path: str, limits: ReadLimits) -> Iterator[tuple[str, object] | Reject]:
+    members = []
+    for item in archive_members(path, display_path(path), limits.max_file_bytes):
+        if isinstance(item, Reject):
+            yield item
+        else:
+            members.append(item)
+    ignore = _Ignore()
+    for rel, data in members:
+        if posixpath.basename(rel) == ".gitignore":
+            ignore.add(posixpath.dirname(rel), data.decode("utf-8", "replace"))
+    venvs = {posixpath.dirname(rel) for rel, _ in members if rel.endswith("/pyvenv.cfg")}
+    for rel, data in members:
+        where = f"{display_path(path)}!{rel}"
+        parts = rel.split("/")
+        skip = next((p for p in parts[:-1] if p in SKIP_DIRS), None)
+        folders = ["/".join(parts[:k]) for k in range(1, len(parts))]
+        if any(ignore.ignored(f, True) for f in folders) or ignore.ignored(rel, False):
+            yield Reject(where, "gitignored", "matched by .gitignore")
+        elif skip:
+            yield Reject(where, "skipped_dir", SKIP_DIRS[skip])
+        elif any(f in venvs for f in folders):
+            yield Reject(where, "skipped_dir", "virtualenv (holds pyvenv.cfg)")
+        elif posixpath.splitext(rel)[1].lower() in BINARY_SUFFIXES:
+            yield rel, RejectError("binary", f"binary file type {posixpath.splitext(rel)[1]}")
+        else:
+            try:
+                yield rel, decode_text(data)[0]
+            except RejectError as err:
+                yield rel, err
+
+
+def _notebook_text(text: str) -> tuple[str, int]:
+    """A notebook's cell sources in jupytext percent format, and how many outputs it held."""
+    nb = json.loads(text)
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
+        raise ValueError("no cells list")
+    out, n_outputs = [], 0
+    for cell in nb["cells"]:
+        src = cell.get("source", "")
+        src = "".join(src) if isinstance(src, list) else str(src)
+        n_outputs += len(cell.get("outputs", []) or [])
+        kind = cell.get("cell_type", "code")
+        if kind == "markdown":
+            body = "\n".join("# " + line if line else "#" for line in src.splitlines())
+            out.append(f"# %% [markdown]\n{body}\n")
+        else:
+            out.append(f"# %%\n{src}\n")
+    return "\n".join(out), n_outputs
+
+
+def _screen(rel: str, text: str) -> tuple[str, str] | None:
+    """``(reason, detail)`` for a file that is text but not hand-written source, else None."""
+    name = posixpath.basename(rel)
+    if name in LOCK_FILES:
+        return "lock_file", "dependency lock file"
+    if _MINIFIED_NAME.search(name):
+        return "minified", "minified bundle or source map by name"
+    lines = text.count("\n") + 1
+    if len(text) > 20_000 and len(text) / lines > 300:
+        longest = max(len(line) for line in text.splitlines()) if text else 0
+        if longest > 2000:
+            return "minified", f"{lines} lines, longest {longest} characters"
+    if _GENERATED.search(text[:2000]):
+        return "generated", "marked as generated in its first lines"
+    return None
+
+
+def read_repository(
+    root: str, doc_id: str, name: str, limits: ReadLimits
+) -> tuple[TextDocument | None, list[Reject]]:
+    """A repository folder or archive -> (document with files in dependency order, rejects)."""
+    shown = display_path(root)
+    entries = _archive_entries(root, limits) if is_archive(root) else _folder_entries(root, limits)
+    files: list[str] = []
+    texts: list[str] = []
+    rejects: list[Reject] = []
+    for item in entries:
+        if isinstance(item, Reject):
+            rejects.append(item)
+            continue
+        rel, content = item
+        rel = display_path(rel)
+        where = f"{shown}!{rel}" if is_archive(root) else display_path(os.path.join(root, rel))
+        if isinstance(content, RejectError):
+            rejects.append(Reject(where, content.reason, content.detail))
+            continue
+        if rel.lower().endswith(".ipynb"):
+            try:
+                content, n_outputs = _notebook_text(content)
+            except (ValueError, TypeError, AttributeError) as err:
+                rejects.append(Reject(where, "bad_notebook", f"{type(err).__name__}: {err}"))
+                continue
+            if n_outputs:
+                rejects.append(
+                    Reject(where + "#outputs", "notebook_outputs", f"{n_outputs} outputs dropped")
+                )
+        screened = _screen(rel, content)
+        if screened:
+            rejects.append(Reject(where, *screened))
+            continue
+        files.append(rel)
+        texts.append(content)
+    if not files:
+        rejects.append(Reject(shown, "empty", "no readable text file in the repository"))
+        return None, rejects
+    by_path = sorted(range(len(files)), key=lambda i: files[i])
+    files = [files[i] for i in by_path]
+    texts = [texts[i] for i in by_path]
+    root_name = name if not is_archive(root) else ""
+    edges, unparsed = dependency_edges(files, texts, root_name)
+    order = order_files(files, edges)
+    doc = TextDocument(
+        doc_id=doc_id,
+        kind=CODE,
+        origin=shown,
+        texts=[texts[i] for i in order],
+        files=[files[i] for i in order],
+        title=name,
+        dependency_edges=len(edges),
+        cycle_files=cycle_members(len(files), edges),
+        unparsed_files=unparsed,
+        language=main_language(files, texts),
+    )
+    return doc, rejects
