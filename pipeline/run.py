@@ -160,6 +160,16 @@ def build_manifest(*, lc, config, tok, docs, shard_stats, rejects, plan_summary)
     }
 
 
+def check_mix_against_sources(weights, sources) -> None:
+    """--mix naming a kind no input can provide is an argument error, found before any work."""
+    if not weights or any(s.kind == "records" for s in sources):
+        return  # records files may hold either kind; checked when the plan is made
+    kinds = {"book" if s.kind == "book" else "code" for s in sources}
+    missing = sorted(k for k, w in weights.items() if w > 0 and k not in kinds)
+    if missing:
+        raise UsageError(f"--mix asks for {', '.join(missing)} but no input of that kind is given")
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the pipeline; returns the exit status (0 complete, 2 bad arguments, 1 failure)."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -176,6 +186,7 @@ def run(argv: list[str] | None = None) -> int:
         sources, discovery_rejects = discover(
             books=lc.books, repos=repos, repos_root=lc.repos_root, documents=lc.documents
         )
+        check_mix_against_sources(mix_weights(lc), sources)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -19,6 +19,12 @@ from tests.conftest import run_cli
         (["--repos", "/no/such/repo"], "--repos /no/such/repo"),
         (["--tokenizer", "/no/such/tokenizer.json"], "--tokenizer"),
         (["--format", "csv"], "--format"),
+        (["--mix", "book=0.5,code"], "--mix"),
+        (["--mix", "book=-1"], "--mix"),
+        (["--mix", "poems=1"], "--mix: unknown kind poems"),
+        (["--mix", "book=1"], "--mix asks for book"),  # demo corpus is code only
+        (["--boundary-slack", "-1"], "--boundary-slack"),
+        (["--min-dependency-score", "high"], "--min-dependency-score"),
     ],
 )
 def test_bad_arguments_exit_2(tmp_path, args, needle):

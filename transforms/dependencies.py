@@ -33,7 +33,7 @@ import posixpath
 import re
 from collections import defaultdict
 
-PY = (".py", ".pyi")
+PY = (".py", ".pyi", ".ipynb")  # notebooks arrive as their cell sources
 JS = (".js", ".jsx", ".mjs", ".cjs", ".ts", ".tsx", ".mts", ".cts")
 GO = (".go",)
 RUST = (".rs",)

@@ -102,7 +102,11 @@ def html_to_text(html: str) -> str:
     parser.feed(html)
     parser.close()
     text = "".join(parser.out)
-    lines = [line.strip(" ") for line in text.split("\n")]
+    # Collapsed runs leave one space at line starts; two or more come from <pre>, keep them.
+    lines = [
+        (line[1:] if line.startswith(" ") and not line.startswith("  ") else line).rstrip(" ")
+        for line in text.split("\n")
+    ]
     text = _BLANKS.sub("\n\n", "\n".join(lines)).strip("\n")
     return text + "\n" if text else ""
 
