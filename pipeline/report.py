@@ -1,10 +1,12 @@
-"""The human report in ``OUT/report/``: summary.md and token-length histograms (PNG).
+"""The human report in ``OUT/report/``: summary.md, report.html (the same on one page) and
+PNG plots: document lengths per kind, sample fill, tokens per source, dependency scores.
 
 Made on the driver from documents.arrow, the shard stats and the rejects, after the pipeline.
 """
 
 from __future__ import annotations
 
+import html
 import io
 from collections import Counter
 
@@ -55,7 +57,55 @@ def _plots(docs: pa.Table, sample_tokens: np.ndarray, seq_len: int) -> dict[str,
     fig.tight_layout()
     out["sample_fill.png"] = _png(fig)
     plt.close(fig)
+
+    # Tokens per source: the 25 largest documents, the rest summed.
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ids = docs.column("doc_id").to_pylist()
+    order = np.argsort(-lengths, kind="stable")[:25] if len(lengths) else []
+    names = [ids[i] for i in order]
+    values = [lengths[i] for i in order]
+    if len(lengths) > 25:
+        names.append(f"{len(lengths) - 25} others")
+        values.append(lengths.sum() - sum(values))
+    colors = ["tab:blue" if n.startswith("book/") else "tab:orange" for n in names]
+    ax.barh(names[::-1], values[::-1], color=colors[::-1])
+    ax.set_xlabel("tokens")
+    ax.set_title("Tokens per source (blue: books, orange: code and records)")
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    out["tokens_per_source.png"] = _png(fig)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    scores = docs.column("dependency_score").to_pylist()
+    for kind in sorted(set(kinds)):
+        vals = [s for s, k in zip(scores, kinds, strict=True) if k == kind and s is not None]
+        if vals:
+            ax.hist(vals, bins=30, alpha=0.6, label=f"{kind} ({len(vals)} scored)")
+    ax.axvline(0, color="k", linewidth=0.8)
+    ax.set_xlabel("long-dependency score (near minus far reuse of rare tokens)")
+    ax.set_ylabel("documents")
+    ax.set_title("Dependency score by kind (documents >= 45,056 tokens)")
+    if any(s is not None for s in scores):
+        ax.legend()
+    fig.tight_layout()
+    out["dependency_scores.png"] = _png(fig)
+    plt.close(fig)
     return out
+
+
+def _md_table(header: list[str], rows: list[list]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def _html_table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def write_report(
@@ -70,32 +120,96 @@ def write_report(
     for name, data in _plots(docs, sample_tokens, seq_len).items():
         write_bytes(FileSystems.join(report_dir, name), data)
     c = manifest["counts"]
-    lines = [
-        "# longctx report",
-        "",
-        f"- seq_len {seq_len}, overlap {manifest['overlap']}, tokenizer `{manifest['tokenizer']['name']}`",
-        f"- documents: {c['documents']}; tokens in documents: {c['document_tokens']:,}",
-        f"- samples: {c['samples']} (lower bound {manifest['lower_bound_samples']}); "
+    facts = [
+        f"seq_len {seq_len}, overlap {manifest['overlap']}, "
+        f"tokenizer {manifest['tokenizer']['name']}",
+        f"documents: {c['documents']}; tokens in documents: {c['document_tokens']:,}",
+        f"samples: {c['samples']} (lower bound {manifest['lower_bound_samples']}); "
         f"tokens in samples: {c['tokens']:,}; fill rate {manifest['fill_rate']:.4f}",
-        f"- rejected inputs: {c['rejects']}",
-        "",
-        "## Documents by kind",
-        "",
-        "| kind | documents | tokens | median tokens | longest | longer than seq_len |",
-        "|---|---|---|---|---|---|",
+        f"rejected inputs: {c['rejects']} (rejects.jsonl)",
     ]
+    packing = manifest.get("packing") or {}
+    if packing:
+        facts.append(
+            f"related packing: {packing['samples_one_source']:.1%} of samples hold one source, "
+            f"{packing['samples_one_kind_language']:.1%} one kind and language"
+        )
+    dep = manifest.get("dependency_order") or {}
+    if dep:
+        facts.append(
+            f"repository dependency order: {dep['edges']} import edges resolved, "
+            f"{dep['files_on_cycles']} files on import cycles, "
+            f"{dep['unparsed_source_files']} files read by the fallback parser"
+        )
+    if manifest.get("mixture"):
+        mix = manifest["mixture"]
+        facts.append(
+            "mixture: asked "
+            + ", ".join(f"{k} {v:.0%}" for k, v in mix["requested"].items())
+            + "; reached "
+            + ", ".join(f"{k} {v:.1%}" for k, v in mix["achieved"].items())
+            + f"; {mix['documents_left_out']} documents left out"
+        )
     kinds = docs.column("kind").to_pylist()
     lengths = np.asarray(docs.column("n_tokens"), dtype=np.int64)
+    scores = docs.column("dependency_score").to_pylist()
+    kind_rows = []
     for kind in sorted(set(kinds)):
-        sel = lengths[np.array([k == kind for k in kinds])]
-        lines.append(
-            f"| {kind} | {len(sel)} | {int(sel.sum()):,} | {int(np.median(sel)):,} | "
-            f"{int(sel.max()):,} | {int((sel > seq_len).sum())} |"
+        mask = np.array([k == kind for k in kinds])
+        sel = lengths[mask]
+        sc = [s for s, m in zip(scores, mask.tolist(), strict=True) if m and s is not None]
+        kind_rows.append(
+            [
+                kind,
+                len(sel),
+                f"{int(sel.sum()):,}",
+                f"{int(np.median(sel)):,}",
+                f"{int(sel.max()):,}",
+                int((sel > seq_len).sum()),
+                f"{np.median(sc):.4f} ({len(sc)})" if sc else "-",
+            ]
         )
-    lines += ["", "## Rejects by reason", "", "| reason | count | example |", "|---|---|---|"]
+    kind_header = [
+        "kind",
+        "documents",
+        "tokens",
+        "median tokens",
+        "longest",
+        "longer than seq_len",
+        "median dependency score (scored)",
+    ]
     by_reason = Counter(r["reason"] for r in rejects)
-    for reason, n in sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0])):
-        example = next(r["path"] for r in rejects if r["reason"] == reason)
-        lines.append(f"| {reason} | {n} | `{example}` |")
-    lines += ["", "![document lengths](doc_lengths.png)", "", "![sample fill](sample_fill.png)", ""]
+    reject_rows = [
+        [reason, n, next(r["path"] for r in rejects if r["reason"] == reason)]
+        for reason, n in sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+    plots = [
+        ("document lengths", "doc_lengths.png"),
+        ("sample fill", "sample_fill.png"),
+        ("tokens per source", "tokens_per_source.png"),
+        ("dependency scores", "dependency_scores.png"),
+    ]
+    lines = ["# longctx report", "", *[f"- {f}" for f in facts], "", "## Documents by kind", ""]
+    lines += _md_table(kind_header, kind_rows)
+    lines += ["", "## Rejects by reason", ""]
+    lines += _md_table(
+        ["reason", "count", "example"], [[a, b, f"`{e}`"] for a, b, e in reject_rows]
+    )
+    lines += [""] + [f"![{alt}]({png})\n" for alt, png in plots]
     write_bytes(FileSystems.join(report_dir, "summary.md"), "\n".join(lines).encode("utf-8"))
+    page = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>longctx report</title>",
+        "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+        "padding:4px 8px;text-align:left}img{max-width:48%;margin:1%}</style></head><body>",
+        "<h1>longctx report</h1><ul>",
+        *[f"<li>{html.escape(f)}</li>" for f in facts],
+        "</ul><h2>Documents by kind</h2>",
+        _html_table(kind_header, kind_rows),
+        "<h2>Plots</h2><div>",
+        *[f"<img src='{png}' alt='{alt}'>" for alt, png in plots],
+        "</div><h2>Rejects by reason</h2>",
+        _html_table(["reason", "count", "example"], reject_rows),
+        "</body></html>",
+    ]
+    write_bytes(FileSystems.join(report_dir, "report.html"), "\n".join(page).encode("utf-8"))

@@ -62,10 +62,14 @@ def test_python_root_folder_is_the_package():
 
 
 def test_python_unparseable_file_still_ordered_and_counted():
-    files = ["a.py", "b.py"]
-    texts = ["print 'python 2'\nimport b\n", "x = 1\n"]
+    files = ["a.py", "b.py", "c.py"]
+    texts = [
+        "print 'python 2'\nimport b\n",  # Python 2 still scans
+        "x = 1\n",
+        'import b\n"""unterminated docstring\nimport a\n',  # counted, still scanned
+    ]
     edges, unparsed = dependency_edges(files, texts)
-    assert edges == [(0, 1)] and unparsed == 1
+    assert edges == [(0, 1), (2, 0), (2, 1)] and unparsed == 1
 
 
 def test_javascript_and_typescript_relative_specifiers():

@@ -42,9 +42,12 @@ def dependency_score(tokens: np.ndarray) -> float | None:
         return None
     ids = np.asarray(tokens[: m * CHUNK], dtype=np.int64)
     chunk = np.arange(m * CHUNK, dtype=np.int64) // CHUNK
-    key = np.unique(ids * m + chunk)  # (id, chunk) pairs, sorted by id then chunk
+    key = ids * m + chunk
+    key.sort(kind="stable")  # radix sort for int64: faster than np.unique's quicksort
+    key = key[np.r_[True, key[1:] != key[:-1]]]  # (id, chunk) pairs, sorted by id then chunk
     types = key // m
-    _, counts = np.unique(types, return_counts=True)
+    starts = np.flatnonzero(np.r_[True, types[1:] != types[:-1]])
+    counts = np.diff(np.r_[starts, types.size])
     rare_type = (counts >= 2) & (counts <= max(2, RARE_SHARE * m))
     rare = np.repeat(rare_type, counts)
     query = key[rare & (key % m >= FAR[1])]
