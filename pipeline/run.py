@@ -21,7 +21,7 @@ from collections import Counter
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import __version__
 from pipeline.demo import demo_repositories
@@ -42,33 +42,12 @@ from pipeline.output import (
     read_text,
 )
 from pipeline.report import write_report
+from pipeline.runners import check_runner, make_runner
 from pipeline.steps import BuildDataset
 from transforms.reading import ReadLimits
 from transforms.tokenize import TokenizerError, load_tokenizer
 
 _LOG = logging.getLogger("longctx")
-
-
-def make_runner(options: PipelineOptions):
-    """``DirectRunner`` without its Prism attempt.
-
-    Beam 2.77's DirectRunner first tries Prism, which downloads a Go binary; offline that fails
-    (after network timeouts) and it falls back to the FnApiRunner. We go to the FnApiRunner
-    directly, exactly as DirectRunner's fallback builds it, so ``--direct_running_mode`` and
-    ``--direct_num_workers`` keep working. Any other ``--runner`` is left to Beam.
-    """
-    runner = options.view_as(StandardOptions).runner
-    if runner not in (None, "DirectRunner", "direct"):
-        return None
-    from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-    from apache_beam.runners.portability.portable_runner import JobServiceHandle
-
-    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
-    info = fn_runner.ExtendedProvisionInfo(
-        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
-    )
-    return fn_runner.FnApiRunner(provision_info=info)
 
 
 def effective_config(lc: LongctxOptions, options: PipelineOptions, demo: bool) -> dict:
@@ -177,6 +156,7 @@ def run(argv: list[str] | None = None) -> int:
     lc = options.view_as(LongctxOptions)
     try:
         validate(lc)
+        check_runner(options)
         try:
             tok = load_tokenizer(lc.tokenizer)
         except TokenizerError as err:

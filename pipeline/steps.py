@@ -37,9 +37,32 @@ from transforms.repository import read_repository
 from transforms.samples import build_document_table, build_sample_table
 from transforms.windowing import window_document
 
+MAIN = "main"
 REJECTS = "rejects"
 DOCUMENTS = "documents"
 SUMMARY = "summary"
+
+
+class SplitTagged(beam.PTransform):
+    """``(tag, value)`` elements -> ``{tag: PCollection of values}``.
+
+    Used instead of ``ParDo.with_outputs``: Beam 2.77's DaskRunner does not separate tagged
+    outputs (they all reach the main output), while Filter + Map works on every runner.
+    """
+
+    def __init__(self, *tags: str):
+        super().__init__()
+        self.tags = tags
+
+    def expand(self, pcoll):
+        return {
+            tag: pcoll
+            | f"Only{tag.capitalize()}" >> beam.Filter(lambda kv, t=tag: kv[0] == t)
+            | f"Untag{tag.capitalize()}" >> beam.Map(lambda kv: kv[1])
+            for tag in self.tags
+        }
+
+
 NAMESPACE = "longctx"
 _LOG = logging.getLogger(__name__)
 
@@ -67,18 +90,16 @@ class ReadSourceFn(beam.DoFn):
             for item in items:
                 if isinstance(item, Reject):
                     Metrics.counter(NAMESPACE, f"rejects_{item.reason}").inc()
-                    yield beam.pvalue.TaggedOutput(REJECTS, item)
+                    yield REJECTS, item
                 else:
-                    yield item
+                    yield MAIN, item
         except RejectError as err:
             Metrics.counter(NAMESPACE, f"rejects_{err.reason}").inc()
-            yield beam.pvalue.TaggedOutput(
-                REJECTS, Reject(display_path(src.path), err.reason, err.detail)
-            )
+            yield REJECTS, Reject(display_path(src.path), err.reason, err.detail)
         except Exception as err:  # one bad input must not end a long run
             _LOG.exception("reading %s failed", src.path)
             Metrics.counter(NAMESPACE, "rejects_read_error").inc()
-            yield beam.pvalue.TaggedOutput(
+            yield (
                 REJECTS,
                 Reject(display_path(src.path), "read_error", f"{type(err).__name__}: {err}"),
             )
@@ -105,14 +126,14 @@ class RemoveDuplicatesFn(beam.DoFn):
     def process(self, doc: TextDocument, drops: dict):
         found = drops.get(doc.doc_id)
         if not found:
-            yield doc
+            yield MAIN, doc
             return
         kept, rejects = remove_items(doc, list(found))
         for r in rejects:
             Metrics.counter(NAMESPACE, f"rejects_{r.reason}").inc()
-            yield beam.pvalue.TaggedOutput(REJECTS, r)
+            yield REJECTS, r
         if kept is not None:
-            yield kept
+            yield MAIN, kept
 
 
 class TokenizeFn(beam.DoFn):
@@ -197,11 +218,11 @@ def plan_to_assignments(infos, *, seq_len, overlap, samples_per_shard, mix, seed
     )
     Metrics.counter(NAMESPACE, "samples").inc(plan.n_samples)
     for doc_id, assignments in plan.by_doc.items():
-        yield doc_id, (plan.n_shards, assignments)
+        yield MAIN, (doc_id, (plan.n_shards, assignments))
     for _doc_id, origin, reason, detail in plan.left_out:
         Metrics.counter(NAMESPACE, f"rejects_{reason}").inc()
-        yield beam.pvalue.TaggedOutput(REJECTS, Reject(origin, reason, detail))
-    yield beam.pvalue.TaggedOutput(SUMMARY, {"packing": plan.packing, "mixture": plan.mixture})
+        yield REJECTS, Reject(origin, reason, detail)
+    yield SUMMARY, {"packing": plan.packing, "mixture": plan.mixture}
 
 
 class CutSegmentsFn(beam.DoFn):
@@ -220,8 +241,8 @@ class CutSegmentsFn(beam.DoFn):
         for a in assignments:
             tokens = doc.tokens[a.start : a.start + a.length]
             score = doc.score if a.length == doc.n_tokens else dependency_score(tokens)
-            yield (a.shard, n_shards), (a.sample, a.slot, doc_id, a.start, tokens, score)
-        yield beam.pvalue.TaggedOutput(
+            yield MAIN, ((a.shard, n_shards), (a.sample, a.slot, doc_id, a.start, tokens, score))
+        yield (
             DOCUMENTS,
             {
                 "doc_id": doc.doc_id,
@@ -272,21 +293,24 @@ class WriteShardFn(beam.DoFn):
         }
 
 
-def _write_json(obj, path: str) -> None:
+def _write_json(obj, path: str) -> str:
     with FileSystems.create(path) as fh:
         fh.write(json.dumps(obj, indent=1, sort_keys=True).encode("utf-8"))
+    return path
 
 
-def _write_documents(rows, path: str) -> None:
+def _write_documents(rows, path: str) -> str:
     from pipeline.output import write_table
 
     write_table(build_document_table(rows), path, "arrow", 0)
+    return path
 
 
-def _write_rejects(rejects, path: str) -> None:
+def _write_rejects(rejects, path: str) -> str:
     lines = sorted(json.dumps(r.to_json_dict(), ensure_ascii=False) for r in rejects)
     with FileSystems.create(path) as fh:
         fh.write("".join(line + "\n" for line in lines).encode("utf-8"))
+    return path
 
 
 class BuildDataset(beam.PTransform):
@@ -324,10 +348,10 @@ class BuildDataset(beam.PTransform):
             pbegin
             | "CreateSources" >> beam.Create(self.sources)
             | "SpreadSources" >> beam.Reshuffle()
-            | "ReadSources"
-            >> beam.ParDo(ReadSourceFn(self.limits)).with_outputs(REJECTS, main="docs")
+            | "ReadSources" >> beam.ParDo(ReadSourceFn(self.limits))
+            | "SplitRead" >> SplitTagged(MAIN, REJECTS)
         )
-        texts, reject_sets = read.docs, [read[REJECTS]]
+        texts, reject_sets = read[MAIN], [read[REJECTS]]
         if self.dedup:
             drops = (
                 texts
@@ -337,10 +361,12 @@ class BuildDataset(beam.PTransform):
                 | "FindDuplicates" >> beam.FlatMap(_bucket_duplicates)
                 | "DuplicatesByDocument" >> beam.GroupByKey()
             )
-            deduped = texts | "RemoveDuplicates" >> beam.ParDo(
-                RemoveDuplicatesFn(), beam.pvalue.AsDict(drops)
-            ).with_outputs(REJECTS, main="docs")
-            texts = deduped.docs
+            deduped = (
+                texts
+                | "RemoveDuplicates" >> beam.ParDo(RemoveDuplicatesFn(), beam.pvalue.AsDict(drops))
+                | "SplitDedup" >> SplitTagged(MAIN, REJECTS)
+            )
+            texts = deduped[MAIN]
             reject_sets.append(deduped[REJECTS])
         docs = texts | "Tokenize" >> beam.ParDo(
             TokenizeFn(self.tokenizer_spec, self.seq_len, self.overlap, self.slack)
@@ -358,24 +384,26 @@ class BuildDataset(beam.PTransform):
                 mix=self.mix,
                 seed=self.seed,
                 min_score=self.min_score,
-            ).with_outputs(REJECTS, SUMMARY, main="plan")
+            )
+            | "SplitPlan" >> SplitTagged(MAIN, REJECTS, SUMMARY)
         )
-        plan = planned.plan
+        plan = planned[MAIN]
         reject_sets.append(planned[REJECTS])
-        _ = planned[SUMMARY] | "WritePlanSummary" >> beam.Map(
+        wrote_plan = planned[SUMMARY] | "WritePlanSummary" >> beam.Map(
             _write_json, FileSystems.join(staging, "plan.json")
         )
         cut = (
             {"doc": docs | "KeyDocs" >> beam.Map(lambda d: (d.doc_id, d)), "plan": plan}
             | "JoinPlan" >> beam.CoGroupByKey()
-            | "CutSegments" >> beam.ParDo(CutSegmentsFn()).with_outputs(DOCUMENTS, main="segments")
+            | "CutSegments" >> beam.ParDo(CutSegmentsFn())
+            | "SplitCut" >> SplitTagged(MAIN, DOCUMENTS)
         )
         shard_stats = (
-            cut.segments
+            cut[MAIN]
             | "GroupByShard" >> beam.GroupByKey()
             | "WriteShards" >> beam.ParDo(WriteShardFn(staging, self.fmt, self.seq_len))
         )
-        _ = (
+        wrote_stats = (
             shard_stats
             | "CollectShardStats" >> beam.combiners.ToList()
             | "WriteShardStats"
@@ -385,16 +413,22 @@ class BuildDataset(beam.PTransform):
                 )
             )
         )
-        _ = (
+        wrote_docs = (
             cut[DOCUMENTS]
             | "CollectDocuments" >> beam.combiners.ToList()
             | "WriteDocuments"
             >> beam.Map(_write_documents, FileSystems.join(staging, "documents.arrow"))
         )
-        _ = (
+        wrote_rejects = (
             (*reject_sets, pbegin | "DiscoveryRejects" >> beam.Create(self.discovery_rejects))
             | "AllRejects" >> beam.Flatten()
             | "CollectRejects" >> beam.combiners.ToList()
             | "WriteRejects" >> beam.Map(_write_rejects, FileSystems.join(staging, "rejects.jsonl"))
         )
-        return shard_stats
+        # One last step that depends on every sink. Beam 2.77's DaskRunner computes only the
+        # graph of the pipeline's last transform, so without this join it would skip sinks.
+        return (
+            (wrote_plan, wrote_stats, wrote_docs, wrote_rejects)
+            | "AllWritten" >> beam.Flatten()
+            | "Done" >> beam.combiners.Count.Globally()
+        )

@@ -1,0 +1,69 @@
+"""Start a local Dask cluster for ``--runner DaskRunner`` and keep it up until Ctrl-C.
+
+    python -m pipeline.dask_cluster --workers 2 --port 8786 &
+    python -m pipeline.run --runner apache_beam.runners.dask.dask_runner.DaskRunner \\
+        --dask_client_address=127.0.0.1:8786 --books ../shared/data/books --output out
+
+Needs ``pip install 'apache-beam[dask]'`` (dask and distributed). Workers are separate
+processes with one thread each (the tokenizer brings its own threads), started in this
+folder, so they import this checkout's code. Restart the cluster after changing the code:
+running workers keep the modules they imported first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.dask_cluster", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--port", type=int, default=8786, help="scheduler port (default 8786)")
+    parser.add_argument(
+        "--memory-limit",
+        default="auto",
+        help="per worker, e.g. 4GiB (default auto: the machine's memory / workers)",
+    )
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
+    try:
+        from distributed import LocalCluster
+    except ImportError:
+        print(
+            "error: the Dask cluster needs dask.distributed: pip install 'apache-beam[dask]'",
+            file=sys.stderr,
+        )
+        return 2
+    cluster = LocalCluster(
+        n_workers=args.workers,
+        threads_per_worker=1,
+        processes=True,
+        scheduler_port=args.port,
+        dashboard_address=None,
+        memory_limit=args.memory_limit,
+    )
+    address = cluster.scheduler_address.replace("tcp://", "")
+    print(f"Dask scheduler at {address} with {args.workers} worker processes.", flush=True)
+    print(
+        f"Run with: --runner apache_beam.runners.dask.dask_runner.DaskRunner --dask_client_address={address}",
+        flush=True,
+    )
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    try:
+        while not stop:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    cluster.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Runner selection and fail-fast checks: a runner that cannot be used stops the run up front
+(exit 2) with a message naming the runner and what to install or start.
+
+Tested here: DirectRunner (in_memory, multi_processing), PortableRunner with
+``--job_endpoint=embed --environment_type=LOOPBACK``, DaskRunner on a local cluster
+(``python -m pipeline.dask_cluster``). Flink, Spark and Dataflow are Beam's own runners,
+reached through the same options (README "Scaling out").
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipeline.options import UsageError
+
+DASK = "apache_beam.runners.dask.dask_runner.DaskRunner"
+_ALIASES = {"DaskRunner": DASK}
+KNOWN = (
+    f"DirectRunner, PortableRunner, FlinkRunner, SparkRunner, DataflowRunner, PrismRunner, {DASK}"
+)
+
+
+def _reachable(address: str, timeout: float = 5.0) -> bool:
+    host, _, port = address.rpartition(":")
+    host = host.replace("tcp://", "").strip("[]") or "localhost"
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def check_runner(options: PipelineOptions) -> None:
+    """Raise UsageError when the chosen runner cannot run here."""
+    std = options.view_as(StandardOptions)
+    name = std.runner or "DirectRunner"
+    if name in _ALIASES:
+        std.runner = name = _ALIASES[name]
+    if name in ("DirectRunner", "direct", "BundleBasedDirectRunner", "SwitchingDirectRunner"):
+        return
+    from apache_beam.runners.runner import create_runner
+
+    try:
+        create_runner(name)
+    except ImportError as err:
+        extra = "dask" if "dask" in name.lower() else "gcp" if "Dataflow" in name else "..."
+        raise UsageError(
+            f"--runner {name}: cannot be loaded ({err}); pip install 'apache-beam[{extra}]'"
+        ) from None
+    except (ValueError, AttributeError, TypeError):
+        raise UsageError(f"--runner {name}: unknown runner (known: {KNOWN})") from None
+    opts = options.get_all_options()
+    if name == DASK:
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            raise UsageError(
+                f"--runner {name}: needs dask.distributed: pip install 'apache-beam[dask]'"
+            ) from None
+        from apache_beam.runners.dask.dask_runner import DaskOptions
+
+        address = options.view_as(DaskOptions).address
+        if address and not _reachable(address):
+            raise UsageError(
+                f"--runner {name}: no Dask scheduler answers at --dask_client_address={address};"
+                " start one with: python -m pipeline.dask_cluster --workers 2"
+            )
+    if name in ("PortableRunner", "FlinkRunner", "SparkRunner"):
+        endpoint = opts.get("job_endpoint")
+        if endpoint and endpoint != "embed" and not _reachable(endpoint):
+            raise UsageError(
+                f"--runner {name}: no job server answers at --job_endpoint={endpoint}; start the "
+                "Flink/Spark job server there, or use --job_endpoint=embed for a local run"
+            )
+        if name in ("FlinkRunner", "SparkRunner") and not endpoint and not shutil.which("java"):
+            raise UsageError(
+                f"--runner {name}: needs Java 11+ to start Beam's {name[:-6]} job server (its jar "
+                "is downloaded on first use), or --job_endpoint=HOST:PORT of a running one"
+            )
+
+
+def make_runner(options: PipelineOptions):
+    """``DirectRunner`` without its Prism attempt.
+
+    Beam 2.77's DirectRunner first tries Prism, which downloads a Go binary; offline that fails
+    (after network timeouts) and it falls back to the FnApiRunner. We go to the FnApiRunner
+    directly, exactly as DirectRunner's fallback builds it, so ``--direct_running_mode`` and
+    ``--direct_num_workers`` keep working. Any other ``--runner`` is left to Beam.
+    """
+    runner = options.view_as(StandardOptions).runner
+    if runner not in (None, "DirectRunner", "direct"):
+        return None
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    info = fn_runner.ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
+    )
+    return fn_runner.FnApiRunner(provision_info=info)
