@@ -1,0 +1,146 @@
+"""The same pipeline on other runners gives byte-identical output: DirectRunner in
+multi_processing mode, the portable runner API (what Flink and Spark speak), and Beam's
+DaskRunner on a real dask.distributed cluster of 2 worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, STDLIB, run_cli
+
+pytestmark = pytest.mark.slow
+BOOKS = ("kafka-metamorphosis.txt", "gilman-the-yellow-wallpaper.txt", "shelley-frankenstein.txt")
+
+
+def _inputs(books_dir, qwen3_dir):
+    args = ["--tokenizer", qwen3_dir, "--seq-len", "16384"]
+    for b in BOOKS:
+        args += ["--books", books_dir / b]
+    return args + ["--repos", STDLIB / "json", "--repos", STDLIB / "email"]
+
+
+def _outputs_equal(a: Path, b: Path) -> None:
+    ma = json.loads((a / "manifest.json").read_text())
+    mb = json.loads((b / "manifest.json").read_text())
+    assert [s["sha256"] for s in ma["shards"]] == [s["sha256"] for s in mb["shards"]]
+    assert ma["counts"] == mb["counts"]
+    for name in ("documents.arrow", "rejects.jsonl"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    for shard in ma["shards"]:
+        assert (a / shard["path"]).read_bytes() == (b / shard["path"]).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def direct_out(tmp_path_factory, books_dir, qwen3_dir):
+    out = tmp_path_factory.mktemp("direct") / "out"
+    proc = run_cli(
+        "pipeline.run", "--runner", "DirectRunner", "--output", out, *_inputs(books_dir, qwen3_dir)
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_multi_processing_direct_runner_is_byte_identical(
+    tmp_path, direct_out, books_dir, qwen3_dir
+):
+    out = tmp_path / "mp"
+    proc = run_cli(
+        "pipeline.run",
+        "--runner",
+        "DirectRunner",
+        "--direct_running_mode",
+        "multi_processing",
+        "--direct_num_workers",
+        "2",
+        "--output",
+        out,
+        *_inputs(books_dir, qwen3_dir),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _outputs_equal(out, direct_out)
+
+
+def test_portable_runner_is_byte_identical(tmp_path, direct_out, books_dir, qwen3_dir):
+    out = tmp_path / "portable"
+    proc = run_cli(
+        "pipeline.run",
+        "--runner",
+        "PortableRunner",
+        "--job_endpoint=embed",
+        "--environment_type=LOOPBACK",
+        "--output",
+        out,
+        *_inputs(books_dir, qwen3_dir),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _outputs_equal(out, direct_out)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def dask_cluster():
+    pytest.importorskip("distributed", reason="pip install -e '.[test]' brings dask")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.dask_cluster", "--workers", "2", "--port", str(port)],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        line = ""
+        while time.time() < deadline and "Dask scheduler at" not in line:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "the Dask cluster did not start"
+        assert "Dask scheduler at" in line, line
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def test_dask_runner_on_two_workers_is_byte_identical(
+    tmp_path, direct_out, dask_cluster, books_dir, qwen3_dir
+):
+    out = tmp_path / "dask"
+    proc = run_cli(
+        "pipeline.run",
+        "--runner",
+        "DaskRunner",
+        f"--dask_client_address={dask_cluster}",
+        "--output",
+        out,
+        *_inputs(books_dir, qwen3_dir),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _outputs_equal(out, direct_out)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--runner", "NoSuchRunner"], "--runner NoSuchRunner: unknown runner"),
+        (["--runner", "DaskRunner", "--dask_client_address=127.0.0.1:9"], "pipeline.dask_cluster"),
+        (["--runner", "PortableRunner", "--job_endpoint=localhost:9"], "no job server"),
+    ],
+)
+def test_unusable_runner_fails_fast_with_exit_2(tmp_path, args, needle):
+    proc = run_cli("pipeline.run", *args, "--output", tmp_path / "out", timeout=60)
+    assert proc.returncode == 2 and needle in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "out" / "manifest.json").exists()
