@@ -137,6 +137,25 @@ class LongctxOptions(PipelineOptions):
             help="keep exact and near-duplicate files (default: keep the first copy only)",
         )
         parser.add_argument(
+            "--config",
+            default=None,
+            metavar="YAML",
+            help="read options from a YAML file; flags on the command line win",
+        )
+        parser.add_argument(
+            "--quiet",
+            action="store_true",
+            default=False,
+            help="print nothing but errors (no progress, no summary)",
+        )
+        parser.add_argument(
+            "--log-level",
+            dest="log_level",
+            default="WARNING",
+            choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+            help="logging level of the pipeline and Beam (default WARNING)",
+        )
+        parser.add_argument(
             "--overwrite",
             action="store_true",
             default=False,

@@ -24,6 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import __version__
+from pipeline.config_file import expand_config
 from pipeline.demo import demo_repositories
 from pipeline.discover import discover
 from pipeline.options import (
@@ -71,6 +72,7 @@ def effective_config(lc: LongctxOptions, options: PipelineOptions, demo: bool) -
         "seed": lc.seed,
         "min_dependency_score": lc.min_dependency_score,
         "dedup": lc.dedup,
+        "config": os.path.abspath(lc.config) if lc.config else None,
         "beam_options": {k: v for k, v in sorted(std.items()) if k not in LONGCTX_DESTS},
     }
 
@@ -93,6 +95,9 @@ LONGCTX_DESTS = {
     "seed",
     "min_dependency_score",
     "dedup",
+    "config",
+    "quiet",
+    "log_level",
 }
 
 
@@ -152,8 +157,15 @@ def check_mix_against_sources(weights, sources) -> None:
 def run(argv: list[str] | None = None) -> int:
     """Run the pipeline; returns the exit status (0 complete, 2 bad arguments, 1 failure)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        argv = expand_config(argv)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     options = PipelineOptions(argv)
     lc = options.view_as(LongctxOptions)
+    logging.getLogger().setLevel(lc.log_level)
+    say = (lambda *a, **k: None) if lc.quiet else print
     try:
         validate(lc)
         check_runner(options)
@@ -171,7 +183,7 @@ def run(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if demo:
-        print(
+        say(
             f"No --books/--repos/--repos-root/--documents given: running on the embedded demo "
             f"corpus ({len(sources)} packages of this Python's standard library as repositories)."
         )
@@ -196,6 +208,8 @@ def run(argv: list[str] | None = None) -> int:
             seed=lc.seed,
             min_score=lc.min_dependency_score,
             dedup=lc.dedup,
+            progress=not lc.quiet
+            and (sys.stderr.isatty() or bool(os.environ.get("LONGCTX_PROGRESS"))),
         )
         result = pipeline.run()
         result.wait_until_finish()
@@ -234,13 +248,13 @@ def run(argv: list[str] | None = None) -> int:
         _LOG.exception("the pipeline failed; %s holds no finished output", out)
         return 1
     c = manifest["counts"]
-    print(
+    say(
         f"Wrote {out}/ in {time.time() - started:.1f}s: {c['documents']} documents "
         f"({c['document_tokens']:,} tokens), {c['samples']} samples of <= {lc.seq_len} tokens "
         f"in {c['shards']} shard(s), fill rate {manifest['fill_rate']:.4f}, "
         f"{c['rejects']} rejected inputs (rejects.jsonl)."
     )
-    print(
+    say(
         f"Manifest: {os.path.join(out, MANIFEST)}  Report: {os.path.join(out, 'report', 'summary.md')}"
     )
     return 0

@@ -142,10 +142,20 @@ class TokenizeFn(beam.DoFn):
     The tokenizer is loaded once per worker in ``setup``.
     """
 
-    def __init__(self, tokenizer_spec: str | None, seq_len: int, overlap: int, slack: int):
+    def __init__(
+        self,
+        tokenizer_spec: str | None,
+        seq_len: int,
+        overlap: int,
+        slack: int,
+        progress: bool = False,
+    ):
         self.tokenizer_spec = tokenizer_spec
         self.seq_len, self.overlap, self.slack = seq_len, overlap, slack
+        self.progress = progress
         self.tok = None
+        self._started = self._shown = 0.0
+        self._docs = self._tokens = 0
 
     def setup(self):
         from transforms.tokenize import load_tokenizer
@@ -166,6 +176,8 @@ class TokenizeFn(beam.DoFn):
         )
         Metrics.counter(NAMESPACE, f"documents_{doc.kind}").inc()
         Metrics.counter(NAMESPACE, f"tokens_{doc.kind}").inc(n)
+        if self.progress:
+            self._report(n)
         Metrics.distribution(NAMESPACE, f"doc_tokens_{doc.kind}").update(n)
         if doc.unparsed_files:
             Metrics.counter(NAMESPACE, "warnings_unparsed_source_files").inc(doc.unparsed_files)
@@ -187,6 +199,27 @@ class TokenizeFn(beam.DoFn):
             lengths=lengths,
             score=dependency_score(enc.tokens),
         )
+
+    def _report(self, n_tokens: int) -> None:
+        """A progress line on stderr, at most every 2 s (per worker process)."""
+        import sys
+        import time
+
+        now = time.time()
+        if not self._started:
+            self._started = now
+        self._docs += 1
+        self._tokens += n_tokens
+        if now - self._shown >= 2.0:
+            self._shown = now
+            rate = self._tokens / max(now - self._started, 1e-9)
+            print(
+                f"\r  tokenized {self._docs:,} documents, {self._tokens:,} tokens "
+                f"({rate:,.0f} tokens/s)",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def doc_info(d: TokenizedDocument) -> DocInfo:
@@ -333,8 +366,10 @@ class BuildDataset(beam.PTransform):
         seed=0,
         min_score=None,
         dedup=True,
+        progress=False,
     ):
         super().__init__()
+        self.progress = progress
         self.slack, self.mix, self.seed, self.min_score = slack, mix, seed, min_score
         self.dedup = dedup
         self.sources, self.discovery_rejects = sources, discovery_rejects
@@ -369,7 +404,7 @@ class BuildDataset(beam.PTransform):
             texts = deduped[MAIN]
             reject_sets.append(deduped[REJECTS])
         docs = texts | "Tokenize" >> beam.ParDo(
-            TokenizeFn(self.tokenizer_spec, self.seq_len, self.overlap, self.slack)
+            TokenizeFn(self.tokenizer_spec, self.seq_len, self.overlap, self.slack, self.progress)
         )
         planned = (
             docs

@@ -1,0 +1,181 @@
+"""The conveniences around the pipeline, run as a user runs them: count_tokens, --config,
+--quiet / --log-level, the report (plots and HTML), and Hugging Face interop."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pyarrow as pa
+import pytest
+
+from tests.conftest import STDLIB, run_cli
+
+pytestmark = pytest.mark.slow
+BOOKS = ("kafka-metamorphosis.txt", "shelley-frankenstein.txt", "wells-the-time-machine.txt")
+
+
+@pytest.fixture(scope="module")
+def small_books(tmp_path_factory, books_dir):
+    root = tmp_path_factory.mktemp("books")
+    for b in BOOKS:
+        shutil.copy(books_dir / b, root / b)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pipeline_out(tmp_path_factory, small_books, qwen3_dir):
+    out = tmp_path_factory.mktemp("run") / "out"
+    proc = run_cli(
+        "pipeline.run",
+        "--runner",
+        "DirectRunner",
+        "--books",
+        small_books,
+        "--repos",
+        STDLIB / "json",
+        "--tokenizer",
+        qwen3_dir,
+        "--seq-len",
+        "16384",
+        "--no-dedup",
+        "--output",
+        out,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def _docs(out):
+    return pa.ipc.open_stream((out / "documents.arrow").read_bytes()).read_all().to_pylist()
+
+
+def test_count_tokens_counts_exactly_what_the_pipeline_tokenizes(
+    pipeline_out, small_books, qwen3_dir
+):
+    proc = run_cli(
+        "pipeline.count_tokens",
+        small_books,
+        STDLIB / "json",
+        "--tokenizer",
+        qwen3_dir,
+        "--seq-len",
+        "16384",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    by_input = {r["path"]: r for r in report["inputs"]}
+    docs = _docs(pipeline_out)
+    book_tokens = sum(d["n_tokens"] for d in docs if d["kind"] == "book")
+    code_tokens = sum(d["n_tokens"] for d in docs if d["kind"] == "code")
+    assert by_input[str(small_books)]["read_as"] == "books"
+    assert by_input[str(small_books)]["tokens"] == book_tokens
+    assert by_input[str(small_books)]["documents"] == 3
+    assert by_input[str(STDLIB / "json")]["read_as"] == "repo"
+    assert by_input[str(STDLIB / "json")]["tokens"] == code_tokens
+    assert report["total"]["tokens"] == book_tokens + code_tokens
+    assert report["total"]["documents_longer_than_seq_len"] == sum(
+        d["n_tokens"] > 16384 for d in docs
+    )
+    m = json.loads((pipeline_out / "manifest.json").read_text())
+    assert report["total"]["samples"] >= m["counts"]["samples"]  # each input packed alone
+    table = run_cli("pipeline.count_tokens", small_books, "--tokenizer", qwen3_dir)
+    assert table.returncode == 0 and "total" in table.stdout and "tokens/s" in table.stdout
+
+
+def test_count_tokens_bad_path_and_tokenizer_exit_2(tmp_path):
+    assert run_cli("pipeline.count_tokens", tmp_path / "nope").returncode == 2
+    proc = run_cli("pipeline.count_tokens", tmp_path, "--tokenizer", tmp_path / "no.json")
+    assert proc.returncode == 2 and "--tokenizer" in proc.stderr
+
+
+def test_config_file_with_flag_overrides(tmp_path, small_books, qwen3_dir):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        f"books: [{small_books}]\ntokenizer: {qwen3_dir}\nseq-len: 8192\nformat: parquet\n"
+        "dedup: false\nrunner: DirectRunner\n"
+    )
+    out = tmp_path / "out"
+    proc = run_cli(
+        "pipeline.run", "--config", cfg, "--seq-len", "16384", "--output", out, "--quiet"
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == ""  # --quiet
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["seq_len"] == 16384  # the flag wins over the file
+    assert m["config"]["format"] == "parquet" and m["config"]["dedup"] is False
+    assert m["config"]["config"] == str(cfg)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seq_lenn: 5\n")
+    proc = run_cli("pipeline.run", "--config", bad, "--output", tmp_path / "o2")
+    assert proc.returncode == 2 and "unknown option 'seq_lenn'" in proc.stderr
+
+
+def test_example_configs_parse(tmp_path):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.config_file import expand_config
+    from pipeline.options import LongctxOptions
+    from tests.conftest import REPO
+
+    for cfg in sorted((REPO / "configs" / "pipeline").glob("*.yaml")):
+        first = cfg.read_text().splitlines()[0]
+        assert first.startswith("# python -m pipeline.run --config"), cfg
+        argv = expand_config(["--config", str(cfg)])
+        opts = PipelineOptions(argv).view_as(LongctxOptions)
+        assert opts.seq_len in (65536, 131072) and opts.output.startswith("out-")
+
+
+def test_report_has_plots_and_an_html_page_that_renders(pipeline_out, tmp_path):
+    report = pipeline_out / "report"
+    for png in (
+        "doc_lengths.png",
+        "sample_fill.png",
+        "tokens_per_source.png",
+        "dependency_scores.png",
+    ):
+        data = (report / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
+    page = (report / "report.html").read_text()
+    assert "<table>" in page and "doc_lengths.png" in page and "code/json" not in page[:100]
+    summary = (report / "summary.md").read_text()
+    assert "related packing" in summary and "dependency order" in summary
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not installed (.ci/run installs Debian's chromium)")
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--screenshot={shot}",
+            "--window-size=1000,1400",
+            (report / "report.html").as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    import numpy as np
+    from PIL import Image
+
+    img = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert img.shape[0] >= 1000 and img.std() > 20  # text, tables and plots, not a blank page
+    dark = (img < 128).mean()
+    assert 0.01 < dark < 0.5
+
+
+def test_output_loads_with_datasets_load_dataset(pipeline_out):
+    import datasets
+
+    ds = datasets.load_dataset(
+        "arrow", data_files=str(pipeline_out / "shards" / "*.arrow"), split="train"
+    )
+    m = json.loads((pipeline_out / "manifest.json").read_text())
+    assert len(ds) == m["counts"]["samples"]
+    assert sum(ds["n_tokens"]) == m["counts"]["tokens"]
