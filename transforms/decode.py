@@ -7,7 +7,8 @@ The rules, in order (each failure raises :class:`RejectError` with the reason in
 3. NUL bytes in the first 8 KiB without a UTF-16/32 BOM             [binary]
 4. strict UTF-8
 5. UTF-16 without BOM, when every other byte of the first 8 KiB is NUL (ASCII-range text)
-6. the charset a Project Gutenberg header or an HTML/XML prolog declares (``ISO-8859-1``...)
+6. the charset a Project Gutenberg header, an HTML/XML prolog or a PEP 263 ``coding:`` line
+   declares (``ISO-8859-1``...)
 7. otherwise the bytes are not text we can trust                     [undecodable]
 
 Control characters other than tab/newline/form feed in more than 1% of the characters mean
@@ -31,7 +32,7 @@ _BOMS = (
     (codecs.BOM_UTF16_BE, "utf-16-be"),
 )
 _DECLARED = re.compile(
-    rb"(?:character set encoding|charset|encoding)\s*[:=]\s*[\"']?\s*([A-Za-z0-9_.:-]{3,40})",
+    rb"(?:character set encoding|charset|coding)\s*[:=]\s*[\"']?\s*([A-Za-z0-9_.:-]{3,40})",
     re.IGNORECASE,
 )
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
