@@ -137,6 +137,20 @@ class LongctxOptions(PipelineOptions):
             help="keep exact and near-duplicate files (default: keep the first copy only)",
         )
         parser.add_argument(
+            "--incremental",
+            action="store_true",
+            default=False,
+            help="reuse the tokenized documents of the last run in --output whose text has not "
+            "changed (cache in OUT/.cache); implies --overwrite",
+        )
+        parser.add_argument(
+            "--trust-remote-code",
+            dest="trust_remote_code",
+            action="store_true",
+            default=False,
+            help="let transformers run code from the tokenizer's Hub repository (default off)",
+        )
+        parser.add_argument(
             "--config",
             default=None,
             metavar="YAML",
@@ -214,7 +228,9 @@ def validate(opts: LongctxOptions) -> None:
     out = opts.output
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--output {out}: exists and is not a folder")
-    if os.path.exists(os.path.join(out, "manifest.json")) and not opts.overwrite:
+    if os.path.exists(os.path.join(out, "manifest.json")) and not (
+        opts.overwrite or opts.incremental
+    ):
         raise UsageError(
             f"--output {out}: holds a finished output (manifest.json); pass --overwrite to replace it"
         )

@@ -23,7 +23,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import __version__
+from pipeline import __version__, cache
 from pipeline.config_file import expand_config
 from pipeline.demo import demo_repositories
 from pipeline.discover import discover
@@ -72,6 +72,8 @@ def effective_config(lc: LongctxOptions, options: PipelineOptions, demo: bool) -
         "seed": lc.seed,
         "min_dependency_score": lc.min_dependency_score,
         "dedup": lc.dedup,
+        "trust_remote_code": lc.trust_remote_code,
+        "incremental": lc.incremental,
         "config": os.path.abspath(lc.config) if lc.config else None,
         "beam_options": {k: v for k, v in sorted(std.items()) if k not in LONGCTX_DESTS},
     }
@@ -98,6 +100,8 @@ LONGCTX_DESTS = {
     "config",
     "quiet",
     "log_level",
+    "trust_remote_code",
+    "incremental",
 }
 
 
@@ -170,7 +174,7 @@ def run(argv: list[str] | None = None) -> int:
         validate(lc)
         check_runner(options)
         try:
-            tok = load_tokenizer(lc.tokenizer)
+            tok = load_tokenizer(lc.tokenizer, lc.trust_remote_code)
         except TokenizerError as err:
             raise UsageError(str(err)) from None
         demo = not (lc.books or lc.repos or lc.repos_root or lc.documents)
@@ -191,12 +195,16 @@ def run(argv: list[str] | None = None) -> int:
     out = lc.output
     try:
         staging = prepare_staging(out)
+        tokens_cache = cache.cache_dir(out) if lc.incremental else None
+        cached_before = cache.keys(tokens_cache) if tokens_cache else set()
         samples_per_shard = max(1, int(lc.shard_mb * 2**20) // (4 * lc.seq_len))
         pipeline = beam.Pipeline(runner=make_runner(options), options=options)
         _ = pipeline | "BuildDataset" >> BuildDataset(
             sources=sources,
             discovery_rejects=discovery_rejects,
             tokenizer_spec=lc.tokenizer,
+            trust_remote_code=lc.trust_remote_code,
+            cache_dir=tokens_cache,
             limits=ReadLimits(max_file_bytes=int(lc.max_file_mb * 2**20)),
             seq_len=lc.seq_len,
             overlap=lc.overlap,
@@ -214,6 +222,7 @@ def run(argv: list[str] | None = None) -> int:
         result = pipeline.run()
         result.wait_until_finish()
         shard_stats = read_json(FileSystems.join(staging, "shards.json"))
+        plan_summary = read_json(FileSystems.join(staging, "plan.json"))
         docs = read_table(FileSystems.join(staging, "documents.arrow"))
         import json
 
@@ -228,8 +237,14 @@ def run(argv: list[str] | None = None) -> int:
             docs=docs,
             shard_stats=shard_stats,
             rejects=rejects,
-            plan_summary=read_json(FileSystems.join(staging, "plan.json")),
+            plan_summary=plan_summary,
         )
+        if tokens_cache:
+            used = set(plan_summary.get("cache_keys", []))
+            manifest["incremental"] = {
+                "documents_reused": len(used & cached_before),
+                "documents_tokenized": len(used - cached_before),
+            }
         sample_tokens = np.array(
             [t for s in shard_stats for t in s["sample_tokens"]], dtype=np.int64
         )
@@ -244,6 +259,8 @@ def run(argv: list[str] | None = None) -> int:
             [FileSystems.join(staging, "shards.json"), FileSystems.join(staging, "plan.json")]
         )
         publish(out, staging, manifest)
+        if tokens_cache:
+            cache.prune(tokens_cache, set(plan_summary.get("cache_keys", [])))
     except Exception:
         _LOG.exception("the pipeline failed; %s holds no finished output", out)
         return 1

@@ -149,8 +149,12 @@ class TokenizeFn(beam.DoFn):
         overlap: int,
         slack: int,
         progress: bool = False,
+        trust_remote_code: bool = False,
+        cache_dir: str | None = None,
     ):
         self.tokenizer_spec = tokenizer_spec
+        self.trust_remote_code = trust_remote_code
+        self.cache_dir = cache_dir
         self.seq_len, self.overlap, self.slack = seq_len, overlap, slack
         self.progress = progress
         self.tok = None
@@ -160,20 +164,24 @@ class TokenizeFn(beam.DoFn):
     def setup(self):
         from transforms.tokenize import load_tokenizer
 
-        self.tok = load_tokenizer(self.tokenizer_spec)
+        self.tok = load_tokenizer(self.tokenizer_spec, self.trust_remote_code)
 
     def process(self, doc: TextDocument):
-        from transforms.tokenize import encode_document_full
+        sha = content_sha256(doc)
+        key = entry = None
+        if self.cache_dir:
+            from pipeline import cache
 
-        enc = encode_document_full(doc, self.tok, doc.chapters)
-        n = int(enc.tokens.shape[0])
-        starts, lengths = window_document(
-            n,
-            seq_len=self.seq_len,
-            overlap=self.overlap,
-            tiers=enc.tiers,
-            slack=self.slack,
-        )
+            key = cache.entry_key(sha, self.tok.sha256, self.seq_len, self.overlap, self.slack)
+            entry = cache.load(self.cache_dir, key)
+        if entry is None:
+            entry = self._tokenize(doc)
+            if self.cache_dir:
+                cache.store(self.cache_dir, key, **entry)
+            Metrics.counter(NAMESPACE, "documents_tokenized").inc()
+        else:
+            Metrics.counter(NAMESPACE, "documents_reused").inc()
+        n = int(entry["tokens"].shape[0])
         Metrics.counter(NAMESPACE, f"documents_{doc.kind}").inc()
         Metrics.counter(NAMESPACE, f"tokens_{doc.kind}").inc(n)
         if self.progress:
@@ -187,18 +195,38 @@ class TokenizeFn(beam.DoFn):
             origin=doc.origin,
             files=list(doc.files),
             n_bytes=doc.n_bytes,
-            content_sha256=content_sha256(doc),
-            tokens=enc.tokens,
+            content_sha256=sha,
+            tokens=entry["tokens"],
             language=doc.language,
             source=doc.source,
             dependency_edges=doc.dependency_edges,
             cycle_files=doc.cycle_files,
             unparsed_files=doc.unparsed_files,
-            chapters=enc.chapters,
-            starts=starts,
-            lengths=lengths,
-            score=dependency_score(enc.tokens),
+            chapters=entry["chapters"],
+            starts=entry["starts"],
+            lengths=entry["lengths"],
+            score=entry["score"],
+            cache_key=key,
         )
+
+    def _tokenize(self, doc: TextDocument) -> dict:
+        from transforms.tokenize import encode_document_full
+
+        enc = encode_document_full(doc, self.tok, doc.chapters)
+        starts, lengths = window_document(
+            int(enc.tokens.shape[0]),
+            seq_len=self.seq_len,
+            overlap=self.overlap,
+            tiers=enc.tiers,
+            slack=self.slack,
+        )
+        return {
+            "tokens": enc.tokens,
+            "chapters": enc.chapters,
+            "starts": starts,
+            "lengths": lengths,
+            "score": dependency_score(enc.tokens),
+        }
 
     def _report(self, n_tokens: int) -> None:
         """A progress line on stderr, at most every 2 s (per worker process)."""
@@ -234,6 +262,7 @@ def doc_info(d: TokenizedDocument) -> DocInfo:
         score=d.score,
         starts=d.starts,
         lengths=d.lengths,
+        cache_key=d.cache_key,
     )
 
 
@@ -255,7 +284,8 @@ def plan_to_assignments(infos, *, seq_len, overlap, samples_per_shard, mix, seed
     for _doc_id, origin, reason, detail in plan.left_out:
         Metrics.counter(NAMESPACE, f"rejects_{reason}").inc()
         yield REJECTS, Reject(origin, reason, detail)
-    yield SUMMARY, {"packing": plan.packing, "mixture": plan.mixture}
+    keys = sorted({d.cache_key for d in infos if d.cache_key})
+    yield SUMMARY, {"packing": plan.packing, "mixture": plan.mixture, "cache_keys": keys}
 
 
 class CutSegmentsFn(beam.DoFn):
@@ -367,9 +397,12 @@ class BuildDataset(beam.PTransform):
         min_score=None,
         dedup=True,
         progress=False,
+        trust_remote_code=False,
+        cache_dir=None,
     ):
         super().__init__()
-        self.progress = progress
+        self.progress, self.trust_remote_code = progress, trust_remote_code
+        self.cache_dir = cache_dir
         self.slack, self.mix, self.seed, self.min_score = slack, mix, seed, min_score
         self.dedup = dedup
         self.sources, self.discovery_rejects = sources, discovery_rejects
@@ -404,7 +437,15 @@ class BuildDataset(beam.PTransform):
             texts = deduped[MAIN]
             reject_sets.append(deduped[REJECTS])
         docs = texts | "Tokenize" >> beam.ParDo(
-            TokenizeFn(self.tokenizer_spec, self.seq_len, self.overlap, self.slack, self.progress)
+            TokenizeFn(
+                self.tokenizer_spec,
+                self.seq_len,
+                self.overlap,
+                self.slack,
+                self.progress,
+                self.trust_remote_code,
+                self.cache_dir,
+            )
         )
         planned = (
             docs

@@ -86,6 +86,7 @@ class TokenizedDocument:
     starts: np.ndarray | None = None  # the document's windows (see transforms/windowing.py)
     lengths: np.ndarray | None = None
     score: float | None = None  # long-dependency score (transforms/dependency_score.py)
+    cache_key: str | None = None  # --incremental: the cache entry it came from or went to
 
     @property
     def n_tokens(self) -> int:

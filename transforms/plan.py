@@ -39,6 +39,7 @@ class DocInfo:
     score: float | None = None
     starts: np.ndarray | None = None
     lengths: np.ndarray | None = None
+    cache_key: str | None = None  # --incremental bookkeeping; not used by the plan
 
 
 @dataclass(frozen=True)

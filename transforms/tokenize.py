@@ -3,7 +3,7 @@
 ``load_tokenizer(spec)`` accepts what ``--tokenizer`` accepts: ``None`` (the bundled Qwen3
 tokenizer), a ``tokenizer.json`` file, a folder holding Hugging Face tokenizer files, or a Hub id
 (needs network, or a filled HF cache). Tokenizers never execute code from the model repository
-(no ``trust_remote_code``).
+(``trust_remote_code`` only with ``--trust-remote-code``).
 
 Encoding a document:
 
@@ -105,7 +105,7 @@ def _config_eos(folder: Path) -> str | None:
     return eos if isinstance(eos, str) else None
 
 
-def _from_transformers(spec: str) -> str:
+def _from_transformers(spec: str, trust_remote_code: bool = False) -> str:
     try:
         from transformers import AutoTokenizer
     except ImportError as err:
@@ -114,7 +114,7 @@ def _from_transformers(spec: str) -> str:
             "needs `pip install transformers`"
         ) from err
     try:
-        tok = AutoTokenizer.from_pretrained(spec, trust_remote_code=False)
+        tok = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
     except Exception as err:  # transformers raises OSError, ValueError, HF errors...
         raise TokenizerError(f"--tokenizer {spec}: cannot load it ({err})") from err
     if not getattr(tok, "is_fast", False):
@@ -124,8 +124,11 @@ def _from_transformers(spec: str) -> str:
     return tok.backend_tokenizer.to_str()
 
 
-def load_tokenizer(spec: str | None) -> LoadedTokenizer:
-    """Load ``--tokenizer``; raises :class:`TokenizerError` with a message naming the flag."""
+def load_tokenizer(spec: str | None, trust_remote_code: bool = False) -> LoadedTokenizer:
+    """Load ``--tokenizer``; raises :class:`TokenizerError` with a message naming the flag.
+
+    Code from a model repository runs only with ``trust_remote_code=True``
+    (``--trust-remote-code``); the network is used only for a Hub id."""
     eos_hint = None
     if spec in (None, "", BUNDLED):
         name, text = BUNDLED, _bundled_json()
@@ -140,12 +143,12 @@ def load_tokenizer(spec: str | None) -> LoadedTokenizer:
             if (path / "tokenizer.json").is_file():
                 text = (path / "tokenizer.json").read_text("utf-8")
             else:
-                text = _from_transformers(str(path))
+                text = _from_transformers(str(path), trust_remote_code)
             eos_hint = _config_eos(path)
         elif path.exists() or "/" not in spec.strip("/") and spec.startswith((".", "/", "~")):
             raise TokenizerError(f"--tokenizer {spec}: not a tokenizer.json file or folder")
         elif spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
-            text = _from_transformers(spec)  # a Hub id such as Qwen/Qwen3-8B
+            text = _from_transformers(spec, trust_remote_code)  # a Hub id: Qwen/Qwen3-8B
         else:
             raise TokenizerError(
                 f"--tokenizer {spec}: no such file or folder, and not a Hub id (owner/name)"
