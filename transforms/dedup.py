@@ -78,9 +78,9 @@ def minhash(data: bytes) -> np.ndarray:
         h ^= h >> np.uint64(29)
         h *= _MIX
         h ^= h >> np.uint64(32)
-        sample = np.unique(h[(h & np.uint64(7)) == 0])
+        sample = h[(h & np.uint64(7)) == 0]  # repeats do not change a minimum: no unique()
         if sample.size == 0:
-            sample = np.unique(h)[:1]
+            sample = h[:1]
         mins = np.full(N_PERM, np.iinfo(np.uint64).max, np.uint64)
         for lo in range(0, sample.size, 8192):
             x = sample[lo : lo + 8192]
