@@ -175,6 +175,32 @@ def print_plan(plan: dict) -> None:
         print(f"warning   {w}")
 
 
+def make_step_timer(collator):
+    """A Trainer callback that notes wall time and tokens seen at each optimizer step's end
+    (transformers is imported lazily, so this module loads without it)."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.marks: list[tuple[float, int]] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.marks.append((time.time(), collator.tokens_seen))
+
+        def steady_tokens_per_s(self) -> float | None:
+            """Tokens/s after the first step (compilation, autotuning, allocator warm-up)."""
+            if len(self.marks) < 2:
+                return None
+            (t0, n0), (t1, n1) = self.marks[0], self.marks[-1]
+            return round((n1 - n0) / (t1 - t0), 1) if t1 > t0 else None
+
+    return StepTimer()
+
+
 def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
     """Load the model (Unsloth unless backend='transformers') and train; returns the log history."""
     L = plan["max_seq_length"]
@@ -290,6 +316,8 @@ def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
             train_dataset=dataset,
             data_collator=collator,
         )
+    timer = make_step_timer(collator)
+    trainer.add_callback(timer)
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     started = time.time()
@@ -307,6 +335,8 @@ def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
         "tokens": collator.tokens_seen,
         "runtime_s": round(runtime, 2),
         "tokens_per_s": round(collator.tokens_seen / runtime, 1),
+        # after the first optimizer step (compilation, autotuning and allocator warm-up)
+        "tokens_per_s_steady": timer.steady_tokens_per_s(),
         "peak_gib": round(torch.cuda.max_memory_allocated() / GIB, 2) if on_gpu else None,
         "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 2) if on_gpu else None,
         "first_loss": losses[0] if losses else None,
