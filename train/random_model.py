@@ -72,8 +72,15 @@ def build(shape: str, tokenizer_dir: str, out: str, seed: int = 0) -> Path:
     cfg.eos_token_id = cfg.pad_token_id = eot
     torch.manual_seed(seed)
     dtype = torch.float32 if shape == "tiny" else torch.bfloat16
-    with torch.device("cpu"):
-        model = LlamaForCausalLM(cfg).to(dtype)
+    # Initialise on the GPU when there is one (an 8B shape takes seconds there, minutes on CPU).
+    device = "cuda" if shape != "tiny" and torch.cuda.is_available() else "cpu"
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(previous)
     out_dir = Path(out)
     model.save_pretrained(out_dir)
     for name in ("tokenizer.json", "tokenizer_config.json"):
