@@ -49,8 +49,15 @@ def test_memory_estimate_within_15_percent_of_the_launcher_measured_on_h100():
     s = ModelShape.from_config_dict(
         dict(SHAPES["llama-3.2-1b"], model_type="llama", vocab_size=151680)
     )
-    for tokens, gib in {32768: 5.62, 65536: 8.69, 131072: 14.72}.items():
+    for tokens, gib in {32768: 5.62, 65536: 8.69, 131072: 14.72, 262144: 27.06}.items():
         est = estimate_peak_bytes(s, tokens, load_in_4bit=False, lora_r=16, modules=ALL) / GIB
+        assert abs(est / gib - 1) < 0.15, (tokens, est, gib)
+    # 4-bit QLoRA r32 on the 8B shape through the launcher
+    s8 = ModelShape.from_config_dict(
+        dict(SHAPES["llama-3.1-8b"], model_type="llama", vocab_size=151680)
+    )
+    for tokens, gib in {65536: 17.93, 262144: 52.47}.items():
+        est = estimate_peak_bytes(s8, tokens, load_in_4bit=True, lora_r=32, modules=ALL) / GIB
         assert abs(est / gib - 1) < 0.15, (tokens, est, gib)
 
 

@@ -12,7 +12,7 @@ keeps plain RoPE with a new base by the NTK-aware rule theta' = theta * s^(d/(d-
 
     fixed     = base weights (bf16: 2 B/param; 4-bit: 0.53 B/linear param + bf16 embeddings)
               + LoRA parameters x 10 B (fp32 weight + grad, 8-bit Adam) + 0.1 GiB
-    per token = c_vocab x vocab + 18.74 x hidden   bytes
+    per token = c_vocab x vocab + c_hidden x hidden   bytes   (c_hidden 18.74; launcher 4-bit 31.16)
 
 Two calibrations of Unsloth 2026.10.9 on an H100. ``bare-unsloth`` (c_vocab 0.8687) is fitted to
 GPU-NOTES.md's bare forward+backward with full logits: Llama-3.2-1B bf16 LoRA r16
@@ -20,9 +20,10 @@ GPU-NOTES.md's bare forward+backward with full logits: Llama-3.2-1B bf16 LoRA r1
 GiB), within 3% of all eight points. ``launcher`` (c_vocab 0.4023, the default) is what
 ``train.launch`` peaks at, measured here through TRL's SFTTrainer, whose fused LM head never
 materialises the logits: 1B shape with the Qwen3 vocabulary, 5.62/8.69/14.72 GiB
-(max_memory_allocated) at 32K/64K/128K, estimate within 1% (docs/benchmarks.md). The hidden
-term (one layer recomputed at a time plus the checkpoints kept on the GPU) is shared; the 8B
-launcher figures are a prediction from it, not yet measured. HF gradient checkpointing keeps every layer's
+(max_memory_allocated) at 32K/64K/128K and 27.06 GiB at 256K, estimate within 1%; with 4-bit
+QLoRA r32 on the 8B shape it peaked at 17.93 / 52.47 GiB at 64K / 256K, more per token than the
+bf16 hidden term predicts (the bitsandbytes path keeps more per layer), hence c_hidden 31.16 for
+4-bit in the launcher calibration: within 1.2% of both (docs/benchmarks.md). HF gradient checkpointing keeps every layer's
 input on the GPU (+2 x layers x hidden bytes per token); no checkpointing is not modelled.
 """
 
@@ -37,11 +38,12 @@ GIB = 2**30
 LORA_BYTES_PER_PARAM = 10
 OVERHEAD_BYTES = int(0.1 * GIB)
 # bytes per token = vocab_coef x vocab + hidden_coef x hidden (see the module docstring)
+# (c_vocab, c_hidden for bf16 LoRA, c_hidden for 4-bit QLoRA)
 CALIBRATIONS = {
     # train.launch (TRL SFTTrainer's fused LM head never materialises the logits), measured here
-    "launcher": (0.4023, 18.74),
+    "launcher": (0.4023, 18.74, 31.16),
     # bare Unsloth forward+backward with full logits (GPU-NOTES.md)
-    "bare-unsloth": (0.8687, 18.74),
+    "bare-unsloth": (0.8687, 18.74, 18.74),
 }
 GC_UNSLOTH_REQUIRED_ABOVE = 32768
 
@@ -254,9 +256,13 @@ def fixed_bytes(shape: ModelShape, *, load_in_4bit: bool, lora_r: int, modules: 
 
 
 def per_token_bytes(
-    shape: ModelShape, gc: str | bool = "unsloth", calibration: str = "launcher"
+    shape: ModelShape,
+    gc: str | bool = "unsloth",
+    calibration: str = "launcher",
+    load_in_4bit: bool = False,
 ) -> float:
-    vocab_coef, hidden_coef = CALIBRATIONS[calibration]
+    vocab_coef, hidden_bf16, hidden_4bit = CALIBRATIONS[calibration]
+    hidden_coef = hidden_4bit if load_in_4bit else hidden_bf16
     b = vocab_coef * shape.vocab_size + hidden_coef * shape.hidden_size
     if gc is True:
         b += 2 * shape.num_hidden_layers * shape.hidden_size
@@ -275,7 +281,7 @@ def estimate_peak_bytes(
 ) -> int:
     return int(
         fixed_bytes(shape, load_in_4bit=load_in_4bit, lora_r=lora_r, modules=modules)
-        + tokens * per_token_bytes(shape, gc, calibration)
+        + tokens * per_token_bytes(shape, gc, calibration, load_in_4bit)
     )
 
 
@@ -294,7 +300,8 @@ def max_context(
     room = gpu_gib * GIB * headroom - fixed_bytes(
         shape, load_in_4bit=load_in_4bit, lora_r=lora_r, modules=modules
     )
-    return max(0, int(room / per_token_bytes(shape, gc, calibration)) // 1024 * 1024)
+    per_token = per_token_bytes(shape, gc, calibration, load_in_4bit)
+    return max(0, int(room / per_token) // 1024 * 1024)
 
 
 @dataclass
