@@ -37,8 +37,8 @@ def main() -> None:
     ap.add_argument("--modes", default="packed")
     args = ap.parse_args()
     os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
-    import unsloth  # noqa: F401
     import torch
+    import unsloth  # noqa: F401
     from unsloth import FastLanguageModel
 
     from train.data import collate_packed, load_shards, read_manifest
@@ -53,7 +53,15 @@ def main() -> None:
         model,
         r=args.lora_r,
         lora_alpha=args.lora_r,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        target_modules=[
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
         use_gradient_checkpointing="unsloth",
         max_seq_length=L,
     )
