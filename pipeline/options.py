@@ -226,11 +226,18 @@ def validate(opts: LongctxOptions) -> None:
         if not os.path.isdir(path):
             raise UsageError(f"--repos-root {path}: not a folder")
     out = opts.output
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UsageError(f"--output {out}: exists and is not a folder")
-    if os.path.exists(os.path.join(out, "manifest.json")) and not (
-        opts.overwrite or opts.incremental
-    ):
+    from apache_beam.io.filesystems import FileSystems
+
+    if "://" in out:  # gs://, s3://, hdfs://...: through Beam's filesystems
+        try:
+            finished = FileSystems.exists(FileSystems.join(out, "manifest.json"))
+        except ValueError as err:  # no filesystem registered for the scheme
+            raise UsageError(f"--output {out}: {err}") from None
+    else:
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise UsageError(f"--output {out}: exists and is not a folder")
+        finished = os.path.exists(os.path.join(out, "manifest.json"))
+    if finished and not (opts.overwrite or opts.incremental):
         raise UsageError(
             f"--output {out}: holds a finished output (manifest.json); pass --overwrite to replace it"
         )

@@ -1,0 +1,133 @@
+"""Every write of the pipeline goes through apache_beam.io.filesystems: an output on a
+filesystem scheme registered with Beam (here a counting wrapper around local disk, standing in
+for gs:// or s3://) receives the whole output, and nothing is written around it."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from apache_beam.io.localfilesystem import LocalFileSystem
+
+from tests.conftest import STDLIB
+
+CALLS: list[tuple[str, str]] = []
+ROOT = {"dir": ""}
+
+
+def _local(path: str) -> str:
+    if not path.startswith("counting://"):  # LocalFileSystem calling itself with a local path
+        assert path.startswith(ROOT["dir"]), path
+        return path
+    return os.path.join(ROOT["dir"], path[len("counting://") :])
+
+
+class CountingFileSystem(LocalFileSystem):
+    """``counting://x`` is ``ROOT/x`` on local disk; every call is recorded."""
+
+    @classmethod
+    def scheme(cls):
+        return "counting"
+
+    def join(self, base, *paths):
+        return "/".join([base.rstrip("/"), *(p.strip("/") for p in paths)])
+
+    def split(self, path):
+        head, _, tail = path.rpartition("/")
+        return head, tail
+
+    def mkdirs(self, path):
+        CALLS.append(("mkdirs", path))
+        return super().mkdirs(_local(path))
+
+    def create(self, path, *args, **kwargs):
+        CALLS.append(("create", path))
+        return super().create(_local(path), *args, **kwargs)
+
+    def open(self, path, *args, **kwargs):
+        CALLS.append(("open", path))
+        return super().open(_local(path), *args, **kwargs)
+
+    def exists(self, path):
+        CALLS.append(("exists", path))
+        return super().exists(_local(path))
+
+    def rename(self, sources, destinations):
+        CALLS.extend(("rename", f"{s} -> {d}") for s, d in zip(sources, destinations, strict=True))
+        return super().rename([_local(s) for s in sources], [_local(d) for d in destinations])
+
+    def delete(self, paths):
+        CALLS.extend(("delete", p) for p in paths)
+        return super().delete([_local(p) for p in paths])
+
+    def match(self, patterns, limits=None):
+        CALLS.extend(("match", p) for p in patterns)
+        results = super().match([_local(p) for p in patterns], limits)
+        if not all(p.startswith("counting://") for p in patterns):
+            return results  # LocalFileSystem.delete matching its own local paths
+        for r in results:
+            for m in r.metadata_list:
+                m.path = "counting://" + os.path.relpath(m.path, ROOT["dir"])
+        return results
+
+
+@pytest.mark.slow
+def test_whole_output_is_written_through_beam_filesystems(tmp_path, books_dir, qwen3_dir):
+    from pipeline.run import run
+
+    ROOT["dir"] = str(tmp_path / "disk")
+    os.makedirs(ROOT["dir"])
+    CALLS.clear()
+    before = set(os.listdir(tmp_path))
+    rc = run(
+        [
+            "--runner",
+            "DirectRunner",
+            "--books",
+            str(books_dir / "kafka-metamorphosis.txt"),
+            "--repos",
+            str(STDLIB / "json"),
+            "--tokenizer",
+            str(qwen3_dir),
+            "--seq-len",
+            "16384",
+            "--incremental",
+            "--output",
+            "counting://out",
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    assert set(os.listdir(tmp_path)) == before  # nothing written beside the filesystem
+    out = tmp_path / "disk" / "out"
+    manifest = json.loads((out / "manifest.json").read_text())
+    # Where each file written through the filesystem ended up: created, then maybe renamed
+    # (a whole folder at a time: .staging/shards -> shards).
+    final = set()
+    for kind, p in CALLS:
+        if kind == "create":
+            final.add(p)
+        elif kind == "rename":
+            src, dst = p.split(" -> ")
+            for f in [f for f in final if f == src or f.startswith(src + "/")]:
+                final.discard(f)
+                final.add(dst + f[len(src) :])
+        elif kind == "delete":
+            final -= {f for f in final if f == p or f.startswith(p + "/")}
+    assert "counting://out/manifest.json" in final
+    for shard in manifest["shards"]:
+        assert f"counting://out/{shard['path']}" in final
+    for name in ("documents.arrow", "rejects.jsonl", "report/summary.md", "report/report.html"):
+        assert f"counting://out/{name}" in final, name
+    # every file on disk got there through the filesystem
+    on_disk = {
+        "counting://" + os.path.relpath(os.path.join(d, f), ROOT["dir"])
+        for d, _, files in os.walk(ROOT["dir"])
+        for f in files
+    }
+    assert on_disk == final, on_disk ^ final
+    assert any(p.startswith("counting://out/.cache/tokens/") for p in on_disk)
+    # a finished output there needs --overwrite, checked through the filesystem too
+    rc = run(["--runner", "DirectRunner", "--output", "counting://out", "--quiet"])
+    assert rc == 2
