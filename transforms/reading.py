@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,10 +164,23 @@ def read_book(path: str, doc_id: str, limits: ReadLimits) -> TextDocument:
     )
 
 
-def walk_folder(root: str) -> Iterator[tuple[str, str] | Reject]:
+# screen(rel_dir, abs_dir, names) -> a (reason, detail) that skips the whole folder, or a
+# check(rel, name, is_dir) -> (reason, detail) | None applied to each entry of the folder.
+Screen = Callable[[str, str, set], "tuple[str, str] | Callable[[str, str, bool], tuple | None]"]
+
+
+def _skip_book_dirs(rel_dir: str, abs_dir: str, names: set):
+    def check(rel: str, name: str, is_dir: bool):
+        return ("skipped_dir", SKIP_BOOK_DIRS[name]) if is_dir and name in SKIP_BOOK_DIRS else None
+
+    return check
+
+
+def walk_folder(root: str, screen: Screen = _skip_book_dirs) -> Iterator[tuple[str, str] | Reject]:
     """Yield ``(relative_posix_path, absolute_path)`` of the files under a folder, in path order.
 
-    Skipped folders and folders that cannot be listed come out as :class:`Reject`. Symbolic
+    ``screen`` decides, per folder, what is skipped (default: version control and caches);
+    skipped entries and folders that cannot be listed come out as :class:`Reject`. Symbolic
     links (to files or folders) are yielded as files, so that the reader rejects them.
     """
     stack = [""]
@@ -180,6 +193,10 @@ def walk_folder(root: str) -> Iterator[tuple[str, str] | Reject]:
         except OSError as err:
             yield Reject(display_path(abs_dir), "unreadable", err.strerror or str(err))
             continue
+        check = screen(rel_dir, abs_dir, {e.name for e in entries})
+        if isinstance(check, tuple):
+            yield Reject(display_path(abs_dir), *check)
+            continue
         subdirs = []
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
@@ -187,8 +204,9 @@ def walk_folder(root: str) -> Iterator[tuple[str, str] | Reject]:
                 is_dir = entry.is_dir(follow_symlinks=False)
             except OSError:
                 is_dir = False
-            if is_dir and entry.name in SKIP_BOOK_DIRS:
-                yield Reject(display_path(entry.path), "skipped_dir", SKIP_BOOK_DIRS[entry.name])
+            skip = check(rel, entry.name, is_dir)
+            if skip:
+                yield Reject(display_path(entry.path), *skip)
             elif is_dir:
                 subdirs.append(rel)
             else:

@@ -32,7 +32,13 @@ from transforms.decode import decode_text
 from transforms.dependencies import dependency_edges, main_language
 from transforms.documents import CODE, Reject, RejectError, TextDocument
 from transforms.ordering import cycle_members, order_files
-from transforms.reading import BINARY_SUFFIXES, ReadLimits, display_path, read_file_text
+from transforms.reading import (
+    BINARY_SUFFIXES,
+    ReadLimits,
+    display_path,
+    read_file_text,
+    walk_folder,
+)
 
 SKIP_DIRS = {
     ".git": "version-control metadata",
@@ -110,45 +116,35 @@ class _Ignore:
 def _folder_entries(root: str, limits: ReadLimits) -> Iterator[tuple[str, object] | Reject]:
     """``(rel, text_or_RejectError)`` per file of a folder, in path order, honouring .gitignore."""
     ignore = _Ignore()
-    stack = [""]
-    while stack:
-        rel_dir = stack.pop()
-        abs_dir = os.path.join(root, rel_dir) if rel_dir else root
-        try:
-            with os.scandir(abs_dir) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as err:
-            yield Reject(display_path(abs_dir), "unreadable", err.strerror or str(err))
-            continue
-        names = {e.name for e in entries}
+
+    def screen(rel_dir: str, abs_dir: str, names: set):
         if "pyvenv.cfg" in names and rel_dir:
-            yield Reject(display_path(abs_dir), "skipped_dir", "virtualenv (holds pyvenv.cfg)")
-            continue
+            return ("skipped_dir", "virtualenv (holds pyvenv.cfg)")
         if ".gitignore" in names:
             try:
                 text, _ = read_file_text(os.path.join(abs_dir, ".gitignore"), limits)
                 ignore.add(display_path(rel_dir), text)
             except RejectError:
-                pass  # the file itself is reported when it is read below
-        subdirs = []
-        for entry in entries:
-            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            try:
-                is_dir = entry.is_dir(follow_symlinks=False)
-            except OSError:
-                is_dir = False
+                pass  # the file itself is reported when it is read
+
+        def check(rel: str, name: str, is_dir: bool):
             if ignore.ignored(display_path(rel), is_dir):
-                yield Reject(display_path(entry.path), "gitignored", "matched by .gitignore")
-            elif is_dir and entry.name in SKIP_DIRS:
-                yield Reject(display_path(entry.path), "skipped_dir", SKIP_DIRS[entry.name])
-            elif is_dir:
-                subdirs.append(rel)
-            else:
-                try:
-                    yield rel, read_file_text(entry.path, limits)[0]
-                except RejectError as err:
-                    yield rel, err
-        stack.extend(reversed(subdirs))
+                return ("gitignored", "matched by .gitignore")
+            if is_dir and name in SKIP_DIRS:
+                return ("skipped_dir", SKIP_DIRS[name])
+            return None
+
+        return check
+
+    for item in walk_folder(root, screen):
+        if isinstance(item, Reject):
+            yield item
+            continue
+        rel, path = item
+        try:
+            yield rel, read_file_text(path, limits)[0]
+        except RejectError as err:
+            yield rel, err
 
 
 def _archive_entries(path: str, limits: ReadLimits) -> Iterator[tuple[str, object] | Reject]:
