@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import remote
 from transforms.archives import ARCHIVE_SUFFIXES
 from transforms.documents import Reject
 from transforms.reading import BOOK_SUFFIXES, display_path, walk_folder
@@ -37,7 +38,25 @@ def _unique(sources: list[Source]) -> list[Source]:
     return sorted(out, key=lambda s: s.doc_id)
 
 
+def _remote_book_sources(arg: str, rejects: list[Reject]) -> list[Source]:
+    if remote.is_remote_file(arg):
+        return [Source(BOOK, arg, f"book/{Path(arg).stem}", Path(arg).name)]
+    out = []
+    base = arg.rstrip("/")
+    for rel, _ in remote.list_files(base):
+        path = f"{base}/{rel}"
+        if os.path.splitext(rel)[1].lower() in BOOK_SUFFIXES:
+            out.append(Source(BOOK, path, f"book/{os.path.splitext(rel)[0]}", Path(rel).name))
+        else:
+            rejects.append(
+                Reject(path, "unsupported_type", f"books are {', '.join(BOOK_SUFFIXES)} files")
+            )
+    return out
+
+
 def _book_sources(arg: str, rejects: list[Reject]) -> list[Source]:
+    if remote.is_remote(arg):
+        return _remote_book_sources(arg, rejects)
     root = os.path.abspath(arg)
     if not os.path.isdir(root) or os.path.islink(root):
         return [Source(BOOK, root, f"book/{Path(root).stem}", Path(root).name)]
@@ -62,7 +81,7 @@ def _book_sources(arg: str, rejects: list[Reject]) -> list[Source]:
 
 
 def _repo_source(path: str) -> Source:
-    path = os.path.abspath(path)
+    path = path.rstrip("/") if remote.is_remote(path) else os.path.abspath(path)
     name = display_path(os.path.basename(path.rstrip("/")))
     for suffix in ARCHIVE_SUFFIXES:
         if name.lower().endswith(suffix) and os.path.isfile(path):
@@ -82,6 +101,12 @@ def discover(
     for arg in repos:
         sources.append(_repo_source(arg))
     for root in repos_root:
+        if remote.is_remote(root):
+            tops = sorted(
+                {rel.split("/", 1)[0] for rel, _ in remote.list_files(root) if "/" in rel}
+            )
+            sources += [_repo_source(f"{root.rstrip('/')}/{top}") for top in tops]
+            continue
         try:
             entries = sorted(os.scandir(root), key=lambda e: e.name)
         except OSError as err:
@@ -102,7 +127,7 @@ def discover(
                     )
                 )
     for arg in documents:
-        path = os.path.abspath(arg)
+        path = arg if remote.is_remote(arg) else os.path.abspath(arg)
         if not path.endswith(RECORD_SUFFIXES):
             rejects.append(
                 Reject(

@@ -220,10 +220,15 @@ def validate(opts: LongctxOptions) -> None:
         ("--documents", opts.documents),
     ):
         for path in paths:
-            if not os.path.lexists(path):
+            if "://" in path:
+                from pipeline.remote import exists
+
+                if not exists(path):
+                    raise UsageError(f"{flag} {path}: nothing there (or no filesystem for it)")
+            elif not os.path.lexists(path):
                 raise UsageError(f"{flag} {path}: no such file or folder")
     for path in opts.repos_root:
-        if not os.path.isdir(path):
+        if "://" not in path and not os.path.isdir(path):
             raise UsageError(f"--repos-root {path}: not a folder")
     out = opts.output
     from apache_beam.io.filesystems import FileSystems

@@ -51,13 +51,17 @@ from transforms.tokenize import TokenizerError, load_tokenizer
 _LOG = logging.getLogger("longctx")
 
 
+def _abs(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
+
+
 def effective_config(lc: LongctxOptions, options: PipelineOptions, demo: bool) -> dict:
     std = options.get_all_options(drop_default=True)
     return {
-        "books": [os.path.abspath(p) for p in lc.books],
-        "repos": [os.path.abspath(p) for p in lc.repos],
-        "repos_root": [os.path.abspath(p) for p in lc.repos_root],
-        "documents": [os.path.abspath(p) for p in lc.documents],
+        "books": [_abs(p) for p in lc.books],
+        "repos": [_abs(p) for p in lc.repos],
+        "repos_root": [_abs(p) for p in lc.repos_root],
+        "documents": [_abs(p) for p in lc.documents],
         "demo_corpus": demo,
         "tokenizer": lc.tokenizer,
         "seq_len": lc.seq_len,

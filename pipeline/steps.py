@@ -26,6 +26,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from pipeline import remote
 from pipeline.discover import BOOK, RECORDS, REPO, Source
 from transforms.dedup import band_keys, duplicates_in_bucket, remove_items, signatures
 from transforms.dependency_score import dependency_score
@@ -76,12 +77,24 @@ class ReadSourceFn(beam.DoFn):
     def process(self, src: Source):
         try:
             if src.kind == BOOK:
-                items = [read_book(src.path, src.doc_id, self.limits)]
+                data = None
+                if remote.is_remote(src.path):
+                    data = remote.read_bytes(src.path, self.limits.max_file_bytes)
+                items = [read_book(src.path, src.doc_id, self.limits, data=data)]
             elif src.kind == REPO:
-                doc, rejects = read_repository(src.path, src.doc_id, src.name, self.limits)
+                listing = None
+                if remote.is_remote(src.path):
+                    base, limit = src.path.rstrip("/"), self.limits.max_file_bytes
+                    listing = (
+                        remote.list_files(base),
+                        lambda rel: remote.read_bytes(f"{base}/{rel}", limit),
+                    )
+                doc, rejects = read_repository(
+                    src.path, src.doc_id, src.name, self.limits, remote=listing
+                )
                 items = [*rejects, *([doc] if doc else [])]
             elif src.kind == RECORDS:
-                items = list(read_records(src.path, src.doc_id, self.limits))
+                items = list(self._records(src))
                 for item in items:
                     if isinstance(item, TextDocument):
                         item.source = src.doc_id
@@ -103,6 +116,21 @@ class ReadSourceFn(beam.DoFn):
                 REJECTS,
                 Reject(display_path(src.path), "read_error", f"{type(err).__name__}: {err}"),
             )
+
+    def _records(self, src: Source):
+        if not remote.is_remote(src.path):
+            yield from read_records(src.path, src.doc_id, self.limits)
+            return
+        import os
+        import tempfile
+
+        suffix = next(s for s in (".jsonl", ".json", ".parquet") if src.path.endswith(s))
+        data = remote.read_bytes(src.path, 8 * self.limits.max_file_bytes)
+        with tempfile.TemporaryDirectory() as tmp:
+            local = os.path.join(tmp, "records" + suffix)
+            with open(local, "wb") as fh:
+                fh.write(data)
+            yield from read_records(local, src.doc_id, self.limits, origin=src.path)
 
 
 def content_sha256(doc: TextDocument) -> str:

@@ -131,3 +131,80 @@ def test_whole_output_is_written_through_beam_filesystems(tmp_path, books_dir, q
     # a finished output there needs --overwrite, checked through the filesystem too
     rc = run(["--runner", "DirectRunner", "--output", "counting://out", "--quiet"])
     assert rc == 2
+
+
+@pytest.mark.slow
+def test_inputs_are_read_through_beam_filesystems(tmp_path, books_dir, qwen3_dir):
+    """Books, a repository prefix, a --repos-root prefix and a records file, all on a
+    non-local scheme, give the same samples as the same inputs on local disk."""
+    import shutil
+
+    import pyarrow as pa
+
+    from pipeline.run import run
+
+    ROOT["dir"] = str(tmp_path / "disk")
+    disk = tmp_path / "disk"
+    (disk / "in" / "books").mkdir(parents=True)
+    for b in ("kafka-metamorphosis.txt", "gilman-the-yellow-wallpaper.txt"):
+        shutil.copy(books_dir / b, disk / "in" / "books" / b)
+    shutil.copytree(
+        STDLIB / "json",
+        disk / "in" / "repos" / "json",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    shutil.copytree(
+        STDLIB / "http", disk / "in" / "root" / "http", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (disk / "in" / "docs.jsonl").write_text(
+        json.dumps({"id": "a", "text": "A short record about Beam filesystems.\n", "kind": "book"})
+        + "\n"
+    )
+
+    def args(prefix: str, out: str) -> list[str]:
+        return [
+            "--runner",
+            "DirectRunner",
+            "--books",
+            f"{prefix}in/books",
+            "--repos",
+            f"{prefix}in/repos/json",
+            "--repos-root",
+            f"{prefix}in/root",
+            "--documents",
+            f"{prefix}in/docs.jsonl",
+            "--tokenizer",
+            str(qwen3_dir),
+            "--seq-len",
+            "16384",
+            "--output",
+            out,
+            "--quiet",
+        ]
+
+    CALLS.clear()
+    assert run(args("counting://", "counting://out")) == 0
+    opened = {p for kind, p in CALLS if kind == "open"}
+    assert "counting://in/books/kafka-metamorphosis.txt" in opened
+    assert "counting://in/repos/json/decoder.py" in opened
+    assert "counting://in/root/http/client.py" in opened
+    assert "counting://in/docs.jsonl" in opened
+    assert run(args(f"{disk}/", str(tmp_path / "local"))) == 0
+
+    def samples(out):
+        m = json.loads((out / "manifest.json").read_text())
+        tables = [
+            pa.ipc.open_stream((out / s["path"]).read_bytes()).read_all() for s in m["shards"]
+        ]
+        return [t.select(["input_ids", "seq_lengths", "doc_ids", "doc_starts"]) for t in tables]
+
+    remote_docs = pa.ipc.open_stream((disk / "out" / "documents.arrow").read_bytes()).read_all()
+    local_docs = pa.ipc.open_stream(
+        (tmp_path / "local" / "documents.arrow").read_bytes()
+    ).read_all()
+    assert remote_docs.column("doc_id").to_pylist() == local_docs.column("doc_id").to_pylist()
+    assert remote_docs.column("n_tokens").equals(local_docs.column("n_tokens"))
+    assert remote_docs.column("files").equals(local_docs.column("files"))
+    assert all(
+        a.equals(b) for a, b in zip(samples(disk / "out"), samples(tmp_path / "local"), strict=True)
+    )

@@ -140,16 +140,26 @@ def read_file_bytes(path: str, limits: ReadLimits) -> bytes:
     return data
 
 
-def read_book(path: str, doc_id: str, limits: ReadLimits) -> TextDocument:
-    """One book file -> a document (Gutenberg boilerplate stripped); raises RejectError."""
+def read_book(
+    path: str, doc_id: str, limits: ReadLimits, data: bytes | None = None
+) -> TextDocument:
+    """One book file -> a document (Gutenberg boilerplate stripped); raises RejectError.
+
+    ``data``: the file's bytes when they were read elsewhere (a remote object)."""
     suffix = os.path.splitext(path)[1].lower()
     title = ""
+    if data is None:
+        data = read_file_bytes(path, limits)
+    elif len(data) > limits.max_file_bytes:
+        raise RejectError("too_large", f"over --max-file-mb {limits.max_file_bytes / 2**20:g}")
     if suffix == ".epub":
-        text, title = epub_text(read_file_bytes(path, limits), limits.max_file_bytes)
+        text, title = epub_text(data, limits.max_file_bytes)
     elif suffix in (".html", ".htm", ".xhtml"):
-        text = html_to_text(read_file_text(path, limits)[0])
+        text = html_to_text(decode_text(data)[0])
     else:
-        text = read_file_text(path, limits)[0]
+        if suffix in BINARY_SUFFIXES:
+            raise RejectError("binary", f"binary file type {suffix}")
+        text = decode_text(data)[0]
     body, _stripped = strip_gutenberg(text)
     if not body.strip():
         raise RejectError("empty", "no text left after removing Project Gutenberg boilerplate")

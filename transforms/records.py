@@ -48,9 +48,13 @@ def _rows(path: str) -> Iterator[tuple[int, dict | None, str]]:
             )
 
 
-def read_records(path: str, prefix: str, limits: ReadLimits) -> Iterator[TextDocument | Reject]:
-    """Rows of one JSONL/Parquet file; document ids are ``<prefix>/<id or row number>``."""
-    origin = display_path(path)
+def read_records(
+    path: str, prefix: str, limits: ReadLimits, origin: str | None = None
+) -> Iterator[TextDocument | Reject]:
+    """Rows of one JSONL/Parquet file; document ids are ``<prefix>/<id or row number>``.
+
+    ``origin``: the name to report (a remote file read into a local copy)."""
+    origin = origin or display_path(path)
     seen: set[str] = set()
     try:
         for row, rec, error in _rows(path):

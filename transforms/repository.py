@@ -19,11 +19,12 @@ The files kept are ordered by :func:`transforms.ordering.order_files` over the i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pathspec
 
@@ -147,36 +148,55 @@ def _folder_entries(root: str, limits: ReadLimits) -> Iterator[tuple[str, object
             yield rel, err
 
 
-def _archive_entries(path: str, limits: ReadLimits) -> Iterator[tuple[str, object] | Reject]:
-    members = []
-    for item in archive_members(path, display_path(path), limits.max_file_bytes):
-        if isinstance(item, Reject):
-            yield item
-        else:
-            members.append(item)
+def _member_entries(
+    listing: list[tuple[str, int]],
+    read: Callable[[str], bytes],
+    where: Callable[[str], str],
+    limits: ReadLimits,
+) -> Iterator[tuple[str, object] | Reject]:
+    """Entries of a repository given as a listing ``(rel, size)`` and a reader (an archive's
+    members, or the objects under a gs:// / s3:// prefix): the same skip rules as a folder,
+    applied before anything but the .gitignore files is read."""
     ignore = _Ignore()
-    for rel, data in members:
+    for rel, _ in listing:
         if posixpath.basename(rel) == ".gitignore":
-            ignore.add(posixpath.dirname(rel), data.decode("utf-8", "replace"))
-    venvs = {posixpath.dirname(rel) for rel, _ in members if rel.endswith("/pyvenv.cfg")}
-    for rel, data in members:
-        where = f"{display_path(path)}!{rel}"
+            with contextlib.suppress(OSError, RejectError):
+                ignore.add(posixpath.dirname(rel), read(rel).decode("utf-8", "replace"))
+    venvs = {posixpath.dirname(rel) for rel, _ in listing if rel.endswith("/pyvenv.cfg")}
+    for rel, size in listing:
         parts = rel.split("/")
         skip = next((p for p in parts[:-1] if p in SKIP_DIRS), None)
         folders = ["/".join(parts[:k]) for k in range(1, len(parts))]
         if any(ignore.ignored(f, True) for f in folders) or ignore.ignored(rel, False):
-            yield Reject(where, "gitignored", "matched by .gitignore")
+            yield Reject(where(rel), "gitignored", "matched by .gitignore")
         elif skip:
-            yield Reject(where, "skipped_dir", SKIP_DIRS[skip])
+            yield Reject(where(rel), "skipped_dir", SKIP_DIRS[skip])
         elif any(f in venvs for f in folders):
-            yield Reject(where, "skipped_dir", "virtualenv (holds pyvenv.cfg)")
+            yield Reject(where(rel), "skipped_dir", "virtualenv (holds pyvenv.cfg)")
         elif posixpath.splitext(rel)[1].lower() in BINARY_SUFFIXES:
             yield rel, RejectError("binary", f"binary file type {posixpath.splitext(rel)[1]}")
+        elif size > limits.max_file_bytes:
+            yield rel, RejectError("too_large", f"{size} bytes > --max-file-mb")
         else:
             try:
-                yield rel, decode_text(data)[0]
+                yield rel, decode_text(read(rel))[0]
             except RejectError as err:
                 yield rel, err
+            except OSError as err:
+                yield rel, RejectError("unreadable", str(err))
+
+
+def _archive_entries(path: str, limits: ReadLimits) -> Iterator[tuple[str, object] | Reject]:
+    members: dict[str, bytes] = {}
+    for item in archive_members(path, display_path(path), limits.max_file_bytes):
+        if isinstance(item, Reject):
+            yield item
+        else:
+            members[item[0]] = item[1]
+    listing = [(rel, len(data)) for rel, data in members.items()]
+    yield from _member_entries(
+        listing, members.__getitem__, lambda rel: f"{display_path(path)}!{rel}", limits
+    )
 
 
 def _notebook_text(text: str) -> tuple[str, int]:
@@ -216,11 +236,24 @@ def _screen(rel: str, text: str) -> tuple[str, str] | None:
 
 
 def read_repository(
-    root: str, doc_id: str, name: str, limits: ReadLimits
+    root: str,
+    doc_id: str,
+    name: str,
+    limits: ReadLimits,
+    remote: tuple[list[tuple[str, int]], Callable[[str], bytes]] | None = None,
 ) -> tuple[TextDocument | None, list[Reject]]:
-    """A repository folder or archive -> (document with files in dependency order, rejects)."""
+    """A repository folder or archive -> (document with files in dependency order, rejects).
+
+    ``remote`` is ``(listing, read)`` for a repository that is not on local disk (objects
+    under a gs:// or s3:// prefix, listed and read through Beam's filesystems)."""
     shown = display_path(root)
-    entries = _archive_entries(root, limits) if is_archive(root) else _folder_entries(root, limits)
+    archive = remote is None and is_archive(root)
+    if remote is not None:
+        entries = _member_entries(*remote, lambda rel: f"{shown}/{rel}", limits)
+    elif archive:
+        entries = _archive_entries(root, limits)
+    else:
+        entries = _folder_entries(root, limits)
     files: list[str] = []
     texts: list[str] = []
     rejects: list[Reject] = []
@@ -230,7 +263,7 @@ def read_repository(
             continue
         rel, content = item
         rel = display_path(rel)
-        where = f"{shown}!{rel}" if is_archive(root) else display_path(os.path.join(root, rel))
+        where = f"{shown}!{rel}" if archive else f"{shown}/{rel}"
         if isinstance(content, RejectError):
             rejects.append(Reject(where, content.reason, content.detail))
             continue
@@ -256,7 +289,7 @@ def read_repository(
     by_path = sorted(range(len(files)), key=lambda i: files[i])
     files = [files[i] for i in by_path]
     texts = [texts[i] for i in by_path]
-    root_name = name if not is_archive(root) else ""
+    root_name = name if not archive else ""
     edges, unparsed = dependency_edges(files, texts, root_name)
     order = order_files(files, edges)
     doc = TextDocument(
