@@ -193,3 +193,38 @@ def test_a_few_optimizer_steps_on_cpu(tiny_setup, tmp_path):
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["steps"] == 4 and summary["tokens"] > 4 * 1500
     assert (run / "adapter" / "adapter_config.json").is_file()
+
+
+def test_two_process_data_parallel_on_cpu(tiny_setup, tmp_path):
+    """--nproc-per-node 2 starts two ranks with torchrun (gloo on CPU): each trains on its
+    share of the rows, the summary and adapter come from rank 0, tokens are summed."""
+    out, model = tiny_setup
+    run = tmp_path / "ddp"
+    args = [
+        "--data",
+        out,
+        "--model",
+        model,
+        "--backend",
+        "transformers",
+        "--max-steps",
+        "2",
+        "--gradient-accumulation-steps",
+        "1",
+        "--gradient-checkpointing",
+        "false",
+        "--warmup-steps",
+        "0",
+        "--output-dir",
+        run,
+    ]
+    dry = run_cli("train.launch", *args, "--nproc-per-node", "2", "--dry-run")
+    assert dry.returncode == 0 and "x 2 processes" in dry.stdout, dry.stdout
+    proc = run_cli("train.launch", *args, "--nproc-per-node", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "torch.distributed.run" in proc.stdout
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 2
+    # two ranks x two steps x one row each (plus each rank's prefetched row)
+    assert summary["tokens"] >= 4 * 1500
+    assert (run / "adapter" / "adapter_config.json").is_file()

@@ -46,6 +46,9 @@ class TrainConfig:
         524288, "target tokens per optimizer step; sets gradient accumulation"
     )
     gradient_accumulation_steps: int = _f(0, "0 = from tokens_per_step")
+    nproc_per_node: int = _f(
+        1, "processes (GPUs) on this machine; > 1 starts them with torchrun (data parallel)"
+    )
     learning_rate: float = _f(2e-4, "peak learning rate")
     lr_scheduler: str = _f("cosine", "transformers scheduler name")
     warmup_steps: int = _f(5, "linear warmup steps")

@@ -124,6 +124,7 @@ def build_plan(cfg: TrainConfig) -> dict:
         accum=cfg.gradient_accumulation_steps,
         epochs=cfg.num_train_epochs,
         max_steps=cfg.max_steps,
+        world_size=int(os.environ.get("WORLD_SIZE", cfg.nproc_per_node)),
     )
     return {
         "data": {
@@ -146,6 +147,7 @@ def build_plan(cfg: TrainConfig) -> dict:
             "lora_r": cfg.lora_r,
         },
         "steps": asdict(steps),
+        "world_size": int(os.environ.get("WORLD_SIZE", cfg.nproc_per_node)),
         "warnings": warnings,
         "config": asdict(cfg),
     }
@@ -168,7 +170,8 @@ def print_plan(plan: dict) -> None:
         f"{mem['gpu_memory_gib']} GiB; largest context that fits ~{mem['max_context_that_fits']}"
     )
     print(
-        f"steps     batch {s['per_device_batch_size']} x accumulation {s['gradient_accumulation_steps']} = "
+        f"steps     batch {s['per_device_batch_size']} x accumulation {s['gradient_accumulation_steps']}"
+        f"{' x ' + str(plan['world_size']) + ' processes' if plan['world_size'] > 1 else ''} = "
         f"{s['tokens_per_step']} tokens/step; {s['steps']} steps ({s['epochs']} epochs of {s['samples']} samples)"
     )
     for w in plan["warnings"]:
@@ -205,6 +208,9 @@ def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
     """Load the model (Unsloth unless backend='transformers') and train; returns the log history."""
     L = plan["max_seq_length"]
     gc = plan["gradient_checkpointing"]
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     if backend == "unsloth":
         os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
         import unsloth  # noqa: F401  (must come before transformers)
@@ -213,6 +219,8 @@ def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
         kw = {}
         if plan["rope"]["unsloth_rope_scaling"] is not None:
             kw["rope_scaling"] = plan["rope"]["unsloth_rope_scaling"]
+        if world > 1:
+            kw["device_map"] = {"": local_rank}  # one full replica per GPU (data parallel)
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=cfg.model,
             max_seq_length=L,
@@ -289,6 +297,8 @@ def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
         remove_unused_columns=False,  # keep seq_lengths for the collator
         dataloader_num_workers=0,
         use_cpu=not on_gpu,
+        # data parallel (torchrun): every parameter that trains is used in every step
+        ddp_find_unused_parameters=False if world > 1 else None,
     )
     if on_gpu:
         from trl import SFTConfig, SFTTrainer
@@ -323,6 +333,18 @@ def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
     started = time.time()
     trainer.train()
     runtime = time.time() - started
+    tokens = collator.tokens_seen
+    steady = timer.steady_tokens_per_s()
+    if world > 1:  # sum what every process saw
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dev = f"cuda:{local_rank}" if on_gpu else "cpu"
+            t = torch.tensor([float(tokens), float(steady or 0.0)], device=dev)
+            dist.all_reduce(t)
+            tokens, steady = int(t[0].item()), round(float(t[1].item()), 1)
+    if rank != 0:  # checkpoints, logs and the summary come from rank 0 only
+        return {}
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out / "adapter"))
@@ -332,11 +354,12 @@ def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
         "backend": backend,
         "max_seq_length": L,
         "steps": trainer.state.global_step,
-        "tokens": collator.tokens_seen,
+        "world_size": world,
+        "tokens": tokens,
         "runtime_s": round(runtime, 2),
-        "tokens_per_s": round(collator.tokens_seen / runtime, 1),
+        "tokens_per_s": round(tokens / runtime, 1),
         # after the first optimizer step (compilation, autotuning and allocator warm-up)
-        "tokens_per_s_steady": timer.steady_tokens_per_s(),
+        "tokens_per_s_steady": steady,
         "peak_gib": round(torch.cuda.max_memory_allocated() / GIB, 2) if on_gpu else None,
         "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 2) if on_gpu else None,
         "first_loss": losses[0] if losses else None,
@@ -347,6 +370,25 @@ def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
     print("summary", json.dumps(summary))
     return summary
+
+
+def _relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
+    """Start ``nproc`` copies of this command, one per GPU, with torchrun (standalone rendezvous
+    on this machine); each gets RANK / LOCAL_RANK / WORLD_SIZE. Exit status: torchrun's."""
+    import subprocess
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "train.launch",
+        *argv,
+    ]
+    print("starting:", " ".join(cmd), flush=True)
+    return subprocess.call(cmd)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -372,7 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, PlanError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print_plan(plan)
+    if cfg.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ and not args.dry_run:
+        return _relaunch_with_torchrun(cfg.nproc_per_node, sys.argv[1:] if argv is None else argv)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print_plan(plan)
     if args.dry_run:
         return 0
     if not cfg.skip_validation:

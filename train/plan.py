@@ -323,13 +323,19 @@ def plan_steps(
     accum: int,
     epochs: float,
     max_steps: int,
+    world_size: int = 1,
 ) -> StepPlan:
+    """Batch, accumulation and steps; with ``world_size`` processes (one per GPU) a step sees
+    ``batch x accum x world_size`` rows, each process a disjoint share of the samples."""
     if batch <= 0:
         raise PlanError(f"--per-device-batch-size must be >= 1, got {batch}")
+    if world_size <= 0:
+        raise PlanError(f"--nproc-per-node must be >= 1, got {world_size}")
+    rows = batch * world_size
     if accum <= 0:
-        accum = max(1, round(tokens_per_step / (batch * seq_len)))
-    steps = max_steps if max_steps > 0 else math.ceil(samples * epochs / (batch * accum))
-    return StepPlan(batch, accum, batch * accum * seq_len, samples, epochs, steps)
+        accum = max(1, round(tokens_per_step / (rows * seq_len)))
+    steps = max_steps if max_steps > 0 else math.ceil(samples * epochs / (rows * accum))
+    return StepPlan(batch, accum, rows * accum * seq_len, samples, epochs, steps)
 
 
 def check_gradient_checkpointing(gc: str | bool, max_seq_length: int) -> None:
