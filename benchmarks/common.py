@@ -51,6 +51,25 @@ def corpus_args(root: Path | None = None) -> list[str]:
     return args
 
 
+def pipeline_cmd(inputs: list[str], seq_len: int, out: Path, *extra: str) -> list[str]:
+    """``python -m pipeline.run --runner DirectRunner`` on ``inputs`` with the Qwen3 tokenizer."""
+    return [
+        sys.executable,
+        "-m",
+        "pipeline.run",
+        "--runner",
+        "DirectRunner",
+        *inputs,
+        "--tokenizer",
+        str(QWEN3),
+        "--seq-len",
+        str(seq_len),
+        "--output",
+        str(out),
+        *extra,
+    ]
+
+
 def corpus_files() -> list[Path]:
     """The text files of the corpus, as the pipeline would read them (for the peers)."""
     files = sorted(p for p in BOOKS.iterdir() if p.suffix in (".txt", ".md"))

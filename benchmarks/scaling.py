@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import (  # noqa: E402
     BOOKS,
     PACKAGES,
-    QWEN3,
     STDLIB,
     corpus_args,
+    pipeline_cmd,
     record,
     run_measured,
     table,
@@ -62,21 +62,7 @@ def main() -> None:
         try:
             make_copies(tmp / "corpus", factor)
             res = run_measured(
-                [
-                    sys.executable,
-                    "-m",
-                    "pipeline.run",
-                    "--runner",
-                    "DirectRunner",
-                    *corpus_args(tmp / "corpus"),
-                    "--tokenizer",
-                    str(QWEN3),
-                    "--seq-len",
-                    str(args.seq_len),
-                    "--no-dedup",
-                    "--output",
-                    str(tmp / "out"),
-                ]
+                pipeline_cmd(corpus_args(tmp / "corpus"), args.seq_len, tmp / "out", "--no-dedup")
             )
             m = json.loads((tmp / "out" / "manifest.json").read_text())
         finally:

@@ -32,6 +32,7 @@ from benchmarks.common import (  # noqa: E402
     QWEN3,
     STDLIB,
     corpus_args,
+    pipeline_cmd,
     record,
     run_measured,
     table,
@@ -114,22 +115,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="longctx-bench-"))
     try:
         p = peer(texts, args.seq_len, args.num_proc, tmp / "peer")
-        res = run_measured(
-            [
-                sys.executable,
-                "-m",
-                "pipeline.run",
-                "--runner",
-                "DirectRunner",
-                *corpus_args(),
-                "--tokenizer",
-                str(QWEN3),
-                "--seq-len",
-                str(args.seq_len),
-                "--output",
-                str(tmp / "out"),
-            ]
-        )
+        res = run_measured(pipeline_cmd(corpus_args(), args.seq_len, tmp / "out"))
         m = json.loads((tmp / "out" / "manifest.json").read_text())
         import pyarrow as pa
 

@@ -165,11 +165,8 @@ def test_launcher_dry_run_and_refusals(tiny_setup, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_few_optimizer_steps_on_cpu(tiny_setup, tmp_path):
-    out, model = tiny_setup
-    run = tmp_path / "run"
-    proc = run_cli(
-        "train.launch",
+def _cpu_train_args(out, model, run, steps: int) -> list:
+    return [
         "--data",
         out,
         "--model",
@@ -177,7 +174,7 @@ def test_a_few_optimizer_steps_on_cpu(tiny_setup, tmp_path):
         "--backend",
         "transformers",
         "--max-steps",
-        "4",
+        str(steps),
         "--gradient-accumulation-steps",
         "1",
         "--learning-rate",
@@ -188,7 +185,13 @@ def test_a_few_optimizer_steps_on_cpu(tiny_setup, tmp_path):
         "0",
         "--output-dir",
         run,
-    )
+    ]
+
+
+def test_a_few_optimizer_steps_on_cpu(tiny_setup, tmp_path):
+    out, model = tiny_setup
+    run = tmp_path / "run"
+    proc = run_cli("train.launch", *_cpu_train_args(out, model, run, 4))
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["steps"] == 4 and summary["tokens"] > 4 * 1500
@@ -200,24 +203,7 @@ def test_two_process_data_parallel_on_cpu(tiny_setup, tmp_path):
     share of the rows, the summary and adapter come from rank 0, tokens are summed."""
     out, model = tiny_setup
     run = tmp_path / "ddp"
-    args = [
-        "--data",
-        out,
-        "--model",
-        model,
-        "--backend",
-        "transformers",
-        "--max-steps",
-        "2",
-        "--gradient-accumulation-steps",
-        "1",
-        "--gradient-checkpointing",
-        "false",
-        "--warmup-steps",
-        "0",
-        "--output-dir",
-        run,
-    ]
+    args = _cpu_train_args(out, model, run, 2)
     dry = run_cli("train.launch", *args, "--nproc-per-node", "2", "--dry-run")
     assert dry.returncode == 0 and "x 2 processes" in dry.stdout, dry.stdout
     proc = run_cli("train.launch", *args, "--nproc-per-node", "2")
