@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from tests.conftest import REPO, STDLIB, run_cli
 
 pytestmark = pytest.mark.slow
 SECRET = "TOP-SECRET-d41d8cd98f00b204e9800998ecf8427e"
+CLEAN_SECONDS: list[float] = []  # wall time of the clean run, to place the kills inside a run
 
 
 def _good_files() -> dict[str, str]:
@@ -151,8 +153,10 @@ def _args(repos: Path, out: Path, qwen3_dir) -> list:
 @pytest.fixture(scope="module")
 def clean_run(hostile, tmp_path_factory, qwen3_dir):
     out = tmp_path_factory.mktemp("clean") / "out"
+    started = time.monotonic()
     proc = run_cli("pipeline.run", *_args(hostile, out, qwen3_dir), timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    CLEAN_SECONDS.append(time.monotonic() - started)
     return out
 
 
@@ -221,7 +225,11 @@ def test_killed_runs_leave_no_manifest_and_the_rerun_equals_a_clean_run(
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "pipeline.run", *map(str, _args(hostile, out, qwen3_dir))]
-    for delay in (0.5, 3.0, 8.0, 15.0):
+    # Kills at 3%, 25%, 50% and 85% of a clean run's wall time: startup, reading and
+    # tokenizing, planning and cutting, writing and publishing.
+    killed = 0
+    for fraction in (0.03, 0.25, 0.5, 0.85):
+        delay = fraction * CLEAN_SECONDS[0]
         proc = subprocess.Popen(
             cmd,
             cwd=REPO,
@@ -234,11 +242,12 @@ def test_killed_runs_leave_no_manifest_and_the_rerun_equals_a_clean_run(
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        if proc.returncode == 0:
-            break  # it finished before the kill: nothing more to test at this delay
+        if proc.returncode == 0:  # finished before the kill: start the next one afresh
+            shutil.rmtree(out)
+            continue
+        killed += 1
         assert not (out / "manifest.json").exists(), delay
-    if (out / "manifest.json").exists():
-        pytest.fail("a run finished in under 15 s; raise the kill delays")
+    assert killed >= 3, f"only {killed} of 4 runs were killed before they finished"
     proc = run_cli("pipeline.run", *_args(hostile, out, qwen3_dir), timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ma = json.loads((out / "manifest.json").read_text())
