@@ -23,14 +23,14 @@ import os
 import sys
 import time
 
+from pipeline.discover import discover, read_source
 from transforms.archives import ARCHIVE_SUFFIXES
 from transforms.documents import Reject, RejectError
 from transforms.plan import DocInfo, plan_samples
-from transforms.reading import BOOK_SUFFIXES, ReadLimits, read_book, walk_folder
-from transforms.records import RECORD_SUFFIXES, read_records
-from transforms.repository import read_repository
-from transforms.tokenize import TokenizerError, encode_document_full, load_tokenizer
-from transforms.windowing import window_document
+from transforms.reading import BOOK_SUFFIXES, ReadLimits, display_path, walk_folder
+from transforms.records import RECORD_SUFFIXES
+from transforms.tokenize import TokenizerError, encode_and_window, load_tokenizer
+from transforms.windowing import default_slack
 
 
 def _classify(path: str, kind: str) -> str:
@@ -50,29 +50,16 @@ def _classify(path: str, kind: str) -> str:
 
 
 def _documents(path: str, what: str, limits: ReadLimits):
-    """Yield TextDocuments and Rejects of one input, as the pipeline reads them."""
-    name = os.path.basename(path.rstrip("/"))
-    if what == "book":
+    """Yield TextDocuments and Rejects of one input, as the pipeline reads them (the same
+    discovery and the same per-source reader)."""
+    flag = {"book": "books", "books": "books", "repo": "repos", "records": "documents"}[what]
+    sources, rejects = discover(**{flag: [path]})
+    yield from rejects
+    for src in sources:
         try:
-            yield read_book(path, f"book/{name}", limits)
+            yield from read_source(src, limits)
         except RejectError as err:
-            yield Reject(path, err.reason, err.detail)
-    elif what == "books":
-        for item in walk_folder(path):
-            if isinstance(item, Reject):
-                yield item
-            elif item[0].lower().endswith(BOOK_SUFFIXES):
-                try:
-                    yield read_book(item[1], f"book/{item[0]}", limits)
-                except RejectError as err:
-                    yield Reject(item[1], err.reason, err.detail)
-    elif what == "repo":
-        doc, rejects = read_repository(path, f"code/{name}", name, limits)
-        yield from rejects
-        if doc:
-            yield doc
-    else:
-        yield from read_records(path, f"docs/{name}", limits)
+            yield Reject(display_path(src.path), err.reason, err.detail)
 
 
 def count_input(path: str, tok, *, seq_len: int, kind: str, limits: ReadLimits) -> dict:
@@ -82,9 +69,10 @@ def count_input(path: str, tok, *, seq_len: int, kind: str, limits: ReadLimits) 
         if isinstance(item, Reject):
             n_rejects += 1
             continue
-        enc = encode_document_full(item, tok, item.chapters)
+        enc, starts, lengths = encode_and_window(
+            item, tok, seq_len=seq_len, overlap=0, slack=default_slack(seq_len)
+        )
         n = int(enc.tokens.shape[0])
-        starts, lengths = window_document(n, seq_len=seq_len, tiers=enc.tiers, slack=seq_len // 32)
         infos.append(
             DocInfo(item.doc_id, n, kind=item.kind, group=item.kind, starts=starts, lengths=lengths)
         )

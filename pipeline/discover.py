@@ -13,9 +13,10 @@ from pathlib import Path
 
 from pipeline import remote
 from transforms.archives import ARCHIVE_SUFFIXES
-from transforms.documents import Reject
-from transforms.reading import BOOK_SUFFIXES, display_path, walk_folder
-from transforms.records import RECORD_SUFFIXES
+from transforms.documents import Reject, TextDocument
+from transforms.reading import BOOK_SUFFIXES, ReadLimits, display_path, read_book, walk_folder
+from transforms.records import RECORD_SUFFIXES, read_records
+from transforms.repository import read_repository
 
 BOOK, REPO, RECORDS = "book", "repo", "records"
 
@@ -139,3 +140,44 @@ def discover(
             continue
         sources.append(Source(RECORDS, path, f"docs/{Path(path).stem}", os.path.basename(path)))
     return _unique(sources), rejects
+
+
+def _remote_records(src: Source, limits: ReadLimits):
+    """A records file on gs:// / s3://: read into a local temporary copy, then as usual."""
+    import tempfile
+
+    suffix = next(s for s in RECORD_SUFFIXES if src.path.endswith(s))
+    data = remote.read_bytes(src.path, 8 * limits.max_file_bytes)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "records" + suffix)
+        with open(local, "wb") as fh:
+            fh.write(data)
+        yield from read_records(local, src.doc_id, limits, origin=src.path)
+
+
+def read_source(src: Source, limits: ReadLimits) -> list[TextDocument | Reject]:
+    """What one source holds: its documents and the rejects met on the way (workers run
+    this; ``pipeline.count_tokens`` too). Raises RejectError for a source rejected whole."""
+    if src.kind == BOOK:
+        data = None
+        if remote.is_remote(src.path):
+            data = remote.read_bytes(src.path, limits.max_file_bytes)
+        return [read_book(src.path, src.doc_id, limits, data=data)]
+    if src.kind == REPO:
+        listing = None
+        if remote.is_remote(src.path):
+            base, limit = src.path.rstrip("/"), limits.max_file_bytes
+            listing = (
+                remote.list_files(base),
+                lambda rel: remote.read_bytes(f"{base}/{rel}", limit),
+            )
+        doc, rejects = read_repository(src.path, src.doc_id, src.name, limits, remote=listing)
+        return [*rejects, *([doc] if doc else [])]
+    if src.kind == RECORDS:
+        reader = _remote_records if remote.is_remote(src.path) else None
+        items = list(reader(src, limits) if reader else read_records(src.path, src.doc_id, limits))
+        for item in items:
+            if isinstance(item, TextDocument):
+                item.source = src.doc_id
+        return items
+    raise ValueError(f"unknown source kind {src.kind!r}")

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline import remote
 
 
 class UsageError(Exception):
@@ -179,7 +182,9 @@ class LongctxOptions(PipelineOptions):
 
 def boundary_slack(opts: LongctxOptions) -> int:
     """The effective --boundary-slack in tokens."""
-    return opts.seq_len // 32 if opts.boundary_slack is None else opts.boundary_slack
+    from transforms.windowing import default_slack
+
+    return default_slack(opts.seq_len) if opts.boundary_slack is None else opts.boundary_slack
 
 
 def mix_weights(opts: LongctxOptions) -> dict[str, float] | None:
@@ -220,20 +225,17 @@ def validate(opts: LongctxOptions) -> None:
         ("--documents", opts.documents),
     ):
         for path in paths:
-            if "://" in path:
-                from pipeline.remote import exists
-
-                if not exists(path):
+            if remote.is_remote(path):
+                if not remote.exists(path):
                     raise UsageError(f"{flag} {path}: nothing there (or no filesystem for it)")
             elif not os.path.lexists(path):
                 raise UsageError(f"{flag} {path}: no such file or folder")
     for path in opts.repos_root:
-        if "://" not in path and not os.path.isdir(path):
+        if not remote.is_remote(path) and not os.path.isdir(path):
             raise UsageError(f"--repos-root {path}: not a folder")
     out = opts.output
-    from apache_beam.io.filesystems import FileSystems
 
-    if "://" in out:  # gs://, s3://, hdfs://...: through Beam's filesystems
+    if remote.is_remote(out):  # gs://, s3://, hdfs://...: through Beam's filesystems
         try:
             finished = FileSystems.exists(FileSystems.join(out, "manifest.json"))
         except ValueError as err:  # no filesystem registered for the scheme

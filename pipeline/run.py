@@ -23,7 +23,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import __version__, cache
+from pipeline import __version__, cache, remote
 from pipeline.config_file import expand_config
 from pipeline.demo import demo_repositories
 from pipeline.discover import discover
@@ -52,7 +52,7 @@ _LOG = logging.getLogger("longctx")
 
 
 def _abs(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
+    return path if remote.is_remote(path) else os.path.abspath(path)
 
 
 def effective_config(lc: LongctxOptions, options: PipelineOptions, demo: bool) -> dict:

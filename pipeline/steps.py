@@ -26,17 +26,13 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipeline import remote
-from pipeline.discover import BOOK, RECORDS, REPO, Source
+from pipeline.discover import Source, read_source
 from transforms.dedup import band_keys, duplicates_in_bucket, remove_items, signatures
 from transforms.dependency_score import dependency_score
 from transforms.documents import Reject, RejectError, TextDocument, TokenizedDocument
 from transforms.plan import DocInfo, plan_samples
-from transforms.reading import ReadLimits, display_path, read_book
-from transforms.records import read_records
-from transforms.repository import read_repository
+from transforms.reading import ReadLimits, display_path
 from transforms.samples import build_document_table, build_sample_table
-from transforms.windowing import window_document
 
 MAIN = "main"
 REJECTS = "rejects"
@@ -76,31 +72,7 @@ class ReadSourceFn(beam.DoFn):
 
     def process(self, src: Source):
         try:
-            if src.kind == BOOK:
-                data = None
-                if remote.is_remote(src.path):
-                    data = remote.read_bytes(src.path, self.limits.max_file_bytes)
-                items = [read_book(src.path, src.doc_id, self.limits, data=data)]
-            elif src.kind == REPO:
-                listing = None
-                if remote.is_remote(src.path):
-                    base, limit = src.path.rstrip("/"), self.limits.max_file_bytes
-                    listing = (
-                        remote.list_files(base),
-                        lambda rel: remote.read_bytes(f"{base}/{rel}", limit),
-                    )
-                doc, rejects = read_repository(
-                    src.path, src.doc_id, src.name, self.limits, remote=listing
-                )
-                items = [*rejects, *([doc] if doc else [])]
-            elif src.kind == RECORDS:
-                items = list(self._records(src))
-                for item in items:
-                    if isinstance(item, TextDocument):
-                        item.source = src.doc_id
-            else:
-                raise ValueError(f"unknown source kind {src.kind!r}")
-            for item in items:
+            for item in read_source(src, self.limits):
                 if isinstance(item, Reject):
                     Metrics.counter(NAMESPACE, f"rejects_{item.reason}").inc()
                     yield REJECTS, item
@@ -116,21 +88,6 @@ class ReadSourceFn(beam.DoFn):
                 REJECTS,
                 Reject(display_path(src.path), "read_error", f"{type(err).__name__}: {err}"),
             )
-
-    def _records(self, src: Source):
-        if not remote.is_remote(src.path):
-            yield from read_records(src.path, src.doc_id, self.limits)
-            return
-        import os
-        import tempfile
-
-        suffix = next(s for s in (".jsonl", ".json", ".parquet") if src.path.endswith(s))
-        data = remote.read_bytes(src.path, 8 * self.limits.max_file_bytes)
-        with tempfile.TemporaryDirectory() as tmp:
-            local = os.path.join(tmp, "records" + suffix)
-            with open(local, "wb") as fh:
-                fh.write(data)
-            yield from read_records(local, src.doc_id, self.limits, origin=src.path)
 
 
 def content_sha256(doc: TextDocument) -> str:
@@ -238,15 +195,10 @@ class TokenizeFn(beam.DoFn):
         )
 
     def _tokenize(self, doc: TextDocument) -> dict:
-        from transforms.tokenize import encode_document_full
+        from transforms.tokenize import encode_and_window
 
-        enc = encode_document_full(doc, self.tok, doc.chapters)
-        starts, lengths = window_document(
-            int(enc.tokens.shape[0]),
-            seq_len=self.seq_len,
-            overlap=self.overlap,
-            tiers=enc.tiers,
-            slack=self.slack,
+        enc, starts, lengths = encode_and_window(
+            doc, self.tok, seq_len=self.seq_len, overlap=self.overlap, slack=self.slack
         )
         return {
             "tokens": enc.tokens,

@@ -33,6 +33,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from transforms.documents import CODE, TextDocument
+from transforms.windowing import window_document
 
 BUNDLED = "bundled:qwen3"
 CHUNK_CHARS = 65536
@@ -305,6 +306,18 @@ def encode_document_full(
         paragraphs=np.flatnonzero(para_end[body]).astype(np.int64) + 1,
         lines=np.flatnonzero(line_end[body]).astype(np.int64) + 1,
     )
+
+
+def encode_and_window(
+    doc: TextDocument, tok: LoadedTokenizer, *, seq_len: int, overlap: int, slack: int
+) -> tuple[EncodedDocument, np.ndarray, np.ndarray]:
+    """Encode a document and cut its windows at chapter / paragraph / line starts:
+    ``(encoded, starts, lengths)``, as the pipeline and ``count_tokens`` both do it."""
+    enc = encode_document_full(doc, tok, doc.chapters)
+    starts, lengths = window_document(
+        int(enc.tokens.shape[0]), seq_len=seq_len, overlap=overlap, tiers=enc.tiers, slack=slack
+    )
+    return enc, starts, lengths
 
 
 def encode_document(doc: TextDocument, tok: LoadedTokenizer) -> np.ndarray:

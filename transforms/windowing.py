@@ -26,6 +26,11 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def default_slack(seq_len: int) -> int:
+    """The default ``--boundary-slack``: 1/32 of a window (2,048 tokens at 64K)."""
+    return seq_len // 32
+
+
 def window_document(
     n_tokens: int,
     *,
