@@ -19,6 +19,23 @@ def _f(default, help: str, **kw):
     return field(default=default, metadata={"help": help, **kw})
 
 
+# Named bundles of settings (``--preset NAME``): defaults < preset < YAML file < flags.
+PRESETS: dict[str, dict] = {
+    # The longest context one GPU reaches: 4-bit base weights, offloaded checkpoints, tiled MLP.
+    # Measured: Llama-3.1-8B shape at 409,600 tokens on one H100 80GB (docs/benchmarks.md).
+    "max-context": {
+        "_about": "4-bit QLoRA r32, offloaded checkpoints, tiled MLP: 8B at 400K on 80 GB",
+        "load_in_4bit": True,
+        "lora_r": 32,
+        "lora_alpha": 32,
+        "gradient_checkpointing": "unsloth",
+        "tiled_mlp": True,
+        "offload_pinned": "auto",
+        "per_device_batch_size": 1,
+    },
+}
+
+
 @dataclass
 class TrainConfig:
     data: str = _f("", "finished pipeline output folder (holds manifest.json)")
@@ -38,6 +55,19 @@ class TrainConfig:
     )
     gradient_checkpointing: str = _f(
         "unsloth", "unsloth | true | false; 'unsloth' (offloaded) is mandatory above 32768 tokens"
+    )
+    tiled_mlp: bool = _f(
+        False,
+        "Unsloth's tiled MLP (Arctic long-sequence training): the MLP runs over the sequence in "
+        "tiles, so its activations stop growing with the context; slower, needed past ~390K on 8B",
+    )
+    offload_pinned: str = _f(
+        "auto",
+        "auto | true | false: page-lock the host buffers of offloaded checkpoints (faster copies); "
+        "torch rounds each to a power of two, so auto turns it off when that would crowd host RAM",
+    )
+    host_memory_gib: float = _f(
+        0.0, "host RAM that offloaded checkpoints may use; 0 = this machine's physical memory"
     )
     per_device_batch_size: int = _f(
         1, "packed rows per device per micro-step (rows are flattened, padding-free)"
@@ -67,6 +97,11 @@ class TrainConfig:
         False, "do not re-check the output folder's invariants before loading"
     )
     trust_remote_code: bool = _f(False, "let transformers run code from the model repository")
+    preset: str = _f(
+        "",
+        "named settings applied before the YAML file and flags: "
+        + ", ".join(f"'{k}' ({v['_about']})" for k, v in PRESETS.items()),
+    )
 
     def resolved_gc(self) -> str | bool:
         v = str(self.gradient_checkpointing).lower()
@@ -116,6 +151,14 @@ def load_config(path: str | None, overrides: dict) -> TrainConfig:
             raise ConfigError(f"--config {path}: unknown option(s) {', '.join(unknown)}")
         values.update(loaded)
     values.update({k: v for k, v in overrides.items() if v is not None})
+    preset = values.get("preset") or ""
+    if preset:
+        if preset not in PRESETS:
+            raise ConfigError(f"--preset {preset}: expected one of {', '.join(PRESETS)}")
+        values = {
+            **{k: v for k, v in PRESETS[preset].items() if not k.startswith("_")},
+            **values,
+        }
     if "target_modules" in values:
         values["target_modules"] = tuple(values["target_modules"])
     cfg = TrainConfig(**values)
@@ -123,4 +166,6 @@ def load_config(path: str | None, overrides: dict) -> TrainConfig:
         raise ConfigError("--data is required: a finished pipeline output folder")
     if not cfg.model:
         raise ConfigError("--model is required: a model folder or Hub id")
+    if str(cfg.offload_pinned).lower() not in ("auto", "true", "false"):
+        raise ConfigError(f"--offload-pinned {cfg.offload_pinned}: expected auto, true or false")
     return cfg

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import sys
 import time
 from dataclasses import asdict
@@ -32,7 +33,9 @@ from train.plan import (
     PlanError,
     check_gradient_checkpointing,
     estimate_peak_bytes,
+    host_memory_bytes,
     max_context,
+    plan_offload,
     plan_rope,
     plan_steps,
     read_model_shape,
@@ -101,6 +104,7 @@ def build_plan(cfg: TrainConfig) -> dict:
         lora_r=cfg.lora_r,
         modules=list(cfg.target_modules),
         gc=gc,
+        tiled_mlp=cfg.tiled_mlp,
     )
     fits = max_context(
         shape,
@@ -109,13 +113,19 @@ def build_plan(cfg: TrainConfig) -> dict:
         lora_r=cfg.lora_r,
         modules=list(cfg.target_modules),
         gc=gc,
+        tiled_mlp=cfg.tiled_mlp,
     )
     if peak > 0.95 * cfg.gpu_memory_gib * GIB:
         raise PlanError(
             f"estimated peak {peak / GIB:.1f} GiB does not fit 95% of --gpu-memory-gib "
             f"{cfg.gpu_memory_gib}: the largest context that fits is about {fits} tokens; lower "
-            "--max-seq-length (and the pipeline's --seq-len), use --load-in-4bit true, or a larger GPU"
+            "--max-seq-length (and the pipeline's --seq-len), use --load-in-4bit true, "
+            "--tiled-mlp true (or --preset max-context), or a larger GPU"
         )
+    host = int(cfg.host_memory_gib * GIB) if cfg.host_memory_gib > 0 else host_memory_bytes()
+    offload = plan_offload(
+        shape, L * cfg.per_device_batch_size, gc, host, cfg.offload_pinned
+    )
     steps = plan_steps(
         samples=int(manifest["counts"]["samples"]),
         seq_len=L,
@@ -145,6 +155,8 @@ def build_plan(cfg: TrainConfig) -> dict:
             "max_context_that_fits": fits,
             "quantization": "4-bit QLoRA" if cfg.load_in_4bit else "bf16 LoRA",
             "lora_r": cfg.lora_r,
+            "tiled_mlp": cfg.tiled_mlp,
+            "offload": asdict(offload) if offload else None,
         },
         "steps": asdict(steps),
         "world_size": int(os.environ.get("WORLD_SIZE", cfg.nproc_per_node)),
@@ -168,7 +180,14 @@ def print_plan(plan: dict) -> None:
         f"memory    {mem['quantization']} r={mem['lora_r']}, gradient checkpointing "
         f"{plan['gradient_checkpointing']!r}: ~{mem['estimated_peak_gib']} GiB peak of "
         f"{mem['gpu_memory_gib']} GiB; largest context that fits ~{mem['max_context_that_fits']}"
+        f"{'; tiled MLP' if mem['tiled_mlp'] else ''}"
     )
+    if mem["offload"]:
+        o = mem["offload"]
+        print(
+            f"offload   checkpoints: {o['note']}; host RAM {o['host_memory_bytes'] / GIB:.0f} GiB "
+            f"holds ~{o['max_context_host']} tokens"
+        )
     print(
         f"steps     batch {s['per_device_batch_size']} x accumulation {s['gradient_accumulation_steps']}"
         f"{' x ' + str(plan['world_size']) + ' processes' if plan['world_size'] > 1 else ''} = "
@@ -213,6 +232,10 @@ def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if backend == "unsloth":
         os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
+        offload = plan["memory"]["offload"]
+        if offload and not offload["pinned"]:
+            # read by unsloth_zoo.gradient_checkpointing when its offload buffers are made
+            os.environ["UNSLOTH_DISABLE_PINNED_MEMORY"] = "1"
         import unsloth  # noqa: F401  (must come before transformers)
         from unsloth import FastLanguageModel
 
@@ -227,6 +250,7 @@ def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
             load_in_4bit=cfg.load_in_4bit,
             dtype=None,
             trust_remote_code=cfg.trust_remote_code,
+            unsloth_tiled_mlp=cfg.tiled_mlp,
             **kw,
         )
         model = FastLanguageModel.get_peft_model(
@@ -362,6 +386,10 @@ def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
         "tokens_per_s_steady": steady,
         "peak_gib": round(torch.cuda.max_memory_allocated() / GIB, 2) if on_gpu else None,
         "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 2) if on_gpu else None,
+        # this process's peak resident host memory (offloaded checkpoints live here)
+        "host_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "tiled_mlp": cfg.tiled_mlp,
+        "offload_pinned": (plan["memory"]["offload"] or {}).get("pinned"),
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         "device": torch.cuda.get_device_name() if on_gpu else "cpu",

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,6 +46,17 @@ CALIBRATIONS = {
     # bare Unsloth forward+backward with full logits (GPU-NOTES.md)
     "bare-unsloth": (0.8687, 18.74, 18.74),
 }
+# With Unsloth's tiled MLP the MLP's intermediate activations (about 3 x intermediate x 2 bytes a
+# token) no longer scale with the context: c_hidden for 4-bit QLoRA through the launcher becomes
+# TILED_HIDDEN_4BIT (measured on the 8B shape, docs/benchmarks.md); bf16 LoRA is scaled by the
+# same ratio (not measured).
+TILED_HIDDEN_4BIT = 12.0
+# Offloaded checkpoints keep each decoder layer's input (bf16) in host RAM; pinned buffers are
+# rounded up to a power of two by torch's caching host allocator. Pinned stays on while the
+# rounded buffers take at most PINNED_SHARE of host RAM; offloading needs HOST_HEADROOM_BYTES of
+# host RAM beside the buffers (Python, the CUDA context, the loaded model).
+PINNED_SHARE = 0.5
+HOST_HEADROOM_BYTES = 16 * GIB
 GC_UNSLOTH_REQUIRED_ABOVE = 32768
 
 
@@ -260,9 +272,12 @@ def per_token_bytes(
     gc: str | bool = "unsloth",
     calibration: str = "launcher",
     load_in_4bit: bool = False,
+    tiled_mlp: bool = False,
 ) -> float:
     vocab_coef, hidden_bf16, hidden_4bit = CALIBRATIONS[calibration]
     hidden_coef = hidden_4bit if load_in_4bit else hidden_bf16
+    if tiled_mlp:
+        hidden_coef *= TILED_HIDDEN_4BIT / CALIBRATIONS["launcher"][2]
     b = vocab_coef * shape.vocab_size + hidden_coef * shape.hidden_size
     if gc is True:
         b += 2 * shape.num_hidden_layers * shape.hidden_size
@@ -278,10 +293,11 @@ def estimate_peak_bytes(
     modules: list[str],
     gc: str | bool = "unsloth",
     calibration: str = "launcher",
+    tiled_mlp: bool = False,
 ) -> int:
     return int(
         fixed_bytes(shape, load_in_4bit=load_in_4bit, lora_r=lora_r, modules=modules)
-        + tokens * per_token_bytes(shape, gc, calibration, load_in_4bit)
+        + tokens * per_token_bytes(shape, gc, calibration, load_in_4bit, tiled_mlp)
     )
 
 
@@ -295,13 +311,68 @@ def max_context(
     gc: str | bool = "unsloth",
     headroom: float = 0.95,
     calibration: str = "launcher",
+    tiled_mlp: bool = False,
 ) -> int:
     """Largest context (multiple of 1024) whose estimate fits in ``headroom`` of the GPU."""
     room = gpu_gib * GIB * headroom - fixed_bytes(
         shape, load_in_4bit=load_in_4bit, lora_r=lora_r, modules=modules
     )
-    per_token = per_token_bytes(shape, gc, calibration, load_in_4bit)
+    per_token = per_token_bytes(shape, gc, calibration, load_in_4bit, tiled_mlp)
     return max(0, int(room / per_token) // 1024 * 1024)
+
+
+def host_memory_bytes() -> int:
+    """This machine's physical memory (0 if the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+@dataclass
+class OffloadPlan:
+    host_bytes: int  # offloaded checkpoints, unrounded (pageable)
+    pinned_bytes: int  # the same, each buffer rounded up to a power of two (pinned)
+    host_memory_bytes: int
+    pinned: bool
+    max_context_host: int  # largest context whose pageable checkpoints fit host RAM
+    note: str
+
+
+def plan_offload(
+    shape: ModelShape, tokens: int, gc: str | bool, host_bytes: int, pinned: str = "auto"
+) -> OffloadPlan | None:
+    """Host RAM for ``use_gradient_checkpointing="unsloth"``: every decoder layer's input is
+    copied to host memory in the forward pass and read back in the backward pass."""
+    if gc != "unsloth":
+        return None
+    per_layer = tokens * shape.hidden_size * 2
+    need = shape.num_hidden_layers * per_layer
+    rounded = shape.num_hidden_layers * (1 << max(0, per_layer - 1).bit_length())
+    room = host_bytes - HOST_HEADROOM_BYTES
+    max_host = max(0, room // (shape.num_hidden_layers * shape.hidden_size * 2) // 1024 * 1024)
+    if host_bytes and need > room:
+        raise PlanError(
+            f"offloaded checkpoints at {tokens} tokens need {need / GIB:.1f} GiB of host RAM "
+            f"({shape.num_hidden_layers} layers x {per_layer / GIB:.2f} GiB) plus "
+            f"{HOST_HEADROOM_BYTES // GIB} GiB beside them, more than the "
+            f"{host_bytes / GIB:.0f} GiB here: the largest context this host holds is about "
+            f"{max_host}; lower --max-seq-length, or set --host-memory-gib if this machine "
+            "has more memory than it reports"
+        )
+    mode = str(pinned).lower()
+    if mode == "auto":
+        use_pinned = not host_bytes or rounded <= PINNED_SHARE * host_bytes
+    else:
+        use_pinned = mode == "true"
+    if use_pinned:
+        note = f"{need / GIB:.1f} GiB of host RAM ({rounded / GIB:.0f} GiB pinned, power-of-two buffers)"
+    else:
+        note = (
+            f"{need / GIB:.1f} GiB of pageable host RAM (pinned buffers would round up to "
+            f"{rounded / GIB:.0f} GiB): copies no longer overlap compute"
+        )
+    return OffloadPlan(need, rounded, host_bytes, use_pinned, int(max_host), note)
 
 
 @dataclass
