@@ -123,9 +123,7 @@ def build_plan(cfg: TrainConfig) -> dict:
             "--tiled-mlp true (or --preset max-context), or a larger GPU"
         )
     host = int(cfg.host_memory_gib * GIB) if cfg.host_memory_gib > 0 else host_memory_bytes()
-    offload = plan_offload(
-        shape, L * cfg.per_device_batch_size, gc, host, cfg.offload_pinned
-    )
+    offload = plan_offload(shape, L * cfg.per_device_batch_size, gc, host, cfg.offload_pinned)
     steps = plan_steps(
         samples=int(manifest["counts"]["samples"]),
         seq_len=L,
