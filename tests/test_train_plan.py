@@ -11,6 +11,7 @@ from train.plan import (
     check_gradient_checkpointing,
     estimate_peak_bytes,
     max_context,
+    plan_offload,
     plan_rope,
     plan_steps,
 )
@@ -152,3 +153,67 @@ def test_steps_from_tokens_per_step():
         ).steps
         == 7
     )
+
+
+def _8b_qwen_vocab():
+    return ModelShape.from_config_dict(
+        dict(SHAPES["llama-3.1-8b"], model_type="llama", vocab_size=151680)
+    )
+
+
+def test_max_context_preset_estimate_against_the_h100_run():
+    """--preset max-context (4-bit QLoRA r32, tiled MLP, offloaded checkpoints) on the 8B shape
+    through train.launch on an H100 80GB peaked at 36.62 GiB at 262,144 tokens and 52.52 GiB at
+    409,600 (docs/benchmarks.md); without the tiled MLP the planner stops at ~394K."""
+    s8 = _8b_qwen_vocab()
+    for tokens, gib in {262144: 36.62, 409600: 52.52}.items():
+        est = estimate_peak_bytes(
+            s8, tokens, load_in_4bit=True, lora_r=32, modules=ALL, tiled_mlp=True
+        )
+        assert abs(est / GIB / gib - 1) < 0.15, (tokens, est / GIB, gib)
+    plain = max_context(s8, 80, load_in_4bit=True, lora_r=32, modules=ALL)
+    tiled = max_context(s8, 80, load_in_4bit=True, lora_r=32, modules=ALL, tiled_mlp=True)
+    assert plain < 400_000 <= 409_600 < tiled
+
+
+def test_offload_plan_host_ram_and_pinned_buffers():
+    s8 = _8b_qwen_vocab()
+    # 409,600 tokens: 32 layers x 3.125 GiB = 100 GiB; pinned buffers would round to 4 GiB each
+    big = plan_offload(s8, 409600, "unsloth", 128 * GIB)
+    assert big.host_bytes == 100 * GIB and big.pinned_bytes == 128 * GIB and not big.pinned
+    assert 409600 <= big.max_context_host < 500_000
+    # 262,144 tokens: 2 GiB a layer is already a power of two, 64 GiB pinned (as measured: pinned)
+    mid = plan_offload(s8, 262144, "unsloth", 128 * GIB)
+    assert mid.pinned and mid.pinned_bytes == 64 * GIB
+    assert plan_offload(s8, 409600, "unsloth", 128 * GIB, "true").pinned
+    assert not plan_offload(s8, 65536, "unsloth", 128 * GIB, "false").pinned
+    with pytest.raises(PlanError, match="--host-memory-gib"):
+        plan_offload(s8, 409600, "unsloth", 64 * GIB)
+    assert plan_offload(s8, 409600, True, 64 * GIB) is None  # checkpoints stay on the GPU
+
+
+def test_preset_sits_below_yaml_and_flags(tmp_path):
+    from train.config import ConfigError, load_config
+
+    base = {"data": "d", "model": "m"}
+    cfg = load_config(None, {**base, "preset": "max-context"})
+    assert cfg.load_in_4bit and cfg.tiled_mlp and cfg.lora_r == 32
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("preset: max-context\nlora_r: 8\n")
+    cfg = load_config(str(yaml_file), {**base, "lora_alpha": 4})
+    assert cfg.tiled_mlp and cfg.lora_r == 8 and cfg.lora_alpha == 4
+    with pytest.raises(ConfigError, match="--preset"):
+        load_config(None, {**base, "preset": "fastest"})
+
+
+def test_every_training_config_parses_and_starts_with_its_command():
+    from pathlib import Path
+
+    from train.config import load_config
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert len(configs) >= 5
+    for path in configs:
+        assert path.read_text().startswith(f"# python -m train.launch --config configs/{path.name}")
+        cfg = load_config(str(path), {})
+        assert cfg.max_seq_length > 0 and cfg.data and cfg.model, path

@@ -91,11 +91,9 @@ class PackedCollator:
     def __init__(self, max_seq_length: int, with_packed_lengths: bool = True):
         self.max_seq_length = max_seq_length
         self.with_packed_lengths = with_packed_lengths
-        self.tokens_seen = 0  # for tokens/s in the run summary
 
     def __call__(self, rows: list[dict]) -> dict:
         batch = collate_packed(
             rows, max_seq_length=self.max_seq_length, with_packed_lengths=self.with_packed_lengths
         )
-        self.tokens_seen += int(batch["input_ids"].shape[1])
         return batch

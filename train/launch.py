@@ -195,7 +195,7 @@ def print_plan(plan: dict) -> None:
         print(f"warning   {w}")
 
 
-def make_step_timer(collator):
+def make_step_timer():
     """A Trainer callback that notes wall time and tokens seen at each optimizer step's end
     (transformers is imported lazily, so this module loads without it)."""
     from transformers import TrainerCallback
@@ -209,7 +209,7 @@ def make_step_timer(collator):
 
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            self.marks.append((time.time(), collator.tokens_seen))
+            self.marks.append((time.time(), int(state.num_input_tokens_seen)))
 
         def steady_tokens_per_s(self) -> float | None:
             """Tokens/s after the first step (compilation, autotuning, allocator warm-up)."""
@@ -321,6 +321,7 @@ def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
         use_cpu=not on_gpu,
         # data parallel (torchrun): every parameter that trains is used in every step
         ddp_find_unused_parameters=False if world > 1 else None,
+        include_num_input_tokens_seen="all",  # rows are padding-free: every id is a token
     )
     if on_gpu:
         from trl import SFTConfig, SFTTrainer
@@ -348,23 +349,17 @@ def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
             train_dataset=dataset,
             data_collator=collator,
         )
-    timer = make_step_timer(collator)
+    timer = make_step_timer()
     trainer.add_callback(timer)
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     started = time.time()
     trainer.train()
     runtime = time.time() - started
-    tokens = collator.tokens_seen
+    # counted by the Trainer per optimizer micro-step and summed over processes (the collator
+    # also sees the batch the data loader fetches ahead, which never trains)
+    tokens = int(trainer.state.num_input_tokens_seen)
     steady = timer.steady_tokens_per_s()
-    if world > 1:  # sum what every process saw
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dev = f"cuda:{local_rank}" if on_gpu else "cpu"
-            t = torch.tensor([float(tokens), float(steady or 0.0)], device=dev)
-            dist.all_reduce(t)
-            tokens, steady = int(t[0].item()), round(float(t[1].item()), 1)
     if rank != 0:  # checkpoints, logs and the summary come from rank 0 only
         return {}
     out = Path(cfg.output_dir)

@@ -23,8 +23,13 @@ materialises the logits: 1B shape with the Qwen3 vocabulary, 5.62/8.69/14.72 GiB
 (max_memory_allocated) at 32K/64K/128K and 27.06 GiB at 256K, estimate within 1%; with 4-bit
 QLoRA r32 on the 8B shape it peaked at 17.93 / 52.47 GiB at 64K / 256K, more per token than the
 bf16 hidden term predicts (the bitsandbytes path keeps more per layer), hence c_hidden 31.16 for
-4-bit in the launcher calibration: within 1.2% of both (docs/benchmarks.md). HF gradient checkpointing keeps every layer's
+4-bit in the launcher calibration: within 1.2% of both (docs/benchmarks.md). With the tiled
+MLP (``--preset max-context``) 4-bit c_hidden is 14.64, fitted to the 8B shape's 36.62 / 52.52 GiB
+at 262,144 / 409,600 tokens (within 1.2%). HF gradient checkpointing keeps every layer's
 input on the GPU (+2 x layers x hidden bytes per token); no checkpointing is not modelled.
+
+**Host memory** for offloaded checkpoints: layers x tokens x hidden x 2 bytes, plus 16 GiB for
+everything else (the 8B run at 409,600 tokens: 100 GiB of checkpoints, 103.6 GiB peak RSS).
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ CALIBRATIONS = {
 # token) no longer scale with the context: c_hidden for 4-bit QLoRA through the launcher becomes
 # TILED_HIDDEN_4BIT (measured on the 8B shape, docs/benchmarks.md); bf16 LoRA is scaled by the
 # same ratio (not measured).
-TILED_HIDDEN_4BIT = 12.0
+TILED_HIDDEN_4BIT = 14.64
 # Offloaded checkpoints keep each decoder layer's input (bf16) in host RAM; pinned buffers are
 # rounded up to a power of two by torch's caching host allocator. Pinned stays on while the
 # rounded buffers take at most PINNED_SHARE of host RAM; offloading needs HOST_HEADROOM_BYTES of
