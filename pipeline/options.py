@@ -180,6 +180,27 @@ class LongctxOptions(PipelineOptions):
         )
 
 
+def check_arguments(argv: list[str]) -> None:
+    """Refuse what Beam would only log and drop: a misspelt flag (``--seq-lenn 5`` would run at
+    the default length) or a stray value (``--books a b`` keeps only ``a``; repeat the flag)."""
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}
+    for cls in classes.values():
+        cls._add_argparse_args(parser)
+    _, unknown = parser.parse_known_args(argv)
+    for arg in unknown:
+        if arg.startswith("-"):
+            raise UsageError(
+                f"unknown flag {arg.split('=', 1)[0]} (python -m pipeline.run --help lists them)"
+            )
+        raise UsageError(
+            f"unexpected argument {arg!r}: each flag takes one value; repeat the flag for more "
+            "(--books a.txt --books b.txt)"
+        )
+
+
 def boundary_slack(opts: LongctxOptions) -> int:
     """The effective --boundary-slack in tokens."""
     from transforms.windowing import default_slack

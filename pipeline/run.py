@@ -31,6 +31,7 @@ from pipeline.options import (
     LongctxOptions,
     UsageError,
     boundary_slack,
+    check_arguments,
     mix_weights,
     validate,
 )
@@ -175,8 +176,9 @@ def run(argv: list[str] | None = None) -> int:
     logging.getLogger().setLevel(lc.log_level)
     say = (lambda *a, **k: None) if lc.quiet else print
     try:
-        validate(lc)
         check_runner(options)
+        check_arguments(argv)  # after check_runner: it imports the runner and its option classes
+        validate(lc)
         try:
             tok = load_tokenizer(lc.tokenizer, lc.trust_remote_code)
         except TokenizerError as err:

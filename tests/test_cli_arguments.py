@@ -25,6 +25,11 @@ from tests.conftest import run_cli
         (["--mix", "book=1"], "--mix asks for book"),  # demo corpus is code only
         (["--boundary-slack", "-1"], "--boundary-slack"),
         (["--min-dependency-score", "high"], "--min-dependency-score"),
+        # Beam itself only logs and drops these: the run would go on at the default length,
+        # or without the second book
+        (["--seq-lenn", "4096"], "unknown flag --seq-lenn"),
+        (["--seq_len", "4096"], "unknown flag --seq_len"),
+        (["--books", "a.txt", "b.txt"], "unexpected argument 'b.txt'"),
     ],
 )
 def test_bad_arguments_exit_2(tmp_path, args, needle):
