@@ -27,26 +27,50 @@ def rows_per_batch(seq_len: int) -> int:
     return max(1, BATCH_BYTES // (4 * seq_len)) if seq_len > 0 else 1 << 20
 
 
-def table_bytes(table: pa.Table, fmt: str, seq_len: int) -> bytes:
-    """Serialise deterministically: same table, same bytes."""
-    sink = pa.BufferOutputStream()
-    if fmt == "arrow":
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            for batch in table.combine_chunks().to_batches(max_chunksize=rows_per_batch(seq_len)):
-                writer.write_batch(batch)
-    elif fmt == "parquet":
-        pq.write_table(table, sink, row_group_size=rows_per_batch(seq_len), compression="zstd")
-    else:
+class _HashingSink:
+    """A write-only file object that hashes what passes through it."""
+
+    def __init__(self, fh):
+        self.fh, self.sha, self.size, self.closed = fh, hashlib.sha256(), 0, False
+
+    def write(self, data) -> int:
+        data = memoryview(data)
+        self.sha.update(data)
+        self.fh.write(data)
+        self.size += data.nbytes
+        return data.nbytes
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def write_tables(tables, schema: pa.Schema, path: str, fmt: str) -> str:
+    """Stream tables to ``path`` (any Beam filesystem), each as one Arrow record batch or one
+    Parquet row group, so only one batch is in memory; returns the file's sha256. The bytes
+    depend only on the tables: the same tables give the same file."""
+    if fmt not in ("arrow", "parquet"):
         raise ValueError(f"unknown shard format {fmt!r} (arrow or parquet)")
-    return sink.getvalue().to_pybytes()
-
-
-def write_table(table: pa.Table, path: str, fmt: str, seq_len: int) -> str:
-    """Write a table to ``path`` (any Beam filesystem); returns the file's sha256."""
-    data = table_bytes(table, fmt, seq_len)
     with FileSystems.create(path) as fh:
-        fh.write(data)
-    return hashlib.sha256(data).hexdigest()
+        sink = _HashingSink(fh)
+        out = pa.PythonFile(sink, mode="w")
+        if fmt == "arrow":
+            with pa.ipc.new_stream(out, schema) as writer:
+                for table in tables:
+                    for batch in table.combine_chunks().to_batches(
+                        max_chunksize=table.num_rows or 1
+                    ):
+                        writer.write_batch(batch)
+        else:
+            with pq.ParquetWriter(out, schema, compression="zstd") as writer:
+                for table in tables:
+                    writer.write_table(table, row_group_size=max(1, table.num_rows))
+    return sink.sha.hexdigest()
 
 
 def read_json(path: str):

@@ -13,6 +13,13 @@ Graph (labels as they appear in the runner)::
                          +---------------- JoinPlan (CoGroupByKey) ----------+
                                               | segments (keyed by shard)    | documents
                                          GroupByShard -> WriteShards       WriteDocuments
+
+Token ids do not travel through the graph: Tokenize writes each document's ids to the token
+store (``pipeline/token_store.py``, in the staging folder) and passes on only its length,
+windows and path; JoinPlan and GroupByShard move references ``(start, length, path)``, and
+WriteShards reads the slices back while it streams each shard one record batch at a time. What
+the runner buffers between steps is therefore a few hundred bytes per piece, whatever the
+corpus size.
 """
 
 from __future__ import annotations
@@ -26,13 +33,15 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from pipeline import token_store
 from pipeline.discover import Source, read_source
+from schemas.columns import DOCUMENT_SCHEMA, SAMPLE_SCHEMA
 from transforms.dedup import band_keys, duplicates_in_bucket, remove_items, signatures
 from transforms.dependency_score import dependency_score
 from transforms.documents import Reject, RejectError, TextDocument, TokenizedDocument
 from transforms.plan import DocInfo, plan_samples
 from transforms.reading import ReadLimits, display_path
-from transforms.samples import build_document_table, build_sample_table
+from transforms.samples import batches_of_samples, build_document_table, build_sample_table
 
 MAIN = "main"
 REJECTS = "rejects"
@@ -133,10 +142,12 @@ class TokenizeFn(beam.DoFn):
         seq_len: int,
         overlap: int,
         slack: int,
+        staging: str,
         progress: bool = False,
         trust_remote_code: bool = False,
         cache_dir: str | None = None,
     ):
+        self.staging = staging
         self.tokenizer_spec = tokenizer_spec
         self.trust_remote_code = trust_remote_code
         self.cache_dir = cache_dir
@@ -167,6 +178,8 @@ class TokenizeFn(beam.DoFn):
         else:
             Metrics.counter(NAMESPACE, "documents_reused").inc()
         n = int(entry["tokens"].shape[0])
+        tokens_path = token_store.path_for(self.staging, doc.doc_id)
+        token_store.store(tokens_path, entry["tokens"])
         Metrics.counter(NAMESPACE, f"documents_{doc.kind}").inc()
         Metrics.counter(NAMESPACE, f"tokens_{doc.kind}").inc(n)
         if self.progress:
@@ -181,7 +194,8 @@ class TokenizeFn(beam.DoFn):
             files=list(doc.files),
             n_bytes=doc.n_bytes,
             content_sha256=sha,
-            tokens=entry["tokens"],
+            n_tokens=n,
+            tokens_path=tokens_path,
             language=doc.language,
             source=doc.source,
             dependency_edges=doc.dependency_edges,
@@ -282,9 +296,10 @@ class CutSegmentsFn(beam.DoFn):
             return
         doc, (n_shards, assignments) = docs[0], plans[0]
         for a in assignments:
-            tokens = doc.tokens[a.start : a.start + a.length]
-            score = doc.score if a.length == doc.n_tokens else dependency_score(tokens)
-            yield MAIN, ((a.shard, n_shards), (a.sample, a.slot, doc_id, a.start, tokens, score))
+            # a reference only: the shard writer reads the ids (and scores a partial piece)
+            score = doc.score if a.length == doc.n_tokens else None
+            ref = (a.sample, a.slot, doc_id, a.start, a.length, doc.tokens_path, score)
+            yield MAIN, ((a.shard, n_shards), ref)
         yield (
             DOCUMENTS,
             {
@@ -311,28 +326,40 @@ def shard_name(index: int, count: int, fmt: str) -> str:
 
 
 class WriteShardFn(beam.DoFn):
-    """((shard, n_shards), segments) -> one shard file in the staging folder; yields its stats."""
+    """((shard, n_shards), segment references) -> one shard file in the staging folder, written
+    one record batch (about 64 MiB of ids) at a time from the token store; yields its stats."""
 
     def __init__(self, staging: str, fmt: str, seq_len: int):
         self.staging, self.fmt, self.seq_len = staging, fmt, seq_len
 
     def process(self, element):
-        from pipeline.output import write_table
+        from pipeline.output import rows_per_batch, write_tables
 
-        (shard, n_shards), segments = element
-        table = build_sample_table(segments)
+        (shard, n_shards), refs = element
+        sample_tokens: list[int] = []
+
+        def tables():
+            for batch in batches_of_samples(refs, rows_per_batch(self.seq_len)):
+                segments = []
+                for sample, slot, doc_id, start, length, path, score in batch:
+                    tokens = token_store.read(path, start, length)
+                    if score is None:
+                        score = dependency_score(tokens)
+                    segments.append((sample, slot, doc_id, start, tokens, score))
+                table = build_sample_table(segments)
+                sample_tokens.extend(np.asarray(table.column("n_tokens")).tolist())
+                yield table
+
         name = shard_name(shard, n_shards, self.fmt)
-        sha = write_table(
-            table, FileSystems.join(self.staging, "shards", name), self.fmt, self.seq_len
+        sha = write_tables(
+            tables(), SAMPLE_SCHEMA, FileSystems.join(self.staging, "shards", name), self.fmt
         )
         yield {
             "path": f"shards/{name}",
-            "rows": table.num_rows,
-            "tokens": int(np.asarray(table.column("n_tokens")).sum()) if table.num_rows else 0,
+            "rows": len(sample_tokens),
+            "tokens": int(sum(sample_tokens)),
             "sha256": sha,
-            "sample_tokens": np.asarray(table.column("n_tokens")).tolist()
-            if table.num_rows
-            else [],
+            "sample_tokens": sample_tokens,
         }
 
 
@@ -343,9 +370,9 @@ def _write_json(obj, path: str) -> str:
 
 
 def _write_documents(rows, path: str) -> str:
-    from pipeline.output import write_table
+    from pipeline.output import write_tables
 
-    write_table(build_document_table(rows), path, "arrow", 0)
+    write_tables([build_document_table(rows)], DOCUMENT_SCHEMA, path, "arrow")
     return path
 
 
@@ -422,9 +449,10 @@ class BuildDataset(beam.PTransform):
                 self.seq_len,
                 self.overlap,
                 self.slack,
-                self.progress,
-                self.trust_remote_code,
-                self.cache_dir,
+                staging=staging,
+                progress=self.progress,
+                trust_remote_code=self.trust_remote_code,
+                cache_dir=self.cache_dir,
             )
         )
         planned = (

@@ -68,7 +68,10 @@ class RejectError(Exception):
 
 @dataclass
 class TokenizedDocument:
-    """A document after tokenization: ``tokens`` is an int32 numpy array of ``n_tokens`` ids."""
+    """A document after tokenization. Its ``n_tokens`` int32 ids are not carried along: they
+    sit in the run's token store at ``tokens_path`` (raw little-endian int32), and only the
+    shard writer reads them back, slice by slice, so what the runner shuffles and holds stays
+    small however large the corpus."""
 
     doc_id: str
     kind: str
@@ -76,7 +79,8 @@ class TokenizedDocument:
     files: list[str]
     n_bytes: int
     content_sha256: str
-    tokens: np.ndarray
+    n_tokens: int
+    tokens_path: str
     language: str = ""
     source: str = ""
     dependency_edges: int = 0
@@ -87,7 +91,3 @@ class TokenizedDocument:
     lengths: np.ndarray | None = None
     score: float | None = None  # long-dependency score (transforms/dependency_score.py)
     cache_key: str | None = None  # --incremental: the cache entry it came from or went to
-
-    @property
-    def n_tokens(self) -> int:
-        return int(self.tokens.shape[0])

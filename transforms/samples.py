@@ -46,6 +46,24 @@ def build_sample_table(segments: Iterable[Segment]) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=SAMPLE_SCHEMA)
 
 
+def batches_of_samples(refs: Iterable[tuple], rows: int) -> Iterable[list[tuple]]:
+    """Segment references ``(sample, slot, ...)`` sorted by (sample, slot), cut into lists that
+    hold ``rows`` consecutive samples each (the last may hold fewer): one record batch each."""
+    batch: list[tuple] = []
+    samples = 0
+    last = None
+    for ref in sorted(refs, key=lambda r: (r[0], r[1])):
+        if ref[0] != last:
+            if samples == rows:
+                yield batch
+                batch, samples = [], 0
+            samples += 1
+            last = ref[0]
+        batch.append(ref)
+    if batch:
+        yield batch
+
+
 def _sample_scores(segs, seg_lengths, seg_offsets) -> list[float | None]:
     out = []
     for lo, hi in zip(seg_offsets[:-1], seg_offsets[1:], strict=True):

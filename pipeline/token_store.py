@@ -1,0 +1,44 @@
+"""The run's token store: every tokenized document's ids, written once by the tokenize step to
+``OUT/.staging/tokens/`` and read back slice by slice by the shard writer.
+
+Only references (path, start, length) travel through the runner's shuffles, so the memory a
+runner holds for them does not grow with the corpus: the ids themselves go through the disk
+(or the output's object store), once in and once out. The folder is part of the staging folder
+and goes with it when the output is published. Files are raw little-endian int32 arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.remote import is_remote
+
+TOKENS = "tokens"
+_DTYPE = np.dtype("<i4")
+
+
+def path_for(staging: str, doc_id: str) -> str:
+    name = hashlib.sha256(doc_id.encode("utf-8")).hexdigest()[:32]
+    return FileSystems.join(staging, TOKENS, name + ".bin")
+
+
+def store(path: str, tokens: np.ndarray) -> None:
+    data = np.ascontiguousarray(tokens, dtype=_DTYPE)
+    with FileSystems.create(path) as fh:
+        fh.write(memoryview(data).cast("B"))
+
+
+def read(path: str, start: int, length: int) -> np.ndarray:
+    """``length`` ids from position ``start`` of a stored document."""
+    if not is_remote(path):
+        out = np.fromfile(path, dtype=_DTYPE, count=length, offset=start * _DTYPE.itemsize)
+    else:
+        with FileSystems.open(path, compression_type="uncompressed") as fh:
+            fh.seek(start * _DTYPE.itemsize)
+            out = np.frombuffer(fh.read(length * _DTYPE.itemsize), dtype=_DTYPE)
+    if out.shape[0] != length:
+        raise OSError(f"token store {path}: asked for {length} ids at {start}, got {out.shape[0]}")
+    return out.astype(np.int32, copy=False)
