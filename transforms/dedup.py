@@ -35,7 +35,7 @@ SHINGLE = 24
 N_PERM = 112
 BANDS, ROWS = 14, 8
 _SPACE = re.compile(r"\s+")
-_P = np.uint64(1099511628211)
+_K = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9], np.uint64)
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 _rng = np.random.default_rng(20261124)
 _A = _rng.integers(1, 2**63, N_PERM, dtype=np.uint64) | np.uint64(1)
@@ -64,20 +64,35 @@ def normalise(text: str) -> str:
     return _SPACE.sub(" ", unicodedata.normalize("NFC", text)).strip()
 
 
-def minhash(data: bytes) -> np.ndarray:
-    """MinHash (uint32[N_PERM]) of the sampled 24-byte shingles of ``data``."""
-    b = np.frombuffer(data, dtype=np.uint8).astype(np.uint64)
-    n = len(b) - SHINGLE + 1
-    if n <= 0:
-        b = np.pad(b, (0, 1 - n))
-        n = 1
+def shingle_hashes(data: bytes) -> np.ndarray:
+    """A 64-bit hash of every 24-byte shingle of ``data`` (one per byte position).
+
+    The shingle at ``i`` is three little-endian 8-byte words (at ``i``, ``i+8``, ``i+16``),
+    multiplied by odd constants, combined and mixed: about ten vectorised passes over the
+    positions, where a byte-by-byte polynomial took 48.
+    """
+    if len(data) < SHINGLE:
+        data = data + bytes(SHINGLE - len(data))
+    m = len(data)
+    n = m - SHINGLE + 1
+    words = np.empty(m - 7, np.uint64)  # the 8-byte word starting at every byte
+    for r in range(8):
+        k = (m - r) // 8
+        words[r::8] = np.frombuffer(data, dtype="<u8", count=k, offset=r)[: len(words[r::8])]
     with np.errstate(over="ignore"):
-        h = np.zeros(n, np.uint64)
-        for k in range(SHINGLE):
-            h = h * _P + b[k : k + n]
+        h = words[:n] * _K[0]
+        h ^= words[8 : 8 + n] * _K[1]
+        h += words[16 : 16 + n] * _K[2]
         h ^= h >> np.uint64(29)
         h *= _MIX
         h ^= h >> np.uint64(32)
+    return h
+
+
+def minhash(data: bytes) -> np.ndarray:
+    """MinHash (uint32[N_PERM]) of the sampled 24-byte shingles of ``data``."""
+    h = shingle_hashes(data)
+    with np.errstate(over="ignore"):
         sample = h[(h & np.uint64(7)) == 0]  # repeats do not change a minimum: no unique()
         if sample.size == 0:
             sample = h[:1]
