@@ -7,7 +7,6 @@ Made on the driver from documents.arrow, the shard stats and the rejects, after 
 from __future__ import annotations
 
 import html
-import io
 from collections import Counter
 
 import numpy as np
@@ -15,83 +14,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.output import write_bytes
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
-    return buf.getvalue()
-
-
-def _plots(docs: pa.Table, sample_tokens: np.ndarray, seq_len: int) -> dict[str, bytes]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = {}
-    fig, ax = plt.subplots(figsize=(7, 4))
-    kinds = docs.column("kind").to_pylist()
-    lengths = np.asarray(docs.column("n_tokens"), dtype=np.float64)
-    if len(lengths):
-        bins = np.logspace(0, np.log10(max(lengths.max(), seq_len) * 1.1), 40)
-        for kind in sorted(set(kinds)):
-            sel = np.array([k == kind for k in kinds])
-            ax.hist(lengths[sel], bins=bins, alpha=0.6, label=f"{kind} ({sel.sum()})")
-        ax.set_xscale("log")
-    ax.axvline(seq_len, color="k", linestyle="--", label=f"--seq-len {seq_len}")
-    ax.set_xlabel("document length (tokens, log scale)")
-    ax.set_ylabel("documents")
-    ax.set_title("Document lengths by kind")
-    ax.legend()
-    fig.tight_layout()
-    out["doc_lengths.png"] = _png(fig)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if len(sample_tokens):
-        ax.hist(sample_tokens / seq_len, bins=np.linspace(0, 1, 41))
-    ax.set_xlabel("sample fill (tokens / seq_len)")
-    ax.set_ylabel("samples")
-    ax.set_title("Sample fill")
-    fig.tight_layout()
-    out["sample_fill.png"] = _png(fig)
-    plt.close(fig)
-
-    # Tokens per source: the 25 largest documents, the rest summed.
-    fig, ax = plt.subplots(figsize=(7, 5))
-    ids = docs.column("doc_id").to_pylist()
-    order = np.argsort(-lengths, kind="stable")[:25] if len(lengths) else []
-    names = [ids[i] for i in order]
-    values = [lengths[i] for i in order]
-    if len(lengths) > 25:
-        names.append(f"{len(lengths) - 25} others")
-        values.append(lengths.sum() - sum(values))
-    colors = ["tab:blue" if n.startswith("book/") else "tab:orange" for n in names]
-    ax.barh(names[::-1], values[::-1], color=colors[::-1])
-    ax.set_xlabel("tokens")
-    ax.set_title("Tokens per source (blue: books, orange: code and records)")
-    ax.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    out["tokens_per_source.png"] = _png(fig)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    scores = docs.column("dependency_score").to_pylist()
-    for kind in sorted(set(kinds)):
-        vals = [s for s, k in zip(scores, kinds, strict=True) if k == kind and s is not None]
-        if vals:
-            ax.hist(vals, bins=30, alpha=0.6, label=f"{kind} ({len(vals)} scored)")
-    ax.axvline(0, color="k", linewidth=0.8)
-    ax.set_xlabel("long-dependency score (near minus far reuse of rare tokens)")
-    ax.set_ylabel("documents")
-    ax.set_title("Dependency score by kind (documents >= 45,056 tokens)")
-    if any(s is not None for s in scores):
-        ax.legend()
-    fig.tight_layout()
-    out["dependency_scores.png"] = _png(fig)
-    plt.close(fig)
-    return out
+from pipeline.plots import PlotRenderer
 
 
 def _md_table(header: list[str], rows: list[list]) -> list[str]:
@@ -115,9 +38,11 @@ def write_report(
     docs: pa.Table,
     sample_tokens: np.ndarray,
     rejects: list[dict],
+    plotter: PlotRenderer | None = None,
 ) -> None:
     seq_len = manifest["seq_len"]
-    for name, data in _plots(docs, sample_tokens, seq_len).items():
+    pngs = (plotter or PlotRenderer(workers=0)).render(docs, sample_tokens, seq_len)
+    for name, data in pngs.items():
         write_bytes(FileSystems.join(report_dir, name), data)
     c = manifest["counts"]
     facts = [

@@ -43,6 +43,7 @@ from pipeline.output import (
     read_table,
     read_text,
 )
+from pipeline.plots import PlotRenderer
 from pipeline.report import write_report
 from pipeline.runners import check_runner, make_runner
 from pipeline.steps import BuildDataset
@@ -175,10 +176,13 @@ def run(argv: list[str] | None = None) -> int:
     lc = options.view_as(LongctxOptions)
     logging.getLogger().setLevel(lc.log_level)
     say = (lambda *a, **k: None) if lc.quiet else print
+    plotter = None
     try:
         check_runner(options)
         check_arguments(argv)  # after check_runner: it imports the runner and its option classes
         validate(lc)
+        # the report's plots: helper processes import matplotlib while the pipeline runs
+        plotter = PlotRenderer()
         try:
             tok = load_tokenizer(lc.tokenizer, lc.trust_remote_code)
         except TokenizerError as err:
@@ -190,6 +194,8 @@ def run(argv: list[str] | None = None) -> int:
         )
         check_mix_against_sources(mix_weights(lc), sources)
     except UsageError as err:
+        if plotter:
+            plotter.close()
         print(f"error: {err}", file=sys.stderr)
         return 2
     if demo:
@@ -260,6 +266,7 @@ def run(argv: list[str] | None = None) -> int:
             docs=docs,
             sample_tokens=sample_tokens,
             rejects=rejects,
+            plotter=plotter,
         )
         FileSystems.delete(
             [FileSystems.join(staging, "shards.json"), FileSystems.join(staging, "plan.json")]
@@ -270,6 +277,8 @@ def run(argv: list[str] | None = None) -> int:
     except Exception:
         _LOG.exception("the pipeline failed; %s holds no finished output", out)
         return 1
+    finally:
+        plotter.close()
     c = manifest["counts"]
     say(
         f"Wrote {out}/ in {time.time() - started:.1f}s: {c['documents']} documents "
