@@ -133,6 +133,14 @@ class LongctxOptions(PipelineOptions):
             "too short to score (< 45,056 tokens) are kept (default: no filter)",
         )
         parser.add_argument(
+            "--fill-gaps",
+            action="store_true",
+            default=False,
+            help="cut pieces of documents longer than --seq-len (split anyway) to fill the free "
+            "room of other samples: fewer samples, down to about the lower bound, at the price "
+            "of shorter pieces; documents that fit are never cut (needs --overlap 0)",
+        )
+        parser.add_argument(
             "--no-dedup",
             dest="dedup",
             action="store_false",
@@ -229,6 +237,10 @@ def validate(opts: LongctxOptions) -> None:
         raise UsageError(f"--shard-mb must be > 0, got {opts.shard_mb}")
     if opts.boundary_slack is not None and opts.boundary_slack < 0:
         raise UsageError(f"--boundary-slack must be >= 0 tokens, got {opts.boundary_slack}")
+    if opts.fill_gaps and opts.overlap:
+        raise UsageError(
+            f"--fill-gaps with --overlap {opts.overlap}: cut pieces would not overlap; use one or the other"
+        )
     from transforms.mixture import MixError, parse_mix
 
     try:

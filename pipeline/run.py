@@ -78,6 +78,7 @@ def effective_config(lc: LongctxOptions, options: PipelineOptions, demo: bool) -
         "seed": lc.seed,
         "min_dependency_score": lc.min_dependency_score,
         "dedup": lc.dedup,
+        "fill_gaps": lc.fill_gaps,
         "trust_remote_code": lc.trust_remote_code,
         "incremental": lc.incremental,
         "config": os.path.abspath(lc.config) if lc.config else None,
@@ -103,6 +104,7 @@ LONGCTX_DESTS = {
     "seed",
     "min_dependency_score",
     "dedup",
+    "fill_gaps",
     "config",
     "quiet",
     "log_level",
@@ -228,6 +230,7 @@ def run(argv: list[str] | None = None) -> int:
             seed=lc.seed,
             min_score=lc.min_dependency_score,
             dedup=lc.dedup,
+            fill_gaps=lc.fill_gaps,
             progress=not lc.quiet
             and (sys.stderr.isatty() or bool(os.environ.get("LONGCTX_PROGRESS"))),
         )

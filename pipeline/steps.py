@@ -260,7 +260,9 @@ def doc_info(d: TokenizedDocument) -> DocInfo:
     )
 
 
-def plan_to_assignments(infos, *, seq_len, overlap, samples_per_shard, mix, seed, min_score):
+def plan_to_assignments(
+    infos, *, seq_len, overlap, samples_per_shard, mix, seed, min_score, fill_gaps=False
+):
     """Whole-corpus plan -> ``(doc_id, (n_shards, [Assignment...]))`` per kept document, the
     documents left out as rejects, and a summary for the manifest."""
     plan = plan_samples(
@@ -271,6 +273,7 @@ def plan_to_assignments(infos, *, seq_len, overlap, samples_per_shard, mix, seed
         mix=mix,
         seed=seed,
         min_score=min_score,
+        fill_gaps=fill_gaps,
     )
     Metrics.counter(NAMESPACE, "samples").inc(plan.n_samples)
     for doc_id, assignments in plan.by_doc.items():
@@ -403,6 +406,7 @@ class BuildDataset(beam.PTransform):
         seed=0,
         min_score=None,
         dedup=True,
+        fill_gaps=False,
         progress=False,
         trust_remote_code=False,
         cache_dir=None,
@@ -412,6 +416,7 @@ class BuildDataset(beam.PTransform):
         self.cache_dir = cache_dir
         self.slack, self.mix, self.seed, self.min_score = slack, mix, seed, min_score
         self.dedup = dedup
+        self.fill_gaps = fill_gaps
         self.sources, self.discovery_rejects = sources, discovery_rejects
         self.tokenizer_spec, self.limits = tokenizer_spec, limits
         self.seq_len, self.overlap, self.samples_per_shard = seq_len, overlap, samples_per_shard
@@ -468,6 +473,7 @@ class BuildDataset(beam.PTransform):
                 mix=self.mix,
                 seed=self.seed,
                 min_score=self.min_score,
+                fill_gaps=self.fill_gaps,
             )
             | "SplitPlan" >> SplitTagged(MAIN, REJECTS, SUMMARY)
         )

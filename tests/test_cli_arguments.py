@@ -27,6 +27,7 @@ from tests.conftest import run_cli
         (["--min-dependency-score", "high"], "--min-dependency-score"),
         # Beam itself only logs and drops these: the run would go on at the default length,
         # or without the second book
+        (["--fill-gaps", "--overlap", "100"], "--fill-gaps"),
         (["--seq-lenn", "4096"], "unknown flag --seq-lenn"),
         (["--seq_len", "4096"], "unknown flag --seq_len"),
         (["--books", "a.txt", "b.txt"], "unexpected argument 'b.txt'"),

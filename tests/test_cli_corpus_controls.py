@@ -135,3 +135,24 @@ def test_related_packing_keeps_kinds_apart(tmp_path, corpus, qwen3_dir):
     assert m["counts"]["samples"] <= max(
         m["lower_bound_samples"] + 1, 1.01 * m["lower_bound_samples"]
     )
+
+
+def test_fill_gaps_packs_to_the_lower_bound_without_cutting_what_fits(
+    tmp_path, books_dir, qwen3_dir
+):
+    """All 14 books at 64K with --fill-gaps: the emptiest samples of split books are poured into
+    the free room of the others (the validator re-checks coverage and that no document that fits
+    was cut; tests/test_packing.py has a corpus where plain packing is far above the bound)."""
+    inputs = ["--books", books_dir, "--seq-len", "65536"]
+    plain = _run(tmp_path / "plain", qwen3_dir, inputs)
+    filled = _run(tmp_path / "filled", qwen3_dir, inputs, "--fill-gaps")
+    bound = filled["lower_bound_samples"]
+    assert plain["counts"]["tokens"] == filled["counts"]["tokens"]
+    assert filled["counts"]["samples"] <= min(
+        plain["counts"]["samples"], max(bound + 1, 1.01 * bound)
+    )
+    assert "--fill-gaps" in filled["packing"]["rule"]
+    fits = {
+        d["doc_id"]: d["n_segments"] for d in _docs(tmp_path / "filled") if d["n_tokens"] <= 65536
+    }
+    assert all(n == 1 for n in fits.values())

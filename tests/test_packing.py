@@ -111,3 +111,45 @@ def test_packing_quality_on_many_short_documents():
     plan = plan_samples([(f"d{i}", n) for i, n in enumerate(lengths)], seq_len=16384)
     bound = math.ceil(sum(lengths) / 16384)
     assert plan.n_samples <= max(bound + 1, math.ceil(bound * 1.01))
+
+
+@settings(max_examples=150)
+@given(
+    lengths=st.lists(st.integers(1, 5000), min_size=1, max_size=80),
+    seq_len=st.integers(300, 2048),
+)
+def test_fill_gaps_keeps_every_token_cuts_only_long_documents_and_never_adds_samples(
+    lengths, seq_len
+):
+    docs = [(f"d{i}", n) for i, n in enumerate(lengths)]
+    plain = plan_samples(docs, seq_len=seq_len)
+    filled = plan_samples(docs, seq_len=seq_len, fill_gaps=True)
+    assert filled.n_samples <= plain.n_samples
+    per_sample = [0] * filled.n_samples
+    for doc_id, n in docs:
+        segs = sorted(filled.by_doc[doc_id], key=lambda a: a.start)
+        if n <= seq_len:  # a document that fits stays whole
+            assert len(segs) == 1 and segs[0].length == n
+        assert segs[0].start == 0 and segs[-1].start + segs[-1].length == n
+        for a, b in zip(segs, segs[1:], strict=False):
+            assert b.start == a.start + a.length  # contiguous: no token lost or repeated
+        for a in segs:
+            per_sample[a.sample] += a.length
+    assert all(0 < t <= seq_len for t in per_sample)
+    assert per_sample == filled.sample_tokens
+
+
+def test_fill_gaps_reaches_the_lower_bound_where_long_documents_leave_room():
+    # 30 documents of a full window and a 9,000-token tail: no two tails fit together, so BFD
+    # needs 60 samples for a bound of 47; pouring the emptiest tails into the room the others
+    # leave closes the gap. Two short documents stay whole.
+    lengths = [16384 + 9000] * 30 + [3000, 5000]
+    docs = [(f"d{i}", n) for i, n in enumerate(lengths)]
+    bound = math.ceil(sum(lengths) / 16384)
+    plain = plan_samples(docs, seq_len=16384)
+    filled = plan_samples(docs, seq_len=16384, fill_gaps=True)
+    assert plain.n_samples > bound + 10
+    assert filled.n_samples <= max(bound + 1, math.ceil(bound * 1.01))
+    assert [len(filled.by_doc[d]) for d in ("d30", "d31")] == [1, 1]
+    with pytest.raises(ValueError, match="overlap"):
+        plan_samples(docs, seq_len=16384, overlap=10, fill_gaps=True)

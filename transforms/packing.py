@@ -145,3 +145,66 @@ def pack_related(
     # Deterministic sample order: by the first piece's (document, offset).
     final.sort(key=lambda s: (s[0].doc_id, s[0].start))
     return final
+
+
+def fill_gaps(
+    samples: Sequence[Sequence[Piece]],
+    splittable: set[str],
+    *,
+    seq_len: int,
+    min_piece: int = 256,
+) -> list[list[Piece]]:
+    """Fewer samples by cutting pieces of documents that are split anyway (``--fill-gaps``).
+
+    The emptiest samples whose pieces all come from ``splittable`` documents (longer than
+    ``seq_len``) are removed, as many as the free room of the remaining samples can take, and
+    their pieces are poured into that room, largest room first, cut where a room ends. No room
+    smaller than ``min_piece`` tokens is used, so no fragment is shorter than that except a
+    piece's own last part. Documents that fit are never cut: they are not ``splittable``.
+
+    >>> ps = [[Piece("long", 0, 10)], [Piece("a", 0, 6)], [Piece("b", 0, 6)], [Piece("long", 10, 6)]]
+    >>> fill_gaps(ps, {"long"}, seq_len=10, min_piece=1)
+    [[Piece(doc_id='long', start=0, length=10)], [Piece(doc_id='a', start=0, length=6), Piece(doc_id='long', start=10, length=4)], [Piece(doc_id='b', start=0, length=6), Piece(doc_id='long', start=14, length=2)]]
+    """
+    fills = [sum(p.length for p in s) for s in samples]
+    movable = sorted(
+        (i for i, s in enumerate(samples) if s and all(p.doc_id in splittable for p in s)),
+        key=lambda i: (fills[i], i),
+    )
+    room = sum(seq_len - f for f in fills if seq_len - f >= min_piece)
+    removed: set[int] = set()
+    moved = 0
+    for i in movable:  # take the emptiest while the others can still hold what was taken
+        free_i = seq_len - fills[i]
+        room_after = room - (free_i if free_i >= min_piece else 0)
+        if moved + fills[i] > room_after:
+            break
+        removed.add(i)
+        moved += fills[i]
+        room = room_after
+    if not removed:
+        return [list(s) for s in samples]
+    keep = [i for i in range(len(samples)) if i not in removed]
+    out = {i: list(samples[i]) for i in keep}
+    rooms = sorted(
+        ((seq_len - fills[i], i) for i in keep if seq_len - fills[i] >= min_piece),
+        key=lambda r: (-r[0], r[1]),
+    )
+    pour = sorted((p for i in removed for p in samples[i]), key=lambda p: (p.doc_id, p.start))
+    r = 0
+    extra: list[list[Piece]] = []  # only if the room left by partly used rooms runs out
+    for p in pour:
+        start, left = p.start, p.length
+        while left:
+            if r == len(rooms):
+                extra.append([])
+                rooms.append((seq_len, -len(extra)))
+            free, sid = rooms[r]
+            take = min(free, left)
+            (out[sid] if sid >= 0 else extra[-sid - 1]).append(Piece(p.doc_id, start, take))
+            start, left = start + take, left - take
+            if free - take < min_piece:
+                r += 1
+            else:
+                rooms[r] = (free - take, sid)
+    return [out[i] for i in keep] + extra

@@ -23,6 +23,7 @@ import numpy as np
 
 from transforms.mixture import select_mixture
 from transforms.packing import Piece, pack_related
+from transforms.packing import fill_gaps as fill_gaps_
 from transforms.windowing import window_document
 
 
@@ -84,6 +85,7 @@ def plan_samples(
     mix: dict[str, float] | None = None,
     seed: int = 0,
     min_score: float | None = None,
+    fill_gaps: bool = False,
 ) -> SamplePlan:
     """Filter, window, pack and shard the whole corpus (see the module docstring)."""
     if samples_per_shard <= 0:
@@ -121,6 +123,13 @@ def plan_samples(
         source_of[d.doc_id] = d.source or d.doc_id
         group_of[d.doc_id] = d.group or d.kind
     samples = pack_related(pieces, [source_of, group_of], seq_len=seq_len)
+    rule = "best-fit decreasing within source, then within kind:language, then all"
+    if fill_gaps:
+        if overlap:
+            raise ValueError("fill_gaps needs overlap 0: cut pieces would not overlap")
+        long_docs = {d.doc_id for d in infos if d.n_tokens > seq_len}
+        samples = fill_gaps_(samples, long_docs, seq_len=seq_len)
+        rule += "; emptiest samples of split documents poured into free room (--fill-gaps)"
     by_doc: dict[str, list[Assignment]] = {}
     sample_tokens = []
     one_source = one_group = 0
@@ -135,7 +144,7 @@ def plan_samples(
     n_shards = -(-len(samples) // samples_per_shard)
     n = max(len(samples), 1)
     packing = {
-        "rule": "best-fit decreasing within source, then within kind:language, then all",
+        "rule": rule,
         "samples_one_source": one_source / n,
         "samples_one_kind_language": one_group / n,
         "samples_with_several_segments": sum(len(s) > 1 for s in samples) / n,
