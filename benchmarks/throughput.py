@@ -91,6 +91,23 @@ def peer(texts: list[str], seq_len: int, num_proc: int, out: Path) -> dict:
     return {"wall": wall, "doc_lengths": lengths, "rows": rows}
 
 
+def _packing(out: Path, seq_len: int) -> tuple[dict, list[int], int]:
+    """A pipeline output's manifest, sample lengths, and documents that fit but were split."""
+    import pyarrow as pa
+
+    def read(path: Path) -> pa.Table:
+        return pa.ipc.open_stream(path.read_bytes()).read_all()
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    rows = [
+        t for s in manifest["shards"] for t in read(out / s["path"]).column("n_tokens").to_pylist()
+    ]
+    docs = read(out / "documents.arrow")
+    lengths, segments = docs.column("n_tokens").to_pylist(), docs.column("n_segments").to_pylist()
+    split = sum(1 for n, k in zip(lengths, segments, strict=True) if n <= seq_len and k > 1)
+    return manifest, rows, split
+
+
 def quality(tokens: int, rows: list[int], seq_len: int, split_fitting: int) -> list:
     bound = math.ceil(tokens / seq_len)
     return [
@@ -116,23 +133,10 @@ def main() -> None:
     try:
         p = peer(texts, args.seq_len, args.num_proc, tmp / "peer")
         res = run_measured(pipeline_cmd(corpus_args(), args.seq_len, tmp / "out"))
-        m = json.loads((tmp / "out" / "manifest.json").read_text())
-        import pyarrow as pa
-
-        docs = pa.ipc.open_stream((tmp / "out" / "documents.arrow").read_bytes()).read_all()
-        fit_split = sum(
-            1
-            for n, s in zip(
-                docs.column("n_tokens").to_pylist(),
-                docs.column("n_segments").to_pylist(),
-                strict=True,
-            )
-            if n <= args.seq_len and s > 1
-        )
-        sample_rows = []
-        for shard in m["shards"]:
-            t = pa.ipc.open_stream((tmp / "out" / shard["path"]).read_bytes()).read_all()
-            sample_rows += t.column("n_tokens").to_pylist()
+        m, sample_rows, fit_split = _packing(tmp / "out", args.seq_len)
+        # packing only: the same corpus with --fill-gaps (not timed)
+        run_measured(pipeline_cmd(corpus_args(), args.seq_len, tmp / "filled", "--fill-gaps"))
+        filled, filled_rows, filled_fit_split = _packing(tmp / "filled", args.seq_len)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     p_tokens = sum(p["doc_lengths"])
@@ -183,6 +187,12 @@ def main() -> None:
             [
                 "pipeline (whole-corpus related BFD)",
                 *quality(pipe_tokens, sample_rows, args.seq_len, fit_split),
+            ],
+            [
+                "pipeline --fill-gaps (split documents poured into free room)",
+                *quality(
+                    filled["counts"]["document_tokens"], filled_rows, args.seq_len, filled_fit_split
+                ),
             ],
             [
                 "trl pack_dataset bfd_split",
