@@ -131,9 +131,10 @@ class PlotRenderer:
             for proc, names in zip(self.procs, shares, strict=True):
                 proc.stdin.write(pickle.dumps((payload, sample_tokens, seq_len, names)))
                 proc.stdin.close()
+                proc.stdin = None  # communicate() below only reads
             for proc in self.procs:
-                out.update(pickle.loads(proc.stdout.read()))
-                proc.wait(timeout=60)
+                data, _ = proc.communicate(timeout=300)
+                out.update(pickle.loads(data))
         except Exception:  # a helper died: draw what is missing here
             pass
         finally:

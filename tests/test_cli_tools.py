@@ -179,3 +179,23 @@ def test_output_loads_with_datasets_load_dataset(pipeline_out):
     m = json.loads((pipeline_out / "manifest.json").read_text())
     assert len(ds) == m["counts"]["samples"]
     assert sum(ds["n_tokens"]) == m["counts"]["tokens"]
+
+
+def test_plots_from_helper_processes_equal_plots_drawn_here(pipeline_out):
+    """The report's PNGs come from helper processes started with the run; a helper that died
+    is replaced by drawing in the driver, with the same bytes."""
+    import numpy as np
+
+    from pipeline.plots import PLOTS, PlotRenderer, plots
+
+    docs = pa.ipc.open_stream((pipeline_out / "documents.arrow").read_bytes()).read_all()
+    fill = np.array([16000, 9000, 16384])
+    here = plots(docs, fill, 16384)
+    assert PlotRenderer().render(docs, fill, 16384) == here
+    dead = PlotRenderer()
+    for proc in dead.procs:
+        proc.kill()
+        proc.wait()
+    assert dead.render(docs, fill, 16384) == here and sorted(here) == sorted(PLOTS)
+    # the run's own report holds the same plots (same documents, the run's sample lengths)
+    assert (pipeline_out / "report" / "doc_lengths.png").read_bytes() == here["doc_lengths.png"]
