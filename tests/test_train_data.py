@@ -217,3 +217,29 @@ def test_two_process_data_parallel_on_cpu(tiny_setup, tmp_path):
     seq_len = json.loads((out / "manifest.json").read_text())["seq_len"]
     assert 4 * 1500 < summary["tokens"] <= 4 * seq_len
     assert (run / "adapter" / "adapter_config.json").is_file()
+
+
+def test_dry_run_for_another_machine_warns_about_host_ram(tiny_setup, tmp_path):
+    """A plan whose offloaded checkpoints exceed this machine's RAM: --dry-run (planning for
+    another machine) warns; a real run, or a stated --host-memory-gib, refuses before loading."""
+    out, model = tiny_setup
+    big = tmp_path / "big-model"
+    big.mkdir()
+    cfg = json.loads((model / "config.json").read_text())
+    # a 4096-wide, 64-layer shape: 64 x 32768 x 4096 x 2 B = 16 GiB of checkpoints per 32K row
+    (big / "config.json").write_text(
+        json.dumps(dict(cfg, hidden_size=4096, num_hidden_layers=64, intermediate_size=8192))
+    )
+    args = ["--data", out, "--model", big, "--max-seq-length", "32768", "--gpu-memory-gib", "1000"]
+    proc = run_cli("train.launch", *args, "--dry-run", "--host-memory-gib", "8")
+    assert proc.returncode == 2 and "--host-memory-gib" in proc.stderr, proc.stderr
+    proc = run_cli("train.launch", *args, "--dry-run", "--host-memory-gib", "64")
+    assert proc.returncode == 0 and "offload   checkpoints: 16.0 GiB" in proc.stdout, proc.stdout
+    # no --host-memory-gib: this machine's RAM; planning on it for a bigger one only warns
+    (big / "config.json").write_text(
+        json.dumps(dict(cfg, hidden_size=4096, num_hidden_layers=8192, intermediate_size=8192))
+    )
+    args = ["--data", out, "--model", big, "--max-seq-length", "262144"]
+    proc = run_cli("train.launch", *args, "--gpu-memory-gib", "10000000", "--dry-run")
+    assert proc.returncode == 0 and "warning   on this machine:" in proc.stdout, proc.stdout
+    assert "host RAM not checked" in proc.stdout

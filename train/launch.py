@@ -57,8 +57,11 @@ def _document_lengths(data_dir: str) -> np.ndarray:
     return np.asarray(table.column("n_tokens"), dtype=np.int64)
 
 
-def build_plan(cfg: TrainConfig) -> dict:
-    """Everything decided before loading weights; raises ConfigError/PlanError/DataError."""
+def build_plan(cfg: TrainConfig, dry_run: bool = False) -> dict:
+    """Everything decided before loading weights; raises ConfigError/PlanError/DataError.
+
+    With ``dry_run`` and no ``--host-memory-gib``, host RAM that falls short is a warning, not
+    an error: the plan may be made on another machine than the one that will train."""
     manifest = read_manifest(cfg.data)
     seq_len = int(manifest["seq_len"])
     L = cfg.max_seq_length or seq_len
@@ -123,7 +126,13 @@ def build_plan(cfg: TrainConfig) -> dict:
             "--tiled-mlp true (or --preset max-context), or a larger GPU"
         )
     host = int(cfg.host_memory_gib * GIB) if cfg.host_memory_gib > 0 else host_memory_bytes()
-    offload = plan_offload(shape, L * cfg.per_device_batch_size, gc, host, cfg.offload_pinned)
+    try:
+        offload = plan_offload(shape, L * cfg.per_device_batch_size, gc, host, cfg.offload_pinned)
+    except PlanError as err:
+        if not dry_run or cfg.host_memory_gib > 0:
+            raise
+        warnings.append(f"on this machine: {err}")
+        offload = plan_offload(shape, L * cfg.per_device_batch_size, gc, 0, cfg.offload_pinned)
     steps = plan_steps(
         samples=int(manifest["counts"]["samples"]),
         seq_len=L,
@@ -182,10 +191,12 @@ def print_plan(plan: dict) -> None:
     )
     if mem["offload"]:
         o = mem["offload"]
-        print(
-            f"offload   checkpoints: {o['note']}; host RAM {o['host_memory_bytes'] / GIB:.0f} GiB "
-            f"holds ~{o['max_context_host']} tokens"
+        host = (
+            f"host RAM {o['host_memory_bytes'] / GIB:.0f} GiB holds ~{o['max_context_host']} tokens"
+            if o["host_memory_bytes"]
+            else "host RAM not checked"
         )
+        print(f"offload   checkpoints: {o['note']}; {host}")
     print(
         f"steps     batch {s['per_device_batch_size']} x accumulation {s['gradient_accumulation_steps']}"
         f"{' x ' + str(plan['world_size']) + ' processes' if plan['world_size'] > 1 else ''} = "
@@ -431,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in vars(args).items() if k not in ("config", "dry_run", "backend")}
     try:
         cfg = load_config(args.config, overrides)
-        plan = build_plan(cfg)
+        plan = build_plan(cfg, dry_run=args.dry_run)
     except (ConfigError, PlanError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
