@@ -147,7 +147,7 @@ def pack_related(
     return final
 
 
-def fill_gaps(
+def fill_free_room(
     samples: Sequence[Sequence[Piece]],
     splittable: set[str],
     *,
@@ -163,7 +163,7 @@ def fill_gaps(
     piece's own last part. Documents that fit are never cut: they are not ``splittable``.
 
     >>> ps = [[Piece("long", 0, 10)], [Piece("a", 0, 6)], [Piece("b", 0, 6)], [Piece("long", 10, 6)]]
-    >>> fill_gaps(ps, {"long"}, seq_len=10, min_piece=1)
+    >>> fill_free_room(ps, {"long"}, seq_len=10, min_piece=1)
     [[Piece(doc_id='long', start=0, length=10)], [Piece(doc_id='a', start=0, length=6), Piece(doc_id='long', start=10, length=4)], [Piece(doc_id='b', start=0, length=6), Piece(doc_id='long', start=14, length=2)]]
     """
     fills = [sum(p.length for p in s) for s in samples]

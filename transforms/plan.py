@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from transforms.mixture import select_mixture
-from transforms.packing import Piece, pack_related
-from transforms.packing import fill_gaps as fill_gaps_
+from transforms.packing import Piece, fill_free_room, pack_related
 from transforms.windowing import window_document
 
 
@@ -128,7 +127,7 @@ def plan_samples(
         if overlap:
             raise ValueError("fill_gaps needs overlap 0: cut pieces would not overlap")
         long_docs = {d.doc_id for d in infos if d.n_tokens > seq_len}
-        samples = fill_gaps_(samples, long_docs, seq_len=seq_len)
+        samples = fill_free_room(samples, long_docs, seq_len=seq_len)
         rule += "; emptiest samples of split documents poured into free room (--fill-gaps)"
     by_doc: dict[str, list[Assignment]] = {}
     sample_tokens = []
