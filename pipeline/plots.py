@@ -121,13 +121,14 @@ class PlotRenderer:
                 break
 
     def render(self, docs: pa.Table, sample_tokens: np.ndarray, seq_len: int) -> dict[str, bytes]:
-        shares = [PLOTS[i :: len(self.procs)] for i in range(len(self.procs))]
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, docs.schema) as writer:
-            writer.write_table(docs)
-        payload = sink.getvalue().to_pybytes()
         out: dict[str, bytes] = {}
         try:
+            if self.procs:  # the documents go to the helpers as one Arrow stream
+                sink = pa.BufferOutputStream()
+                with pa.ipc.new_stream(sink, docs.schema) as writer:
+                    writer.write_table(docs)
+                payload = sink.getvalue().to_pybytes()
+            shares = [PLOTS[i :: len(self.procs)] for i in range(len(self.procs))]
             for proc, names in zip(self.procs, shares, strict=True):
                 proc.stdin.write(pickle.dumps((payload, sample_tokens, seq_len, names)))
                 proc.stdin.close()

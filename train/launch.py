@@ -100,9 +100,10 @@ def build_plan(cfg: TrainConfig, dry_run: bool = False) -> dict:
                 f"only {long_share:.0%} of the tokens are in documents longer than the model's native "
                 f"{rope.native_context}: RoPE scaling to {L} will learn little from this data"
             )
+    tokens = L * cfg.per_device_batch_size  # one micro-step: rows are flattened, padding-free
     peak = estimate_peak_bytes(
         shape,
-        L * cfg.per_device_batch_size,
+        tokens,
         load_in_4bit=cfg.load_in_4bit,
         lora_r=cfg.lora_r,
         modules=list(cfg.target_modules),
@@ -127,12 +128,12 @@ def build_plan(cfg: TrainConfig, dry_run: bool = False) -> dict:
         )
     host = int(cfg.host_memory_gib * GIB) if cfg.host_memory_gib > 0 else host_memory_bytes()
     try:
-        offload = plan_offload(shape, L * cfg.per_device_batch_size, gc, host, cfg.offload_pinned)
+        offload = plan_offload(shape, tokens, gc, host, cfg.offload_pinned)
     except PlanError as err:
         if not dry_run or cfg.host_memory_gib > 0:
             raise
         warnings.append(f"on this machine: {err}")
-        offload = plan_offload(shape, L * cfg.per_device_batch_size, gc, 0, cfg.offload_pinned)
+        offload = plan_offload(shape, tokens, gc, 0, cfg.offload_pinned)
     steps = plan_steps(
         samples=int(manifest["counts"]["samples"]),
         seq_len=L,

@@ -20,7 +20,6 @@ Pure functions; :mod:`pipeline.steps` wires them through a GroupByKey per LSH ba
 from __future__ import annotations
 
 import hashlib
-import re
 import unicodedata
 from dataclasses import dataclass
 
@@ -34,7 +33,6 @@ MIN_CHARS = 256
 SHINGLE = 24
 N_PERM = 112
 BANDS, ROWS = 14, 8
-_SPACE = re.compile(r"\s+")
 _K = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9], np.uint64)
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 _rng = np.random.default_rng(20261124)
