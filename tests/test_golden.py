@@ -1,0 +1,97 @@
+"""Golden check: a fixed run gives the same bytes in every output file.
+
+The run: the 14 shared books + the ``json``, ``email`` and ``asyncio`` packages of this Python's
+standard library, the real Qwen3 tokenizer, ``--seq-len 32768``. Inputs are copied to a fixed
+path first, so the absolute paths that the documents table and the rejects list record are the
+same on every machine. The standard library changes between Python releases, so the hashes are
+kept per Python version (``major.minor.micro``).
+
+A change that alters the output on purpose updates ``GOLDEN`` in the same commit and says why in
+the commit message (regenerate: ``LONGCTX_GOLDEN_PRINT=1 python -m pytest tests/test_golden.py
+-s``). The manifest is hashed without its ``config`` echo (which grows with every new flag) and
+its per-run keys; the echo is checked for its input paths instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+
+import pytest
+
+from tests.conftest import BOOKS, QWEN3, STDLIB, run_cli
+
+pytestmark = pytest.mark.slow
+
+FIXED = "/tmp/longctx-golden-inputs"
+PACKAGES = ("json", "email", "asyncio")
+# Keys of manifest.json left out of its hash: the configuration echo (new flags add keys).
+MANIFEST_VOLATILE = ("config",)
+
+# Recorded before the issue-18 refactor (2026-11-30, Python 3.11.7).
+GOLDEN = {
+    "3.11.7": {
+        "documents.arrow": "be6308b241a4cf2a4e2e8e0cb34d9fc9c17b663108a11b6b1f16e5aacc8efb5f",
+        "manifest.json": "b2d1141c381380e0d18b3a78d761dbb34889b5afd8ac088ea7b467336494e412",
+        "rejects.jsonl": "8f26ab850a3f70ef3c05c50af6a82660fb2e792c92e1a802d138f8870aad8237",
+        "shards/train-00000-of-00001.arrow": (
+            "026d26bf330bae8b773fc8f795c53e3b51784a7a1d763a3460b4645dce602ec7"
+        ),
+    },
+}
+
+
+def _copy_inputs() -> tuple[str, list[str]]:
+    if os.path.isdir(FIXED):
+        shutil.rmtree(FIXED)
+    shutil.copytree(BOOKS, f"{FIXED}/books")
+    repos = []
+    for pkg in PACKAGES:
+        dst = f"{FIXED}/repos/{pkg}"
+        shutil.copytree(STDLIB / pkg, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        repos.append(dst)
+    return f"{FIXED}/books", repos
+
+
+def output_hashes(out) -> dict[str, str]:
+    """sha256 of every output file (relative path -> hex); manifest without volatile keys."""
+    hashes = {}
+    for root, _, names in os.walk(out):
+        for name in names:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, out)
+            if rel.startswith(".") or rel.startswith("report/"):
+                continue  # caches, and the human report (plots embed library versions)
+            data = open(path, "rb").read()
+            if rel == "manifest.json":
+                m = json.loads(data)
+                for key in MANIFEST_VOLATILE:
+                    m.pop(key, None)
+                data = json.dumps(m, sort_keys=True).encode()
+            hashes[rel] = hashlib.sha256(data).hexdigest()
+    return dict(sorted(hashes.items()))
+
+
+def test_fixed_run_gives_the_recorded_bytes(tmp_path):
+    version = ".".join(map(str, sys.version_info[:3]))
+    books, repos = _copy_inputs()
+    out = tmp_path / "out"
+    args = ["--runner", "DirectRunner", "--books", books, "--tokenizer", QWEN3]
+    for r in repos:
+        args += ["--repos", r]
+    proc = run_cli("pipeline.run", *args, "--seq-len", "32768", "--output", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = output_hashes(out)
+    config = json.loads((out / "manifest.json").read_text())["config"]
+    assert config["books"] == [books] and config["repos"] == repos
+    if os.environ.get("LONGCTX_GOLDEN_PRINT"):
+        print(json.dumps({version: got}, indent=4))
+    if version not in GOLDEN or not GOLDEN[version]:
+        pytest.fail(
+            f"no golden hashes recorded for Python {version}: the standard library differs "
+            f"between releases; record them with LONGCTX_GOLDEN_PRINT=1 (got {got})"
+        )
+    assert got == GOLDEN[version]
