@@ -65,7 +65,8 @@ def output_hashes(out) -> dict[str, str]:
             rel = os.path.relpath(path, out)
             if rel.startswith(".") or rel.startswith("report/"):
                 continue  # caches, and the human report (plots embed library versions)
-            data = open(path, "rb").read()
+            with open(path, "rb") as fh:
+                data = fh.read()
             if rel == "manifest.json":
                 m = json.loads(data)
                 for key in MANIFEST_VOLATILE:
