@@ -1,0 +1,228 @@
+"""Everything decided before any weights load: data checks, the plan, and its printout.
+
+``build_plan`` reads the manifest and the model's ``config.json`` (no torch, no GPU) and raises
+``DataError`` / ``PlanError`` / ``ConfigError`` for what cannot work, each message saying what to
+change: shards longer than ``--max-seq-length``, a tokenizer that does not match the model, a
+plan that does not fit ``--gpu-memory-gib`` (or the host's RAM, for offloaded checkpoints),
+checkpointing other than "unsloth" above 32K. ``print_plan`` is what ``--dry-run`` shows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from train.config import TrainConfig
+from train.data import DataError, read_manifest
+from train.plan import (
+    GIB,
+    ModelShape,
+    PlanError,
+    RopePlan,
+    check_gradient_checkpointing,
+    estimate_peak_bytes,
+    host_memory_bytes,
+    max_context,
+    plan_offload,
+    plan_rope,
+    plan_steps,
+    read_model_shape,
+)
+
+
+def model_tokenizer_sha(model: str) -> str | None:
+    """sha256 of the model folder's ``tokenizer.json`` (None for a Hub id or no file)."""
+    path = Path(model).expanduser() / "tokenizer.json"
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def document_lengths(data_dir: str) -> np.ndarray:
+    """``n_tokens`` of every document in ``documents.arrow`` (int64)."""
+    import pyarrow as pa
+
+    path = Path(data_dir) / "documents.arrow"
+    table = pa.ipc.open_stream(path.read_bytes()).read_all()
+    return np.asarray(table.column("n_tokens"), dtype=np.int64)
+
+
+def check_sample_length(seq_len: int, max_seq_length: int) -> None:
+    """Samples of the data must fit the context: nothing is ever truncated."""
+    if seq_len > max_seq_length:
+        raise DataError(
+            f"the shards hold samples of up to {seq_len} tokens but --max-seq-length is "
+            f"{max_seq_length}: they would be truncated; set --max-seq-length >= {seq_len} or "
+            f"re-run the pipeline with --seq-len {max_seq_length}"
+        )
+
+
+def check_tokenizer(cfg: TrainConfig, shape: ModelShape, tok: dict) -> list[str]:
+    """The data's ids must index the model's embedding, and its tokenizer should be the
+    model's; a differing ``tokenizer.json`` is an error unless ``--allow-tokenizer-mismatch``
+    (then a warning, returned)."""
+    if tok["vocab_size"] > shape.vocab_size:
+        raise DataError(
+            f"the data's tokenizer has {tok['vocab_size']} tokens but the model's embedding has "
+            f"{shape.vocab_size}: ids would index past it; re-run the pipeline with "
+            f"--tokenizer {cfg.model}"
+        )
+    model_sha = model_tokenizer_sha(cfg.model)
+    if not model_sha or model_sha == tok["sha256"]:
+        return []
+    msg = (
+        f"the data was tokenized with {tok['name']} (sha256 {tok['sha256'][:12]}), the model ships "
+        f"another tokenizer.json (sha256 {model_sha[:12]}); re-run the pipeline with --tokenizer {cfg.model}"
+    )
+    if not cfg.allow_tokenizer_mismatch:
+        raise DataError(msg + ", or pass --allow-tokenizer-mismatch true")
+    return [msg]
+
+
+def long_document_warning(rope: RopePlan, lengths: np.ndarray, target: int) -> str | None:
+    """RoPE scaling learns little when most tokens sit in documents within the native window."""
+    if rope.factor <= 1 or not len(lengths):
+        return None
+    long_share = float(lengths[lengths > rope.native_context].sum() / max(1, lengths.sum()))
+    if long_share >= 0.5:
+        return None
+    return (
+        f"only {long_share:.0%} of the tokens are in documents longer than the model's native "
+        f"{rope.native_context}: RoPE scaling to {target} will learn little from this data"
+    )
+
+
+def plan_memory(
+    cfg: TrainConfig,
+    shape: ModelShape,
+    tokens: int,
+    gc: str | bool,
+    *,
+    dry_run: bool,
+    warnings: list[str],
+) -> dict:
+    """GPU peak for one micro-step of ``tokens`` and host RAM for offloaded checkpoints.
+
+    Raises PlanError when the peak passes 95% of ``--gpu-memory-gib``, or the checkpoints do not
+    fit the host; a dry run without ``--host-memory-gib`` only warns about the host (appended to
+    ``warnings``): the plan may be made on another machine than the one that will train."""
+    sizes = dict(
+        load_in_4bit=cfg.load_in_4bit,
+        lora_r=cfg.lora_r,
+        modules=list(cfg.target_modules),
+        gc=gc,
+        tiled_mlp=cfg.tiled_mlp,
+    )
+    peak = estimate_peak_bytes(shape, tokens, **sizes)
+    fits = max_context(shape, cfg.gpu_memory_gib, **sizes)
+    if peak > 0.95 * cfg.gpu_memory_gib * GIB:
+        raise PlanError(
+            f"estimated peak {peak / GIB:.1f} GiB does not fit 95% of --gpu-memory-gib "
+            f"{cfg.gpu_memory_gib}: the largest context that fits is about {fits} tokens; lower "
+            "--max-seq-length (and the pipeline's --seq-len), use --load-in-4bit true, "
+            "--tiled-mlp true (or --preset max-context), or a larger GPU"
+        )
+    host = int(cfg.host_memory_gib * GIB) if cfg.host_memory_gib > 0 else host_memory_bytes()
+    try:
+        offload = plan_offload(shape, tokens, gc, host, cfg.offload_pinned)
+    except PlanError as err:
+        if not dry_run or cfg.host_memory_gib > 0:
+            raise
+        warnings.append(f"on this machine: {err}")
+        offload = plan_offload(shape, tokens, gc, 0, cfg.offload_pinned)
+    return {
+        "estimated_peak_gib": round(peak / GIB, 2),
+        "gpu_memory_gib": cfg.gpu_memory_gib,
+        "max_context_that_fits": fits,
+        "quantization": "4-bit QLoRA" if cfg.load_in_4bit else "bf16 LoRA",
+        "lora_r": cfg.lora_r,
+        "tiled_mlp": cfg.tiled_mlp,
+        "offload": asdict(offload) if offload else None,
+    }
+
+
+def build_plan(cfg: TrainConfig, dry_run: bool = False) -> dict:
+    """Everything decided before loading weights; raises ConfigError/PlanError/DataError.
+
+    With ``dry_run`` and no ``--host-memory-gib``, host RAM that falls short is a warning, not
+    an error: the plan may be made on another machine than the one that will train."""
+    manifest = read_manifest(cfg.data)
+    seq_len = int(manifest["seq_len"])
+    L = cfg.max_seq_length or seq_len
+    check_sample_length(seq_len, L)
+    shape = read_model_shape(cfg.model, cfg.trust_remote_code)
+    tok = manifest["tokenizer"]
+    warnings = check_tokenizer(cfg, shape, tok)
+    gc = cfg.resolved_gc()
+    check_gradient_checkpointing(gc, L)
+    rope = plan_rope(shape, L, cfg.rope_scaling)
+    long_docs = long_document_warning(rope, document_lengths(cfg.data), L)
+    warnings += [long_docs] if long_docs else []
+    tokens = L * cfg.per_device_batch_size  # one micro-step: rows are flattened, padding-free
+    memory = plan_memory(cfg, shape, tokens, gc, dry_run=dry_run, warnings=warnings)
+    world_size = int(os.environ.get("WORLD_SIZE", cfg.nproc_per_node))
+    steps = plan_steps(
+        samples=int(manifest["counts"]["samples"]),
+        seq_len=L,
+        batch=cfg.per_device_batch_size,
+        tokens_per_step=cfg.tokens_per_step,
+        accum=cfg.gradient_accumulation_steps,
+        epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        world_size=world_size,
+    )
+    return {
+        "data": {
+            "path": cfg.data,
+            "seq_len": seq_len,
+            "samples": manifest["counts"]["samples"],
+            "tokens": manifest["counts"]["tokens"],
+            "fill_rate": manifest["fill_rate"],
+            "tokenizer": tok["name"],
+        },
+        "model": {"name": cfg.model, **asdict(shape), "params_b": round(shape.n_params / 1e9, 3)},
+        "max_seq_length": L,
+        "rope": asdict(rope),
+        "gradient_checkpointing": gc,
+        "memory": memory,
+        "steps": asdict(steps),
+        "world_size": world_size,
+        "warnings": warnings,
+        "config": asdict(cfg),
+    }
+
+
+def print_plan(plan: dict) -> None:
+    m, r, mem, s = plan["model"], plan["rope"], plan["memory"], plan["steps"]
+    print(
+        f"data      {plan['data']['path']}: {plan['data']['samples']} samples of <= {plan['data']['seq_len']} "
+        f"tokens, fill {plan['data']['fill_rate']:.3f}, tokenizer {plan['data']['tokenizer']}"
+    )
+    print(
+        f"model     {m['name']}: {m['model_type']}, {m['params_b']}B params, hidden {m['hidden_size']}, "
+        f"{m['num_hidden_layers']} layers, vocab {m['vocab_size']}, native context {r['native_context']}"
+    )
+    print(f"context   max_seq_length {plan['max_seq_length']}; RoPE {r['mode']}: {r['note']}")
+    print(
+        f"memory    {mem['quantization']} r={mem['lora_r']}, gradient checkpointing "
+        f"{plan['gradient_checkpointing']!r}: ~{mem['estimated_peak_gib']} GiB peak of "
+        f"{mem['gpu_memory_gib']} GiB; largest context that fits ~{mem['max_context_that_fits']}"
+        f"{'; tiled MLP' if mem['tiled_mlp'] else ''}"
+    )
+    if mem["offload"]:
+        o = mem["offload"]
+        host = (
+            f"host RAM {o['host_memory_bytes'] / GIB:.0f} GiB holds ~{o['max_context_host']} tokens"
+            if o["host_memory_bytes"]
+            else "host RAM not checked"
+        )
+        print(f"offload   checkpoints: {o['note']}; {host}")
+    print(
+        f"steps     batch {s['per_device_batch_size']} x accumulation {s['gradient_accumulation_steps']}"
+        f"{' x ' + str(plan['world_size']) + ' processes' if plan['world_size'] > 1 else ''} = "
+        f"{s['tokens_per_step']} tokens/step; {s['steps']} steps ({s['epochs']} epochs of {s['samples']} samples)"
+    )
+    for w in plan["warnings"]:
+        print(f"warning   {w}")

@@ -1,0 +1,149 @@
+"""The Trainer around the model: TRL SFTTrainer on a GPU, transformers' Trainer on a CPU.
+
+The rows are already packed, so TRL is told not to re-tokenize, re-pack or truncate them
+(``skip_prepare_dataset``, ``packing=False``, ``max_length=None``) and the collator
+(``train/data.py``) turns each micro-batch into one padding-free row. A step timer measures
+tokens/s after the first optimizer step, and :func:`summarize` gathers what
+``train_summary.json`` reports. transformers and TRL are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from pathlib import Path
+
+from train.config import TrainConfig
+from train.plan import GIB
+
+
+def training_arguments(cfg: TrainConfig, plan: dict, *, on_gpu: bool, world_size: int) -> dict:
+    """Keyword arguments shared by ``SFTConfig`` and ``TrainingArguments``."""
+    return dict(
+        output_dir=cfg.output_dir,
+        per_device_train_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=plan["steps"]["gradient_accumulation_steps"],
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        optim=cfg.optim if on_gpu else "adamw_torch",
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        seed=cfg.seed,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps" if cfg.save_steps > 0 else "no",
+        save_steps=cfg.save_steps if cfg.save_steps > 0 else 500,
+        bf16=on_gpu,
+        report_to="none",
+        remove_unused_columns=False,  # keep seq_lengths for the collator
+        dataloader_num_workers=0,
+        use_cpu=not on_gpu,
+        # data parallel (torchrun): every parameter that trains is used in every step
+        ddp_find_unused_parameters=False if world_size > 1 else None,
+        include_num_input_tokens_seen="all",  # rows are padding-free: every id is a token
+    )
+
+
+def make_trainer(args: dict, *, model, tokenizer, collator, train_dataset, on_gpu: bool):
+    """SFTTrainer on a GPU; on a CPU transformers' Trainer, the class SFTTrainer extends (TRL
+    1.15's SFTTrainer always computes the loss with its fused LM head, a Triton kernel that
+    needs a GPU), with the same rows and collator (CPU tests and smoke runs)."""
+    if on_gpu:
+        from trl import SFTConfig, SFTTrainer
+
+        # The rows are already packed: no re-tokenizing, re-packing or truncation by TRL.
+        sft_args = SFTConfig(
+            **args, dataset_kwargs={"skip_prepare_dataset": True}, packing=False, max_length=None
+        )
+        return SFTTrainer(
+            model=model,
+            args=sft_args,
+            train_dataset=train_dataset,
+            data_collator=collator,
+            processing_class=tokenizer,
+        )
+    from transformers import Trainer, TrainingArguments
+
+    return Trainer(
+        model=model,
+        args=TrainingArguments(**args),
+        train_dataset=train_dataset,
+        data_collator=collator,
+    )
+
+
+def make_step_timer():
+    """A Trainer callback that notes wall time and tokens seen at each optimizer step's end
+    (transformers is imported lazily, so this module loads without it)."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.marks: list[tuple[float, int]] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.marks.append((time.time(), int(state.num_input_tokens_seen)))
+
+        def steady_tokens_per_s(self) -> float | None:
+            """Tokens/s after the first step (compilation, autotuning, allocator warm-up)."""
+            if len(self.marks) < 2:
+                return None
+            (t0, n0), (t1, n1) = self.marks[0], self.marks[-1]
+            return round((n1 - n0) / (t1 - t0), 1) if t1 > t0 else None
+
+    return StepTimer()
+
+
+def summarize(
+    cfg: TrainConfig,
+    plan: dict,
+    trainer,
+    *,
+    backend: str,
+    world_size: int,
+    runtime: float,
+    steady: float | None,
+) -> dict:
+    """What ``train_summary.json`` holds: size, speed, memory and losses of the run."""
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    # counted by the Trainer per optimizer micro-step and summed over processes (the collator
+    # also sees the batch the data loader fetches ahead, which never trains)
+    tokens = int(trainer.state.num_input_tokens_seen)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {
+        "backend": backend,
+        "max_seq_length": plan["max_seq_length"],
+        "steps": trainer.state.global_step,
+        "world_size": world_size,
+        "tokens": tokens,
+        "runtime_s": round(runtime, 2),
+        "tokens_per_s": round(tokens / runtime, 1),
+        # after the first optimizer step (compilation, autotuning and allocator warm-up)
+        "tokens_per_s_steady": steady,
+        "peak_gib": round(torch.cuda.max_memory_allocated() / GIB, 2) if on_gpu else None,
+        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 2) if on_gpu else None,
+        # this process's peak resident host memory (offloaded checkpoints live here)
+        "host_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "tiled_mlp": cfg.tiled_mlp,
+        "offload_pinned": (plan["memory"]["offload"] or {}).get("pinned"),
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "device": torch.cuda.get_device_name() if on_gpu else "cpu",
+    }
+
+
+def write_run_outputs(output_dir: str, model, log_history: list, summary: dict) -> None:
+    """``OUTPUT_DIR/adapter/``, ``log_history.json`` and ``train_summary.json``."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out / "adapter"))
+    (out / "log_history.json").write_text(json.dumps(log_history, indent=1))
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
