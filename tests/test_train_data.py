@@ -38,6 +38,37 @@ def test_collator_hand_made():
     ]
 
 
+def test_collator_stream_hand_made():
+    """attention="stream": each row is one causal stream; rows of a micro-batch stay apart."""
+    b = collate_packed(
+        [{"input_ids": [11, 12, 13, 21, 22, 31], "seq_lengths": [3, 2, 1]}],
+        max_seq_length=8,
+        attention="stream",
+    )
+    assert b["input_ids"].tolist() == [[11, 12, 13, 21, 22, 31]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3, 4, 5]]
+    assert b["labels"].tolist() == [[IGNORE_INDEX, 12, 13, 21, 22, 31]]
+    assert b["packed_seq_lengths"].dtype == torch.int32
+    assert b["packed_seq_lengths"].tolist() == [6]
+    two = collate_packed(
+        [
+            {"input_ids": [1, 2, 3], "seq_lengths": [1, 2]},
+            {"input_ids": [4, 5], "seq_lengths": [1, 1]},
+        ],
+        max_seq_length=3,
+        attention="stream",
+    )
+    assert two["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+    assert two["labels"].tolist() == [[IGNORE_INDEX, 2, 3, IGNORE_INDEX, 5]]
+    assert two["packed_seq_lengths"].tolist() == [3, 2]
+    with pytest.raises(ValueError, match="per-document"):
+        collate_packed([{"input_ids": [1], "seq_lengths": [1]}], max_seq_length=1, attention="x")
+    with pytest.raises(DataError, match="seq_lengths"):  # rows are still checked
+        collate_packed(
+            [{"input_ids": [1, 2], "seq_lengths": [1]}], max_seq_length=2, attention="stream"
+        )
+
+
 def test_collator_refuses_truncation_and_bad_rows():
     with pytest.raises(DataError, match="truncated"):
         collate_packed([{"input_ids": [1, 2, 3], "seq_lengths": [3]}], max_seq_length=2)
@@ -99,10 +130,12 @@ def test_collator_on_real_shards(tiny_setup):
 
 
 def test_packed_row_keeps_documents_apart_on_cpu(tiny_setup):
-    """Plain transformers (SDPA): each document's loss inside a packed row equals its loss alone."""
+    """Plain transformers (SDPA): with attention="per-document" each document's loss inside a
+    packed row equals its loss alone; with "stream" the first document's loss is unchanged and
+    every later one changes, because the documents before it in the row are now its context."""
     from transformers import AutoModelForCausalLM
 
-    from train.data import load_shards, read_manifest
+    from train.data import PackedCollator, load_shards, read_manifest
 
     out, model_dir = tiny_setup
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa").eval()
@@ -123,20 +156,17 @@ def test_packed_row_keeps_documents_apart_on_cpu(tiny_setup):
         return res
 
     lens = row["seq_lengths"]
-    packed = per_doc_losses(collate_packed([row], max_seq_length=2048), lens)
     alone, s = [], 0
     for n in lens:
         one = {"input_ids": row["input_ids"][s : s + n], "seq_lengths": [n]}
         alone += per_doc_losses(collate_packed([one], max_seq_length=n), [n])
         s += n
+    packed = per_doc_losses(PackedCollator(2048, attention="per-document")([row]), lens)
     assert np.allclose(packed, alone, atol=1e-4), (packed, alone)
-    stream = collate_packed(
-        [{"input_ids": row["input_ids"], "seq_lengths": [len(row["input_ids"])]}],
-        max_seq_length=2048,
-    )
-    assert not np.allclose(
-        per_doc_losses(stream, lens)[1:], alone[1:], atol=1e-4
-    )  # the test can fail
+    stream = per_doc_losses(PackedCollator(2048, attention="stream")([row]), lens)
+    assert np.isclose(stream[0], alone[0], atol=1e-4)  # nothing precedes the first document
+    for later_stream, later_alone in zip(stream[1:], alone[1:], strict=True):
+        assert abs(later_stream - later_alone) > 1e-4, (stream, alone)
 
 
 def test_launcher_dry_run_and_refusals(tiny_setup, tmp_path):

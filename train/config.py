@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from train.data import ATTENTION_MODES
+
 
 def _f(default, help: str, **kw):
     return field(default=default, metadata={"help": help, **kw})
@@ -44,6 +46,12 @@ class TrainConfig:
     max_seq_length: int = _f(0, "context length in tokens; 0 = the manifest's seq_len")
     rope_scaling: str = _f(
         "auto", "auto | none | linear | yarn | dynamic | llama3 | ntk (new rope_theta)"
+    )
+    attention: str = _f(
+        "per-document",
+        "per-document | stream: per-document keeps packed documents apart (positions restart at "
+        "every seq_lengths boundary); stream makes each row one causal stream with attention "
+        "across its documents (for ablations: the naive concatenate-and-chunk baseline)",
     )
     load_in_4bit: bool = _f(False, "QLoRA: 4-bit base weights (bitsandbytes NF4)")
     lora_r: int = _f(16, "LoRA rank")
@@ -168,4 +176,6 @@ def load_config(path: str | None, overrides: dict) -> TrainConfig:
         raise ConfigError("--model is required: a model folder or Hub id")
     if str(cfg.offload_pinned).lower() not in ("auto", "true", "false"):
         raise ConfigError(f"--offload-pinned {cfg.offload_pinned}: expected auto, true or false")
+    if cfg.attention not in ATTENTION_MODES:
+        raise ConfigError(f"--attention {cfg.attention}: expected {' or '.join(ATTENTION_MODES)}")
     return cfg

@@ -13,6 +13,16 @@ Unsloth) and builds, per segment of ``seq_lengths``::
 Plain transformers (SDPA/eager) derives the same block-diagonal mask from ``position_ids``
 when no attention mask is given; Unsloth is given the lengths explicitly (GPU-NOTES.md: with
 lengths inferred from positions one document's loss moved by 6e-3).
+
+``attention="stream"`` (for ablations: the naive concatenate-and-chunk baseline) makes each row
+one causal stream instead, so a document attends to the documents before it in its row::
+
+    input_ids     [ a0 a1 a2 b0 b1 c0 c1 c2 c3 ]
+    position_ids  [  0  1  2  3  4  5  6  7  8 ]
+    labels        [ -100 a1 a2 b0 b1 c0 c1 c2 c3 ]   b0 is predicted from a0..a2
+    packed_seq_lengths = [9]
+
+Rows of one micro-batch stay apart in both modes (each row is its own segment or stream).
 """
 
 from __future__ import annotations
@@ -23,6 +33,9 @@ from pathlib import Path
 import numpy as np
 
 IGNORE_INDEX = -100
+# "per-document": attention and positions restart at every seq_lengths boundary (the default);
+# "stream": one causal stream per row, attention across the documents packed in it (ablations)
+ATTENTION_MODES = ("per-document", "stream")
 
 
 class DataError(ValueError):
@@ -54,11 +67,18 @@ def load_shards(data_dir: str, manifest: dict):
 
 
 def collate_packed(
-    rows: list[dict], *, max_seq_length: int, with_packed_lengths: bool = True
+    rows: list[dict],
+    *,
+    max_seq_length: int,
+    with_packed_lengths: bool = True,
+    attention: str = "per-document",
 ) -> dict:
-    """Rows of ``input_ids``/``seq_lengths`` -> one padding-free row of torch tensors."""
+    """Rows of ``input_ids``/``seq_lengths`` -> one padding-free row of torch tensors; with
+    ``attention="stream"`` each row is one segment (see the module docstring)."""
     import torch
 
+    if attention not in ATTENTION_MODES:
+        raise ValueError(f"attention={attention!r}: expected one of {', '.join(ATTENTION_MODES)}")
     ids = [np.asarray(r["input_ids"], dtype=np.int64) for r in rows]
     lens = [np.asarray(r["seq_lengths"], dtype=np.int64) for r in rows]
     for i, (t, n) in enumerate(zip(ids, lens, strict=True)):
@@ -70,7 +90,10 @@ def collate_packed(
         if int(n.sum()) != len(t) or (n <= 0).any():
             raise DataError(f"row {i}: seq_lengths sum to {int(n.sum())}, input_ids has {len(t)}")
     input_ids = np.concatenate(ids)
-    seg = np.concatenate(lens)
+    if attention == "stream":
+        seg = np.array([len(t) for t in ids], dtype=np.int64)
+    else:
+        seg = np.concatenate(lens)
     starts = np.r_[0, np.cumsum(seg)[:-1]]
     position_ids = np.arange(len(input_ids)) - np.repeat(starts, seg)
     labels = input_ids.copy()
@@ -88,12 +111,24 @@ def collate_packed(
 class PackedCollator:
     """``data_collator`` for TRL's SFTTrainer: see :func:`collate_packed`."""
 
-    def __init__(self, max_seq_length: int, with_packed_lengths: bool = True):
+    def __init__(
+        self,
+        max_seq_length: int,
+        with_packed_lengths: bool = True,
+        attention: str = "per-document",
+    ):
+        if attention not in ATTENTION_MODES:
+            raise ValueError(
+                f"attention={attention!r}: expected one of {', '.join(ATTENTION_MODES)}"
+            )
         self.max_seq_length = max_seq_length
         self.with_packed_lengths = with_packed_lengths
+        self.attention = attention
 
     def __call__(self, rows: list[dict]) -> dict:
-        batch = collate_packed(
-            rows, max_seq_length=self.max_seq_length, with_packed_lengths=self.with_packed_lengths
+        return collate_packed(
+            rows,
+            max_seq_length=self.max_seq_length,
+            with_packed_lengths=self.with_packed_lengths,
+            attention=self.attention,
         )
-        return batch

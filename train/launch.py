@@ -48,7 +48,11 @@ def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
     import torch
 
     on_gpu = torch.cuda.is_available()
-    collator = PackedCollator(plan["max_seq_length"], with_packed_lengths=backend == "unsloth")
+    collator = PackedCollator(
+        plan["max_seq_length"],
+        with_packed_lengths=backend == "unsloth",
+        attention=plan["attention"],
+    )
     trainer = make_trainer(
         training_arguments(cfg, plan, on_gpu=on_gpu, world_size=world),
         model=model,

@@ -33,6 +33,11 @@ from train.plan import (
     read_model_shape,
 )
 
+ATTENTION_NOTES = {
+    "per-document": "positions restart at every document, no attention across documents",
+    "stream": "for ablations: each row is one causal stream, documents attend to earlier ones",
+}
+
 
 def model_tokenizer_sha(model: str) -> str | None:
     """sha256 of the model folder's ``tokenizer.json`` (None for a Hub id or no file)."""
@@ -184,6 +189,7 @@ def build_plan(cfg: TrainConfig, dry_run: bool = False) -> dict:
         },
         "model": {"name": cfg.model, **asdict(shape), "params_b": round(shape.n_params / 1e9, 3)},
         "max_seq_length": L,
+        "attention": cfg.attention,
         "rope": asdict(rope),
         "gradient_checkpointing": gc,
         "memory": memory,
@@ -205,6 +211,7 @@ def print_plan(plan: dict) -> None:
         f"{m['num_hidden_layers']} layers, vocab {m['vocab_size']}, native context {r['native_context']}"
     )
     print(f"context   max_seq_length {plan['max_seq_length']}; RoPE {r['mode']}: {r['note']}")
+    print(f"attention {plan['attention']}: {ATTENTION_NOTES[plan['attention']]}")
     print(
         f"memory    {mem['quantization']} r={mem['lora_r']}, gradient checkpointing "
         f"{plan['gradient_checkpointing']!r}: ~{mem['estimated_peak_gib']} GiB peak of "

@@ -121,6 +121,7 @@ def summarize(
     return {
         "backend": backend,
         "max_seq_length": plan["max_seq_length"],
+        "attention": plan["attention"],
         "steps": trainer.state.global_step,
         "world_size": world_size,
         "tokens": tokens,
