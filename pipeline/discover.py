@@ -8,7 +8,7 @@ inputs give the same ids on any machine; a clash gets ``~2``, ``~3``... in path 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline import remote
@@ -27,6 +27,7 @@ class Source:
     path: str  # absolute
     doc_id: str  # document id (records: the prefix of the ids of its rows)
     name: str  # repository name / file name
+    text_field: str = "text"  # records: the field holding each record's text (--text-field)
 
 
 def _unique(sources: list[Source]) -> list[Source]:
@@ -35,7 +36,7 @@ def _unique(sources: list[Source]) -> list[Source]:
     for src in sorted(sources, key=lambda s: (s.doc_id, s.path)):
         n = seen.get(src.doc_id, 0) + 1
         seen[src.doc_id] = n
-        out.append(src if n == 1 else Source(src.kind, src.path, f"{src.doc_id}~{n}", src.name))
+        out.append(src if n == 1 else replace(src, doc_id=f"{src.doc_id}~{n}"))
     return sorted(out, key=lambda s: s.doc_id)
 
 
@@ -92,7 +93,7 @@ def _repo_source(path: str) -> Source:
 
 
 def discover(
-    *, books=(), repos=(), repos_root=(), documents=()
+    *, books=(), repos=(), repos_root=(), documents=(), text_field: str = "text"
 ) -> tuple[list[Source], list[Reject]]:
     """All sources named by the flags, sorted by document id, and the rejects found on the way."""
     sources: list[Source] = []
@@ -138,7 +139,9 @@ def discover(
                 )
             )
             continue
-        sources.append(Source(RECORDS, path, f"docs/{Path(path).stem}", os.path.basename(path)))
+        sources.append(
+            Source(RECORDS, path, f"docs/{Path(path).stem}", os.path.basename(path), text_field)
+        )
     return _unique(sources), rejects
 
 
@@ -152,7 +155,9 @@ def _remote_records(src: Source, limits: ReadLimits):
         local = os.path.join(tmp, "records" + suffix)
         with open(local, "wb") as fh:
             fh.write(data)
-        yield from read_records(local, src.doc_id, limits, origin=src.path)
+        yield from read_records(
+            local, src.doc_id, limits, origin=src.path, text_field=src.text_field
+        )
 
 
 def read_source(src: Source, limits: ReadLimits) -> list[TextDocument | Reject]:
@@ -175,7 +180,11 @@ def read_source(src: Source, limits: ReadLimits) -> list[TextDocument | Reject]:
         return [*rejects, *([doc] if doc else [])]
     if src.kind == RECORDS:
         reader = _remote_records if remote.is_remote(src.path) else None
-        items = list(reader(src, limits) if reader else read_records(src.path, src.doc_id, limits))
+        items = list(
+            reader(src, limits)
+            if reader
+            else read_records(src.path, src.doc_id, limits, text_field=src.text_field)
+        )
         for item in items:
             if isinstance(item, TextDocument):
                 item.source = src.doc_id

@@ -12,10 +12,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import remote
-
-
-class UsageError(Exception):
-    """An unusable argument; the message names the flag or path. Exit status 2."""
+from pipeline.errors import UsageError  # noqa: F401  (re-exported: raised by the checks here)
 
 
 class LongctxOptions(PipelineOptions):
@@ -50,6 +47,13 @@ class LongctxOptions(PipelineOptions):
             default=[],
             metavar="PATH",
             help="JSONL or Parquet file of ready documents (text, optional id/kind/path); repeatable",
+        )
+        parser.add_argument(
+            "--text-field",
+            dest="text_field",
+            default="text",
+            metavar="NAME",
+            help="the field of --documents records that holds the text (default: text)",
         )
         parser.add_argument(
             "--tokenizer",
@@ -186,6 +190,29 @@ class LongctxOptions(PipelineOptions):
             default=False,
             help="replace a finished output already in --output",
         )
+        parser.add_argument(
+            "--shrink-threshold",
+            dest="shrink_threshold",
+            type=float,
+            default=0.5,
+            metavar="FRACTION",
+            help="--incremental refuses (exit 4) when documents or tokens fall below this "
+            "fraction of the last run's (default 0.5)",
+        )
+        parser.add_argument(
+            "--allow-shrink",
+            dest="allow_shrink",
+            action="store_true",
+            default=False,
+            help="let an --incremental run publish a dataset below --shrink-threshold",
+        )
+        parser.add_argument(
+            "--skip-space-check",
+            dest="skip_space_check",
+            action="store_true",
+            default=False,
+            help="do not refuse a run whose estimated output exceeds the free disk space",
+        )
 
 
 def check_arguments(argv: list[str]) -> None:
@@ -251,20 +278,13 @@ def validate(opts: LongctxOptions) -> None:
         unknown = sorted(set(weights) - {"book", "code"})
         if unknown:
             raise UsageError(f"--mix: unknown kind {', '.join(unknown)} (kinds: book, code)")
-    for flag, paths in (
-        ("--books", opts.books),
-        ("--repos", opts.repos),
-        ("--repos-root", opts.repos_root),
-        ("--documents", opts.documents),
-    ):
-        for path in paths:
-            if remote.is_remote(path):
-                if not remote.exists(path):
-                    raise UsageError(f"{flag} {path}: nothing there (or no filesystem for it)")
-            elif not os.path.lexists(path):
-                raise UsageError(f"{flag} {path}: no such file or folder")
+    if not 0 < opts.shrink_threshold <= 1:
+        raise UsageError(f"--shrink-threshold must be in (0, 1], got {opts.shrink_threshold}")
+    if not opts.text_field:
+        raise UsageError("--text-field must name a field")
+    # Missing input paths are unusable inputs (exit 3), checked by guard.check_inputs.
     for path in opts.repos_root:
-        if not remote.is_remote(path) and not os.path.isdir(path):
+        if not remote.is_remote(path) and os.path.lexists(path) and not os.path.isdir(path):
             raise UsageError(f"--repos-root {path}: not a folder")
     out = opts.output
 

@@ -1,13 +1,18 @@
 """The output folder: staging, shard files, and the atomic finish (manifest.json last).
 
-Workers write into ``OUT/.staging/``. When the pipeline has finished, the driver removes any
-previous manifest (so the folder is unfinished from then on), moves the staged files into place
-and writes ``manifest.json`` last, through a temporary name and a rename, so a folder with a
-manifest is always complete. All I/O goes through ``apache_beam.io.filesystems``.
+Workers write into a staging folder of this run's own, ``OUT/.staging-<pid>/`` (the run holds
+the output's lock, ``pipeline/lock.py``, so any other ``.staging*`` folder is a dead run's and is
+removed). When the pipeline has finished and its result passed the guards (``guard.py``), the
+driver removes any previous manifest (so the folder is unfinished from then on), moves the
+staged files into place and writes ``manifest.json`` last, through a temporary name and a
+rename, so a folder with a manifest is always complete. A refused or failed run removes its
+staging and leaves the previous output as it was. All I/O goes through
+``apache_beam.io.filesystems``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 
@@ -93,11 +98,28 @@ def _delete_if_exists(paths: list[str]) -> None:
 
 
 def prepare_staging(out: str) -> str:
-    """A fresh, empty staging folder inside ``out`` (a leftover of a killed run is removed)."""
-    staging = FileSystems.join(out, STAGING)
-    _delete_if_exists([staging])
+    """A fresh, empty staging folder of this run's inside ``out``; staging folders left by
+    killed runs are removed (call it while holding the output's lock)."""
+    import os
+
+    from pipeline import remote
+
+    if remote.is_remote(out):  # not locked (lock.py): one fixed name, as before
+        leftovers, name = [FileSystems.join(out, STAGING)], STAGING
+    else:
+        names = os.listdir(out) if os.path.isdir(out) else []
+        leftovers = [os.path.join(out, n) for n in names if n.startswith(STAGING)]
+        name = f"{STAGING}-{os.getpid()}"
+    _delete_if_exists(leftovers)
+    staging = FileSystems.join(out, name)
     FileSystems.mkdirs(staging)
     return staging
+
+
+def discard_staging(staging: str) -> None:
+    """Remove a run's staging folder (a refused or failed run); never raises."""
+    with contextlib.suppress(Exception):  # best effort: the next run removes it too
+        _delete_if_exists([staging])
 
 
 def publish(out: str, staging: str, manifest: dict) -> None:

@@ -58,6 +58,13 @@ def validate_output(out: str, max_problems: int = 20) -> Problems:
             problems.add(f"manifest.json: missing key {key!r}")
     if problems:
         return problems
+    counts = manifest["counts"]
+    if not counts.get("documents") or not counts.get("samples") or not manifest["shards"]:
+        problems.add(
+            f"manifest.json: {counts.get('documents', 0)} documents, {counts.get('samples', 0)} "
+            "samples: an empty dataset (nothing to train on)"
+        )
+        return problems
     seq_len, overlap = int(manifest["seq_len"]), int(manifest["overlap"])
     eot = manifest["tokenizer"].get("end_of_text_id")
     docs = read_table(join(out, "documents.arrow"))

@@ -15,8 +15,6 @@ from tests.conftest import run_cli
         (["--seq-len", "abc"], "--seq-len"),
         (["--seq-len", "8", "--overlap", "8"], "--overlap"),
         (["--overlap", "-1"], "--overlap"),
-        (["--books", "/no/such/books"], "--books /no/such/books"),
-        (["--repos", "/no/such/repo"], "--repos /no/such/repo"),
         (["--tokenizer", "/no/such/tokenizer.json"], "--tokenizer"),
         (["--format", "csv"], "--format"),
         (["--mix", "book=0.5,code"], "--mix"),
@@ -39,6 +37,22 @@ def test_bad_arguments_exit_2(tmp_path, args, needle):
     assert proc.returncode == 2, proc.stderr
     assert needle in proc.stderr
     assert not (out / "manifest.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--books", "/no/such/books"], "--books /no/such/books: no such file or folder"),
+        (["--repos", "/no/such/repo"], "--repos /no/such/repo: no such file or folder"),
+        (["--documents", "/no/such.jsonl"], "--documents /no/such.jsonl: no such file"),
+    ],
+)
+def test_missing_input_exits_3_before_writing(tmp_path, args, needle):
+    out = tmp_path / "out"
+    proc = run_cli("pipeline.run", "--runner", "DirectRunner", "--output", out, *args)
+    assert proc.returncode == 3, proc.stderr
+    assert needle in proc.stderr
+    assert not out.exists()
 
 
 def test_finished_output_needs_overwrite(tmp_path, books_dir):

@@ -155,6 +155,20 @@ def test_steps_from_tokens_per_step():
     )
 
 
+def test_a_plan_of_zero_steps_is_refused():
+    for samples, epochs in ((0, 1), (10, 0)):
+        with pytest.raises(PlanError, match="0 training steps"):
+            plan_steps(
+                samples=samples,
+                seq_len=8,
+                batch=1,
+                tokens_per_step=8,
+                accum=1,
+                epochs=epochs,
+                max_steps=-1,
+            )
+
+
 def _8b_qwen_vocab():
     return ModelShape.from_config_dict(
         dict(SHAPES["llama-3.1-8b"], model_type="llama", vocab_size=151680)

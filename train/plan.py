@@ -411,6 +411,11 @@ def plan_steps(
     if accum <= 0:
         accum = max(1, round(tokens_per_step / (rows * seq_len)))
     steps = max_steps if max_steps > 0 else math.ceil(samples * epochs / (rows * accum))
+    if samples <= 0 or steps <= 0:
+        raise PlanError(
+            f"the plan has 0 training steps ({samples} samples, --num-train-epochs {epochs}): "
+            "nothing to train on; check the pipeline output (python -m pipeline.validate)"
+        )
     return StepPlan(batch, accum, rows * accum * seq_len, samples, epochs, steps)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,6 +173,34 @@ def read_book(
         chapters=chapter_starts(body),
         language=gutenberg_language(text),
     )
+
+
+def probe_books(path: str, limits: ReadLimits) -> tuple[bool, Counter]:
+    """Whether a local book file, or a folder of books, holds at least one book that
+    :func:`read_book` accepts; reads books in path order only until the first good one.
+
+    Returns ``(usable, seen)``: ``seen`` counts ``"files"``, ``"book_files"`` and one key per
+    reject reason met, for an error message."""
+    seen: Counter = Counter()
+    folder = os.path.isdir(path) and not os.path.islink(path)
+    items = walk_folder(path) if folder else iter([(os.path.basename(path), path)])
+    for item in items:
+        if isinstance(item, Reject):
+            seen[item.reason] += 1
+            continue
+        rel, abs_path = item
+        seen["files"] += 1
+        if folder and os.path.splitext(rel)[1].lower() not in BOOK_SUFFIXES:
+            seen["not_a_book_file"] += 1
+            continue
+        seen["book_files"] += 1
+        try:
+            read_book(abs_path, "probe", limits)
+        except RejectError as err:
+            seen[err.reason] += 1
+            continue
+        return True, seen
+    return False, seen
 
 
 # screen(rel_dir, abs_dir, names) -> a (reason, detail) that skips the whole folder, or a

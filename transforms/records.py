@@ -1,5 +1,6 @@
-"""Ready documents from JSONL or Parquet files (``--documents``): a ``text`` column, optional
-``id``, ``kind`` (``book`` or ``code``; default ``book``) and ``path``.
+"""Ready documents from JSONL or Parquet files (``--documents``): a ``text`` column (another
+name with ``--text-field``), optional ``id``, ``kind`` (``book`` or ``code``; default ``book``)
+and ``path``.
 
 Each row becomes one document with id ``<prefix>/<id or row number>``. A row without usable
 text, with an unknown kind or a repeated id is a :class:`Reject` naming ``file:row``; the other
@@ -17,15 +18,18 @@ from transforms.reading import ReadLimits, display_path
 RECORD_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
-def _rows(path: str) -> Iterator[tuple[int, dict | None, str]]:
+def _rows(path: str, text_field: str = "text") -> Iterator[tuple[int, dict | None, str]]:
     """Yield ``(row_number, record or None, error)`` for each row of the file."""
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq
 
         pf = pq.ParquetFile(path)
-        columns = [c for c in ("text", "id", "kind", "path") if c in pf.schema_arrow.names]
-        if "text" not in columns:
-            raise RejectError("bad_records", "no 'text' column")
+        names = pf.schema_arrow.names
+        columns = [c for c in dict.fromkeys((text_field, "id", "kind", "path")) if c in names]
+        if text_field not in columns:
+            raise RejectError(
+                "bad_records", f"no {text_field!r} column (columns: {', '.join(names)})"
+            )
         row = 0
         for batch in pf.iter_batches(batch_size=1024, columns=columns):
             for rec in batch.to_pylist():
@@ -49,22 +53,27 @@ def _rows(path: str) -> Iterator[tuple[int, dict | None, str]]:
 
 
 def read_records(
-    path: str, prefix: str, limits: ReadLimits, origin: str | None = None
+    path: str,
+    prefix: str,
+    limits: ReadLimits,
+    origin: str | None = None,
+    text_field: str = "text",
 ) -> Iterator[TextDocument | Reject]:
     """Rows of one JSONL/Parquet file; document ids are ``<prefix>/<id or row number>``.
 
-    ``origin``: the name to report (a remote file read into a local copy)."""
+    ``origin``: the name to report (a remote file read into a local copy); ``text_field``: the
+    field that holds each record's text (``--text-field``)."""
     origin = origin or display_path(path)
     seen: set[str] = set()
     try:
-        for row, rec, error in _rows(path):
+        for row, rec, error in _rows(path, text_field):
             where = f"{origin}:{row}"
             if rec is None:
                 yield Reject(where, "bad_record", error)
                 continue
-            text = rec.get("text")
+            text = rec.get(text_field)
             if not isinstance(text, str) or not text.strip():
-                yield Reject(where, "empty", "no text in the 'text' field")
+                yield Reject(where, "empty", f"no text in the {text_field!r} field")
                 continue
             if len(text.encode("utf-8", "surrogatepass")) > limits.max_file_bytes:
                 yield Reject(
@@ -91,3 +100,58 @@ def read_records(
         yield Reject(origin, err.reason, err.detail)
     except (OSError, ValueError) as err:
         yield Reject(origin, "unreadable", str(err))
+
+
+def probe_records(
+    path: str, limits: ReadLimits, text_field: str = "text", max_rows: int = 10_000
+) -> tuple[bool, str]:
+    """Whether a local records file yields at least one document, looking at its first
+    ``max_rows`` rows only. Returns ``(usable, what_was_found)``; when no row has text in
+    ``text_field`` the description names the fields the records do have, and the one field
+    that holds text in most of them, as a hint (``use --text-field content``)."""
+    fields: dict[str, int] = {}
+    texty: dict[str, int] = {}
+    rows = 0
+    try:
+        if path.endswith(".parquet"):
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            schema = pq.ParquetFile(path).schema_arrow
+            if text_field in schema.names:
+                return True, ""
+            strings = [
+                f.name
+                for f in schema
+                if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+            ]
+            return False, _fields_hint(schema.names, strings, text_field, "columns")
+        for _, rec, _ in _rows(path, text_field):
+            rows += 1
+            if rec is not None:
+                value = rec.get(text_field)
+                if isinstance(value, str) and value.strip():
+                    return True, ""
+                for key, value in rec.items():
+                    fields[key] = fields.get(key, 0) + 1
+                    if isinstance(value, str) and value.strip():
+                        texty[key] = texty.get(key, 0) + 1
+            if rows >= max_rows:
+                break
+    except RejectError as err:
+        return False, err.detail
+    except (OSError, ValueError) as err:
+        return False, f"unreadable ({err})"
+    if not rows:
+        return False, "no records (an empty file)"
+    if not fields:
+        return False, f"{rows} rows, none a JSON object"
+    return False, _fields_hint(sorted(fields), sorted(texty, key=texty.get), text_field, "fields")
+
+
+def _fields_hint(names, text_like, text_field: str, what: str) -> str:
+    hint = f"records have {what} {', '.join(names)}; no {text_field!r}"
+    candidates = [n for n in reversed(text_like) if n not in ("id", "kind", "path")]
+    if candidates:
+        hint += f"; use --text-field {candidates[0]}"
+    return hint

@@ -24,6 +24,7 @@ import json
 import os
 import posixpath
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 import pathspec
@@ -233,6 +234,38 @@ def _screen(rel: str, text: str) -> tuple[str, str] | None:
     if _GENERATED.search(text[:2000]):
         return "generated", "marked as generated in its first lines"
     return None
+
+
+def probe_repository(root: str, limits: ReadLimits) -> tuple[bool, Counter]:
+    """Whether a local repository folder or archive holds at least one file that
+    :func:`read_repository` would keep, reading files in path order only until the first one.
+
+    Returns ``(usable, seen)``: ``seen`` counts what was met before the answer (``"files"``,
+    and one key per reject reason) for an error message. Cheap on a good repository (one
+    file read); reads every file only when none is usable."""
+    seen: Counter = Counter()
+    entries = _archive_entries(root, limits) if is_archive(root) else _folder_entries(root, limits)
+    for item in entries:
+        if isinstance(item, Reject):
+            seen[item.reason] += 1
+            continue
+        rel, content = item
+        seen["files"] += 1
+        if isinstance(content, RejectError):
+            seen[content.reason] += 1
+            continue
+        if rel.lower().endswith(".ipynb"):
+            try:
+                content, _ = _notebook_text(content)
+            except (ValueError, TypeError, AttributeError):
+                seen["bad_notebook"] += 1
+                continue
+        screened = _screen(display_path(rel), content)
+        if screened:
+            seen[screened[0]] += 1
+            continue
+        return True, seen
+    return False, seen
 
 
 def read_repository(

@@ -1,0 +1,321 @@
+"""A run never publishes a worse dataset (issue 16): unusable inputs, a shrinking --incremental
+run, two runs on one folder and a full disk each stop with their own exit status and a message,
+and leave the previous output byte for byte as it was."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipeline import errors, guard
+from tests.conftest import BOOKS, REPO, run_cli
+
+pytestmark = pytest.mark.slow
+
+SMALL = BOOKS / "kafka-metamorphosis.txt"
+BASE = ["--runner", "DirectRunner", "--seq-len", "4096"]
+
+
+def tree_sha(folder) -> str:
+    """One checksum over every file (hidden ones too) and its path under ``folder``."""
+    sha = hashlib.sha256()
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            sha.update(os.path.relpath(path, folder).encode() + b"\0")
+            with open(path, "rb") as fh:
+                sha.update(fh.read())
+    return sha.hexdigest()
+
+
+@pytest.fixture
+def good_output(tmp_path):
+    out = tmp_path / "out"
+    books = tmp_path / "books"
+    books.mkdir()
+    for name in ("kafka-metamorphosis.txt", "gilman-the-yellow-wallpaper.txt"):
+        (books / name).write_bytes((BOOKS / name).read_bytes())
+    proc = run_cli("pipeline.run", *BASE, "--books", books, "--output", out, "--incremental")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out, books
+
+
+def _unusable_cases(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    binaries = tmp_path / "binaries"
+    binaries.mkdir()
+    (binaries / "blob.bin").write_bytes(os.urandom(4096))
+    (binaries / "main.py").write_bytes(b"\x00\x01\x02\x03" * 500)  # a binary with a code name
+    records = tmp_path / "docs.jsonl"
+    records.write_text(
+        "".join(json.dumps({"content": f"document {i} text", "id": i}) + "\n" for i in range(3))
+    )
+    return {
+        "empty books folder": (
+            ["--books", empty, "--overwrite"],
+            f"--books {empty}: an empty folder",
+        ),
+        "unmounted repos root": (
+            ["--repos-root", tmp_path / "mnt" / "repos", "--incremental"],
+            f"--repos-root {tmp_path / 'mnt' / 'repos'}: no such file or folder",
+        ),
+        "binaries only": (
+            ["--repos", binaries, "--overwrite"],
+            f"--repos {binaries}: no readable text file among its 2 files (binary: 2)",
+        ),
+        "jsonl with another text field": (
+            ["--documents", records, "--overwrite"],
+            "records have fields content, id; no 'text'; use --text-field content",
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "empty books folder",
+        "unmounted repos root",
+        "binaries only",
+        "jsonl with another text field",
+    ],
+)
+def test_unusable_input_is_refused_and_the_output_stays_identical(tmp_path, good_output, case):
+    out, _ = good_output
+    before = tree_sha(out)
+    args, message = _unusable_cases(tmp_path)[case]
+    proc = run_cli("pipeline.run", *BASE, "--output", out, *args)
+    assert proc.returncode == errors.UNUSABLE_INPUT, proc.stderr[-2000:]
+    assert message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1  # one line, no traceback
+    assert tree_sha(out) == before
+
+
+def test_text_field_reads_the_named_field(tmp_path):
+    records = tmp_path / "docs.jsonl"
+    records.write_text(json.dumps({"content": "The text lives here.", "id": "a"}) + "\n")
+    out = tmp_path / "out"
+    proc = run_cli(
+        "pipeline.run", *BASE, "--documents", records, "--text-field", "content", "--output", out
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["counts"]["documents"] == 1 and m["config"]["text_field"] == "content"
+
+
+def test_run_that_yields_no_document_is_not_published(tmp_path, good_output):
+    """Inputs pass the probe but every document is filtered out: nothing is published."""
+    out, _ = good_output
+    before = tree_sha(out)
+    proc = run_cli(
+        "pipeline.run",
+        *BASE,
+        "--books",
+        BOOKS / "tolstoy-war-and-peace.txt",
+        "--min-dependency-score",
+        "5",
+        "--output",
+        out,
+        "--overwrite",
+    )
+    assert proc.returncode == errors.UNUSABLE_INPUT, proc.stderr[-2000:]
+    assert "yielded no usable document" in proc.stderr
+    assert tree_sha(out) == before
+    assert not any(n.startswith(".staging") for n in os.listdir(out))
+
+
+def test_incremental_shrink_is_refused_unless_allowed(good_output):
+    out, books = good_output
+    before = tree_sha(out)
+    (books / "gilman-the-yellow-wallpaper.txt").unlink()  # half the documents vanish
+    args = [*BASE, "--books", books, "--output", out, "--incremental"]
+    proc = run_cli("pipeline.run", *args, "--shrink-threshold", "0.6")
+    assert proc.returncode == errors.SHRINK_REFUSED, proc.stderr[-2000:]
+    assert "would have 1 documents, 50% of the last run's 2" in proc.stderr
+    assert "--allow-shrink" in proc.stderr
+    assert tree_sha(out) == before
+    # the default threshold is 0.5: one of two documents is not below it, but the tokens are
+    m = json.loads((out / "manifest.json").read_text())
+    proc = run_cli("pipeline.run", *args)
+    tokens_share = None
+    if proc.returncode == errors.SHRINK_REFUSED:
+        assert "tokens" in proc.stderr and tree_sha(out) == before
+        tokens_share = "below"
+    proc = run_cli("pipeline.run", *args, "--allow-shrink")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    after = json.loads((out / "manifest.json").read_text())
+    assert after["counts"]["documents"] == 1 and m["counts"]["documents"] == 2
+    kafka_share = after["counts"]["document_tokens"] / m["counts"]["document_tokens"]
+    assert (tokens_share == "below") == (kafka_share < 0.5)
+
+
+def test_validate_and_launcher_refuse_an_empty_dataset(tmp_path, good_output):
+    out, _ = good_output
+    empty = tmp_path / "empty-out"
+    empty.mkdir()
+    for name in ("shards", "report"):
+        (empty / name).mkdir()
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["counts"].update(documents=0, samples=0, tokens=0, document_tokens=0, shards=0)
+    manifest["shards"], manifest["fill_rate"] = [], 0.0
+    (empty / "manifest.json").write_text(json.dumps(manifest))
+    (empty / "rejects.jsonl").write_text("")
+    import pyarrow as pa
+
+    docs = pa.ipc.open_stream((out / "documents.arrow").read_bytes()).read_all().slice(0, 0)
+    with (
+        pa.OSFile(str(empty / "documents.arrow"), "wb") as fh,
+        pa.ipc.new_stream(fh, docs.schema) as writer,
+    ):
+        writer.write_table(docs)
+    proc = run_cli("pipeline.validate", empty)
+    assert proc.returncode == 1 and "0 documents" in proc.stdout, proc.stdout
+
+
+def test_second_run_on_a_locked_output_exits_at_once(tmp_path, good_output):
+    out, _ = good_output
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    first = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.run", *BASE, "--books", BOOKS, "--output", out]
+        + ["--overwrite", "--quiet"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while not (out / ".lock").exists():
+            assert first.poll() is None, first.communicate()[1][-2000:]
+            assert time.time() < deadline
+            time.sleep(0.05)
+        second = run_cli("pipeline.run", *BASE, "--books", SMALL, "--output", out, "--overwrite")
+        assert first.poll() is None, "the first run ended before the second was refused"
+        assert second.returncode == errors.OUTPUT_LOCKED, second.stderr[-2000:]
+        assert f"pid {first.pid}" in second.stderr and "started 20" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+        assert first.wait(timeout=600) == 0, first.communicate()[1][-2000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["counts"]["documents"] == 14
+    assert not (out / ".lock").exists()
+    assert run_cli("pipeline.validate", out).returncode == 0
+
+
+def test_lock_and_staging_of_a_killed_run_are_taken_over(good_output):
+    out, books = good_output
+    (out / ".lock").write_text(json.dumps({"pid": 999_999, "host": "gone", "started": 1.0}))
+    (out / ".staging-999999").mkdir()
+    (out / ".staging-999999" / "half.arrow").write_bytes(b"x" * 100)
+    proc = run_cli("pipeline.run", *BASE, "--books", books, "--output", out, "--overwrite")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "took over the lock" in proc.stderr and "pid 999999 on gone" in proc.stderr
+    assert sorted(n for n in os.listdir(out) if n.startswith(".")) == [".cache"]
+
+
+_INJECT_ENOSPC = """
+import errno, sys
+from apache_beam.io.filesystems import FileSystems
+real_create = FileSystems.create
+
+class Full:
+    def __init__(self, fh): self.fh, self.n = fh, 0
+    def write(self, data):
+        self.n += len(data)
+        if self.n > 256 * 1024:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.fh.write(data)
+    def __getattr__(self, name): return getattr(self.fh, name)
+    def __enter__(self): return self
+    def __exit__(self, *a): self.fh.close()
+
+def create(path, *a, **k):
+    fh = real_create(path, *a, **k)
+    return Full(fh) if "/shards/" in path or "/tokens/" in path else fh
+
+FileSystems.create = staticmethod(create)
+from pipeline.run import run
+sys.exit(run(sys.argv[1:]))
+"""
+
+
+def test_disk_full_while_writing_stops_cleanly(good_output):
+    """ENOSPC injected into the shard and token writes (the project's only writers)."""
+    out, _ = good_output
+    before = tree_sha(out)
+    proc = subprocess.run(
+        [sys.executable, "-c", _INJECT_ENOSPC, *BASE, "--output", out, "--overwrite"]
+        + ["--books", BOOKS / "tolstoy-war-and-peace.txt", "--log-level", "ERROR"],
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == errors.NO_SPACE, proc.stderr[-3000:]
+    assert "the disk filled up while writing" in proc.stderr
+    assert tree_sha(out) == before
+    assert not any(n.startswith(".staging") for n in os.listdir(out))
+
+
+@contextlib.contextmanager
+def _small_filesystem(path, mib: int):
+    path.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def test_full_small_filesystem_up_front_and_while_writing(tmp_path):
+    with _small_filesystem(tmp_path / "fs", 6) as fs:
+        out = fs / "out"
+        proc = run_cli("pipeline.run", *BASE, "--books", SMALL, "--output", out)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        before = tree_sha(out)
+        big = ["--books", BOOKS / "tolstoy-war-and-peace.txt", "--output", out, "--overwrite"]
+        proc = run_cli("pipeline.run", *BASE, *big)
+        assert proc.returncode == errors.NO_SPACE, proc.stderr[-2000:]
+        assert "MiB needed for 3 MiB of input" in proc.stderr and "free there" in proc.stderr
+        assert tree_sha(out) == before
+        proc = run_cli("pipeline.run", *BASE, *big, "--skip-space-check", "--log-level", "ERROR")
+        assert proc.returncode == errors.NO_SPACE, proc.stderr[-2000:]
+        assert "the disk filled up while writing" in proc.stderr
+        assert tree_sha(out) == before
+        assert sorted(os.listdir(out)) == sorted(
+            ["documents.arrow", "manifest.json", "rejects.jsonl", "report", "shards"]
+        )
+
+
+def test_space_estimate_covers_a_real_run(tmp_path):
+    """The up-front estimate is an upper bound of what a run really writes (books + code)."""
+    out = tmp_path / "out"
+    inputs = [BOOKS / "melville-moby-dick.txt", BOOKS / "austen-pride-and-prejudice.txt"]
+    args = [a for p in inputs for a in ("--books", p)]
+    proc = run_cli("pipeline.run", *BASE, *args, "--output", out, "--incremental")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = sum(
+        os.path.getsize(os.path.join(r, n)) for r, _, names in os.walk(out) for n in names
+    )
+    m = json.loads((out / "manifest.json").read_text())
+    tokens_twice = 2 * 4 * m["counts"]["tokens"]  # token store + shards, int32
+    need = guard.needed_bytes(
+        guard.input_bytes(map(str, inputs)), seq_len=4096, overlap=0, incremental=True
+    )
+    assert written + tokens_twice <= need
