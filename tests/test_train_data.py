@@ -194,7 +194,6 @@ def test_launcher_dry_run_and_refusals(tiny_setup, tmp_path):
     assert proc.returncode == 2 and "embedding" in proc.stderr
 
 
-@pytest.mark.slow
 def _cpu_train_args(out, model, run, steps: int) -> list:
     return [
         "--data",
@@ -218,6 +217,7 @@ def _cpu_train_args(out, model, run, steps: int) -> list:
     ]
 
 
+@pytest.mark.slow
 def test_a_few_optimizer_steps_on_cpu(tiny_setup, tmp_path):
     out, model = tiny_setup
     run = tmp_path / "run"
@@ -230,6 +230,7 @@ def test_a_few_optimizer_steps_on_cpu(tiny_setup, tmp_path):
     assert (run / "adapter" / "adapter_config.json").is_file()
 
 
+@pytest.mark.slow
 def test_two_process_data_parallel_on_cpu(tiny_setup, tmp_path):
     """--nproc-per-node 2 starts two ranks with torchrun (gloo on CPU): each trains on its
     share of the rows, the summary and adapter come from rank 0, tokens are summed."""

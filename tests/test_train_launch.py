@@ -1,18 +1,26 @@
 """`python -m train.launch` the way a user runs it, on CPU with the tiny random model: the
-``--attention`` switch and the summary that records it.
+``--attention`` switch, ``--eval-data`` / ``--eval-steps`` (validation loss during training),
+and the summary that records them.
 
 The data: 40 paragraphs of a real book through the pipeline at 1024 tokens, so every row packs
-several documents (a row of one document would look the same in both attention modes)."""
+several documents (a row of one document would look the same in both attention modes). The
+validation split is written here (the pipeline's ``--eval-fraction`` is not in yet): the last two
+rows of the train shard as ``shards/validation-00000-of-00001.arrow``, listed in the manifest
+with ``"split": "validation"``."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 
 import pytest
 
 from tests.conftest import run_cli
 
-pytest.importorskip("torch", reason="the training tests need the CPU build of torch (.[test])")
+torch = pytest.importorskip(
+    "torch", reason="the training tests need the CPU build of torch (.[test])"
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +48,42 @@ def packed(tmp_path_factory, books_dir, qwen3_dir):
     from train.random_model import build
 
     return out, build("tiny", str(qwen3_dir), str(root / "tiny"))
+
+
+def add_validation_split(src, dst, rows: int = 2):
+    """A copy of the output folder ``src`` whose manifest lists a validation shard: the last
+    ``rows`` rows of its train shard (a real Arrow IPC stream, as the pipeline writes)."""
+    import pyarrow as pa
+
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    (train,) = manifest["shards"]
+    table = pa.ipc.open_stream((dst / train["path"]).read_bytes()).read_all()
+    held_out = table.slice(len(table) - rows)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, held_out.schema) as writer:
+        writer.write_table(held_out)
+    data = sink.getvalue().to_pybytes()
+    path = "shards/validation-00000-of-00001.arrow"
+    (dst / path).write_bytes(data)
+    train["split"] = "train"
+    manifest["shards"].append(
+        {
+            "path": path,
+            "rows": rows,
+            "tokens": sum(map(len, held_out.column("input_ids").to_pylist())),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "split": "validation",
+        }
+    )
+    (dst / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def with_validation(packed, tmp_path_factory):
+    out, model = packed
+    return add_validation_split(out, tmp_path_factory.mktemp("val") / "out"), model
 
 
 def cpu_args(out, model, run, steps: int) -> list:
@@ -86,6 +130,7 @@ def test_attention_in_the_plan_and_refused_values(packed, tmp_path):
     assert "per-document or stream" in proc.stderr
 
 
+@pytest.mark.slow
 def test_attention_stream_reaches_the_model_on_cpu(packed, tmp_path):
     """The first step's loss is computed before any update, on the same seeded row: it differs
     between the modes only if the collator really built one stream (or the flag did nothing)."""
@@ -100,3 +145,110 @@ def test_attention_stream_reaches_the_model_on_cpu(packed, tmp_path):
         assert summary["attention"] == mode and summary["steps"] == 1
         first[mode] = summary["first_loss"]
     assert abs(first["stream"] - first["per-document"]) > 1e-5, first
+
+
+def test_shards_of_a_split_by_field_then_by_name():
+    from train.data import split_shards
+
+    manifest = {
+        "shards": [
+            {"path": "shards/train-00000-of-00002.arrow", "split": "train"},
+            {"path": "shards/validation-00000-of-00001.arrow", "split": "validation"},
+            {"path": "shards/train-00001-of-00002.arrow"},  # no field: by the file name
+            {"path": "shards/validation-00000-of-00001.parquet"},
+        ]
+    }
+    assert [s["path"][7:] for s in split_shards(manifest, "train")] == [
+        "train-00000-of-00002.arrow",
+        "train-00001-of-00002.arrow",
+    ]
+    assert [s["path"][7:] for s in split_shards(manifest, "validation")] == [
+        "validation-00000-of-00001.arrow",
+        "validation-00000-of-00001.parquet",
+    ]
+    assert split_shards({"shards": manifest["shards"][:1]}, "validation") == []
+
+
+def test_training_reads_the_train_split_only(with_validation):
+    from train.data import load_shards, read_manifest
+
+    out, _ = with_validation
+    manifest = read_manifest(str(out))
+    train = load_shards(str(out), manifest)
+    held_out = load_shards(str(out), manifest, split="validation")
+    assert len(train) == 8 and len(held_out) == 2
+    assert held_out["input_ids"] == train["input_ids"][-2:]
+
+
+def test_eval_data_without_a_validation_split_exits_2_before_loading(packed, tmp_path):
+    out, model = packed
+    run = tmp_path / "run"
+    for extra in ([], ["--dry-run"]):
+        proc = run_cli("train.launch", *cpu_args(out, model, run, 1), "--eval-data", out, *extra)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "no validation split" in proc.stderr and "--eval-fraction" in proc.stderr
+        assert not run.exists()  # refused before any weights loaded
+    proc = run_cli("train.launch", *cpu_args(out, model, run, 1), "--eval-steps", "2")
+    assert proc.returncode == 2 and "--eval-steps needs --eval-data" in proc.stderr
+
+
+def test_eval_data_of_another_tokenizer_or_length_is_refused(with_validation, packed, tmp_path):
+    """--eval-data may be another folder: it is checked against --data before loading."""
+    out, model = packed
+    val, _ = with_validation
+    proc = run_cli("train.launch", "--data", out, "--model", model, "--eval-data", val, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert f"eval      {val}: 2 validation samples" in proc.stdout
+    assert "loss after the last step" in proc.stdout
+    for key, value, message in (
+        ("sha256", "0" * 64, "same --tokenizer"),
+        ("seq_len", 2048, "truncated"),
+    ):
+        other = tmp_path / key
+        shutil.copytree(val, other)
+        manifest = json.loads((other / "manifest.json").read_text())
+        if key == "sha256":
+            manifest["tokenizer"]["sha256"] = value
+        else:
+            manifest[key] = value
+        (other / "manifest.json").write_text(json.dumps(manifest))
+        proc = run_cli(
+            "train.launch", "--data", out, "--model", model, "--eval-data", other, "--dry-run"
+        )
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+def test_validation_loss_during_training_on_cpu(with_validation, tmp_path):
+    """--eval-steps 2 over 3 steps: validation loss at steps 2 and 3 (the last) in the log
+    history and train_summary.json, equal to the saved adapter's loss on the validation rows
+    through the same collator; the plan trains on the 8 train rows only."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from train.data import PackedCollator, load_shards, read_manifest
+
+    out, model = with_validation
+    run = tmp_path / "run"
+    args = cpu_args(out, model, run, 3)
+    # the hand-made split duplicates train rows, which pipeline.validate rightly refuses
+    args += ["--eval-data", out, "--eval-steps", "2", "--skip-validation", "true"]
+    proc = run_cli("train.launch", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "8 samples of <= 1024 tokens" in proc.stdout
+    assert (
+        "2 validation samples" in proc.stdout and "every 2 steps and after the last" in proc.stdout
+    )
+    history = json.loads((run / "log_history.json").read_text())
+    assert [h["step"] for h in history if "eval_loss" in h] == [2, 3]
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["steps"] == 3 and summary["eval_data"] == str(out)
+    assert [e["step"] for e in summary["eval_losses"]] == [2, 3]
+    assert summary["eval_loss"] == summary["eval_losses"][-1]["loss"]
+    base = AutoModelForCausalLM.from_pretrained(model, attn_implementation="sdpa")
+    tuned = PeftModel.from_pretrained(base, run / "adapter").eval()
+    collate = PackedCollator(1024, with_packed_lengths=False)
+    rows = load_shards(str(out), read_manifest(str(out)), split="validation")
+    with torch.no_grad():
+        losses = [float(tuned(**collate([row]), use_cache=False).loss) for row in rows]
+    assert summary["eval_loss"] == pytest.approx(sum(losses) / len(losses), abs=1e-4)

@@ -42,6 +42,17 @@ PRESETS: dict[str, dict] = {
 class TrainConfig:
     data: str = _f("", "finished pipeline output folder (holds manifest.json)")
     model: str = _f("", "model folder or Hub id (Llama-3, Qwen3, Mistral...)")
+    eval_data: str = _f(
+        "",
+        "pipeline output whose validation split (shards/validation-*, made with the pipeline's "
+        "--eval-fraction) gives the validation loss during training; may equal --data; "
+        "'' = no evaluation",
+    )
+    eval_steps: int = _f(
+        0,
+        "evaluate on --eval-data every N optimizer steps, and after the last; "
+        "0 = only after the last step",
+    )
     output_dir: str = _f("runs/longctx", "where checkpoints and logs go")
     max_seq_length: int = _f(0, "context length in tokens; 0 = the manifest's seq_len")
     rope_scaling: str = _f(
@@ -176,6 +187,12 @@ def load_config(path: str | None, overrides: dict) -> TrainConfig:
         raise ConfigError("--model is required: a model folder or Hub id")
     if str(cfg.offload_pinned).lower() not in ("auto", "true", "false"):
         raise ConfigError(f"--offload-pinned {cfg.offload_pinned}: expected auto, true or false")
+    if cfg.eval_steps < 0:
+        raise ConfigError(f"--eval-steps {cfg.eval_steps}: expected N >= 0 optimizer steps")
+    if cfg.eval_steps and not cfg.eval_data:
+        raise ConfigError(
+            "--eval-steps needs --eval-data: a pipeline output with a validation split"
+        )
     if cfg.attention not in ATTENTION_MODES:
         raise ConfigError(f"--attention {cfg.attention}: expected {' or '.join(ATTENTION_MODES)}")
     return cfg

@@ -42,23 +42,38 @@ class DataError(ValueError):
     """The output folder cannot be trained on as configured; the message says what to change."""
 
 
-def read_manifest(data_dir: str) -> dict:
+def read_manifest(data_dir: str, flag: str = "--data") -> dict:
     path = Path(data_dir) / "manifest.json"
     if not path.is_file():
         raise DataError(
-            f"--data {data_dir}: no manifest.json: not a finished pipeline output "
+            f"{flag} {data_dir}: no manifest.json: not a finished pipeline output "
             "(run python -m pipeline.run, and let it finish)"
         )
     return json.loads(path.read_text())
 
 
-def load_shards(data_dir: str, manifest: dict):
-    """All shards as one ``datasets.Dataset``; Arrow shards are memory-mapped, not copied."""
+def shard_split(entry: dict) -> str:
+    """A manifest shard entry's split: its ``"split"`` field; for an entry without one (an
+    output made before the pipeline had ``--eval-fraction``), "validation" for a file named
+    ``validation-*`` and "train" for anything else."""
+    if entry.get("split"):
+        return str(entry["split"])
+    return "validation" if Path(entry["path"]).name.startswith("validation-") else "train"
+
+
+def split_shards(manifest: dict, split: str) -> list[dict]:
+    """The manifest's shard entries (``path``, ``rows``, ``tokens``...) of one split, in order."""
+    return [s for s in manifest["shards"] if shard_split(s) == split]
+
+
+def load_shards(data_dir: str, manifest: dict, split: str = "train"):
+    """The shards of one split as one ``datasets.Dataset``; Arrow shards are memory-mapped, not
+    copied. Training reads "train" only: validation shards never train."""
     import datasets
 
-    paths = [str(Path(data_dir) / s["path"]) for s in manifest["shards"]]
+    paths = [str(Path(data_dir) / s["path"]) for s in split_shards(manifest, split)]
     if not paths:
-        raise DataError(f"--data {data_dir}: the output holds no samples")
+        raise DataError(f"{data_dir}: the output holds no {split} samples")
     if paths[0].endswith(".parquet"):
         ds = datasets.load_dataset("parquet", data_files=paths, split="train")
     else:

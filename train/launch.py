@@ -6,8 +6,9 @@
 Before any weights load it reads the manifest, re-checks the output folder's invariants, reads
 the model's config.json, plans RoPE scaling, memory and steps, and refuses what cannot work
 (shards longer than --max-seq-length, a tokenizer that does not match the model, a plan that does
-not fit --gpu-memory-gib, checkpointing other than "unsloth" above 32K). ``--dry-run`` prints the
-plan and stops; it needs neither a GPU nor Unsloth. Exit status: 0 done, 2 the configuration
+not fit --gpu-memory-gib, checkpointing other than "unsloth" above 32K, an --eval-data folder with
+no validation split). ``--dry-run`` prints the plan and stops; it needs neither a GPU nor Unsloth.
+With ``--eval-data`` the validation loss is logged every ``--eval-steps`` and after the last step. Exit status: 0 done, 2 the configuration
 cannot work (the message says what to change), 1 any other failure.
 
 The recipe, one module per concern: ``train/preflight.py`` (checks and the plan),
@@ -23,6 +24,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 from train.config import ConfigError, TrainConfig, add_config_arguments, load_config
 from train.data import DataError, PackedCollator, load_shards, read_manifest
@@ -30,6 +32,7 @@ from train.model import load_model
 from train.plan import PlanError
 from train.preflight import build_plan, print_plan
 from train.trainer import (
+    evaluate_after_training,
     make_step_timer,
     make_trainer,
     summarize,
@@ -38,6 +41,14 @@ from train.trainer import (
 )
 
 _LOG = logging.getLogger("longctx.train")
+
+
+def _eval_dataset(plan: dict):
+    """The validation split that ``--eval-data`` names (checked by the plan), or None."""
+    if not plan["eval"]:
+        return None
+    path = plan["eval"]["path"]
+    return load_shards(path, read_manifest(path, "--eval-data"), split="validation")
 
 
 def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
@@ -59,6 +70,7 @@ def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
         tokenizer=tokenizer,
         collator=collator,
         train_dataset=load_shards(cfg.data, read_manifest(cfg.data)),
+        eval_dataset=_eval_dataset(plan),
         on_gpu=on_gpu,
     )
     timer = make_step_timer()
@@ -68,6 +80,8 @@ def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
     started = time.time()
     trainer.train()
     runtime = time.time() - started
+    eval_s = timer.eval_seconds()  # inside trainer.train(), before the final evaluation
+    evaluate_after_training(trainer, plan)
     if int(os.environ.get("RANK", "0")) != 0:  # checkpoints, logs and the summary: rank 0 only
         return {}
     summary = summarize(
@@ -77,6 +91,7 @@ def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
         backend=backend,
         world_size=world,
         runtime=runtime,
+        eval_s=eval_s,
         steady=timer.steady_tokens_per_s(),
     )
     write_run_outputs(cfg.output_dir, model, trainer.state.log_history, summary)
@@ -121,16 +136,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _validation_problem(data: str) -> str | None:
-    """The output folder's invariants (schemas/validation.py): None, or the error to print."""
+def _validation_problem(cfg: TrainConfig) -> str | None:
+    """The invariants (schemas/validation.py) of ``--data`` and of an ``--eval-data`` folder
+    other than it: None, or the error to print."""
     from schemas.validation import validate_output
 
-    problems = validate_output(data)
-    if not problems.total:
-        return None
-    return f"--data {data} fails validation ({problems.total} problems), first: " + "; ".join(
-        problems[:3]
-    )
+    folders = [("--data", cfg.data)]
+    if cfg.eval_data and Path(cfg.eval_data).resolve() != Path(cfg.data).resolve():
+        folders.append(("--eval-data", cfg.eval_data))
+    for flag, folder in folders:
+        problems = validate_output(folder)
+        if problems.total:
+            return (
+                f"{flag} {folder} fails validation ({problems.total} problems), first: "
+                + "; ".join(problems[:3])
+            )
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         print_plan(plan)
     if args.dry_run:
         return 0
-    problem = None if cfg.skip_validation else _validation_problem(cfg.data)
+    problem = None if cfg.skip_validation else _validation_problem(cfg)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2

@@ -4,7 +4,8 @@
 ``DataError`` / ``PlanError`` / ``ConfigError`` for what cannot work, each message saying what to
 change: shards longer than ``--max-seq-length``, a tokenizer that does not match the model, a
 plan that does not fit ``--gpu-memory-gib`` (or the host's RAM, for offloaded checkpoints),
-checkpointing other than "unsloth" above 32K. ``print_plan`` is what ``--dry-run`` shows.
+checkpointing other than "unsloth" above 32K, an ``--eval-data`` folder without a validation
+split or prepared with another tokenizer. ``print_plan`` is what ``--dry-run`` shows.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from train.config import TrainConfig
-from train.data import DataError, read_manifest
+from train.data import DataError, read_manifest, split_shards
 from train.plan import (
     GIB,
     ModelShape,
@@ -33,6 +34,10 @@ from train.plan import (
     read_model_shape,
 )
 
+HOW_TO_SPLIT = (
+    "re-run the pipeline with --eval-fraction F (for example --eval-fraction 0.05) to hold out "
+    "whole documents as shards/validation-*"
+)
 ATTENTION_NOTES = {
     "per-document": "positions restart at every document, no attention across documents",
     "stream": "for ablations: each row is one causal stream, documents attend to earlier ones",
@@ -84,6 +89,46 @@ def check_tokenizer(cfg: TrainConfig, shape: ModelShape, tok: dict) -> list[str]
     if not cfg.allow_tokenizer_mismatch:
         raise DataError(msg + ", or pass --allow-tokenizer-mismatch true")
     return [msg]
+
+
+def plan_eval(cfg: TrainConfig, max_seq_length: int, train_manifest: dict) -> dict | None:
+    """The validation split that ``--eval-data`` names (None without it), checked before any
+    weights load: it must exist, fit ``max_seq_length`` and share the training data's tokenizer.
+    Its shards are the manifest entries of split "validation" (by name ``validation-*`` in a
+    manifest without split fields); ``--eval-data`` may be the ``--data`` folder itself."""
+    if not cfg.eval_data:
+        return None
+    root = Path(cfg.eval_data)
+    same = root.resolve() == Path(cfg.data).resolve()
+    manifest = train_manifest if same else read_manifest(cfg.eval_data, "--eval-data")
+    shards = split_shards(manifest, "validation")
+    if not shards:
+        raise DataError(
+            f"--eval-data {cfg.eval_data}: the output has no validation split (no "
+            f"shards/validation-* in its manifest.json); {HOW_TO_SPLIT}"
+        )
+    missing = [s["path"] for s in shards if not (root / s["path"]).is_file()]
+    if missing:
+        raise DataError(f"--eval-data {cfg.eval_data}: {missing[0]} is listed but missing")
+    if int(manifest["seq_len"]) > max_seq_length:
+        raise DataError(
+            f"--eval-data {cfg.eval_data} holds samples of up to {manifest['seq_len']} tokens but "
+            f"--max-seq-length is {max_seq_length}: they would be truncated; prepare it with "
+            f"the pipeline's --seq-len {max_seq_length} or raise --max-seq-length"
+        )
+    tok, train_tok = manifest["tokenizer"], train_manifest["tokenizer"]
+    if tok["sha256"] != train_tok["sha256"]:
+        raise DataError(
+            f"--eval-data {cfg.eval_data} was tokenized with {tok['name']} (sha256 "
+            f"{tok['sha256'][:12]}), --data with {train_tok['name']} (sha256 "
+            f"{train_tok['sha256'][:12]}); prepare both with the same --tokenizer"
+        )
+    return {
+        "path": cfg.eval_data,
+        "samples": sum(int(s["rows"]) for s in shards),
+        "tokens": sum(int(s["tokens"]) for s in shards),
+        "eval_steps": cfg.eval_steps,
+    }
 
 
 def long_document_warning(rope: RopePlan, lengths: np.ndarray, target: int) -> str | None:
@@ -157,6 +202,9 @@ def build_plan(cfg: TrainConfig, dry_run: bool = False) -> dict:
     seq_len = int(manifest["seq_len"])
     L = cfg.max_seq_length or seq_len
     check_sample_length(seq_len, L)
+    evaluation = plan_eval(cfg, L, manifest)
+    train_shards = split_shards(manifest, "train")  # validation shards never train
+    samples = sum(int(s["rows"]) for s in train_shards)
     shape = read_model_shape(cfg.model, cfg.trust_remote_code)
     tok = manifest["tokenizer"]
     warnings = check_tokenizer(cfg, shape, tok)
@@ -169,7 +217,7 @@ def build_plan(cfg: TrainConfig, dry_run: bool = False) -> dict:
     memory = plan_memory(cfg, shape, tokens, gc, dry_run=dry_run, warnings=warnings)
     world_size = int(os.environ.get("WORLD_SIZE", cfg.nproc_per_node))
     steps = plan_steps(
-        samples=int(manifest["counts"]["samples"]),
+        samples=samples,
         seq_len=L,
         batch=cfg.per_device_batch_size,
         tokens_per_step=cfg.tokens_per_step,
@@ -182,8 +230,8 @@ def build_plan(cfg: TrainConfig, dry_run: bool = False) -> dict:
         "data": {
             "path": cfg.data,
             "seq_len": seq_len,
-            "samples": manifest["counts"]["samples"],
-            "tokens": manifest["counts"]["tokens"],
+            "samples": samples,
+            "tokens": sum(int(s["tokens"]) for s in train_shards),
             "fill_rate": manifest["fill_rate"],
             "tokenizer": tok["name"],
         },
@@ -194,6 +242,7 @@ def build_plan(cfg: TrainConfig, dry_run: bool = False) -> dict:
         "gradient_checkpointing": gc,
         "memory": memory,
         "steps": asdict(steps),
+        "eval": evaluation,
         "world_size": world_size,
         "warnings": warnings,
         "config": asdict(cfg),
@@ -231,5 +280,16 @@ def print_plan(plan: dict) -> None:
         f"{' x ' + str(plan['world_size']) + ' processes' if plan['world_size'] > 1 else ''} = "
         f"{s['tokens_per_step']} tokens/step; {s['steps']} steps ({s['epochs']} epochs of {s['samples']} samples)"
     )
+    e = plan["eval"]
+    if e:
+        when = (
+            f"every {e['eval_steps']} steps and after the last"
+            if e["eval_steps"]
+            else "after the last step"
+        )
+        print(
+            f"eval      {e['path']}: {e['samples']} validation samples ({e['tokens']} tokens), "
+            f"loss {when}"
+        )
     for w in plan["warnings"]:
         print(f"warning   {w}")

@@ -43,10 +43,38 @@ def training_arguments(cfg: TrainConfig, plan: dict, *, on_gpu: bool, world_size
         # data parallel (torchrun): every parameter that trains is used in every step
         ddp_find_unused_parameters=False if world_size > 1 else None,
         include_num_input_tokens_seen="all",  # rows are padding-free: every id is a token
+        **eval_arguments(cfg, plan),
     )
 
 
-def make_trainer(args: dict, *, model, tokenizer, collator, train_dataset, on_gpu: bool):
+def eval_arguments(cfg: TrainConfig, plan: dict) -> dict:
+    """With ``--eval-data``: the validation loss every ``--eval-steps`` steps (0: none during
+    training; :func:`evaluate_after_training` adds the last). Only the loss is kept: the logits
+    of one 64K-token row with a 150K vocabulary would take 39 GB in fp32."""
+    if not plan["eval"]:
+        return {}
+    every = plan["eval"]["eval_steps"]
+    return dict(
+        per_device_eval_batch_size=cfg.per_device_batch_size,
+        prediction_loss_only=True,
+        eval_strategy="steps" if every else "no",
+        **({"eval_steps": every} if every else {}),
+    )
+
+
+def evaluate_after_training(trainer, plan: dict) -> None:
+    """One more validation pass unless the last step was just evaluated, so that the summary's
+    ``eval_loss`` is the final model's (every process calls it: evaluation is collective)."""
+    if not plan["eval"]:
+        return
+    done = [h for h in trainer.state.log_history if "eval_loss" in h]
+    if not done or done[-1].get("step") != trainer.state.global_step:
+        trainer.evaluate()
+
+
+def make_trainer(
+    args: dict, *, model, tokenizer, collator, train_dataset, eval_dataset=None, on_gpu: bool
+):
     """SFTTrainer on a GPU; on a CPU transformers' Trainer, the class SFTTrainer extends (TRL
     1.15's SFTTrainer always computes the loss with its fused LM head, a Triton kernel that
     needs a GPU), with the same rows and collator (CPU tests and smoke runs)."""
@@ -61,6 +89,7 @@ def make_trainer(args: dict, *, model, tokenizer, collator, train_dataset, on_gp
             model=model,
             args=sft_args,
             train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
             data_collator=collator,
             processing_class=tokenizer,
         )
@@ -70,18 +99,21 @@ def make_trainer(args: dict, *, model, tokenizer, collator, train_dataset, on_gp
         model=model,
         args=TrainingArguments(**args),
         train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
         data_collator=collator,
     )
 
 
 def make_step_timer():
-    """A Trainer callback that notes wall time and tokens seen at each optimizer step's end
-    (transformers is imported lazily, so this module loads without it)."""
+    """A Trainer callback that notes wall time and tokens seen at each optimizer step's end,
+    and the time validation passes take (transformers is imported lazily, so this module
+    loads without it)."""
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
         def __init__(self):
             self.marks: list[tuple[float, int]] = []
+            self.evals: list[tuple[int, float]] = []  # (marks before it, seconds)
 
         def on_step_end(self, args, state, control, **kwargs):
             import torch
@@ -90,12 +122,21 @@ def make_step_timer():
                 torch.cuda.synchronize()
             self.marks.append((time.time(), int(state.num_input_tokens_seen)))
 
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            self.evals.append((len(self.marks), float((metrics or {}).get("eval_runtime", 0.0))))
+
+        def eval_seconds(self) -> float:
+            """Seconds of validation so far."""
+            return sum(s for _, s in self.evals)
+
         def steady_tokens_per_s(self) -> float | None:
-            """Tokens/s after the first step (compilation, autotuning, allocator warm-up)."""
+            """Tokens/s after the first step (compilation, autotuning, allocator warm-up),
+            not counting validation passes between the first and the last step."""
             if len(self.marks) < 2:
                 return None
             (t0, n0), (t1, n1) = self.marks[0], self.marks[-1]
-            return round((n1 - n0) / (t1 - t0), 1) if t1 > t0 else None
+            paused = sum(s for k, s in self.evals if 1 <= k < len(self.marks))
+            return round((n1 - n0) / (t1 - t0 - paused), 1) if t1 - t0 > paused else None
 
     return StepTimer()
 
@@ -108,9 +149,13 @@ def summarize(
     backend: str,
     world_size: int,
     runtime: float,
+    eval_s: float,
     steady: float | None,
 ) -> dict:
-    """What ``train_summary.json`` holds: size, speed, memory and losses of the run."""
+    """What ``train_summary.json`` holds: size, speed, memory and losses of the run.
+
+    ``runtime`` is the wall time of ``trainer.train()``, ``eval_s`` the validation passes
+    inside it; tokens/s counts training time only."""
     import torch
 
     on_gpu = torch.cuda.is_available()
@@ -118,6 +163,11 @@ def summarize(
     # also sees the batch the data loader fetches ahead, which never trains)
     tokens = int(trainer.state.num_input_tokens_seen)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    evals = [
+        {"step": h["step"], "loss": h["eval_loss"]}
+        for h in trainer.state.log_history
+        if "eval_loss" in h
+    ]
     return {
         "backend": backend,
         "max_seq_length": plan["max_seq_length"],
@@ -126,7 +176,8 @@ def summarize(
         "world_size": world_size,
         "tokens": tokens,
         "runtime_s": round(runtime, 2),
-        "tokens_per_s": round(tokens / runtime, 1),
+        "eval_runtime_s": round(eval_s, 2),
+        "tokens_per_s": round(tokens / (runtime - eval_s), 1),
         # after the first optimizer step (compilation, autotuning and allocator warm-up)
         "tokens_per_s_steady": steady,
         "peak_gib": round(torch.cuda.max_memory_allocated() / GIB, 2) if on_gpu else None,
@@ -137,6 +188,10 @@ def summarize(
         "offload_pinned": (plan["memory"]["offload"] or {}).get("pinned"),
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
+        "eval_data": (plan["eval"] or {}).get("path"),
+        # validation loss at each evaluation; the last is the final model's
+        "eval_losses": evals,
+        "eval_loss": evals[-1]["loss"] if evals else None,
         "device": torch.cuda.get_device_name() if on_gpu else "cpu",
     }
 
