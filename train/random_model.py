@@ -1,10 +1,20 @@
 """Build a random-initialised model of a real shape, saved with a tokenizer, for offline runs.
 
     python -m train.random_model --shape llama-3.2-1b --tokenizer ../shared/data/tokenizers/qwen3 --out models/l1b
+    python -m train.random_model --shape llama-150m --tokenizer tokenizers/bpe16k --out models/l150m
 
 For smoke tests and memory/speed measurements where no model hub is reachable: the memory and
 speed of a training step depend on the shape, not on the weights. The embedding is sized to the
 tokenizer (rounded up to a multiple of 128).
+
+From-scratch shapes (untied embeddings, native window 32768, rope_theta 500000; parameters with
+a 16,384-token vocabulary, e.g. from ``python -m train.tokenizer``):
+
+    llama-150m   hidden 768, 12 layers, 12 heads, MLP 2048   110M (85M in the layers)
+    llama-50m    hidden 512, 10 layers,  8 heads, MLP 1408    49M (32M in the layers)
+
+``--max-position-embeddings`` and ``--rope-theta`` override a shape's values (e.g. a 1-2K stage-1
+pretraining window with a smaller theta).
 """
 
 from __future__ import annotations
@@ -55,10 +65,38 @@ SHAPES = {
         rope_scaling=dict(LLAMA3_ROPE, factor=8.0),
         tie_word_embeddings=False,
     ),
+    "llama-150m": dict(
+        hidden_size=768,
+        intermediate_size=2048,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=12,
+        max_position_embeddings=32768,
+        rope_theta=500000.0,
+        tie_word_embeddings=False,
+    ),
+    "llama-50m": dict(
+        hidden_size=512,
+        intermediate_size=1408,
+        num_hidden_layers=10,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        max_position_embeddings=32768,
+        rope_theta=500000.0,
+        tie_word_embeddings=False,
+    ),
 }
 
 
-def build(shape: str, tokenizer_dir: str, out: str, seed: int = 0) -> Path:
+def build(
+    shape: str,
+    tokenizer_dir: str,
+    out: str,
+    seed: int = 0,
+    *,
+    max_position_embeddings: int | None = None,
+    rope_theta: float | None = None,
+) -> Path:
     import torch
     from tokenizers import Tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -67,7 +105,12 @@ def build(shape: str, tokenizer_dir: str, out: str, seed: int = 0) -> Path:
     vocab = Tokenizer.from_file(str(tok_dir / "tokenizer.json")).get_vocab_size(
         with_added_tokens=True
     )
-    cfg = LlamaConfig(vocab_size=-(-vocab // 128) * 128, bos_token_id=None, **SHAPES[shape])
+    values = dict(SHAPES[shape])
+    if max_position_embeddings is not None:
+        values["max_position_embeddings"] = max_position_embeddings
+    if rope_theta is not None:
+        values["rope_theta"] = rope_theta
+    cfg = LlamaConfig(vocab_size=-(-vocab // 128) * 128, bos_token_id=None, **values)
     eot = Tokenizer.from_file(str(tok_dir / "tokenizer.json")).token_to_id("<|endoftext|>")
     cfg.eos_token_id = cfg.pad_token_id = eot
     torch.manual_seed(seed)
@@ -83,7 +126,7 @@ def build(shape: str, tokenizer_dir: str, out: str, seed: int = 0) -> Path:
         torch.set_default_dtype(previous)
     out_dir = Path(out)
     model.save_pretrained(out_dir)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (tok_dir / name).is_file():
             shutil.copy(tok_dir / name, out_dir / name)
     return out_dir
@@ -97,8 +140,26 @@ def main(argv=None) -> None:
     p.add_argument("--tokenizer", required=True, help="folder with tokenizer.json")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--max-position-embeddings",
+        type=int,
+        default=None,
+        help="native context window in tokens (default: the shape's)",
+    )
+    p.add_argument(
+        "--rope-theta", type=float, default=None, help="RoPE base (default: the shape's)"
+    )
     a = p.parse_args(argv)
-    print(build(a.shape, a.tokenizer, a.out, a.seed))
+    print(
+        build(
+            a.shape,
+            a.tokenizer,
+            a.out,
+            a.seed,
+            max_position_embeddings=a.max_position_embeddings,
+            rope_theta=a.rope_theta,
+        )
+    )
 
 
 if __name__ == "__main__":
