@@ -318,6 +318,24 @@ def test_rope_scaling_flag_widens_the_window(tiny):
     assert model_context(type(shape)(**llama31)) == 131072
 
 
+def test_adapter_is_merged_into_the_model(tiny, tmp_path, book_ids):
+    """--adapter: the merged model scores exactly as the PEFT model it came from."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from train.evaluate import load_model
+
+    path, plain = tiny
+    base = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa")
+    cfg = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft = get_peft_model(base, cfg).eval()  # random A and B: the adapter changes the outputs
+    peft.save_pretrained(tmp_path / "adapter")
+    merged = load_model(str(path), str(tmp_path / "adapter"), torch.device("cpu"), None)
+    ids = book_ids[0][:200]
+    np.testing.assert_allclose(plain_losses(merged, ids), plain_losses(peft, ids), atol=1e-4)
+    assert np.abs(plain_losses(merged, ids) - plain_losses(plain, ids)).max() > 1e-3
+
+
 # ------------------------------------------------------------ the command
 
 
