@@ -3,8 +3,10 @@ Qwen3 tokenizer; then every invariant of CONTRACTS sections 2-3 is proven on the
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +15,6 @@ import pytest
 
 from schemas.validation import validate_output
 from tests.conftest import STDLIB, run_cli
-from transforms.dependencies import dependency_edges
-from transforms.ordering import strongly_connected
 from transforms.reading import ReadLimits, read_book
 from transforms.repository import read_repository
 from transforms.tokenize import encode_document
@@ -104,6 +104,90 @@ def test_validator_accepts_the_output(out16k):
     assert proc.returncode == 0 and "valid" in proc.stdout
 
 
+def _write_arrow(path: Path, table: pa.Table) -> None:
+    with pa.ipc.new_stream(path, table.schema) as writer:
+        writer.write_table(table)
+
+
+def _flip_first_token(out: Path, manifest: dict) -> str:
+    """Flip one bit of the first token of the first shard's first row, in place, and leave
+    manifest.json's sha256 as it was: silent corruption on disk."""
+    shard = out / manifest["shards"][0]["path"]
+    data = bytearray(shard.read_bytes())
+    first = np.asarray(_read_arrow(shard).column("input_ids")[0].values[:16], "<i4")
+    head = first.tobytes()
+    at = data.find(head)
+    assert at >= 0 and data.find(head, at + 1) == -1
+    data[at] ^= 1  # little-endian: the token's lowest bit
+    shard.write_bytes(bytes(data))
+    assert _read_arrow(shard).column("input_ids")[0].values[0].as_py() == first[0] ^ 1
+    return f"{manifest['shards'][0]['path']}: sha256 differs from manifest.json"
+
+
+def _merge_first_two_rows(out: Path, manifest: dict) -> str:
+    """Pack the first two rows of the first shard into one (longer than seq_len) and update
+    manifest.json (sha256, rows, samples, fill_rate) so that nothing else is wrong."""
+    entry = manifest["shards"][0]
+    table = _read_arrow(out / entry["path"])
+    merged = {}  # list columns concatenated; per-row values from row 0, n_tokens summed
+    for c in table.column_names:
+        first, second = table.column(c)[0].as_py(), table.column(c)[1].as_py()
+        merged[c] = [first + second if isinstance(first, list) else first]
+    merged["n_tokens"] = [len(merged["input_ids"][0])]
+    assert merged["n_tokens"][0] > manifest["seq_len"]
+    merged = pa.Table.from_pydict(merged, schema=table.schema)
+    _write_arrow(out / entry["path"], pa.concat_tables([merged, table.slice(2)]))
+    entry["sha256"] = hashlib.sha256((out / entry["path"]).read_bytes()).hexdigest()
+    entry["rows"] -= 1
+    manifest["counts"]["samples"] -= 1
+    samples, tokens = manifest["counts"]["samples"], manifest["counts"]["tokens"]
+    manifest["fill_rate"] = tokens / (samples * manifest["seq_len"])
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    n = len(merged.column("input_ids")[0])
+    return f"{entry['path']} row 0: {n} tokens, must be 1..{manifest['seq_len']}"
+
+
+def _lengthen_first_document(out: Path, manifest: dict) -> str:
+    """documents.arrow says the first document has 7 more tokens than its segments hold."""
+    docs = _read_arrow(out / "documents.arrow")
+    n_tokens = docs.column("n_tokens").to_pylist()
+    doc_id, n = docs.column("doc_id")[0].as_py(), n_tokens[0]
+    n_tokens[0] += 7
+    i = docs.schema.get_field_index("n_tokens")
+    docs = docs.set_column(i, docs.schema.field(i), pa.array(n_tokens, docs.schema.field(i).type))
+    _write_arrow(out / "documents.arrow", docs)
+    return f"document {doc_id}: segments end at {n}, n_tokens is {n + 7}"
+
+
+def _remove_first_shard(out: Path, manifest: dict) -> str:
+    (out / manifest["shards"][0]["path"]).unlink()
+    return f"{manifest['shards'][0]['path']}: listed in manifest.json but missing"
+
+
+@pytest.mark.parametrize(
+    ("damage", "alone"),
+    [
+        (_flip_first_token, True),
+        (_merge_first_two_rows, True),
+        (_lengthen_first_document, True),
+        (_remove_first_shard, False),
+    ],
+    ids=["sha-mismatch", "overlong-row", "coverage-gap", "missing-shard"],
+)
+def test_validator_exits_1_and_names_the_damage(out16k, tmp_path, damage, alone):
+    out = tmp_path / "out"
+    shutil.copytree(out16k, out)
+    problem = damage(out, json.loads((out / "manifest.json").read_text()))
+    proc = run_cli("pipeline.validate", out)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    listed = [line[4:] for line in proc.stdout.splitlines() if line.startswith("  - ")]
+    assert problem in listed, proc.stdout
+    if alone:  # the damage is the only problem: the validator blames nothing else
+        assert listed == [problem] and f"{out}: 1 problem(s):" in proc.stdout
+    else:  # every document lost its segments
+        assert any(p.endswith("tokens lost)") for p in listed), proc.stdout
+
+
 def test_every_token_of_every_document_lands_in_exactly_one_sample(out16k, qwen3):
     docs = _read_arrow(out16k / "documents.arrow").to_pylist()
     segs = _segments(out16k)
@@ -121,25 +205,116 @@ def test_every_token_of_every_document_lands_in_exactly_one_sample(out16k, qwen3
         np.testing.assert_array_equal(rebuilt, expected, err_msg=d["doc_id"])
 
 
-def test_repository_files_come_after_the_files_they_import(out16k):
-    """Independent check: re-extract imports from the files as written, in document order."""
+def _python_module_names(root: Path, files: list[str]) -> dict[str, int]:
+    """Dotted module name -> index in ``files``, as Python would import each file: a folder
+    with ``__init__.py`` is a package, and a root that is itself a package is the top name."""
+    names = {}
+    for i, f in enumerate(files):
+        if not f.endswith(".py"):
+            continue
+        parts = f[: -len(".py")].split("/")
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        folder = (root / f).parent
+        # climb while the folder is a package; a root that is a package adds its own name
+        while folder != root and (folder / "__init__.py").is_file():
+            folder = folder.parent
+        if folder == root and (root / "__init__.py").is_file():
+            parts = [root.name, *parts]
+        else:
+            parts = parts[len((folder.relative_to(root)).parts) :]
+        names[".".join(parts)] = i
+    return names
+
+
+def _ast_import_edges(root: Path, files: list[str]) -> set[tuple[int, int]]:
+    """(importer, imported) pairs between files of one repository, from ``ast`` alone.
+
+    ``import a.b.c`` depends on the longest of a.b.c, a.b, a that is a file here;
+    ``from X import n`` on X.n when that is a module here, else on X; relative imports resolve
+    against the importing file's package."""
+    modules = _python_module_names(root, files)
+    by_index = {i: m for m, i in modules.items()}
+
+    def longest(name: str) -> int | None:
+        parts = name.split(".")
+        for k in range(len(parts), 0, -1):
+            if ".".join(parts[:k]) in modules:
+                return modules[".".join(parts[:k])]
+        return None
+
+    edges = set()
+    for i, module in by_index.items():
+        tree = ast.parse((root / files[i]).read_bytes(), filename=files[i])
+        package = module if files[i].endswith("__init__.py") else module.rpartition(".")[0]
+        targets: list[int | None] = []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets += [longest(alias.name) for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    if node.level > len(base):
+                        continue  # beyond the top package: not a file of this repository
+                    base = base[: len(base) - node.level + 1]
+                    source = ".".join([*base, node.module] if node.module else base)
+                else:
+                    source = node.module or ""
+                for alias in node.names:
+                    sub = f"{source}.{alias.name}"
+                    targets.append(modules[sub] if sub in modules else longest(source))
+        edges |= {(i, j) for j in targets if j is not None and j != i}
+    return edges
+
+
+def _on_a_cycle_together(n: int, edges: set[tuple[int, int]]) -> list[set[int]]:
+    """For each file, the files it reaches; a and b share a cycle iff each reaches the other."""
+    succ: dict[int, set[int]] = {}
+    for a, b in edges:
+        succ.setdefault(a, set()).add(b)
+    reach = []
+    for start in range(n):
+        seen, stack = set(), [start]
+        while stack:
+            for nxt in succ.get(stack.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append(nxt)
+        reach.append(seen)
+    return reach
+
+
+@pytest.mark.parametrize(
+    "package",
+    [
+        "json",
+        pytest.param(
+            "email",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="issue 18: the empty email/mime/__init__.py is rejected before imports are "
+                "resolved, so email.mime.* is not seen as a package and mime/base.py comes last",
+            ),
+        ),
+        "asyncio",
+    ],
+)
+def test_repository_files_come_after_the_files_they_import(out16k, package):
+    """Independent check: the imports of every file as written, parsed with ``ast`` (not
+    with the pipeline's extractor), against the document's file order."""
     docs = [d for d in _read_arrow(out16k / "documents.arrow").to_pylist() if d["kind"] == "code"]
     assert {d["doc_id"] for d in docs} == {f"code/{p}" for p in PACKAGES}
-    total_edges = 0
-    for d in docs:
-        files = d["files"]
-        texts = [(Path(d["origin"]) / f).read_text(encoding="utf-8") for f in files]
-        edges, _ = dependency_edges(files, texts, Path(d["origin"]).name)
-        comp = strongly_connected(len(files), edges)
-        # files are listed in document order, so an edge (a imports b) needs b before a
-        violations = [(files[a], files[b]) for a, b in edges if comp[a] != comp[b] and b > a]
-        assert violations == [], d["doc_id"]
-        assert d["dependency_edges"] == len(edges)
-        total_edges += len(edges)
-    assert total_edges > 100
-    json_doc = next(d for d in docs if d["doc_id"] == "code/json")
-    assert json_doc["files"].index("scanner.py") < json_doc["files"].index("decoder.py")
-    assert json_doc["files"].index("decoder.py") < json_doc["files"].index("__init__.py")
+    d = next(d for d in docs if d["doc_id"] == f"code/{package}")
+    root, files = Path(d["origin"]), d["files"]
+    edges = _ast_import_edges(root, files)
+    reach = _on_a_cycle_together(len(files), edges)
+    acyclic = [(a, b) for a, b in edges if not (a in reach[b] and b in reach[a])]
+    # json 4, email 55, asyncio 69 edges off a cycle (Python 3.11)
+    assert len(acyclic) >= {"json": 4, "email": 40, "asyncio": 40}[package]
+    # files are listed in document order: a file comes after every file it imports
+    assert [(files[a], files[b]) for a, b in acyclic if b > a] == []
+    if package == "json":
+        assert files.index("scanner.py") < files.index("decoder.py") < files.index("__init__.py")
 
 
 def test_long_book_windows_start_at_line_starts_and_chapters_are_recorded(out16k, qwen3):

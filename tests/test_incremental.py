@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from tests.conftest import STDLIB, run_cli
@@ -61,16 +62,43 @@ def test_incremental_rerun_reuses_unchanged_documents_and_equals_a_full_run(
     assert not list((out / ".cache" / "tokens").glob("*.tmp-*"))
 
 
-def test_damaged_cache_entry_is_a_miss_not_a_failure(tmp_path, books_dir, qwen3_dir):
-    books = tmp_path / "books"
+@pytest.fixture(scope="module")
+def damaged_rerun(tmp_path_factory, books_dir, qwen3_dir):
+    """Three documents run with --incremental; one of the three cache entries is overwritten
+    with garbage; the rerun's output, beside a full run of the same inputs."""
+    root = tmp_path_factory.mktemp("damaged")
+    books = root / "books"
     books.mkdir()
-    shutil.copy(books_dir / "kafka-metamorphosis.txt", books)
-    out = tmp_path / "out"
-    _run(out, books, [], qwen3_dir, "--incremental")
-    for entry in (out / ".cache" / "tokens").glob("*.npz"):
-        entry.write_bytes(b"garbage")
-    m = _run(out, books, [], qwen3_dir, "--incremental")
-    assert (
-        m["incremental"] == {"documents_reused": 1, "documents_tokenized": 0}
-        or m["incremental"]["documents_tokenized"] == 1
-    )
+    for b in ("kafka-metamorphosis.txt", "gilman-the-yellow-wallpaper.txt"):
+        shutil.copy(books_dir / b, books / b)
+    repos = [STDLIB / "json"]
+    out = root / "inc"
+    first = _run(out, books, repos, qwen3_dir, "--incremental")
+    assert first["incremental"] == {"documents_reused": 0, "documents_tokenized": 3}
+    entries = sorted((out / ".cache" / "tokens").glob("*.npz"))
+    assert len(entries) == 3
+    damaged = entries[0]
+    damaged.write_bytes(b"garbage")
+    rerun = _run(out, books, repos, qwen3_dir, "--incremental")
+    full = root / "full"
+    _run(full, books, repos, qwen3_dir)
+    return out, full, damaged, rerun
+
+
+def test_damaged_cache_entry_is_a_miss_and_the_rerun_equals_a_full_run(damaged_rerun):
+    out, full, damaged, rerun = damaged_rerun
+    _same_output(out, full)
+    # the damaged entry was tokenized again and written back whole; the other two were kept
+    assert sorted((out / ".cache" / "tokens").glob("*.npz"))[0] == damaged
+    assert len(list((out / ".cache" / "tokens").glob("*.npz"))) == 3
+    assert damaged.read_bytes() != b"garbage"
+    assert np.load(damaged, allow_pickle=False)["tokens"].dtype == np.int32
+    assert sum(rerun["incremental"].values()) == 3
+
+
+@pytest.mark.xfail(strict=True, reason="issue 18: reuse count counts damaged entries")
+def test_damaged_cache_entry_counts_as_tokenized_not_reused(damaged_rerun):
+    """Two documents with intact entries are reused; the one whose entry was damaged is
+    tokenized again and must be counted so."""
+    _, _, _, rerun = damaged_rerun
+    assert rerun["incremental"] == {"documents_reused": 2, "documents_tokenized": 1}
