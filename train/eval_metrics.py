@@ -2,8 +2,9 @@
 
 Every *segment* of a packed sample is scored as its own sequence (positions from 0, no
 attention to the documents packed beside it), so a document's tokens are scored with that
-document's own preceding context only, as ``train.data.PackedCollator`` trains them. Position =
-index of the predicted token inside its segment; position 0 is never predicted::
+document's own preceding context only, as ``train.data.PackedCollator`` trains them. A window cut
+from inside a long document (``doc_start`` > 0) starts at position 0 too, as it trained. Position
+= index of the predicted token inside its segment; position 0 is never predicted::
 
     segment  a0 a1 a2 ... a(n-1)       loss[j] = -log p(a(j+1) | a0..aj),  position j+1
 
