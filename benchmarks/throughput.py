@@ -41,15 +41,15 @@ from benchmarks.common import (  # noqa: E402
 
 def corpus_texts() -> list[str]:
     """The document texts the pipeline tokenizes (books stripped; repositories in order)."""
-    from transforms.reading import ReadLimits, read_book
+    from transforms.reading import ReadSettings, read_book
     from transforms.repository import read_repository
 
     texts = []
     for p in sorted(BOOKS.iterdir()):
         if p.suffix in (".txt", ".md"):
-            texts.append(read_book(str(p), "b", ReadLimits()).texts[0])
+            texts.append(read_book(str(p), "b", ReadSettings()).texts[0])
     for pkg in PACKAGES:
-        doc, _ = read_repository(str(STDLIB / pkg), f"code/{pkg}", pkg, ReadLimits())
+        doc, _ = read_repository(str(STDLIB / pkg), f"code/{pkg}", pkg, ReadSettings())
         texts.append("".join(f"{f}\n{t}" for f, t in zip(doc.files, doc.texts, strict=True)))
     return texts
 

@@ -24,13 +24,13 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import __version__
+from schemas.layout import CACHE_DIR, TOKENS_DIR
 
-CACHE_DIR = ".cache"
 _LOG = logging.getLogger(__name__)
 
 
 def cache_dir(out: str) -> str:
-    return FileSystems.join(out, CACHE_DIR, "tokens")
+    return FileSystems.join(out, CACHE_DIR, TOKENS_DIR)
 
 
 def entry_key(

@@ -5,19 +5,16 @@ options (``books: [a, b]``), ``true``/``false`` for switches (``dedup: false`` i
 ``--no-dedup``). Beam options go in the same file (``runner: DirectRunner``,
 ``direct_num_workers: 2``). A key given on the command line replaces the file's value
 (for repeatable options too: the file's list is dropped, not merged). An unknown key stops
-the run with exit 2 naming it. Relative paths are relative to the config file's folder.
+the run with exit 2 naming it and the nearest known option. Relative paths, inputs and
+``output`` alike, are relative to the config file's folder. The key rules are shared with the
+trainer's YAML (``schemas/settings.py``).
 """
 
 from __future__ import annotations
 
-import os
-
-import yaml
-
-from pipeline.options import UsageError
-
-PATH_KEYS = {"books", "repos", "repos_root", "documents", "tokenizer"}  # not output: cwd
-SWITCHES = {"overwrite": "--overwrite", "quiet": "--quiet"}
+from pipeline.config import BuildConfig
+from pipeline.errors import UsageError
+from schemas.settings import SettingsError, check_keys, path_keys, read_yaml, resolve_paths
 
 
 def known_flags() -> dict[str, str]:
@@ -36,6 +33,7 @@ def known_flags() -> dict[str, str]:
             flags[opt.lstrip("-").replace("-", "_")] = opt
             flags.setdefault(action.dest, opt)
     flags["dedup"] = "--no-dedup"  # dedup: false
+    flags["format"] = flags["shard_format"] = "--format"
     return flags
 
 
@@ -62,21 +60,15 @@ def expand_config(argv: list[str], flags: dict[str, str] | None = None) -> list[
     if not path:
         raise UsageError("--config needs a YAML file")
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
-    except OSError as err:
-        raise UsageError(f"--config {path}: {err.strerror or err}") from None
-    except yaml.YAMLError as err:
-        raise UsageError(f"--config {path}: not valid YAML ({err})") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"--config {path}: must be a mapping of option: value")
-    base = os.path.dirname(os.path.abspath(path))
+        data = read_yaml(path)
+        check_keys(path, data, flags)
+    except SettingsError as err:
+        raise UsageError(str(err)) from None
+    data = resolve_paths(path, data, path_keys(BuildConfig))
     given = _given(rest, flags)
     out: list[str] = [f"--config={path}"]
     for raw_key, value in data.items():
         key = str(raw_key).replace("-", "_")
-        if key not in flags or key == "config":
-            raise UsageError(f"--config {path}: unknown option {raw_key!r}")
         flag = flags[key]
         if key == "dedup":
             value = not value
@@ -90,9 +82,5 @@ def expand_config(argv: list[str], flags: dict[str, str] | None = None) -> list[
                 continue
             if v is None:
                 continue
-            if key in PATH_KEYS and not os.path.isabs(str(v)):
-                joined = os.path.join(base, str(v))
-                if key != "tokenizer" or os.path.exists(joined):  # a Hub id stays a Hub id
-                    v = joined
             out += [flag, str(v)]
     return out + rest

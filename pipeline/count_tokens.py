@@ -26,8 +26,8 @@ import time
 from pipeline.discover import discover, read_source
 from transforms.archives import ARCHIVE_SUFFIXES
 from transforms.documents import Reject, RejectError
-from transforms.plan import DocInfo, plan_samples
-from transforms.reading import BOOK_SUFFIXES, ReadLimits, display_path, walk_folder
+from transforms.plan import DocInfo, PlanSettings, plan_samples
+from transforms.reading import BOOK_SUFFIXES, ReadSettings, display_path, walk_folder
 from transforms.records import RECORD_SUFFIXES
 from transforms.tokenize import TokenizerError, encode_and_window, load_tokenizer
 from transforms.windowing import default_slack
@@ -49,7 +49,7 @@ def _classify(path: str, kind: str) -> str:
     return "books"
 
 
-def _documents(path: str, what: str, limits: ReadLimits):
+def _documents(path: str, what: str, limits: ReadSettings):
     """Yield TextDocuments and Rejects of one input, as the pipeline reads them (the same
     discovery and the same per-source reader)."""
     flag = {"book": "books", "books": "books", "repo": "repos", "records": "documents"}[what]
@@ -62,7 +62,7 @@ def _documents(path: str, what: str, limits: ReadLimits):
             yield Reject(display_path(src.path), err.reason, err.detail)
 
 
-def count_input(path: str, tok, *, seq_len: int, kind: str, limits: ReadLimits) -> dict:
+def count_input(path: str, tok, *, seq_len: int, kind: str, limits: ReadSettings) -> dict:
     what = _classify(path, kind)
     infos, n_bytes, n_rejects = [], 0, 0
     for item in _documents(path, what, limits):
@@ -78,7 +78,7 @@ def count_input(path: str, tok, *, seq_len: int, kind: str, limits: ReadLimits) 
         )
         n_bytes += item.n_bytes
     tokens = sum(d.n_tokens for d in infos)
-    samples = plan_samples(infos, seq_len=seq_len).n_samples if infos else 0
+    samples = plan_samples(infos, PlanSettings(seq_len=seq_len)).n_samples if infos else 0
     return {
         "path": path,
         "read_as": what,
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     except TokenizerError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    limits = ReadLimits(max_file_bytes=int(args.max_file_mb * 2**20))
+    limits = ReadSettings(max_file_bytes=int(args.max_file_mb * 2**20))
     show = sys.stderr.isatty() and not args.json
     rows = []
     started = time.time()

@@ -14,7 +14,7 @@ from pathlib import Path
 from pipeline import remote
 from transforms.archives import ARCHIVE_SUFFIXES
 from transforms.documents import Reject, TextDocument
-from transforms.reading import BOOK_SUFFIXES, ReadLimits, display_path, read_book, walk_folder
+from transforms.reading import BOOK_SUFFIXES, ReadSettings, display_path, read_book, walk_folder
 from transforms.records import RECORD_SUFFIXES, read_records
 from transforms.repository import read_repository
 
@@ -27,7 +27,6 @@ class Source:
     path: str  # absolute
     doc_id: str  # document id (records: the prefix of the ids of its rows)
     name: str  # repository name / file name
-    text_field: str = "text"  # records: the field holding each record's text (--text-field)
 
 
 def _unique(sources: list[Source]) -> list[Source]:
@@ -93,7 +92,7 @@ def _repo_source(path: str) -> Source:
 
 
 def discover(
-    *, books=(), repos=(), repos_root=(), documents=(), text_field: str = "text"
+    *, books=(), repos=(), repos_root=(), documents=()
 ) -> tuple[list[Source], list[Reject]]:
     """All sources named by the flags, sorted by document id, and the rejects found on the way."""
     sources: list[Source] = []
@@ -139,13 +138,11 @@ def discover(
                 )
             )
             continue
-        sources.append(
-            Source(RECORDS, path, f"docs/{Path(path).stem}", os.path.basename(path), text_field)
-        )
+        sources.append(Source(RECORDS, path, f"docs/{Path(path).stem}", os.path.basename(path)))
     return _unique(sources), rejects
 
 
-def _remote_records(src: Source, limits: ReadLimits):
+def _remote_records(src: Source, limits: ReadSettings):
     """A records file on gs:// / s3://: read into a local temporary copy, then as usual."""
     import tempfile
 
@@ -155,12 +152,10 @@ def _remote_records(src: Source, limits: ReadLimits):
         local = os.path.join(tmp, "records" + suffix)
         with open(local, "wb") as fh:
             fh.write(data)
-        yield from read_records(
-            local, src.doc_id, limits, origin=src.path, text_field=src.text_field
-        )
+        yield from read_records(local, src.doc_id, limits, origin=src.path)
 
 
-def read_source(src: Source, limits: ReadLimits) -> list[TextDocument | Reject]:
+def read_source(src: Source, limits: ReadSettings) -> list[TextDocument | Reject]:
     """What one source holds: its documents and the rejects met on the way (workers run
     this; ``pipeline.count_tokens`` too). Raises RejectError for a source rejected whole."""
     if src.kind == BOOK:
@@ -180,11 +175,7 @@ def read_source(src: Source, limits: ReadLimits) -> list[TextDocument | Reject]:
         return [*rejects, *([doc] if doc else [])]
     if src.kind == RECORDS:
         reader = _remote_records if remote.is_remote(src.path) else None
-        items = list(
-            reader(src, limits)
-            if reader
-            else read_records(src.path, src.doc_id, limits, text_field=src.text_field)
-        )
+        items = list(reader(src, limits) if reader else read_records(src.path, src.doc_id, limits))
         for item in items:
             if isinstance(item, TextDocument):
                 item.source = src.doc_id

@@ -27,7 +27,7 @@ from collections import Counter
 from pipeline import remote
 from pipeline.errors import NoSpace, ShrinkRefused, UnusableInput
 from transforms.archives import ARCHIVE_SUFFIXES
-from transforms.reading import BOOK_SUFFIXES, ReadLimits, probe_books
+from transforms.reading import BOOK_SUFFIXES, ReadSettings, probe_books
 from transforms.records import probe_records
 from transforms.repository import probe_repository
 
@@ -45,7 +45,7 @@ def _reasons(seen: Counter, skip=("files", "book_files")) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def _books_problem(path: str, limits: ReadLimits, _lc) -> str | None:
+def _books_problem(path: str, limits: ReadSettings, _lc) -> str | None:
     usable, seen = probe_books(path, limits)
     if usable:
         return None
@@ -59,7 +59,7 @@ def _books_problem(path: str, limits: ReadLimits, _lc) -> str | None:
     return f"{seen['book_files']} book files, none readable{_reasons(seen)}"
 
 
-def _repo_problem(path: str, limits: ReadLimits, _lc) -> str | None:
+def _repo_problem(path: str, limits: ReadSettings, _lc) -> str | None:
     usable, seen = probe_repository(path, limits)
     if usable:
         return None
@@ -68,7 +68,7 @@ def _repo_problem(path: str, limits: ReadLimits, _lc) -> str | None:
     return f"no readable text file among its {seen['files']} files{_reasons(seen)}"
 
 
-def _repos_root_problem(root: str, limits: ReadLimits, _lc) -> str | None:
+def _repos_root_problem(root: str, limits: ReadSettings, _lc) -> str | None:
     with os.scandir(root) as it:
         entries = sorted(it, key=lambda e: e.name)
     repos = [
@@ -92,8 +92,8 @@ def _repos_root_problem(root: str, limits: ReadLimits, _lc) -> str | None:
     )
 
 
-def _records_problem(path: str, limits: ReadLimits, lc) -> str | None:
-    usable, found = probe_records(path, limits, text_field=lc.text_field)
+def _records_problem(path: str, limits: ReadSettings, lc) -> str | None:
+    usable, found = probe_records(path, limits)
     return None if usable else found
 
 
@@ -105,7 +105,7 @@ PROBES = (
 )
 
 
-def check_inputs(lc, limits: ReadLimits) -> None:
+def check_inputs(lc, limits: ReadSettings) -> None:
     """Raise :class:`UnusableInput` for the first input path that yields nothing usable."""
     for flag, attr, probe in PROBES:
         for path in getattr(lc, attr):

@@ -22,8 +22,8 @@ import time
 
 from pipeline import remote
 from pipeline.errors import OutputLocked
+from schemas.layout import LOCK
 
-LOCK = ".lock"
 _LOG = logging.getLogger("longctx")
 
 

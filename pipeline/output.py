@@ -20,11 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from schemas.layout import MANIFEST, PUBLISHED, STAGING
+from schemas.manifest import Manifest
 from schemas.storage import read_bytes, read_table  # noqa: F401  (read_table re-exported)
 
-STAGING = ".staging"
-MANIFEST = "manifest.json"
-PUBLISHED = ("shards", "documents.arrow", "rejects.jsonl", "report")
 BATCH_BYTES = 64 * 2**20  # Arrow record batches / Parquet row groups of about 64 MiB of tokens
 
 
@@ -122,7 +121,7 @@ def discard_staging(staging: str) -> None:
         _delete_if_exists([staging])
 
 
-def publish(out: str, staging: str, manifest: dict) -> None:
+def publish(out: str, staging: str, manifest: Manifest) -> None:
     """Move staged files into ``out`` and write the manifest last, atomically."""
     _delete_if_exists([FileSystems.join(out, MANIFEST)])
     targets = [FileSystems.join(out, name) for name in PUBLISHED]
@@ -132,5 +131,5 @@ def publish(out: str, staging: str, manifest: dict) -> None:
     FileSystems.rename([s for s, _ in moves], [t for _, t in moves])
     _delete_if_exists([staging])
     tmp = FileSystems.join(out, MANIFEST + ".tmp")
-    write_bytes(tmp, (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+    write_bytes(tmp, manifest.to_bytes())
     FileSystems.rename([tmp], [FileSystems.join(out, MANIFEST)])

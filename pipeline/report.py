@@ -15,6 +15,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.output import write_bytes
 from pipeline.plots import PlotRenderer
+from schemas.layout import SUMMARY_MD
 
 
 def _md_table(header: list[str], rows: list[list]) -> list[str]:
@@ -31,6 +32,23 @@ def _html_table(header: list[str], rows: list[list]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+PLOTS = [
+    ("document lengths", "doc_lengths.png"),
+    ("sample fill", "sample_fill.png"),
+    ("tokens per source", "tokens_per_source.png"),
+    ("dependency scores", "dependency_scores.png"),
+]
+KIND_HEADER = [
+    "kind",
+    "documents",
+    "tokens",
+    "median tokens",
+    "longest",
+    "longer than seq_len",
+    "median dependency score (scored)",
+]
+
+
 def write_report(
     report_dir: str,
     *,
@@ -40,11 +58,26 @@ def write_report(
     rejects: list[dict],
     plotter: PlotRenderer | None = None,
 ) -> None:
+    """report/: the PNG plots, summary.md and report.html (the same facts on one page)."""
     seq_len = manifest["seq_len"]
     pngs = (plotter or PlotRenderer(workers=0)).render(docs, sample_tokens, seq_len)
     for name, data in pngs.items():
         write_bytes(FileSystems.join(report_dir, name), data)
-    c = manifest["counts"]
+    facts = _facts(manifest)
+    kind_rows = _kind_rows(docs, seq_len)
+    reject_rows = _reject_rows(rejects)
+    write_bytes(
+        FileSystems.join(report_dir, SUMMARY_MD),
+        _markdown(facts, kind_rows, reject_rows).encode("utf-8"),
+    )
+    write_bytes(
+        FileSystems.join(report_dir, "report.html"),
+        _html(facts, kind_rows, reject_rows).encode("utf-8"),
+    )
+
+
+def _facts(manifest: dict) -> list[str]:
+    c, seq_len = manifest["counts"], manifest["seq_len"]
     facts = [
         f"seq_len {seq_len}, overlap {manifest['overlap']}, "
         f"tokenizer {manifest['tokenizer']['name']}",
@@ -53,6 +86,12 @@ def write_report(
         f"tokens in samples: {c['tokens']:,}; fill rate {manifest['fill_rate']:.4f}",
         f"rejected inputs: {c['rejects']} (rejects.jsonl)",
     ]
+    validation = (c.get("splits") or {}).get("validation")
+    if validation:
+        facts.append(
+            f"validation split: {len(manifest.get('validation_doc_ids') or [])} documents held "
+            f"out whole, {validation['samples']} samples, {validation['tokens']:,} tokens"
+        )
     packing = manifest.get("packing") or {}
     if packing:
         facts.append(
@@ -75,15 +114,19 @@ def write_report(
             + ", ".join(f"{k} {v:.1%}" for k, v in mix["achieved"].items())
             + f"; {mix['documents_left_out']} documents left out"
         )
+    return facts
+
+
+def _kind_rows(docs: pa.Table, seq_len: int) -> list[list]:
     kinds = docs.column("kind").to_pylist()
     lengths = np.asarray(docs.column("n_tokens"), dtype=np.int64)
     scores = docs.column("dependency_score").to_pylist()
-    kind_rows = []
+    rows = []
     for kind in sorted(set(kinds)):
         mask = np.array([k == kind for k in kinds])
         sel = lengths[mask]
         sc = [s for s, m in zip(scores, mask.tolist(), strict=True) if m and s is not None]
-        kind_rows.append(
+        rows.append(
             [
                 kind,
                 len(sel),
@@ -94,34 +137,29 @@ def write_report(
                 f"{np.median(sc):.4f} ({len(sc)})" if sc else "-",
             ]
         )
-    kind_header = [
-        "kind",
-        "documents",
-        "tokens",
-        "median tokens",
-        "longest",
-        "longer than seq_len",
-        "median dependency score (scored)",
-    ]
+    return rows
+
+
+def _reject_rows(rejects: list[dict]) -> list[list]:
     by_reason = Counter(r["reason"] for r in rejects)
-    reject_rows = [
+    return [
         [reason, n, next(r["path"] for r in rejects if r["reason"] == reason)]
         for reason, n in sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))
     ]
-    plots = [
-        ("document lengths", "doc_lengths.png"),
-        ("sample fill", "sample_fill.png"),
-        ("tokens per source", "tokens_per_source.png"),
-        ("dependency scores", "dependency_scores.png"),
-    ]
+
+
+def _markdown(facts, kind_rows, reject_rows) -> str:
     lines = ["# longctx report", "", *[f"- {f}" for f in facts], "", "## Documents by kind", ""]
-    lines += _md_table(kind_header, kind_rows)
+    lines += _md_table(KIND_HEADER, kind_rows)
     lines += ["", "## Rejects by reason", ""]
     lines += _md_table(
         ["reason", "count", "example"], [[a, b, f"`{e}`"] for a, b, e in reject_rows]
     )
-    lines += [""] + [f"![{alt}]({png})\n" for alt, png in plots]
-    write_bytes(FileSystems.join(report_dir, "summary.md"), "\n".join(lines).encode("utf-8"))
+    lines += [""] + [f"![{alt}]({png})\n" for alt, png in PLOTS]
+    return "\n".join(lines)
+
+
+def _html(facts, kind_rows, reject_rows) -> str:
     page = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>longctx report</title>",
         "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}"
@@ -130,11 +168,11 @@ def write_report(
         "<h1>longctx report</h1><ul>",
         *[f"<li>{html.escape(f)}</li>" for f in facts],
         "</ul><h2>Documents by kind</h2>",
-        _html_table(kind_header, kind_rows),
+        _html_table(KIND_HEADER, kind_rows),
         "<h2>Plots</h2><div>",
-        *[f"<img src='{png}' alt='{alt}'>" for alt, png in plots],
+        *[f"<img src='{png}' alt='{alt}'>" for alt, png in PLOTS],
         "</div><h2>Rejects by reason</h2>",
         _html_table(["reason", "count", "example"], reject_rows),
         "</body></html>",
     ]
-    write_bytes(FileSystems.join(report_dir, "report.html"), "\n".join(page).encode("utf-8"))
+    return "\n".join(page)

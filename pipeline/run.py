@@ -5,12 +5,16 @@
         --books ../shared/data/books --repos ~/src/myrepo \\
         --tokenizer ../shared/data/tokenizers/qwen3 --seq-len 65536 --output out
 
+A run is prepare -> execute -> finalize: :func:`prepare` checks flags, tokenizer, inputs and
+disk space before anything is written; :func:`execute` runs the Beam graph into the run's
+staging folder; :func:`finalize` builds the manifest, refuses a worse dataset and publishes.
+
 Exit status (``pipeline/errors.py``): 0 output complete (rejected inputs are listed in
 rejects.jsonl), 2 an unusable flag, 3 an input yields nothing usable, 4 an ``--incremental`` run
 would shrink the dataset past ``--shrink-threshold``, 5 another run holds the output folder,
 6 not enough disk space, 1 any other failure. In every case but 0 the previous output is left
-as it was. Every Beam option passes
-through (``--runner``, ``--direct_running_mode``, ``--direct_num_workers``, Dataflow/Flink/Spark).
+as it was. Every Beam option passes through (``--runner``, ``--direct_running_mode``,
+``--direct_num_workers``, Dataflow/Flink/Spark).
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import logging
 import os
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -28,22 +31,16 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import __version__, cache, remote
+from pipeline import __version__, cache
+from pipeline.config import FIELD_NAMES, BuildConfig
 from pipeline.config_file import expand_config
 from pipeline.demo import demo_repositories
 from pipeline.discover import discover
 from pipeline.errors import FAILURE, OK, NoSpace, RunRefused, UsageError
 from pipeline.guard import check_free_space, check_inputs, check_result, is_no_space
 from pipeline.lock import OutputLock
-from pipeline.options import (
-    LongctxOptions,
-    boundary_slack,
-    check_arguments,
-    mix_weights,
-    validate,
-)
+from pipeline.options import LongctxOptions, check_arguments, help_text
 from pipeline.output import (
-    MANIFEST,
     discard_staging,
     prepare_staging,
     publish,
@@ -55,120 +52,19 @@ from pipeline.plots import PlotRenderer
 from pipeline.report import write_report
 from pipeline.runners import check_runner, make_runner
 from pipeline.steps import BuildDataset
-from transforms.reading import ReadLimits
+from schemas.layout import (
+    DOCUMENTS,
+    MANIFEST,
+    PLAN_SUMMARY,
+    REJECTS,
+    REPORT_DIR,
+    REPORT_SUMMARY,
+    SHARD_STATS,
+)
+from schemas.manifest import Manifest, build_manifest, parse_manifest
 from transforms.tokenize import TokenizerError, load_tokenizer
 
 _LOG = logging.getLogger("longctx")
-
-
-def _abs(path: str) -> str:
-    return path if remote.is_remote(path) else os.path.abspath(path)
-
-
-def effective_config(lc: LongctxOptions, options: PipelineOptions, demo: bool) -> dict:
-    std = options.get_all_options(drop_default=True)
-    return {
-        "books": [_abs(p) for p in lc.books],
-        "repos": [_abs(p) for p in lc.repos],
-        "repos_root": [_abs(p) for p in lc.repos_root],
-        "documents": [_abs(p) for p in lc.documents],
-        "text_field": lc.text_field,
-        "demo_corpus": demo,
-        "tokenizer": lc.tokenizer,
-        "seq_len": lc.seq_len,
-        "overlap": lc.overlap,
-        "output": lc.output,
-        "format": lc.shard_format,
-        "max_file_mb": lc.max_file_mb,
-        "shard_mb": lc.shard_mb,
-        "overwrite": lc.overwrite,
-        "boundary_slack": boundary_slack(lc),
-        "mix": mix_weights(lc),
-        "seed": lc.seed,
-        "min_dependency_score": lc.min_dependency_score,
-        "dedup": lc.dedup,
-        "fill_gaps": lc.fill_gaps,
-        "trust_remote_code": lc.trust_remote_code,
-        "incremental": lc.incremental,
-        "shrink_threshold": lc.shrink_threshold,
-        "allow_shrink": lc.allow_shrink,
-        "config": os.path.abspath(lc.config) if lc.config else None,
-        "beam_options": {k: v for k, v in sorted(std.items()) if k not in LONGCTX_DESTS},
-    }
-
-
-LONGCTX_DESTS = {
-    "books",
-    "repos",
-    "repos_root",
-    "documents",
-    "tokenizer",
-    "seq_len",
-    "overlap",
-    "output",
-    "shard_format",
-    "max_file_mb",
-    "shard_mb",
-    "overwrite",
-    "boundary_slack",
-    "mix",
-    "seed",
-    "min_dependency_score",
-    "dedup",
-    "fill_gaps",
-    "config",
-    "quiet",
-    "log_level",
-    "trust_remote_code",
-    "incremental",
-    "text_field",
-    "shrink_threshold",
-    "allow_shrink",
-    "skip_space_check",
-}
-
-
-def build_manifest(*, lc, config, tok, docs, shard_stats, rejects, plan_summary) -> dict:
-    kinds = docs.column("kind").to_pylist()
-    n_tokens = np.asarray(docs.column("n_tokens"), dtype=np.int64)
-    by_kind_docs = Counter(kinds)
-    by_kind_tokens = Counter()
-    for k, n in zip(kinds, n_tokens.tolist(), strict=True):
-        by_kind_tokens[k] += n
-    samples = sum(s["rows"] for s in shard_stats)
-    tokens = sum(s["tokens"] for s in shard_stats)
-    return {
-        "format_version": 1,
-        "pipeline": {"name": "longctx", "version": __version__},
-        "seq_len": lc.seq_len,
-        "overlap": lc.overlap,
-        "tokenizer": tok.describe(),
-        "config": config,
-        "counts": {
-            "documents": len(kinds),
-            "documents_by_kind": dict(sorted(by_kind_docs.items())),
-            "document_tokens": int(n_tokens.sum()),
-            "document_tokens_by_kind": dict(sorted(by_kind_tokens.items())),
-            "samples": samples,
-            "tokens": tokens,
-            "shards": len(shard_stats),
-            "rejects": len(rejects),
-            "rejects_by_reason": dict(sorted(Counter(r["reason"] for r in rejects).items())),
-        },
-        "fill_rate": round(tokens / (samples * lc.seq_len), 6) if samples else 0.0,
-        "lower_bound_samples": -(-int(n_tokens.sum()) // lc.seq_len),
-        "packing": plan_summary.get("packing", {}),
-        "mixture": plan_summary.get("mixture"),
-        "dependency_order": {
-            "edges": int(np.asarray(docs.column("dependency_edges")).sum()),
-            "files_on_cycles": int(np.asarray(docs.column("cycle_files")).sum()),
-            "unparsed_source_files": int(np.asarray(docs.column("unparsed_files")).sum()),
-        },
-        "documents": "documents.arrow",
-        "rejects": "rejects.jsonl",
-        "report": "report/summary.md",
-        "shards": [{k: s[k] for k in ("path", "rows", "tokens", "sha256")} for s in shard_stats],
-    }
 
 
 def check_mix_against_sources(weights, sources) -> None:
@@ -186,13 +82,15 @@ class Job:
     """Everything :func:`prepare` decided, for :func:`execute` and :func:`finalize`."""
 
     options: PipelineOptions
-    lc: LongctxOptions
+    config: BuildConfig
     tok: object
-    demo: bool
     sources: list
     discovery_rejects: list
     plotter: PlotRenderer
-    say: object
+
+    def say(self, *args) -> None:
+        if not self.config.quiet:
+            print(*args)
 
 
 def prepare(argv: list[str]) -> Job:
@@ -204,133 +102,121 @@ def prepare(argv: list[str]) -> Job:
     logging.getLogger().setLevel(lc.log_level)
     check_runner(options)
     check_arguments(argv)  # after check_runner: it imports the runner and its option classes
-    validate(lc)
+    config = BuildConfig.from_options(lc)
     # the report's plots: helper processes import matplotlib while the pipeline runs
     plotter = PlotRenderer()
     try:
         try:
-            tok = load_tokenizer(lc.tokenizer, lc.trust_remote_code)
+            tok = load_tokenizer(config.tokenizer, config.trust_remote_code)
         except TokenizerError as err:
             raise UsageError(str(err)) from None
-        check_inputs(lc, read_limits(lc))
-        demo = not (lc.books or lc.repos or lc.repos_root or lc.documents)
-        repos = demo_repositories() if demo else lc.repos
+        check_inputs(config, config.read_settings)
         sources, discovery_rejects = discover(
-            books=lc.books,
-            repos=repos,
-            repos_root=lc.repos_root,
-            documents=lc.documents,
-            text_field=lc.text_field,
+            books=config.books,
+            repos=demo_repositories() if config.demo else config.repos,
+            repos_root=config.repos_root,
+            documents=config.documents,
         )
-        check_mix_against_sources(mix_weights(lc), sources)
-        if not lc.skip_space_check:
+        check_mix_against_sources(config.mix_weights, sources)
+        if not config.skip_space_check:
             check_free_space(
-                lc.output,
+                config.output,
                 [s.path for s in sources],
-                seq_len=lc.seq_len,
-                overlap=lc.overlap,
-                incremental=lc.incremental,
+                seq_len=config.seq_len,
+                overlap=config.overlap,
+                incremental=config.incremental,
             )
     except BaseException:
         plotter.close()
         raise
-    say = (lambda *a, **k: None) if lc.quiet else print
-    return Job(options, lc, tok, demo, sources, discovery_rejects, plotter, say)
-
-
-def read_limits(lc: LongctxOptions) -> ReadLimits:
-    return ReadLimits(max_file_bytes=int(lc.max_file_mb * 2**20))
+    return Job(options, config, tok, sources, discovery_rejects, plotter)
 
 
 def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
     """Run the Beam pipeline; its results land in ``staging``."""
-    lc = job.lc
+    config = job.config
+    progress = not config.quiet and (
+        sys.stderr.isatty() or bool(os.environ.get("LONGCTX_PROGRESS"))
+    )
     pipeline = beam.Pipeline(runner=make_runner(job.options), options=job.options)
     _ = pipeline | "BuildDataset" >> BuildDataset(
+        config=config,
         sources=job.sources,
         discovery_rejects=job.discovery_rejects,
-        tokenizer_spec=lc.tokenizer,
-        trust_remote_code=lc.trust_remote_code,
-        cache_dir=tokens_cache,
-        limits=read_limits(lc),
-        seq_len=lc.seq_len,
-        overlap=lc.overlap,
-        samples_per_shard=max(1, int(lc.shard_mb * 2**20) // (4 * lc.seq_len)),
-        fmt=lc.shard_format,
         staging=staging,
-        slack=boundary_slack(lc),
-        mix=mix_weights(lc),
-        seed=lc.seed,
-        min_score=lc.min_dependency_score,
-        dedup=lc.dedup,
-        fill_gaps=lc.fill_gaps,
-        progress=not lc.quiet and (sys.stderr.isatty() or bool(os.environ.get("LONGCTX_PROGRESS"))),
+        cache_dir=tokens_cache,
+        progress=progress,
     )
-    result = pipeline.run()
-    result.wait_until_finish()
+    pipeline.run().wait_until_finish()
 
 
-def _previous_manifest(out: str) -> dict | None:
+def _previous_manifest(out: str) -> Manifest | None:
     path = FileSystems.join(out, MANIFEST)
-    return read_json(path) if FileSystems.exists(path) else None
+    return parse_manifest(read_text(path)) if FileSystems.exists(path) else None
 
 
-def finalize(job: Job, staging: str, tokens_cache: str | None, cached_before: set) -> dict:
+def _beam_options(options: PipelineOptions) -> dict:
+    std = options.get_all_options(drop_default=True)
+    return {k: v for k, v in sorted(std.items()) if k not in FIELD_NAMES}
+
+
+def finalize(job: Job, staging: str, tokens_cache: str | None) -> Manifest:
     """Build the manifest, refuse a worse dataset (guard.check_result), write the report and
     publish; returns the manifest. Nothing in ``--output`` changes before the guards pass."""
-    lc = job.lc
-    shard_stats = read_json(FileSystems.join(staging, "shards.json"))
-    plan_summary = read_json(FileSystems.join(staging, "plan.json"))
-    docs = read_table(FileSystems.join(staging, "documents.arrow"))
+    config = job.config
+    shard_stats = read_json(FileSystems.join(staging, SHARD_STATS))
+    plan_summary = read_json(FileSystems.join(staging, PLAN_SUMMARY))
+    docs = read_table(FileSystems.join(staging, DOCUMENTS))
     rejects = [
-        json.loads(line)
-        for line in read_text(FileSystems.join(staging, "rejects.jsonl")).splitlines()
+        json.loads(line) for line in read_text(FileSystems.join(staging, REJECTS)).splitlines()
     ]
     manifest = build_manifest(
-        lc=lc,
-        config=effective_config(lc, job.options, job.demo),
-        tok=job.tok,
+        version=__version__,
+        seq_len=config.seq_len,
+        overlap=config.overlap,
+        tokenizer=job.tok.describe(),
+        config=config.effective(_beam_options(job.options)),
         docs=docs,
         shard_stats=shard_stats,
         rejects=rejects,
         plan_summary=plan_summary,
     )
-    counts = manifest["counts"]
-    check_result(counts, counts["rejects_by_reason"], _previous_manifest(lc.output), lc)
+    counts = manifest.counts
+    previous = _previous_manifest(config.output)
+    check_result(counts, counts["rejects_by_reason"], previous and previous.data, config)
     if tokens_cache:
-        used = set(plan_summary.get("cache_keys", []))
-        manifest["incremental"] = {
-            "documents_reused": len(used & cached_before),
-            "documents_tokenized": len(used - cached_before),
+        used, reused = set(plan_summary["cache_keys"]), set(plan_summary["reused_keys"])
+        manifest.data["incremental"] = {
+            "documents_reused": len(reused),
+            "documents_tokenized": len(used - reused),
         }
     sample_tokens = np.array([t for s in shard_stats for t in s["sample_tokens"]], dtype=np.int64)
     write_report(
-        FileSystems.join(staging, "report"),
-        manifest=manifest,
+        FileSystems.join(staging, REPORT_DIR),
+        manifest=manifest.data,
         docs=docs,
         sample_tokens=sample_tokens,
         rejects=rejects,
         plotter=job.plotter,
     )
     FileSystems.delete(
-        [FileSystems.join(staging, "shards.json"), FileSystems.join(staging, "plan.json")]
+        [FileSystems.join(staging, SHARD_STATS), FileSystems.join(staging, PLAN_SUMMARY)]
     )
-    publish(lc.output, staging, manifest)
+    publish(config.output, staging, manifest)
     if tokens_cache:
-        cache.prune(tokens_cache, set(plan_summary.get("cache_keys", [])))
+        cache.prune(tokens_cache, set(plan_summary["cache_keys"]))
     return manifest
 
 
-def build_and_publish(job: Job) -> dict:
+def build_and_publish(job: Job) -> Manifest:
     """Under the output's lock: stage, execute, finalize; a failure or refusal removes the
     staging folder and leaves the previous output as it was."""
-    out = job.lc.output
+    out = job.config.output
     staging = prepare_staging(out)
     try:
-        tokens_cache = cache.cache_dir(out) if job.lc.incremental else None
-        cached_before = cache.keys(tokens_cache) if tokens_cache else set()
+        tokens_cache = cache.cache_dir(out) if job.config.incremental else None
         execute(job, staging, tokens_cache)
-        return finalize(job, staging, tokens_cache, cached_before)
+        return finalize(job, staging, tokens_cache)
     except BaseException as err:
         discard_staging(staging)
         if is_no_space(err):
@@ -341,44 +227,50 @@ def build_and_publish(job: Job) -> dict:
         raise
 
 
+def _summary(job: Job, manifest: Manifest, seconds: float) -> None:
+    c, config = manifest.counts, job.config
+    job.say(
+        f"Wrote {config.output}/ in {seconds:.1f}s: {c['documents']} documents "
+        f"({c['document_tokens']:,} tokens), {c['samples']} samples of <= {config.seq_len} "
+        f"tokens in {c['shards']} shard(s), fill rate {manifest.data['fill_rate']:.4f}, "
+        f"{c['rejects']} rejected inputs ({REJECTS})."
+    )
+    job.say(
+        f"Manifest: {os.path.join(config.output, MANIFEST)}  "
+        f"Report: {os.path.join(config.output, REPORT_SUMMARY)}"
+    )
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the pipeline; returns the exit status (the table in ``pipeline/errors.py``)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if "-h" in argv or "--help" in argv:
+        print(help_text())
+        return OK
     try:
         job = prepare(argv)
     except RunRefused as err:
         print(f"error: {err}", file=sys.stderr)
         return err.status
-    lc, say = job.lc, job.say
-    if job.demo:
-        say(
+    if job.config.demo:
+        job.say(
             f"No --books/--repos/--repos-root/--documents given: running on the embedded demo "
             f"corpus ({len(job.sources)} packages of this Python's standard library as "
             "repositories)."
         )
     started = time.time()
     try:
-        with OutputLock(lc.output):
+        with OutputLock(job.config.output):
             manifest = build_and_publish(job)
     except RunRefused as err:
         print(f"error: {err}", file=sys.stderr)
         return err.status
     except Exception:
-        _LOG.exception("the pipeline failed; %s was left as it was", lc.output)
+        _LOG.exception("the pipeline failed; %s was left as it was", job.config.output)
         return FAILURE
     finally:
         job.plotter.close()
-    c = manifest["counts"]
-    say(
-        f"Wrote {lc.output}/ in {time.time() - started:.1f}s: {c['documents']} documents "
-        f"({c['document_tokens']:,} tokens), {c['samples']} samples of <= {lc.seq_len} tokens "
-        f"in {c['shards']} shard(s), fill rate {manifest['fill_rate']:.4f}, "
-        f"{c['rejects']} rejected inputs (rejects.jsonl)."
-    )
-    say(
-        f"Manifest: {os.path.join(lc.output, MANIFEST)}  "
-        f"Report: {os.path.join(lc.output, 'report', 'summary.md')}"
-    )
+    _summary(job, manifest, time.time() - started)
     return OK
 
 

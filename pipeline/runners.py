@@ -14,7 +14,7 @@ import socket
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline.options import UsageError
+from pipeline.errors import UsageError
 
 DASK = "apache_beam.runners.dask.dask_runner.DaskRunner"
 _ALIASES = {"DaskRunner": DASK}

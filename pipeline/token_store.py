@@ -1,5 +1,5 @@
 """The run's token store: every tokenized document's ids, written once by the tokenize step to
-``OUT/.staging/tokens/`` and read back slice by slice by the shard writer.
+``OUT/.staging-<pid>/tokens/`` and read back slice by slice by the shard writer.
 
 Only references (path, start, length) travel through the runner's shuffles, so the memory a
 runner holds for them does not grow with the corpus: the ids themselves go through the disk
@@ -15,8 +15,8 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.remote import is_remote
+from schemas.layout import TOKENS_DIR as TOKENS
 
-TOKENS = "tokens"
 _DTYPE = np.dtype("<i4")
 
 

@@ -1,5 +1,6 @@
-"""Reading an output folder on any filesystem: Beam's FileSystems (gs://, s3://, hdfs://)
-when Apache Beam is installed, plain local files otherwise (e.g. on a GPU box without Beam)."""
+"""Reading an output folder: local paths with plain file I/O, remote ones (gs://, s3://,
+hdfs://) through Apache Beam's FileSystems when Beam is installed (the training machine may not
+have it: it reads local shards)."""
 
 from __future__ import annotations
 
@@ -8,27 +9,30 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-MANIFEST = "manifest.json"
 
-try:
-    from apache_beam.io.filesystems import FileSystems
+def _remote(path: str) -> bool:
+    return "://" in path
 
-    import pipeline  # noqa: F401  (installs the filter for Beam's import-time apitools warning)
-except ImportError:  # the training machine may not have Beam
-    FileSystems = None
+
+def _filesystems():
+    try:
+        from apache_beam.io.filesystems import FileSystems
+    except ImportError:  # pragma: no cover - depends on the machine
+        raise OSError("reading gs:// / s3:// / hdfs:// outputs needs apache-beam") from None
+    return FileSystems
 
 
 def join(base: str, *parts: str) -> str:
-    return FileSystems.join(base, *parts) if FileSystems else os.path.join(base, *parts)
+    return _filesystems().join(base, *parts) if _remote(base) else os.path.join(base, *parts)
 
 
 def exists(path: str) -> bool:
-    return FileSystems.exists(path) if FileSystems else os.path.exists(path)
+    return _filesystems().exists(path) if _remote(path) else os.path.exists(path)
 
 
 def read_bytes(path: str) -> bytes:
-    if FileSystems:
-        with FileSystems.open(path, compression_type="uncompressed") as fh:
+    if _remote(path):
+        with _filesystems().open(path, compression_type="uncompressed") as fh:
             return fh.read()
     with open(path, "rb") as fh:
         return fh.read()

@@ -11,9 +11,9 @@ import pytest
 from transforms.books import chapter_starts, strip_gutenberg
 from transforms.documents import RejectError
 from transforms.markup import html_to_text
-from transforms.reading import ReadLimits, read_book
+from transforms.reading import ReadSettings, read_book
 
-LIMITS = ReadLimits()
+LIMITS = ReadSettings()
 
 
 def _words(text: str) -> list[str]:

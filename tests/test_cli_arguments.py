@@ -103,3 +103,28 @@ def test_bad_inputs_are_rejects_and_the_run_completes(tmp_path, books_dir):
     }
     m = json.loads((out / "manifest.json").read_text())
     assert m["counts"]["documents"] == 1 and m["counts"]["rejects"] == 4
+
+
+def test_help_lists_every_flag_by_group_with_defaults():
+    from dataclasses import fields
+
+    from pipeline.config import BuildConfig
+    from schemas.settings import flag_of
+
+    proc = run_cli("pipeline.run", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: python -m pipeline.run")
+    for f in fields(BuildConfig):
+        assert flag_of(f) in proc.stdout, flag_of(f)
+    for group in ("inputs:", "tokenization:", "samples:", "output:", "run and logging:"):
+        assert group in proc.stdout
+    assert "(default 65536)" in proc.stdout  # --seq-len
+
+
+def test_misspelt_flag_and_yaml_key_suggest_the_nearest(tmp_path):
+    proc = run_cli("pipeline.run", "--runner", "DirectRunner", "--seq-lenn", "4096")
+    assert proc.returncode == 2 and "did you mean --seq-len?" in proc.stderr, proc.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("eval-fractoin: 0.1\n")
+    proc = run_cli("pipeline.run", "--config", bad, "--output", tmp_path / "o")
+    assert proc.returncode == 2 and "did you mean eval_fraction?" in proc.stderr, proc.stderr

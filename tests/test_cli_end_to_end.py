@@ -15,7 +15,7 @@ import pytest
 
 from schemas.validation import validate_output
 from tests.conftest import STDLIB, run_cli
-from transforms.reading import ReadLimits, read_book
+from transforms.reading import ReadSettings, read_book
 from transforms.repository import read_repository
 from transforms.tokenize import encode_document
 
@@ -70,10 +70,10 @@ def _segments(out: Path) -> dict[str, list[tuple[int, np.ndarray]]]:
 def _expected_tokens(doc_row, qwen3) -> np.ndarray:
     """Re-read and re-tokenize a document from its origin, outside Beam."""
     if doc_row["kind"] == "book":
-        doc = read_book(doc_row["origin"], doc_row["doc_id"], ReadLimits())
+        doc = read_book(doc_row["origin"], doc_row["doc_id"], ReadSettings())
     else:
         name = Path(doc_row["origin"]).name
-        doc, _ = read_repository(doc_row["origin"], doc_row["doc_id"], name, ReadLimits())
+        doc, _ = read_repository(doc_row["origin"], doc_row["doc_id"], name, ReadSettings())
     return encode_document(doc, qwen3)
 
 

@@ -13,7 +13,7 @@ from transforms.dedup import (
     similarity,
 )
 from transforms.documents import BOOK, CODE, TextDocument
-from transforms.reading import ReadLimits, read_book
+from transforms.reading import ReadSettings, read_book
 
 STDLIB = sysconfig.get_paths()["stdlib"]
 
@@ -63,7 +63,7 @@ def test_unrelated_files_of_one_language_are_not_duplicates():
 
 
 def test_same_book_twice_differing_only_in_whitespace_is_an_exact_duplicate(books_dir):
-    book = read_book(str(books_dir / "kafka-metamorphosis.txt"), "book/a", ReadLimits())
+    book = read_book(str(books_dir / "kafka-metamorphosis.txt"), "book/a", ReadSettings())
     copy = TextDocument("book/b", BOOK, "/copy", [book.texts[0].replace("\n", "\n  ")])
     assert normalise(copy.texts[0]) == normalise(book.texts[0])
     found = _find_duplicates([copy, book])

@@ -7,7 +7,7 @@ import pytest
 
 from transforms.dependency_score import MIN_TOKENS, dependency_score
 from transforms.documents import BOOK, TextDocument
-from transforms.reading import ReadLimits, read_book
+from transforms.reading import ReadSettings, read_book
 from transforms.tokenize import encode_document
 
 
@@ -15,7 +15,7 @@ from transforms.tokenize import encode_document
     "book", ["austen-pride-and-prejudice", "melville-moby-dick", "tolstoy-war-and-peace"]
 )
 def test_novel_scores_above_its_shuffled_paragraphs(books_dir, qwen3, book):
-    doc = read_book(str(books_dir / f"{book}.txt"), "book/x", ReadLimits())
+    doc = read_book(str(books_dir / f"{book}.txt"), "book/x", ReadSettings())
     paragraphs = doc.texts[0].split("\n\n")
     random.Random(0).shuffle(paragraphs)
     shuffled = TextDocument("book/y", BOOK, "-", ["\n\n".join(paragraphs)])

@@ -96,7 +96,6 @@ def test_damaged_cache_entry_is_a_miss_and_the_rerun_equals_a_full_run(damaged_r
     assert sum(rerun["incremental"].values()) == 3
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18: reuse count counts damaged entries")
 def test_damaged_cache_entry_counts_as_tokenized_not_reused(damaged_rerun):
     """Two documents with intact entries are reused; the one whose entry was damaged is
     tokenized again and must be counted so."""

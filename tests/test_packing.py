@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from transforms.packing import Piece, _CapacityIndex, pack_best_fit
-from transforms.plan import plan_samples
+from transforms.plan import PlanSettings, plan_samples
 
 
 def ids(samples):
@@ -60,11 +60,12 @@ def test_capacity_index():
 
 def test_plan_windows_then_packs():
     plan = plan_samples(
-        [("long", 10), ("short", 3), ("mid", 5)], seq_len=4, overlap=1, samples_per_shard=2
+        [("long", 10), ("short", 3), ("mid", 5)],
+        PlanSettings(seq_len=4, overlap=1, samples_per_shard=2),
     )
     # long -> [0,4) [3,7) [6,10): three full windows; mid -> [0,4) full + [3,5) tail of 2; short 3
     assert plan.n_samples == 6
-    assert plan.n_shards == 3
+    assert plan.shards == {"train": 3}
     assert [(a.start, a.length) for a in plan.by_doc["long"]] == [(0, 4), (3, 4), (6, 4)]
     assert sorted((a.start, a.length) for a in plan.by_doc["mid"]) == [(0, 4), (3, 2)]
     assert all(a.shard == a.sample // 2 for d in plan.by_doc.values() for a in d)
@@ -72,7 +73,7 @@ def test_plan_windows_then_packs():
 
 def test_plan_rejects_duplicate_ids():
     with pytest.raises(ValueError, match="duplicate document id"):
-        plan_samples([("a", 3), ("a", 4)], seq_len=8)
+        plan_samples([("a", 3), ("a", 4)], PlanSettings(seq_len=8))
 
 
 @settings(max_examples=200, deadline=None)
@@ -84,7 +85,7 @@ def test_plan_rejects_duplicate_ids():
 def test_plan_never_loses_or_duplicates_a_token(lengths, seq_len, data):
     overlap = data.draw(st.integers(0, seq_len // 2))
     docs = [(f"d{i}", n) for i, n in enumerate(lengths)]
-    plan = plan_samples(docs, seq_len=seq_len, overlap=overlap, samples_per_shard=7)
+    plan = plan_samples(docs, PlanSettings(seq_len=seq_len, overlap=overlap, samples_per_shard=7))
     per_sample = [0] * plan.n_samples
     slots = set()
     for doc_id, n in docs:
@@ -108,7 +109,7 @@ def test_packing_quality_on_many_short_documents():
 
     rng = random.Random(0)
     lengths = [rng.randint(1, 4000) for _ in range(2000)]
-    plan = plan_samples([(f"d{i}", n) for i, n in enumerate(lengths)], seq_len=16384)
+    plan = plan_samples([(f"d{i}", n) for i, n in enumerate(lengths)], PlanSettings(seq_len=16384))
     bound = math.ceil(sum(lengths) / 16384)
     assert plan.n_samples <= max(bound + 1, math.ceil(bound * 1.01))
 
@@ -122,8 +123,8 @@ def test_fill_gaps_keeps_every_token_cuts_only_long_documents_and_never_adds_sam
     lengths, seq_len
 ):
     docs = [(f"d{i}", n) for i, n in enumerate(lengths)]
-    plain = plan_samples(docs, seq_len=seq_len)
-    filled = plan_samples(docs, seq_len=seq_len, fill_gaps=True)
+    plain = plan_samples(docs, PlanSettings(seq_len=seq_len))
+    filled = plan_samples(docs, PlanSettings(seq_len=seq_len, fill_gaps=True))
     assert filled.n_samples <= plain.n_samples
     per_sample = [0] * filled.n_samples
     for doc_id, n in docs:
@@ -146,10 +147,10 @@ def test_fill_gaps_reaches_the_lower_bound_where_long_documents_leave_room():
     lengths = [16384 + 9000] * 30 + [3000, 5000]
     docs = [(f"d{i}", n) for i, n in enumerate(lengths)]
     bound = math.ceil(sum(lengths) / 16384)
-    plain = plan_samples(docs, seq_len=16384)
-    filled = plan_samples(docs, seq_len=16384, fill_gaps=True)
+    plain = plan_samples(docs, PlanSettings(seq_len=16384))
+    filled = plan_samples(docs, PlanSettings(seq_len=16384, fill_gaps=True))
     assert plain.n_samples > bound + 10
     assert filled.n_samples <= max(bound + 1, math.ceil(bound * 1.01))
     assert [len(filled.by_doc[d]) for d in ("d30", "d31")] == [1, 1]
     with pytest.raises(ValueError, match="overlap"):
-        plan_samples(docs, seq_len=16384, overlap=10, fill_gaps=True)
+        plan_samples(docs, PlanSettings(seq_len=16384, overlap=10, fill_gaps=True))

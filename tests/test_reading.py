@@ -7,10 +7,10 @@ import pytest
 from transforms.books import strip_gutenberg
 from transforms.decode import decode_text
 from transforms.documents import RejectError
-from transforms.reading import ReadLimits, read_book
+from transforms.reading import ReadSettings, read_book
 from transforms.repository import read_repository
 
-LIMITS = ReadLimits(max_file_bytes=1 << 20)
+LIMITS = ReadSettings(max_file_bytes=1 << 20)
 
 
 @pytest.mark.parametrize(
@@ -48,17 +48,17 @@ def test_decode_rejects(data, reason):
 
 def test_real_gutenberg_books_lose_header_and_licence(books_dir):
     for path in sorted(books_dir.glob("*.txt")):
-        doc = read_book(str(path), "book/x", ReadLimits())
+        doc = read_book(str(path), "book/x", ReadSettings())
         body = doc.texts[0]
         assert "PROJECT GUTENBERG EBOOK" not in body.upper().replace("E-BOOK", "EBOOK"), path.name
         assert "Project Gutenberg License" not in body and "\r" not in body and "\ufeff" not in body
-    moby = read_book(str(books_dir / "melville-moby-dick.txt"), "book/m", ReadLimits())
+    moby = read_book(str(books_dir / "melville-moby-dick.txt"), "book/m", ReadSettings())
     assert moby.title.startswith("Moby Dick")
     assert (
         moby.texts[0].lstrip().startswith("MOBY-DICK;")
         or "Call me Ishmael" in moby.texts[0][:20000]
     )
-    kjv = read_book(str(books_dir / "kjv-bible.txt"), "book/k", ReadLimits())
+    kjv = read_book(str(books_dir / "kjv-bible.txt"), "book/k", ReadSettings())
     raw = (books_dir / "kjv-bible.txt").read_text()
     assert kjv.texts[0].strip() == raw.strip()  # no Gutenberg markers: kept whole
 

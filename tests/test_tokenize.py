@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from transforms.documents import BOOK, CODE, TextDocument
-from transforms.reading import ReadLimits, read_book
+from transforms.reading import ReadSettings, read_book
 from transforms.tokenize import TokenizerError, chunk_text, encode_document, load_tokenizer
 
 
@@ -19,7 +19,7 @@ def test_bundled_tokenizer_is_qwen3(qwen3):
 
 
 def test_chunked_encoding_equals_whole_encoding_on_a_real_book(books_dir, qwen3):
-    doc = read_book(str(books_dir / "melville-moby-dick.txt"), "book/moby", ReadLimits())
+    doc = read_book(str(books_dir / "melville-moby-dick.txt"), "book/moby", ReadSettings())
     assert len(chunk_text(doc.texts[0])) > 10
     ids = encode_document(doc, qwen3)
     assert ids.dtype == np.int32 and ids[-1] == qwen3.end_of_text_id

@@ -2,7 +2,9 @@
 
 Every field carries its help text (``metadata["help"]``); the CLI is generated from the fields,
 so a YAML key and a flag always mean the same thing (``max_seq_length`` <-> ``--max-seq-length``).
-Precedence: dataclass default < YAML file < command-line flag.
+Precedence: dataclass default < YAML file < command-line flag. The YAML rules (keys = flag
+names with ``-`` or ``_``, an unknown key named with the nearest known one) are the pipeline's
+too (``schemas/settings.py``); paths in a training YAML stay relative to the working directory.
 """
 
 from __future__ import annotations
@@ -12,8 +14,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import yaml
-
+from schemas.settings import SettingsError, check_keys, read_yaml, yaml_keys
 from train.data import ATTENTION_MODES
 
 
@@ -158,16 +159,14 @@ def load_config(path: str | None, overrides: dict) -> TrainConfig:
     """Defaults < YAML file < overrides (the non-None values of parsed flags)."""
     values: dict = {}
     if path:
-        p = Path(path)
-        if not p.is_file():
+        if not Path(path).is_file():
             raise ConfigError(f"--config {path}: no such file")
-        loaded = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"--config {path}: must be a mapping of option: value")
-        known = {f.name for f in fields(TrainConfig)}
-        unknown = sorted(set(loaded) - known)
-        if unknown:
-            raise ConfigError(f"--config {path}: unknown option(s) {', '.join(unknown)}")
+        try:
+            loaded = read_yaml(path)
+            check_keys(path, loaded, yaml_keys(TrainConfig))
+        except SettingsError as err:
+            raise ConfigError(str(err)) from None
+        loaded = {str(k).replace("-", "_"): v for k, v in loaded.items()}
         values.update(loaded)
     values.update({k: v for k, v in overrides.items() if v is not None})
     preset = values.get("preset") or ""

@@ -7,8 +7,8 @@ array of ``n_tokens`` ids (separators and the end-of-text token included); it is
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     import numpy as np
@@ -91,3 +91,30 @@ class TokenizedDocument:
     lengths: np.ndarray | None = None
     score: float | None = None  # long-dependency score (transforms/dependency_score.py)
     cache_key: str | None = None  # --incremental: the cache entry it came from or went to
+    reused: bool = False  # --incremental: loaded from the cache instead of tokenized
+
+    @classmethod
+    def from_text(cls, doc: TextDocument, **tokenized) -> TokenizedDocument:
+        """The tokenized form of ``doc``: every field the two records share is copied (so a
+        new document attribute needs adding once, to both records), ``tokenized`` gives the
+        rest (``n_tokens``, ``tokens_path``, windows, score...) and wins over a shared name."""
+        shared = {f.name for f in fields(cls)} & {f.name for f in fields(TextDocument)}
+        values = {name: getattr(doc, name) for name in shared}
+        values["files"] = list(doc.files)
+        values["n_bytes"] = doc.n_bytes
+        values.update(tokenized)  # e.g. chapters: character offsets -> token offsets
+        return cls(**values)
+
+
+class SegmentRef(NamedTuple):
+    """Where one segment of a sample comes from: ``length`` ids of document ``doc_id`` from
+    ``start``, read from the token store file ``tokens_path``; ``score`` is the document's
+    dependency score when the segment is the whole document (else the writer scores it)."""
+
+    sample: int
+    slot: int
+    doc_id: str
+    start: int
+    length: int
+    tokens_path: str
+    score: float | None = None

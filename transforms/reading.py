@@ -96,8 +96,19 @@ BINARY_SUFFIXES = frozenset(
 
 
 @dataclass(frozen=True)
-class ReadLimits:
+class ReadSettings:
+    """How inputs are read: size limit, the records' text field, and the order of a
+    repository's files (``dependency``: imports first, the project's default; ``path``: sorted by
+    path; ``shuffled``: a seeded shuffle per repository. The last two are for ablations)."""
+
     max_file_bytes: int = 32 * 1024 * 1024
+    text_field: str = "text"
+    file_order: str = "dependency"
+    seed: int = 0
+
+
+FILE_ORDERS = ("dependency", "path", "shuffled")
+ReadLimits = ReadSettings  # the former name, kept while train/tokenizer.py moves over
 
 
 def display_path(path: str | os.PathLike) -> str:
@@ -105,12 +116,12 @@ def display_path(path: str | os.PathLike) -> str:
     return os.fsencode(path).decode("utf-8", "replace")
 
 
-def read_file_text(path: str, limits: ReadLimits) -> tuple[str, str]:
+def read_file_text(path: str, limits: ReadSettings) -> tuple[str, str]:
     """Read and decode one regular file without following a symlink; raises RejectError."""
     return decode_text(read_file_bytes(path, limits))
 
 
-def read_file_bytes(path: str, limits: ReadLimits) -> bytes:
+def read_file_bytes(path: str, limits: ReadSettings) -> bytes:
     """The bytes of one regular file, never through a symlink; raises RejectError."""
     try:
         st = os.lstat(path)
@@ -142,7 +153,7 @@ def read_file_bytes(path: str, limits: ReadLimits) -> bytes:
 
 
 def read_book(
-    path: str, doc_id: str, limits: ReadLimits, data: bytes | None = None
+    path: str, doc_id: str, limits: ReadSettings, data: bytes | None = None
 ) -> TextDocument:
     """One book file -> a document (Gutenberg boilerplate stripped); raises RejectError.
 
@@ -175,7 +186,7 @@ def read_book(
     )
 
 
-def probe_books(path: str, limits: ReadLimits) -> tuple[bool, Counter]:
+def probe_books(path: str, limits: ReadSettings) -> tuple[bool, Counter]:
     """Whether a local book file, or a folder of books, holds at least one book that
     :func:`read_book` accepts; reads books in path order only until the first good one.
 

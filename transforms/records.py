@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator
 
 from transforms.documents import BOOK, CODE, KINDS, Reject, RejectError, TextDocument
-from transforms.reading import ReadLimits, display_path
+from transforms.reading import ReadSettings, display_path
 
 RECORD_SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -55,15 +55,15 @@ def _rows(path: str, text_field: str = "text") -> Iterator[tuple[int, dict | Non
 def read_records(
     path: str,
     prefix: str,
-    limits: ReadLimits,
+    limits: ReadSettings,
     origin: str | None = None,
-    text_field: str = "text",
 ) -> Iterator[TextDocument | Reject]:
     """Rows of one JSONL/Parquet file; document ids are ``<prefix>/<id or row number>``.
 
-    ``origin``: the name to report (a remote file read into a local copy); ``text_field``: the
-    field that holds each record's text (``--text-field``)."""
+    ``origin``: the name to report (a remote file read into a local copy). The text is read
+    from the field ``limits.text_field`` (``--text-field``)."""
     origin = origin or display_path(path)
+    text_field = limits.text_field
     seen: set[str] = set()
     try:
         for row, rec, error in _rows(path, text_field):
@@ -102,13 +102,12 @@ def read_records(
         yield Reject(origin, "unreadable", str(err))
 
 
-def probe_records(
-    path: str, limits: ReadLimits, text_field: str = "text", max_rows: int = 10_000
-) -> tuple[bool, str]:
+def probe_records(path: str, limits: ReadSettings, max_rows: int = 10_000) -> tuple[bool, str]:
     """Whether a local records file yields at least one document, looking at its first
     ``max_rows`` rows only. Returns ``(usable, what_was_found)``; when no row has text in
-    ``text_field`` the description names the fields the records do have, and the one field
+    ``limits.text_field`` the description names the fields the records do have, and the one field
     that holds text in most of them, as a hint (``use --text-field content``)."""
+    text_field = limits.text_field
     fields: dict[str, int] = {}
     texty: dict[str, int] = {}
     rows = 0

@@ -20,9 +20,11 @@ The files kept are ordered by :func:`transforms.ordering.order_files` over the i
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import posixpath
+import random
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -36,7 +38,7 @@ from transforms.documents import CODE, Reject, RejectError, TextDocument
 from transforms.ordering import cycle_members, order_files
 from transforms.reading import (
     BINARY_SUFFIXES,
-    ReadLimits,
+    ReadSettings,
     display_path,
     read_file_text,
     walk_folder,
@@ -115,7 +117,7 @@ class _Ignore:
         return verdict
 
 
-def _folder_entries(root: str, limits: ReadLimits) -> Iterator[tuple[str, object] | Reject]:
+def _folder_entries(root: str, limits: ReadSettings) -> Iterator[tuple[str, object] | Reject]:
     """``(rel, text_or_RejectError)`` per file of a folder, in path order, honouring .gitignore."""
     ignore = _Ignore()
 
@@ -153,7 +155,7 @@ def _member_entries(
     listing: list[tuple[str, int]],
     read: Callable[[str], bytes],
     where: Callable[[str], str],
-    limits: ReadLimits,
+    limits: ReadSettings,
 ) -> Iterator[tuple[str, object] | Reject]:
     """Entries of a repository given as a listing ``(rel, size)`` and a reader (an archive's
     members, or the objects under a gs:// / s3:// prefix): the same skip rules as a folder,
@@ -187,7 +189,7 @@ def _member_entries(
                 yield rel, RejectError("unreadable", str(err))
 
 
-def _archive_entries(path: str, limits: ReadLimits) -> Iterator[tuple[str, object] | Reject]:
+def _archive_entries(path: str, limits: ReadSettings) -> Iterator[tuple[str, object] | Reject]:
     members: dict[str, bytes] = {}
     for item in archive_members(path, display_path(path), limits.max_file_bytes):
         if isinstance(item, Reject):
@@ -236,7 +238,7 @@ def _screen(rel: str, text: str) -> tuple[str, str] | None:
     return None
 
 
-def probe_repository(root: str, limits: ReadLimits) -> tuple[bool, Counter]:
+def probe_repository(root: str, limits: ReadSettings) -> tuple[bool, Counter]:
     """Whether a local repository folder or archive holds at least one file that
     :func:`read_repository` would keep, reading files in path order only until the first one.
 
@@ -268,11 +270,26 @@ def probe_repository(root: str, limits: ReadLimits) -> tuple[bool, Counter]:
     return False, seen
 
 
+def arrange_files(files: list[str], edges, settings: ReadSettings, doc_id: str) -> list[int]:
+    """The order of a repository's files (indices into ``files``, which are sorted by path):
+    dependency order, path order, or a shuffle seeded by ``settings.seed`` and the document id
+    (stable across runs and machines)."""
+    if settings.file_order == "dependency":
+        return order_files(files, edges)
+    order = list(range(len(files)))
+    if settings.file_order == "shuffled":
+        digest = hashlib.sha256(f"{settings.seed}|{doc_id}".encode()).digest()
+        random.Random(int.from_bytes(digest[:8], "little")).shuffle(order)
+    elif settings.file_order != "path":
+        raise ValueError(f"unknown file order {settings.file_order!r}")
+    return order
+
+
 def read_repository(
     root: str,
     doc_id: str,
     name: str,
-    limits: ReadLimits,
+    limits: ReadSettings,
     remote: tuple[list[tuple[str, int]], Callable[[str], bytes]] | None = None,
 ) -> tuple[TextDocument | None, list[Reject]]:
     """A repository folder or archive -> (document with files in dependency order, rejects).
@@ -324,7 +341,7 @@ def read_repository(
     texts = [texts[i] for i in by_path]
     root_name = name if not archive else ""
     edges, unparsed = dependency_edges(files, texts, root_name)
-    order = order_files(files, edges)
+    order = arrange_files(files, edges, limits, doc_id)
     doc = TextDocument(
         doc_id=doc_id,
         kind=CODE,

@@ -1,6 +1,6 @@
 """Assemble packed samples into Arrow tables (the shard rows of schemas.SAMPLE_SCHEMA).
 
-Segments arrive as ``(sample, slot, doc_id, start, tokens[, score])``; rows are built with
+Segments arrive as :class:`Segment` s; rows are built with
 numpy offsets (no per-token Python loop) in sample order, segments in slot order. A sample's
 ``dependency_score`` is the token-weighted mean of its scored segments (null if none).
 """
@@ -8,13 +8,43 @@ numpy offsets (no per-token Python loop) in sample order, segments in slot order
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 
 from schemas.columns import DOCUMENT_SCHEMA, SAMPLE_SCHEMA
 
-Segment = tuple  # (sample, slot, doc_id, start, tokens[, score])
+_ATTRIBUTE = {"chapter_starts": "chapters", "dependency_score": "score"}
+
+
+class Segment(NamedTuple):
+    """One segment's ids, placed: slot ``slot`` of sample ``sample``."""
+
+    sample: int
+    slot: int
+    doc_id: str
+    start: int
+    tokens: np.ndarray
+    score: float | None = None
+
+
+def document_row(doc, n_segments: int) -> dict:
+    """A documents.arrow row: each column of ``DOCUMENT_SCHEMA`` from the tokenized document's
+    attribute of that name (``chapter_starts`` <- ``chapters``, ``dependency_score`` <-
+    ``score``), so a new column is a schema field plus the attribute."""
+    row = {}
+    for f in DOCUMENT_SCHEMA:
+        if f.name == "n_segments":
+            row[f.name] = n_segments
+            continue
+        value = getattr(doc, _ATTRIBUTE.get(f.name, f.name))
+        if isinstance(value, np.ndarray):
+            value = value.tolist()
+        elif value is None and pa.types.is_list(f.type):
+            value = []
+        row[f.name] = value
+    return row
 
 
 def build_sample_table(segments: Iterable[Segment]) -> pa.Table:

@@ -89,7 +89,7 @@ class LoadedTokenizer:
 
 
 def _bundled_json() -> str:
-    data = resources.files("pipeline").joinpath("assets/qwen3-tokenizer.json.xz").read_bytes()
+    data = resources.files("transforms").joinpath("assets/qwen3-tokenizer.json.xz").read_bytes()
     return lzma.decompress(data).decode("utf-8")
 
 

@@ -1,0 +1,79 @@
+"""The pipeline's steps as Beam composites, one module each; ``BuildDataset`` wires them.
+
+Graph (labels as they appear in the runner)::
+
+    CreateSources -> ReadDocuments (read, dedup) -----------------------> rejects -> WriteRejects
+                         | texts                                              ^
+                     Tokenize (ids -> token store, windows, score)            |
+                         |                                                    |
+                         +-> PlanSamples (one whole-corpus plan) --- left out +
+                         |        | assignments                | summary -> WritePlanSummary
+                         +--------+-> CutSegments (CoGroupByKey)
+                                       | segment refs by shard   | documents
+                                   WriteShards                 WriteDocuments
+
+Token ids do not travel through the graph: Tokenize writes each document's ids to the token
+store (``pipeline/token_store.py``, in the staging folder) and passes on only its length,
+windows and path; CutSegments and WriteShards move references (``SegmentRef``), and
+WriteShards reads the slices back while it streams each shard one record batch at a time. What
+the runner buffers between steps is therefore a few hundred bytes per piece, whatever the
+corpus size.
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.steps.common import DOCUMENTS, MAIN, REJECTS, SUMMARY, write_json
+from pipeline.steps.plan import CutSegments, PlanSamples
+from pipeline.steps.read import ReadDocuments
+from pipeline.steps.tokenize import Tokenize
+from pipeline.steps.write import WriteDocuments, WriteRejects, WriteShards
+from schemas.layout import PLAN_SUMMARY
+
+__all__ = ["BuildDataset"]
+
+
+class BuildDataset(beam.PTransform):
+    """Sources -> shards, documents.arrow, rejects.jsonl, shard stats and the plan summary in
+    ``staging``. ``config`` is the run's BuildConfig, passed whole."""
+
+    def __init__(
+        self, *, config, sources, discovery_rejects, staging, cache_dir=None, progress=False
+    ):
+        super().__init__()
+        self.config, self.sources, self.discovery_rejects = config, sources, discovery_rejects
+        self.staging, self.cache_dir, self.progress = staging, cache_dir, progress
+
+    def expand(self, pbegin):
+        config, staging = self.config, self.staging
+        read = (
+            pbegin
+            | "CreateSources" >> beam.Create(self.sources)
+            | "ReadDocuments" >> ReadDocuments(config.read_settings, dedup=config.dedup)
+        )
+        docs = read[MAIN] | "Tokenize" >> Tokenize(config, staging, self.cache_dir, self.progress)
+        planned = docs | "PlanSamples" >> PlanSamples(config.plan_settings)
+        wrote_plan = planned[SUMMARY] | "WritePlanSummary" >> beam.Map(
+            write_json, FileSystems.join(staging, PLAN_SUMMARY)
+        )
+        keyed_docs = docs | "KeyDocs" >> beam.Map(lambda d: (d.doc_id, d))
+        cut = {"doc": keyed_docs, "plan": planned[MAIN]} | "CutSegments" >> CutSegments()
+        wrote_shards = cut[MAIN] | "WriteShards" >> WriteShards(
+            staging, config.shard_format, config.seq_len
+        )
+        wrote_docs = cut[DOCUMENTS] | "WriteDocuments" >> WriteDocuments(staging)
+        discovery = pbegin | "DiscoveryRejects" >> beam.Create(self.discovery_rejects)
+        wrote_rejects = (
+            (read[REJECTS], planned[REJECTS], discovery)
+            | "AllRejects" >> beam.Flatten()
+            | "WriteRejects" >> WriteRejects(staging)
+        )
+        # One last step that depends on every sink. Beam 2.77's DaskRunner computes only the
+        # graph of the pipeline's last transform, so without this join it would skip sinks.
+        return (
+            (wrote_plan, wrote_shards, wrote_docs, wrote_rejects)
+            | "AllWritten" >> beam.Flatten()
+            | "Done" >> beam.combiners.Count.Globally()
+        )

@@ -1,0 +1,107 @@
+"""Plan step: the whole-corpus sample plan, and the cut of each document into segments.
+
+``PlanSamples`` gathers one small ``DocInfo`` per document (no tokens) into a single list and
+plans every sample at once (``transforms/plan.py``); ``CutSegments`` joins each document with
+its assignments and emits segment references keyed by shard, plus its documents.arrow row.
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from pipeline.steps.common import DOCUMENTS, MAIN, NAMESPACE, REJECTS, SUMMARY, SplitTagged
+from transforms.documents import SegmentRef, TokenizedDocument
+from transforms.plan import DocInfo, PlanSettings, plan_samples
+from transforms.samples import document_row
+
+
+def doc_info(d: TokenizedDocument) -> DocInfo:
+    """The few numbers of a document the planner needs (no tokens)."""
+    return DocInfo(
+        doc_id=d.doc_id,
+        n_tokens=d.n_tokens,
+        kind=d.kind,
+        group=f"{d.kind}:{d.language or 'unknown'}",
+        source=d.source,
+        origin=d.origin,
+        score=d.score,
+        starts=d.starts,
+        lengths=d.lengths,
+        cache_key=d.cache_key,
+        reused=d.reused,
+    )
+
+
+def plan_to_assignments(infos: list[DocInfo], settings: PlanSettings):
+    """Whole-corpus plan -> ``(MAIN, (doc_id, (shards by split, [Assignment...])))`` per kept
+    document, ``(REJECTS, Reject)`` per document left out, and one ``(SUMMARY, dict)``."""
+    plan = plan_samples(infos, settings)
+    Metrics.counter(NAMESPACE, "samples").inc(plan.n_samples)
+    for doc_id, assignments in plan.by_doc.items():
+        yield MAIN, (doc_id, (plan.shards, assignments))
+    for reject in plan.left_out:
+        Metrics.counter(NAMESPACE, f"rejects_{reject.reason}").inc()
+        yield REJECTS, reject
+    yield (
+        SUMMARY,
+        {
+            "packing": plan.packing,
+            "mixture": plan.mixture,
+            "cache_keys": sorted({d.cache_key for d in infos if d.cache_key}),
+            "reused_keys": sorted({d.cache_key for d in infos if d.cache_key and d.reused}),
+            "validation_doc_ids": plan.validation_doc_ids,
+        },
+    )
+
+
+class PlanSamples(beam.PTransform):
+    """TokenizedDocument s -> ``{MAIN: (doc_id, plan), REJECTS: left out, SUMMARY: dict}``."""
+
+    def __init__(self, settings: PlanSettings):
+        super().__init__()
+        self.settings = settings
+
+    def expand(self, docs):
+        return (
+            docs
+            | "DocInfo" >> beam.Map(doc_info)
+            | "CollectInfos" >> beam.combiners.ToList()
+            | "Plan" >> beam.FlatMap(plan_to_assignments, settings=self.settings)
+            | "SplitPlan" >> SplitTagged(MAIN, REJECTS, SUMMARY)
+        )
+
+
+class CutSegmentsFn(beam.DoFn):
+    """(doc_id, {doc, plan}) -> segment references keyed by ``(split, shard, n_shards)``, plus
+    the document's documents.arrow row."""
+
+    def process(self, element):
+        doc_id, grouped = element
+        docs, plans = list(grouped["doc"]), list(grouped["plan"])
+        if len(docs) != 1 or len(plans) > 1:
+            raise RuntimeError(
+                f"document {doc_id}: {len(docs)} token arrays and {len(plans)} plans"
+            )
+        if not plans:  # left out by --mix / --min-dependency-score: listed in rejects.jsonl
+            return
+        doc, (shards, assignments) = docs[0], plans[0]
+        for a in assignments:
+            # a reference only: the shard writer reads the ids (and scores a partial piece)
+            score = doc.score if a.length == doc.n_tokens else None
+            ref = SegmentRef(a.sample, a.slot, doc_id, a.start, a.length, doc.tokens_path, score)
+            yield MAIN, ((a.split, a.shard, shards[a.split]), ref)
+        yield DOCUMENTS, document_row(doc, len(assignments))
+
+
+class CutSegments(beam.PTransform):
+    """``{"doc": (doc_id, TokenizedDocument), "plan": (doc_id, plan)}`` -> ``{MAIN: keyed
+    segment references, DOCUMENTS: rows}``."""
+
+    def expand(self, joined):
+        return (
+            joined
+            | "JoinPlan" >> beam.CoGroupByKey()
+            | "CutSegments" >> beam.ParDo(CutSegmentsFn())
+            | "SplitCut" >> SplitTagged(MAIN, DOCUMENTS)
+        )

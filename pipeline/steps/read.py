@@ -1,0 +1,102 @@
+"""Read step: sources -> text documents, with exact and near-duplicate files removed.
+
+Every input not used comes out on the ``rejects`` output with its reason (``ReadSourceFn``
+never lets one bad input end a long run).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from pipeline.discover import Source, read_source
+from pipeline.steps.common import MAIN, NAMESPACE, REJECTS, SplitTagged
+from transforms.dedup import band_keys, duplicates_in_bucket, remove_items, signatures
+from transforms.documents import Reject, RejectError, TextDocument
+from transforms.reading import ReadSettings, display_path
+
+_LOG = logging.getLogger(__name__)
+
+
+class ReadSourceFn(beam.DoFn):
+    """A source -> TextDocument(s); every file not used goes to the ``rejects`` output."""
+
+    def __init__(self, settings: ReadSettings):
+        self.settings = settings
+
+    def process(self, src: Source):
+        try:
+            for item in read_source(src, self.settings):
+                if isinstance(item, Reject):
+                    Metrics.counter(NAMESPACE, f"rejects_{item.reason}").inc()
+                    yield REJECTS, item
+                else:
+                    yield MAIN, item
+        except RejectError as err:
+            Metrics.counter(NAMESPACE, f"rejects_{err.reason}").inc()
+            yield REJECTS, Reject(display_path(src.path), err.reason, err.detail)
+        except Exception as err:  # one bad input must not end a long run
+            _LOG.exception("reading %s failed", src.path)
+            Metrics.counter(NAMESPACE, "rejects_read_error").inc()
+            yield (
+                REJECTS,
+                Reject(display_path(src.path), "read_error", f"{type(err).__name__}: {err}"),
+            )
+
+
+def _bucket_duplicates(element):
+    _, members = element
+    for dropped, kept, sim in duplicates_in_bucket(list(members)):
+        yield dropped.doc_id, (dropped.path, kept.where(), sim)
+
+
+class RemoveDuplicatesFn(beam.DoFn):
+    """Leave out the files (or whole documents) that duplicate a copy kept elsewhere."""
+
+    def process(self, doc: TextDocument, drops: dict):
+        found = drops.get(doc.doc_id)
+        if not found:
+            yield MAIN, doc
+            return
+        kept, rejects = remove_items(doc, list(found))
+        for r in rejects:
+            Metrics.counter(NAMESPACE, f"rejects_{r.reason}").inc()
+            yield REJECTS, r
+        if kept is not None:
+            yield MAIN, kept
+
+
+class ReadDocuments(beam.PTransform):
+    """``Source`` s -> ``{MAIN: TextDocument s, REJECTS: Reject s}`` (dedup unless off)."""
+
+    def __init__(self, settings: ReadSettings, dedup: bool = True):
+        super().__init__()
+        self.settings, self.dedup = settings, dedup
+
+    def expand(self, sources):
+        read = (
+            sources
+            | "SpreadSources" >> beam.Reshuffle()
+            | "ReadSources" >> beam.ParDo(ReadSourceFn(self.settings))
+            | "SplitRead" >> SplitTagged(MAIN, REJECTS)
+        )
+        if not self.dedup:
+            return {MAIN: read[MAIN], REJECTS: read[REJECTS]}
+        texts = read[MAIN]
+        drops = (
+            texts
+            | "Signatures"
+            >> beam.FlatMap(lambda d: [(k, s) for s in signatures(d) for k in band_keys(s)])
+            | "GroupByBand" >> beam.GroupByKey()
+            | "FindDuplicates" >> beam.FlatMap(_bucket_duplicates)
+            | "DuplicatesByDocument" >> beam.GroupByKey()
+        )
+        deduped = (
+            texts
+            | "RemoveDuplicates" >> beam.ParDo(RemoveDuplicatesFn(), beam.pvalue.AsDict(drops))
+            | "SplitDedup" >> SplitTagged(MAIN, REJECTS)
+        )
+        rejects = (read[REJECTS], deduped[REJECTS]) | "ReadRejects" >> beam.Flatten()
+        return {MAIN: deduped[MAIN], REJECTS: rejects}

@@ -1,0 +1,56 @@
+"""Every name in an output folder (CONTRACTS.md section 2), spelled here and nowhere else.
+
+OUT/
+  manifest.json          MANIFEST: written last, atomically
+  documents.arrow        DOCUMENTS
+  shards/                SHARDS_DIR: train-00000-of-00003.arrow, validation-00000-of-00001.arrow
+  rejects.jsonl          REJECTS
+  report/                REPORT_DIR: summary.md (REPORT_SUMMARY), report.html, PNG plots
+  .lock                  LOCK: held while a run writes the folder (pipeline/lock.py)
+  .staging-<pid>/        STAGING: one run's files before they are published
+    tokens/              TOKENS_DIR: the token store (pipeline/token_store.py)
+    shards.json          SHARD_STATS, plan.json PLAN_SUMMARY: driver-side bookkeeping
+  .cache/tokens/         CACHE_DIR / TOKENS_DIR: the --incremental cache
+"""
+
+from __future__ import annotations
+
+MANIFEST = "manifest.json"
+DOCUMENTS = "documents.arrow"
+REJECTS = "rejects.jsonl"
+SHARDS_DIR = "shards"
+REPORT_DIR = "report"
+SUMMARY_MD = "summary.md"
+REPORT_SUMMARY = f"{REPORT_DIR}/{SUMMARY_MD}"
+LOCK = ".lock"
+STAGING = ".staging"
+CACHE_DIR = ".cache"
+TOKENS_DIR = "tokens"
+SHARD_STATS = "shards.json"
+PLAN_SUMMARY = "plan.json"
+
+# What a run publishes from its staging folder into OUT (the manifest comes last, on its own).
+PUBLISHED = (SHARDS_DIR, DOCUMENTS, REJECTS, REPORT_DIR)
+
+TRAIN, VALIDATION = "train", "validation"
+SPLITS = (TRAIN, VALIDATION)
+SHARD_FORMATS = ("arrow", "parquet")
+
+
+def shard_name(split: str, index: int, count: int, fmt: str) -> str:
+    """``train-00000-of-00003.arrow``: the ``datasets`` naming, one series per split."""
+    return f"{split}-{index:05d}-of-{count:05d}.{fmt}"
+
+
+def shard_path(split: str, index: int, count: int, fmt: str) -> str:
+    """A shard's path relative to OUT, as the manifest lists it."""
+    return f"{SHARDS_DIR}/{shard_name(split, index, count, fmt)}"
+
+
+def split_of(entry: dict) -> str:
+    """The split of a manifest shard entry: its ``split`` key, else its file name's prefix
+    (manifests written before the validation split existed hold only train shards)."""
+    if entry.get("split"):
+        return entry["split"]
+    name = entry["path"].rsplit("/", 1)[-1]
+    return VALIDATION if name.startswith(f"{VALIDATION}-") else TRAIN

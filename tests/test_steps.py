@@ -1,0 +1,199 @@
+"""Each Beam composite of pipeline/steps/ on small in-memory inputs, with TestPipeline and
+assert_that (the real runner, the real Qwen3 tokenizer, real Arrow files)."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipeline import token_store
+from pipeline.config import BuildConfig
+from pipeline.discover import discover
+from pipeline.runners import make_runner
+from pipeline.steps.common import DOCUMENTS, MAIN, REJECTS, SUMMARY
+from pipeline.steps.plan import CutSegments, PlanSamples
+from pipeline.steps.read import ReadDocuments
+from pipeline.steps.tokenize import Tokenize
+from pipeline.steps.write import WriteShards
+from transforms.documents import TextDocument, TokenizedDocument
+from transforms.plan import PlanSettings
+from transforms.reading import ReadSettings
+
+BOOK_TEXT = (
+    "Chapter One\n\nIt was a bright cold day in April, and the wind swept the dust of the "
+    "streets into little spirals; nobody in the long street looked up at the grey sky.\n\n"
+    "Winston made for the stairs. The lift was seldom working, and the hallway smelt of boiled "
+    "cabbage and old rag mats.\n\nThe clocks were striking."
+)
+
+
+def _pipeline() -> TestPipeline:
+    options = PipelineOptions(["--runner", "DirectRunner"])
+    return TestPipeline(runner=make_runner(options), options=options)
+
+
+def test_read_documents_keeps_books_and_rejects_empty_and_duplicate(tmp_path):
+    books = tmp_path / "books"
+    books.mkdir()
+    (books / "a.txt").write_text(BOOK_TEXT)
+    (books / "b.txt").write_text("A different book.\n\nWith its own second paragraph.\n")
+    (books / "copy-of-a.txt").write_text(BOOK_TEXT)
+    (books / "empty.txt").write_text("   \n")
+    sources, _ = discover(books=[str(books)])
+    with _pipeline() as p:
+        read = p | beam.Create(sources) | ReadDocuments(ReadSettings(), dedup=True)
+        assert_that(
+            read[MAIN] | "Ids" >> beam.Map(lambda d: d.doc_id),
+            equal_to(["book/a", "book/b"]),
+            label="Kept",
+        )
+        assert_that(
+            read[REJECTS] | "Reasons" >> beam.Map(lambda r: (r.path.rsplit("/", 1)[-1], r.reason)),
+            equal_to([("copy-of-a.txt", "duplicate"), ("empty.txt", "empty")]),
+            label="Rejected",
+        )
+
+
+def test_tokenize_stores_ids_that_decode_to_the_text(tmp_path, qwen3_dir, qwen3):
+    config = BuildConfig(tokenizer=str(qwen3_dir), seq_len=64, output=str(tmp_path / "out"))
+    doc = TextDocument("book/a", "book", "a.txt", [BOOK_TEXT])
+    staging = str(tmp_path / "staging")
+    with _pipeline() as p:
+        docs = p | beam.Create([doc]) | Tokenize(config, staging)
+        assert_that(
+            docs | beam.Map(lambda d: (d.doc_id, d.reused, d.n_tokens > 0)),
+            equal_to([("book/a", False, True)]),
+        )
+    path = token_store.path_for(staging, "book/a")
+    ids = np.fromfile(path, dtype="<i4")
+    text = qwen3.tokenizer.decode(ids.tolist(), skip_special_tokens=False)
+    assert text.startswith("Chapter One") and "bright cold day in April" in text
+    assert text.endswith("The clocks were striking." + qwen3.end_of_text)
+    assert len(ids) < len(BOOK_TEXT) / 2  # real subword tokens, not bytes
+    assert int(ids[-1]) == qwen3.end_of_text_id
+
+
+def _tokenized(doc_id: str, n: int, tokens_path: str = "") -> TokenizedDocument:
+    return TokenizedDocument(
+        doc_id=doc_id,
+        kind="book",
+        origin=doc_id,
+        files=[],
+        n_bytes=n,
+        content_sha256="0" * 64,
+        n_tokens=n,
+        tokens_path=tokens_path,
+    )
+
+
+def test_plan_samples_windows_packs_and_holds_out_whole_documents():
+    docs = [_tokenized("long", 10), _tokenized("short", 3), _tokenized("mid", 5)]
+    settings = PlanSettings(seq_len=4, overlap=1, samples_per_shard=2)
+    with _pipeline() as p:
+        planned = p | beam.Create(docs) | PlanSamples(settings)
+        pieces = planned[MAIN] | "Pieces" >> beam.Map(
+            lambda kv: (kv[0], sorted((a.start, a.length, a.split) for a in kv[1][1]))
+        )
+        assert_that(
+            pieces,
+            equal_to(
+                [
+                    ("long", [(0, 4, "train"), (3, 4, "train"), (6, 4, "train")]),
+                    ("mid", [(0, 4, "train"), (3, 2, "train")]),
+                    ("short", [(0, 3, "train")]),
+                ]
+            ),
+            label="Pieces",
+        )
+        assert_that(
+            planned[SUMMARY] | "Held" >> beam.Map(lambda s: s["validation_doc_ids"]),
+            equal_to([[]]),
+            label="NothingHeldOut",
+        )
+    held_out = PlanSettings(seq_len=4, overlap=1, samples_per_shard=2, eval_fraction=0.3)
+    with _pipeline() as p:
+        planned = p | beam.Create(docs) | PlanSamples(held_out)
+        splits = planned[MAIN] | "Splits" >> beam.Map(
+            lambda kv: (kv[0], sorted({a.split for a in kv[1][1]}))
+        )
+        # sha256 of "0|long", "0|mid", "0|short": 33bd.., 6f9a.., 846d..: long comes first
+        # and its 10 of 18 tokens reach 0.3, so long alone is held out, whole
+        assert_that(
+            splits,
+            equal_to([("long", ["validation"]), ("mid", ["train"]), ("short", ["train"])]),
+        )
+
+
+def test_cut_and_write_shards_put_each_token_in_its_sample(tmp_path):
+    staging = str(tmp_path / "staging")
+    docs = []
+    for doc_id, n, base in (("a", 6, 100), ("b", 3, 200)):
+        path = token_store.path_for(staging, doc_id)
+        token_store.store(path, np.arange(base, base + n, dtype=np.int32))
+        docs.append(_tokenized(doc_id, n, path))
+    settings = PlanSettings(seq_len=4, samples_per_shard=8)
+    with _pipeline() as p:
+        tokenized = p | beam.Create(docs)
+        planned = tokenized | PlanSamples(settings)
+        keyed = tokenized | beam.Map(lambda d: (d.doc_id, d))
+        cut = {"doc": keyed, "plan": planned[MAIN]} | CutSegments()
+        stats_path = cut[MAIN] | WriteShards(staging, "arrow", 4)
+        assert_that(stats_path, equal_to([f"{staging}/shards.json"]), label="Stats")
+        assert_that(
+            cut[DOCUMENTS] | beam.Map(lambda r: (r["doc_id"], r["n_segments"])),
+            equal_to([("a", 2), ("b", 1)]),
+            label="Rows",
+        )
+    with pa.OSFile(f"{staging}/shards/train-00000-of-00001.arrow") as fh:
+        rows = pa.ipc.open_stream(fh).read_all().to_pylist()
+    got = sorted((r["input_ids"], r["seq_lengths"], r["doc_ids"], r["doc_starts"]) for r in rows)
+    # a (6 tokens) -> [0,4) and [4,6); b (3) whole; best fit puts a's tail... nowhere (2+3 > 4)
+    assert got == sorted(
+        [
+            ([100, 101, 102, 103], [4], ["a"], [0]),
+            ([104, 105], [2], ["a"], [4]),
+            ([200, 201, 202], [3], ["b"], [0]),
+        ]
+    )
+
+
+@pytest.mark.parametrize("order", ["dependency", "path", "shuffled"])
+def test_file_order_switch(tmp_path, order):
+    repo = tmp_path / "pkg"
+    repo.mkdir()
+    (repo / "a.py").write_text("import c\nA = c.C\n")
+    (repo / "b.py").write_text("B = 2\n")
+    (repo / "c.py").write_text("import b\nC = b.B\n")
+    sources, _ = discover(repos=[str(repo)])
+    settings = ReadSettings(file_order=order, seed=0)
+    with _pipeline() as p:
+        read = p | beam.Create(sources) | ReadDocuments(settings, dedup=False)
+        files = read[MAIN] | beam.Map(lambda d: d.files)
+        expected = {
+            "dependency": ["b.py", "c.py", "a.py"],  # imports first
+            "path": ["a.py", "b.py", "c.py"],
+        }.get(order)
+        if expected:
+            assert_that(files, equal_to([expected]))
+        else:
+            assert_that(
+                files,
+                equal_to([_shuffled(["a.py", "b.py", "c.py"], "code/pkg")]),
+            )
+
+
+def _shuffled(files: list[str], doc_id: str) -> list[str]:
+    """The documented rule, written out: random.Random(first 8 bytes of sha256("0|doc_id"),
+    little-endian).shuffle over the path-sorted files."""
+    import hashlib
+    import random
+
+    order = list(range(len(files)))
+    seed = int.from_bytes(hashlib.sha256(f"0|{doc_id}".encode()).digest()[:8], "little")
+    random.Random(seed).shuffle(order)
+    return [files[i] for i in order]
