@@ -51,8 +51,8 @@ def fetch(dest: Path) -> list[Path]:
 
 
 def main() -> None:
-    from transforms.dependencies import dependency_edges
-    from transforms.ordering import strongly_connected
+    from transforms.code.dependencies import dependency_edges
+    from transforms.code.ordering import strongly_connected
 
     tmp = Path(tempfile.mkdtemp(prefix="longctx-deps-"))
     archives = fetch(tmp)

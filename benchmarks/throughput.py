@@ -41,8 +41,8 @@ from benchmarks.common import (  # noqa: E402
 
 def corpus_texts() -> list[str]:
     """The document texts the pipeline tokenizes (books stripped; repositories in order)."""
-    from transforms.reading import ReadSettings, read_book
-    from transforms.repository import read_repository
+    from transforms.inputs.reading import ReadSettings, read_book
+    from transforms.inputs.repository import read_repository
 
     texts = []
     for p in sorted(BOOKS.iterdir()):
@@ -57,7 +57,7 @@ def corpus_texts() -> list[str]:
 def ceiling(texts: list[str]) -> tuple[float, int]:
     from tokenizers import Tokenizer
 
-    from transforms.tokenize import chunk_text
+    from transforms.samples.tokenize import chunk_text
 
     tok = Tokenizer.from_file(str(QWEN3 / "tokenizer.json"))
     chunks = [c for t in texts for c in chunk_text(t)]

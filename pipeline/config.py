@@ -15,8 +15,8 @@ from pipeline import remote
 from pipeline.errors import UsageError
 from schemas.layout import MANIFEST
 from schemas.settings import option
-from transforms.plan import PACKINGS, PlanSettings
-from transforms.reading import FILE_ORDERS, ReadSettings
+from transforms.inputs.reading import FILE_ORDERS, ReadSettings
+from transforms.samples.plan import PACKINGS, PlanSettings
 
 GROUPS = {
     "inputs": "inputs",
@@ -244,7 +244,7 @@ class BuildConfig:
 
     def validate(self) -> None:
         """Check every value before any work; raises UsageError naming the flag or path."""
-        from transforms.mixture import MixError, parse_mix
+        from transforms.samples.mixture import MixError, parse_mix
 
         checks = (
             (
@@ -326,7 +326,7 @@ class BuildConfig:
     @property
     def slack(self) -> int:
         """The effective --boundary-slack in tokens (0 with --window-boundaries none)."""
-        from transforms.windowing import default_slack
+        from transforms.samples.windowing import default_slack
 
         if self.window_boundaries == "none":
             return 0
@@ -334,7 +334,7 @@ class BuildConfig:
 
     @property
     def mix_weights(self) -> dict[str, float] | None:
-        from transforms.mixture import parse_mix
+        from transforms.samples.mixture import parse_mix
 
         return parse_mix(self.mix)
 

@@ -24,13 +24,13 @@ import sys
 import time
 
 from pipeline.discover import discover, read_source
-from transforms.archives import ARCHIVE_SUFFIXES
 from transforms.documents import Reject, RejectError
-from transforms.plan import DocInfo, PlanSettings, plan_samples
-from transforms.reading import BOOK_SUFFIXES, ReadSettings, display_path, walk_folder
-from transforms.records import RECORD_SUFFIXES
-from transforms.tokenize import TokenizerError, encode_and_window, load_tokenizer
-from transforms.windowing import default_slack
+from transforms.inputs.archives import ARCHIVE_SUFFIXES
+from transforms.inputs.reading import BOOK_SUFFIXES, ReadSettings, display_path, walk_folder
+from transforms.inputs.records import RECORD_SUFFIXES
+from transforms.samples.plan import DocInfo, PlanSettings, plan_samples
+from transforms.samples.tokenize import TokenizerError, encode_and_window, load_tokenizer
+from transforms.samples.windowing import default_slack
 
 
 def _classify(path: str, kind: str) -> str:

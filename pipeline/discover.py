@@ -12,11 +12,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline import remote
-from transforms.archives import ARCHIVE_SUFFIXES
 from transforms.documents import Reject, TextDocument
-from transforms.reading import BOOK_SUFFIXES, ReadSettings, display_path, read_book, walk_folder
-from transforms.records import RECORD_SUFFIXES, read_records
-from transforms.repository import read_repository
+from transforms.inputs.archives import ARCHIVE_SUFFIXES
+from transforms.inputs.reading import (
+    BOOK_SUFFIXES,
+    ReadSettings,
+    display_path,
+    read_book,
+    walk_folder,
+)
+from transforms.inputs.records import RECORD_SUFFIXES, read_records
+from transforms.inputs.repository import read_repository
 
 BOOK, REPO, RECORDS = "book", "repo", "records"
 

@@ -26,10 +26,10 @@ from collections import Counter
 
 from pipeline import remote
 from pipeline.errors import NoSpace, ShrinkRefused, UnusableInput
-from transforms.archives import ARCHIVE_SUFFIXES
-from transforms.reading import BOOK_SUFFIXES, ReadSettings, probe_books
-from transforms.records import probe_records
-from transforms.repository import probe_repository
+from transforms.inputs.archives import ARCHIVE_SUFFIXES
+from transforms.inputs.reading import BOOK_SUFFIXES, ReadSettings, probe_books
+from transforms.inputs.records import probe_records
+from transforms.inputs.repository import probe_repository
 
 # Output bytes per byte of input text: the token store and the shards each hold every token as
 # int32 (4 B), and a byte-level BPE spends a token on about 3 bytes of English or code or more

@@ -2,7 +2,7 @@
 with ``apache_beam.io.filesystems``): listing and reading through Beam's FileSystems.
 
 A remote book is one object; a remote repository is every object under its prefix, read with
-the same skip rules as a folder (``transforms.repository``); a remote ``--repos-root`` holds one
+the same skip rules as a folder (``transforms.inputs.repository``); a remote ``--repos-root`` holds one
 repository per first path component; remote records files are read into memory.
 """
 

@@ -62,7 +62,7 @@ from schemas.layout import (
     SHARD_STATS,
 )
 from schemas.manifest import Manifest, build_manifest, parse_manifest
-from transforms.tokenize import TokenizerError, load_tokenizer
+from transforms.samples.tokenize import TokenizerError, load_tokenizer
 
 _LOG = logging.getLogger("longctx")
 

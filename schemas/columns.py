@@ -20,7 +20,7 @@ SAMPLE_SCHEMA = pa.schema(
         pa.field("doc_starts", pa.list_(pa.int64()), nullable=False),
         pa.field("n_tokens", pa.int32(), nullable=False),
         # token-weighted mean of the segments' long-dependency scores; null when no segment is
-        # long enough to score (transforms/dependency_score.py)
+        # long enough to score (transforms/code/dependency_score.py)
         pa.field("dependency_score", pa.float32(), nullable=True),
     ]
 )

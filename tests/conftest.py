@@ -31,7 +31,7 @@ def qwen3_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def qwen3(qwen3_dir):
-    from transforms.tokenize import load_tokenizer
+    from transforms.samples.tokenize import load_tokenizer
 
     return load_tokenizer(str(qwen3_dir))
 

@@ -8,10 +8,10 @@ import zipfile
 
 import pytest
 
-from transforms.books import chapter_starts, strip_gutenberg
 from transforms.documents import RejectError
-from transforms.markup import html_to_text
-from transforms.reading import ReadSettings, read_book
+from transforms.inputs.books import chapter_starts, strip_gutenberg
+from transforms.inputs.markup import html_to_text
+from transforms.inputs.reading import ReadSettings, read_book
 
 LIMITS = ReadSettings()
 

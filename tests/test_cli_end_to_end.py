@@ -15,9 +15,9 @@ import pytest
 
 from schemas.validation import validate_output
 from tests.conftest import STDLIB, run_cli
-from transforms.reading import ReadSettings, read_book
-from transforms.repository import read_repository
-from transforms.tokenize import encode_document
+from transforms.inputs.reading import ReadSettings, read_book
+from transforms.inputs.repository import read_repository
+from transforms.samples.tokenize import encode_document
 
 PACKAGES = ("json", "email", "asyncio")
 pytestmark = pytest.mark.slow

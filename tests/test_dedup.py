@@ -4,7 +4,7 @@ import json
 import os
 import sysconfig
 
-from transforms.dedup import (
+from transforms.code.dedup import (
     band_keys,
     duplicates_in_bucket,
     normalise,
@@ -13,7 +13,7 @@ from transforms.dedup import (
     similarity,
 )
 from transforms.documents import BOOK, CODE, TextDocument
-from transforms.reading import ReadSettings, read_book
+from transforms.inputs.reading import ReadSettings, read_book
 
 STDLIB = sysconfig.get_paths()["stdlib"]
 
@@ -84,7 +84,7 @@ def test_signatures_are_stable_across_processes():
     import sys
 
     code = (
-        "import json,sys; from transforms.dedup import signatures; "
+        "import json,sys; from transforms.code.dedup import signatures; "
         "from transforms.documents import TextDocument; "
         "d = TextDocument('b', 'book', '/', [open(sys.argv[1]).read()]); "
         "print(json.dumps(signatures(d)[0].minhash.tolist()))"

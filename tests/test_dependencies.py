@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms.dependencies import dependency_edges
-from transforms.ordering import cycle_members, order_files, strongly_connected
+from transforms.code.dependencies import dependency_edges
+from transforms.code.ordering import cycle_members, order_files, strongly_connected
 
 
 def ordered(repo: dict[str, str], root_name: str = "") -> tuple[list[str], set[tuple[str, str]]]:

@@ -5,10 +5,10 @@ import random
 import numpy as np
 import pytest
 
-from transforms.dependency_score import MIN_TOKENS, dependency_score
+from transforms.code.dependency_score import MIN_TOKENS, dependency_score
 from transforms.documents import BOOK, TextDocument
-from transforms.reading import ReadSettings, read_book
-from transforms.tokenize import encode_document
+from transforms.inputs.reading import ReadSettings, read_book
+from transforms.samples.tokenize import encode_document
 
 
 @pytest.mark.parametrize(

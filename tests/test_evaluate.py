@@ -184,7 +184,7 @@ def bpe(tmp_path_factory, books_dir):
 
 @pytest.fixture(scope="module")
 def bpe_loaded(bpe):
-    from transforms.tokenize import load_tokenizer  # as pipeline.run --tokenizer loads it
+    from transforms.samples.tokenize import load_tokenizer  # as pipeline.run --tokenizer loads it
 
     return load_tokenizer(str(bpe))
 

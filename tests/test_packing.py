@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms.packing import Piece, _CapacityIndex, pack_best_fit
-from transforms.plan import PlanSettings, plan_samples
+from transforms.samples.packing import Piece, _CapacityIndex, pack_best_fit
+from transforms.samples.plan import PlanSettings, plan_samples
 
 
 def ids(samples):

@@ -4,11 +4,11 @@ import os
 
 import pytest
 
-from transforms.books import strip_gutenberg
-from transforms.decode import decode_text
 from transforms.documents import RejectError
-from transforms.reading import ReadSettings, read_book
-from transforms.repository import read_repository
+from transforms.inputs.books import strip_gutenberg
+from transforms.inputs.decode import decode_text
+from transforms.inputs.reading import ReadSettings, read_book
+from transforms.inputs.repository import read_repository
 
 LIMITS = ReadSettings(max_file_bytes=1 << 20)
 

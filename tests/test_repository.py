@@ -8,8 +8,8 @@ import os
 import tarfile
 import zipfile
 
-from transforms.reading import ReadSettings
-from transforms.repository import read_repository
+from transforms.inputs.reading import ReadSettings
+from transforms.inputs.repository import read_repository
 
 LIMITS = ReadSettings(max_file_bytes=1 << 20)
 SECRET = "TOP SECRET outside the root"
@@ -138,7 +138,9 @@ def test_zip_archive_with_traversal_symlink_and_bomb(tmp_path):
 def test_zip_member_with_huge_compression_ratio_is_not_inflated(tmp_path):
     archive = tmp_path / "r.zip"
     _zip(archive, {"a.py": b"x = 1\n", "zeros.txt": b"\0" * (4 << 20)})
-    doc, rejects = read_repository(str(archive), "code/r", "r", ReadSettings(max_file_bytes=64 << 20))
+    doc, rejects = read_repository(
+        str(archive), "code/r", "r", ReadSettings(max_file_bytes=64 << 20)
+    )
     assert doc.files == ["a.py"]
     assert _reasons(rejects) == {"zeros.txt": "decompression_bomb"}
 

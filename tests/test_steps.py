@@ -21,8 +21,8 @@ from pipeline.steps.read import ReadDocuments
 from pipeline.steps.tokenize import Tokenize
 from pipeline.steps.write import WriteShards
 from transforms.documents import TextDocument, TokenizedDocument
-from transforms.plan import PlanSettings
-from transforms.reading import ReadSettings
+from transforms.inputs.reading import ReadSettings
+from transforms.samples.plan import PlanSettings
 
 BOOK_TEXT = (
     "Chapter One\n\nIt was a bright cold day in April, and the wind swept the dust of the "

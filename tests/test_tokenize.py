@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from transforms.documents import BOOK, CODE, TextDocument
-from transforms.reading import ReadSettings, read_book
-from transforms.tokenize import TokenizerError, chunk_text, encode_document, load_tokenizer
+from transforms.inputs.reading import ReadSettings, read_book
+from transforms.samples.tokenize import TokenizerError, chunk_text, encode_document, load_tokenizer
 
 
 def test_end_of_text_is_endoftext_not_chat_eos(qwen3):

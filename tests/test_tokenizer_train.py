@@ -80,7 +80,7 @@ def test_cli_output_loads_in_pipeline_transformers_and_random_model(trained, tmp
     from transformers import AutoTokenizer
 
     from train.random_model import build
-    from transforms.tokenize import load_tokenizer
+    from transforms.samples.tokenize import load_tokenizer
 
     out = tmp_path / "tok"
     proc = run_cli(

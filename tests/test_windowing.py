@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from transforms.windowing import window_document
+from transforms.samples.windowing import window_document
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ What it builds, Qwen2-style so that the pipeline treats it like the Qwen3 tokeni
 
 Reading: the project's readers, not a copy of them. Every file under a ``--data`` folder
 (sorted, recursively; ``.git`` and ``__pycache__`` skipped; symbolic links never followed) is
-read with ``transforms.reading``: ``.txt``/``.md``/``.html``/``.htm``/``.epub`` as books
+read with ``transforms.inputs.reading``: ``.txt``/``.md``/``.html``/``.htm``/``.epub`` as books
 (Project Gutenberg boilerplate stripped), any other file as text (binary files and undecodable
 text are skipped and counted by reason). Files above ``--max-file-mb`` are skipped; reading
 stops once ``--max-total-mb`` of text is gathered. Texts are cut into ~64 KiB chunks at line
@@ -64,16 +64,16 @@ def iter_texts(
 
     ``stats`` is filled as it goes: files read, characters, rejects by reason, truncated."""
     from transforms.documents import RejectError
-    from transforms.reading import (
+    from transforms.inputs.reading import (
         BOOK_SUFFIXES,
-        ReadLimits,
+        ReadSettings,
         read_book,
         read_file_text,
         walk_folder,
     )
-    from transforms.tokenize import chunk_text
+    from transforms.samples.tokenize import chunk_text
 
-    limits = ReadLimits(max_file_bytes=max_file_bytes)
+    limits = ReadSettings(max_file_bytes=max_file_bytes)
     rejects: Counter = stats.setdefault("rejects", Counter())
     stats.setdefault("files", 0)
     stats.setdefault("chars", 0)

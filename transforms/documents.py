@@ -87,9 +87,9 @@ class TokenizedDocument:
     cycle_files: int = 0
     unparsed_files: int = 0
     chapters: np.ndarray | None = None  # token offsets of chapter / file starts
-    starts: np.ndarray | None = None  # the document's windows (see transforms/windowing.py)
+    starts: np.ndarray | None = None  # the document's windows (see transforms/samples/windowing.py)
     lengths: np.ndarray | None = None
-    score: float | None = None  # long-dependency score (transforms/dependency_score.py)
+    score: float | None = None  # long-dependency score (transforms/code/dependency_score.py)
     cache_key: str | None = None  # --incremental: the cache entry it came from or went to
     reused: bool = False  # --incremental: loaded from the cache instead of tokenized
 

@@ -1,7 +1,7 @@
 """Plan step: the whole-corpus sample plan, and the cut of each document into segments.
 
 ``PlanSamples`` gathers one small ``DocInfo`` per document (no tokens) into a single list and
-plans every sample at once (``transforms/plan.py``); ``CutSegments`` joins each document with
+plans every sample at once (``transforms/samples/plan.py``); ``CutSegments`` joins each document with
 its assignments and emits segment references keyed by shard, plus its documents.arrow row.
 """
 
@@ -12,8 +12,8 @@ from apache_beam.metrics import Metrics
 
 from pipeline.steps.common import DOCUMENTS, MAIN, NAMESPACE, REJECTS, SUMMARY, SplitTagged
 from transforms.documents import SegmentRef, TokenizedDocument
-from transforms.plan import DocInfo, PlanSettings, plan_samples
-from transforms.samples import document_row
+from transforms.samples.plan import DocInfo, PlanSettings, plan_samples
+from transforms.samples.tables import document_row
 
 
 def doc_info(d: TokenizedDocument) -> DocInfo:

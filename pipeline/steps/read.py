@@ -13,9 +13,9 @@ from apache_beam.metrics import Metrics
 
 from pipeline.discover import Source, read_source
 from pipeline.steps.common import MAIN, NAMESPACE, REJECTS, SplitTagged
-from transforms.dedup import band_keys, duplicates_in_bucket, remove_items, signatures
+from transforms.code.dedup import band_keys, duplicates_in_bucket, remove_items, signatures
 from transforms.documents import Reject, RejectError, TextDocument
-from transforms.reading import ReadSettings, display_path
+from transforms.inputs.reading import ReadSettings, display_path
 
 _LOG = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from apache_beam.metrics import Metrics
 
 from pipeline import token_store
 from pipeline.steps.common import NAMESPACE
-from transforms.dependency_score import dependency_score
+from transforms.code.dependency_score import dependency_score
 from transforms.documents import TextDocument, TokenizedDocument
 
 
@@ -39,7 +39,7 @@ class TokenizeFn(beam.DoFn):
         self._docs = self._tokens = 0
 
     def setup(self):
-        from transforms.tokenize import load_tokenizer
+        from transforms.samples.tokenize import load_tokenizer
 
         self.tok = load_tokenizer(self.config.tokenizer, self.config.trust_remote_code)
 
@@ -89,7 +89,7 @@ class TokenizeFn(beam.DoFn):
         return key, cache.load(self.cache_dir, key)
 
     def _tokenize(self, doc: TextDocument) -> dict:
-        from transforms.tokenize import encode_and_window
+        from transforms.samples.tokenize import encode_and_window
 
         c = self.config
         enc, starts, lengths = encode_and_window(

@@ -13,8 +13,8 @@ from pipeline import token_store
 from pipeline.steps.common import write_json
 from schemas.columns import DOCUMENT_SCHEMA, SAMPLE_SCHEMA
 from schemas.layout import DOCUMENTS, REJECTS, SHARD_STATS, shard_path
-from transforms.dependency_score import dependency_score
-from transforms.samples import (
+from transforms.code.dependency_score import dependency_score
+from transforms.samples.tables import (
     Segment,
     batches_of_samples,
     build_document_table,

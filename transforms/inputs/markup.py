@@ -18,9 +18,9 @@ from html.parser import HTMLParser
 from io import BytesIO
 from xml.etree import ElementTree
 
-from transforms.archives import MAX_RATIO, safe_member_name
-from transforms.decode import decode_text
 from transforms.documents import RejectError
+from transforms.inputs.archives import MAX_RATIO, safe_member_name
+from transforms.inputs.decode import decode_text
 
 _BLOCK = frozenset(
     [

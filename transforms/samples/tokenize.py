@@ -33,7 +33,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from transforms.documents import CODE, TextDocument
-from transforms.windowing import window_document
+from transforms.samples.windowing import window_document
 
 BUNDLED = "bundled:qwen3"
 CHUNK_CHARS = 65536

@@ -13,10 +13,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from transforms.books import chapter_starts, gutenberg_language, gutenberg_title, strip_gutenberg
-from transforms.decode import decode_text
 from transforms.documents import BOOK, Reject, RejectError, TextDocument
-from transforms.markup import epub_text, html_to_text
+from transforms.inputs.books import (
+    chapter_starts,
+    gutenberg_language,
+    gutenberg_title,
+    strip_gutenberg,
+)
+from transforms.inputs.decode import decode_text
+from transforms.inputs.markup import epub_text, html_to_text
 
 BOOK_SUFFIXES = (".txt", ".md", ".html", ".htm", ".xhtml", ".epub")
 # Folders never searched for books: version control and tool caches.
@@ -108,7 +113,6 @@ class ReadSettings:
 
 
 FILE_ORDERS = ("dependency", "path", "shuffled")
-ReadLimits = ReadSettings  # the former name, kept while train/tokenizer.py moves over
 
 
 def display_path(path: str | os.PathLike) -> str:

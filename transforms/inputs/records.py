@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator
 
 from transforms.documents import BOOK, CODE, KINDS, Reject, RejectError, TextDocument
-from transforms.reading import ReadSettings, display_path
+from transforms.inputs.reading import ReadSettings, display_path
 
 RECORD_SUFFIXES = (".jsonl", ".json", ".parquet")
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transforms.archives import ARCHIVE_SUFFIXES
 from transforms.documents import Reject, TextDocument
+from transforms.inputs.archives import ARCHIVE_SUFFIXES
 
 THRESHOLD = 0.8
 MIN_CHARS = 256

@@ -11,10 +11,10 @@ What is left out, each as a :class:`Reject` with its reason (nothing is dropped 
   over 2,000), ``generated`` (a "generated ... do not edit" marker in the first lines);
 - ``notebook_outputs``: a notebook is kept as its cells' sources (jupytext "percent" format);
   the outputs it held are listed under ``path#outputs``;
-- everything :func:`transforms.reading.read_file_text` rejects (binary, too large, links...).
+- everything :func:`transforms.inputs.reading.read_file_text` rejects (binary, too large, links...).
 
-The files kept are ordered by :func:`transforms.ordering.order_files` over the imports found by
-:func:`transforms.dependencies.dependency_edges`.
+The files kept are ordered by :func:`transforms.code.ordering.order_files` over the imports found by
+:func:`transforms.code.dependencies.dependency_edges`.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from collections.abc import Callable, Iterator
 
 import pathspec
 
-from transforms.archives import archive_members, is_archive
-from transforms.decode import decode_text
-from transforms.dependencies import dependency_edges, main_language
+from transforms.code.dependencies import dependency_edges, main_language
+from transforms.code.ordering import cycle_members, order_files
 from transforms.documents import CODE, Reject, RejectError, TextDocument
-from transforms.ordering import cycle_members, order_files
-from transforms.reading import (
+from transforms.inputs.archives import archive_members, is_archive
+from transforms.inputs.decode import decode_text
+from transforms.inputs.reading import (
     BINARY_SUFFIXES,
     ReadSettings,
     display_path,

@@ -6,9 +6,9 @@ tokens stay distributed. Steps, in order:
 
 1. ``--min-dependency-score``: scored documents below it are left out (unscored ones, shorter
    than the score's reach, are kept);
-2. ``--mix``: per-kind token shares (:mod:`transforms.mixture`);
+2. ``--mix``: per-kind token shares (:mod:`transforms.samples.mixture`);
 3. ``--eval-fraction``: whole documents held out for validation (:func:`held_out`);
-4. per split, related packing of every window (:func:`transforms.packing.pack_related`): same
+4. per split, related packing of every window (:func:`transforms.samples.packing.pack_related`): same
    source first, then same kind and language, then anything (``--packing plain``: one
    best-fit-decreasing pass with no relatedness, for ablations);
 5. samples in order, train samples first, ``samples_per_shard`` to a shard of each split.
@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from transforms.documents import Reject
-from transforms.mixture import select_mixture
-from transforms.packing import Piece, fill_free_room, pack_related
-from transforms.windowing import window_document
+from transforms.samples.mixture import select_mixture
+from transforms.samples.packing import Piece, fill_free_room, pack_related
+from transforms.samples.windowing import window_document
 
 TRAIN, VALIDATION = "train", "validation"
 SPLITS = (TRAIN, VALIDATION)
