@@ -391,8 +391,6 @@ def test_cli_on_a_pipeline_output_with_eval_fraction(tmp_path, tiny, bpe, books_
         "--books", books_dir / "gilman-the-yellow-wallpaper.txt",
         "--tokenizer", bpe, "--seq-len", "2048", "--eval-fraction", "0.5", "--output", data,
     )  # fmt: skip
-    if proc.returncode == 2 and "--eval-fraction" in proc.stderr:  # refused as an unknown flag
-        pytest.skip("pipeline.run has no --eval-fraction yet (the hand-written shards test runs)")
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((data / "manifest.json").read_text())
     held_out = manifest["validation_doc_ids"]
@@ -455,6 +453,8 @@ def test_cli_refuses_bad_input_naming_the_flag(
     assert "--adapter" in refuse("--model", model, "--adapter", tmp_path, "--data", eval_data)
     base = ["--model", model, "--data", eval_data]
     assert "--compare-data" in refuse(*base, "--compare-data", tmp_path)
+    err = refuse(*base, "--compare-data", train_only)
+    assert "--compare-data" in err and "--eval-fraction 0.05" in err
     assert "--passkey-lengths" in refuse(*base, "--passkey-lengths", "8192")
     assert "--gain-contexts 512" in refuse(*base, "--gain-contexts", "512")  # >= 1024/2 - 128
     assert "--rope-scaling dynamic" in refuse(

@@ -60,23 +60,19 @@ class Segment:
 # ---------------------------------------------------------------- validation data
 
 
-def validation_shards(data_dir: str, manifest: dict) -> list[Path]:
-    """The validation shard files: the manifest's ``split`` field, else ``validation-*``."""
-    root = Path(data_dir)
-    entries = manifest.get("shards") or []
-    if any("split" in s for s in entries):
-        paths = [root / s["path"] for s in entries if s.get("split") == "validation"]
-    else:
-        paths = sorted(
-            p for p in (root / "shards").glob("validation-*") if p.suffix in (".arrow", ".parquet")
-        )
+def validation_shards(data_dir: str, manifest: dict, flag: str = "--data") -> list[Path]:
+    """The validation shard files: manifest entries of split "validation" (``"split"``, or for
+    an output from before ``--eval-fraction`` the ``validation-`` file name: train.data)."""
+    from train.data import split_shards
+
+    paths = [Path(data_dir) / s["path"] for s in split_shards(manifest, "validation")]
     if not paths:
         raise EvalError(
-            f"--data {data_dir}: no validation split (shards/validation-*); {HOW_TO_SPLIT}"
+            f"{flag} {data_dir}: no validation split (shards/validation-*); {HOW_TO_SPLIT}"
         )
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise EvalError(f"--data {data_dir}: validation shard missing: {missing[0]}")
+        raise EvalError(f"{flag} {data_dir}: validation shard missing: {missing[0]}")
     return paths
 
 

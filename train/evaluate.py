@@ -161,14 +161,15 @@ def _check_lengths(a: argparse.Namespace, manifest: dict, shape: ModelShape) -> 
 
 def _compare_segments(a: argparse.Namespace, manifest: dict, docs: set[str]) -> list[Segment]:
     """``--compare-data``'s validation segments of the documents ``--data`` holds too."""
-    if not (Path(a.compare_data) / "manifest.json").is_file():
-        raise EvalError(f"--compare-data {a.compare_data}: no manifest.json there")
-    other = read_manifest(a.compare_data)
+    try:
+        other = read_manifest(a.compare_data, "--compare-data")
+    except DataError as err:
+        raise EvalError(str(err)) from err
     if other["tokenizer"].get("sha256") != manifest["tokenizer"].get("sha256"):
         raise EvalError(
             f"--compare-data {a.compare_data} was tokenized with another tokenizer than --data"
         )
-    segments = read_segments(validation_shards(a.compare_data, other))
+    segments = read_segments(validation_shards(a.compare_data, other, "--compare-data"))
     baseline = [s for s in segments if s.doc_id in docs]
     if not baseline:
         raise EvalError(
