@@ -481,7 +481,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="padded tokens per forward pass (default max(seq_len, 65536) on GPU, 8192 on CPU)",
     )
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto = cuda when there is one (bf16), else cpu (fp32)",
+    )
     p.add_argument(
         "--rope-scaling",
         default="none",
