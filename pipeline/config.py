@@ -222,7 +222,10 @@ class BuildConfig:
         metavar="YAML",
     )
     quiet: bool = option(
-        False, "print nothing but errors (no progress, no summary)", group="run", switch=True
+        False,
+        "print errors and the one-line summary only (no progress, no banner)",
+        group="run",
+        switch=True,
     )
     log_level: str = option(
         "WARNING", "logging level of the pipeline and Beam", group="run", choices=LOG_LEVELS

@@ -24,6 +24,7 @@ import sys
 import time
 
 from pipeline.discover import discover, read_source
+from transforms.code.dependencies import C_FAMILY, GO, JS, JVM, PY, RUST
 from transforms.documents import Reject, RejectError
 from transforms.inputs.archives import ARCHIVE_SUFFIXES
 from transforms.inputs.reading import BOOK_SUFFIXES, ReadSettings, display_path, walk_folder
@@ -31,6 +32,8 @@ from transforms.inputs.records import RECORD_SUFFIXES
 from transforms.samples.plan import DocInfo, PlanSettings, plan_samples
 from transforms.samples.tokenize import TokenizerError, encode_and_window, load_tokenizer
 from transforms.samples.windowing import default_slack
+
+SOURCE_SUFFIXES = PY + JS + GO + RUST + C_FAMILY + JVM
 
 
 def _classify(path: str, kind: str) -> str:
@@ -43,10 +46,17 @@ def _classify(path: str, kind: str) -> str:
         return "book"
     if kind != "auto":
         return {"book": "books", "code": "repo"}[kind]
+    # A folder of books may hold a catalogue or licence (MANIFEST.tsv, README); a repository
+    # holds source files. Books when there are book files and no source file.
+    books = False
     for item in walk_folder(path):
-        if not isinstance(item, Reject) and not item[0].lower().endswith(BOOK_SUFFIXES):
+        if isinstance(item, Reject):
+            continue
+        name = item[0].lower()
+        if name.endswith(SOURCE_SUFFIXES):
             return "repo"
-    return "books"
+        books = books or name.endswith(BOOK_SUFFIXES)
+    return "books" if books else "repo"
 
 
 def _documents(path: str, what: str, limits: ReadSettings):

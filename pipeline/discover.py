@@ -35,6 +35,26 @@ class Source:
     name: str  # repository name / file name
 
 
+def _one_per_path(sources: list[Source], rejects: list[Reject]) -> list[Source]:
+    """The same file or folder named twice (``--repos X`` and ``--repos-root`` above it, a
+    symlinked alias, a book listed and inside a listed folder) is read once: the first
+    naming is kept, the others are listed as ``duplicate_input`` rejects."""
+    kept: dict[str, Source] = {}
+    for src in sources:
+        key = src.path if remote.is_remote(src.path) else os.path.realpath(src.path)
+        if key in kept:
+            rejects.append(
+                Reject(
+                    display_path(src.path),
+                    "duplicate_input",
+                    f"the same input as {display_path(kept[key].path)}, which is read once",
+                )
+            )
+            continue
+        kept[key] = src
+    return list(kept.values())
+
+
 def _unique(sources: list[Source]) -> list[Source]:
     seen: dict[str, int] = {}
     out = []
@@ -145,7 +165,7 @@ def discover(
             )
             continue
         sources.append(Source(RECORDS, path, f"docs/{Path(path).stem}", os.path.basename(path)))
-    return _unique(sources), rejects
+    return _unique(_one_per_path(sources, rejects)), rejects
 
 
 def _remote_records(src: Source, limits: ReadSettings):

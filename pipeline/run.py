@@ -37,7 +37,13 @@ from pipeline.config_file import expand_config
 from pipeline.demo import demo_repositories
 from pipeline.discover import discover
 from pipeline.errors import FAILURE, OK, NoSpace, RunRefused, UsageError
-from pipeline.guard import check_free_space, check_inputs, check_result, is_no_space
+from pipeline.guard import (
+    check_free_space,
+    check_inputs,
+    check_result,
+    input_bytes,
+    is_no_space,
+)
 from pipeline.lock import OutputLock
 from pipeline.options import LongctxOptions, check_arguments, help_text
 from pipeline.output import (
@@ -52,6 +58,7 @@ from pipeline.plots import PlotRenderer
 from pipeline.report import write_report
 from pipeline.runners import check_runner, make_runner
 from pipeline.steps import BuildDataset
+from pipeline.steps.tokenize import Progress
 from schemas.layout import (
     DOCUMENTS,
     MANIFEST,
@@ -99,7 +106,9 @@ def prepare(argv: list[str]) -> Job:
     argv = expand_config(argv)
     options = PipelineOptions(argv)
     lc = options.view_as(LongctxOptions)
-    logging.getLogger().setLevel(lc.log_level)
+    # --quiet: errors only from the logs too (Beam's warnings included), unless a level is asked
+    quiet_default = lc.quiet and lc.log_level == "WARNING"
+    logging.getLogger().setLevel("ERROR" if quiet_default else lc.log_level)
     check_runner(options)
     check_arguments(argv)  # after check_runner: it imports the runner and its option classes
     config = BuildConfig.from_options(lc)
@@ -135,9 +144,8 @@ def prepare(argv: list[str]) -> Job:
 def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
     """Run the Beam pipeline; its results land in ``staging``."""
     config = job.config
-    progress = not config.quiet and (
-        sys.stderr.isatty() or bool(os.environ.get("LONGCTX_PROGRESS"))
-    )
+    tty = sys.stderr.isatty() or bool(os.environ.get("LONGCTX_PROGRESS"))
+    progress = None if config.quiet else Progress(input_bytes(s.path for s in job.sources), tty)
     pipeline = beam.Pipeline(runner=make_runner(job.options), options=job.options)
     _ = pipeline | "BuildDataset" >> BuildDataset(
         config=config,
@@ -148,6 +156,8 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
         progress=progress,
     )
     pipeline.run().wait_until_finish()
+    if progress and progress.tty:
+        print("\r\033[K", end="", file=sys.stderr, flush=True)  # clear the progress line
 
 
 def _previous_manifest(out: str) -> Manifest | None:
@@ -229,7 +239,7 @@ def build_and_publish(job: Job) -> Manifest:
 
 def _summary(job: Job, manifest: Manifest, seconds: float) -> None:
     c, config = manifest.counts, job.config
-    job.say(
+    print(  # the one line --quiet keeps
         f"Wrote {config.output}/ in {seconds:.1f}s: {c['documents']} documents "
         f"({c['document_tokens']:,} tokens), {c['samples']} samples of <= {config.seq_len} "
         f"tokens in {c['shards']} shard(s), fill rate {manifest.data['fill_rate']:.4f}, "

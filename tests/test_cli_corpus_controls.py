@@ -156,3 +156,31 @@ def test_fill_gaps_packs_to_the_lower_bound_without_cutting_what_fits(
         d["doc_id"]: d["n_segments"] for d in _docs(tmp_path / "filled") if d["n_tokens"] <= 65536
     }
     assert all(n == 1 for n in fits.values())
+
+
+def test_same_repository_named_twice_is_read_once(tmp_path):
+    """--repos X and --repos-root PARENT(X) name one repository: one document, one reject."""
+    root = tmp_path / "repos"
+    repo = root / "tool"
+    repo.mkdir(parents=True)
+    (repo / "main.py").write_text("import util\n\nprint(util.VALUE)\n")
+    (repo / "util.py").write_text("VALUE = 42\n")
+    out = tmp_path / "out"
+    proc = run_cli(
+        "pipeline.run",
+        "--runner",
+        "DirectRunner",
+        "--repos",
+        repo,
+        "--repos-root",
+        root,
+        "--seq-len",
+        "4096",
+        "--output",
+        out,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["documents"] == 1
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [r["reason"] for r in rejects] == ["duplicate_input"]

@@ -11,6 +11,7 @@ import subprocess
 import pyarrow as pa
 import pytest
 
+from tests.conftest import BOOKS as SHARED_BOOKS
 from tests.conftest import STDLIB, run_cli
 
 pytestmark = pytest.mark.slow
@@ -103,7 +104,9 @@ def test_config_file_with_flag_overrides(tmp_path, small_books, qwen3_dir):
         "pipeline.run", "--config", cfg, "--seq-len", "16384", "--output", out, "--quiet"
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout == ""  # --quiet
+    # --quiet: the one summary line and nothing else, on either stream
+    assert proc.stdout.startswith(f"Wrote {out}/") and len(proc.stdout.splitlines()) == 1
+    assert proc.stderr == "", proc.stderr
     m = json.loads((out / "manifest.json").read_text())
     assert m["seq_len"] == 16384  # the flag wins over the file
     assert m["config"]["format"] == "parquet" and m["config"]["dedup"] is False
@@ -202,3 +205,15 @@ def test_plots_from_helper_processes_equal_plots_drawn_here(pipeline_out):
     assert dead.render(docs, fill, 16384) == here and sorted(here) == sorted(PLOTS)
     # the run's own report holds the same plots (same documents, the run's sample lengths)
     assert (pipeline_out / "report" / "doc_lengths.png").read_bytes() == here["doc_lengths.png"]
+
+
+def test_count_tokens_reads_a_books_folder_with_a_catalogue_as_books(tmp_path, qwen3_dir):
+    """The shared books folder holds MANIFEST.tsv beside the books: still books, not code."""
+    books = tmp_path / "books"
+    books.mkdir()
+    for name in ("kafka-metamorphosis.txt", "MANIFEST.tsv"):
+        shutil.copy(SHARED_BOOKS / name, books / name)
+    proc = run_cli("pipeline.count_tokens", books, "--tokenizer", qwen3_dir, "--json")
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(proc.stdout)["inputs"]
+    assert row["read_as"] == "books" and row["documents"] == 1

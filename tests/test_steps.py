@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline import token_store
@@ -32,9 +32,9 @@ BOOK_TEXT = (
 )
 
 
-def _pipeline() -> TestPipeline:
+def _pipeline() -> BeamTestPipeline:
     options = PipelineOptions(["--runner", "DirectRunner"])
-    return TestPipeline(runner=make_runner(options), options=options)
+    return BeamTestPipeline(runner=make_runner(options), options=options)
 
 
 def test_read_documents_keeps_books_and_rejects_empty_and_duplicate(tmp_path):
@@ -197,3 +197,14 @@ def _shuffled(files: list[str], doc_id: str) -> list[str]:
     seed = int.from_bytes(hashlib.sha256(f"0|{doc_id}".encode()).digest()[:8], "little")
     random.Random(seed).shuffle(order)
     return [files[i] for i in order]
+
+
+def test_progress_line_has_real_rates_and_an_eta():
+    from pipeline.steps.tokenize import progress_line
+
+    # the first document of a run: no rate yet (was 161,144,000,000,000 tok/s)
+    assert progress_line(1, 5000, 20_000, 0.0003, 100_000) == "tokenized 1 documents, 5,000 tokens"
+    line = progress_line(10, 400_000, 25_000, 2.0, 100_000)
+    assert line == (
+        "tokenized 10 documents, 400,000 tokens (200,000 tokens/s), 25% of the input, ETA 6s"
+    )

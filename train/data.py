@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from schemas.layout import MANIFEST, split_of
+
 IGNORE_INDEX = -100
 # "per-document": attention and positions restart at every seq_lengths boundary (the default);
 # "stream": one causal stream per row, attention across the documents packed in it (ablations)
@@ -43,7 +45,7 @@ class DataError(ValueError):
 
 
 def read_manifest(data_dir: str, flag: str = "--data") -> dict:
-    path = Path(data_dir) / "manifest.json"
+    path = Path(data_dir) / MANIFEST
     if not path.is_file():
         raise DataError(
             f"{flag} {data_dir}: no manifest.json: not a finished pipeline output "
@@ -55,10 +57,8 @@ def read_manifest(data_dir: str, flag: str = "--data") -> dict:
 def shard_split(entry: dict) -> str:
     """A manifest shard entry's split: its ``"split"`` field; for an entry without one (an
     output made before the pipeline had ``--eval-fraction``), "validation" for a file named
-    ``validation-*`` and "train" for anything else."""
-    if entry.get("split"):
-        return str(entry["split"])
-    return "validation" if Path(entry["path"]).name.startswith("validation-") else "train"
+    ``validation-*`` and "train" for anything else (``schemas.layout.split_of``)."""
+    return split_of(entry)
 
 
 def split_shards(manifest: dict, split: str) -> list[dict]:

@@ -256,6 +256,27 @@ def pick_device(name: str):
     return torch.device(name)
 
 
+def order_signal(scorer, baseline, segments, full, seq_len: int, gain_args: dict) -> dict:
+    """The same model's far-position loss on the baseline preparation of the validation
+    documents minus on the project's (positions >= seq_len/2, documents both hold)."""
+    common = {s.doc_id for s in baseline}
+    base_full = scorer.score([s.ids for s in baseline])
+    project = [x for x, s in zip(full, segments, strict=True) if s.doc_id in common]
+    far_from = seq_len // 2
+    (fp, n_p), (fb, n_b) = far_loss(project, far_from), far_loss(base_full, far_from)
+    return {
+        "far_loss_project": fp,
+        "far_loss_baseline": fb,
+        "difference": None if fp is None or fb is None else fb - fp,
+        "far_from": far_from,
+        "tokens_project": n_p,
+        "tokens_baseline": n_b,
+        "documents": len(common),
+        "per_position_loss_baseline": per_position_loss(base_full, seq_len),
+        "context_gain_baseline": context_gain(scorer, baseline, base_full, **gain_args)[0],
+    }
+
+
 def evaluate(a: argparse.Namespace, checked: dict) -> dict:
     """Load the model and compute every metric; returns what goes into eval.json."""
     import platform
@@ -295,23 +316,9 @@ def evaluate(a: argparse.Namespace, checked: dict) -> dict:
         "key_token_loss": key,
     }
     if checked["baseline"] is not None:
-        baseline = checked["baseline"]
-        common = {s.doc_id for s in baseline}
-        base_full = scorer.score([s.ids for s in baseline])
-        project = [x for x, s in zip(full, segments, strict=True) if s.doc_id in common]
-        far_from = seq_len // 2
-        (fp, n_p), (fb, n_b) = far_loss(project, far_from), far_loss(base_full, far_from)
-        result["order_signal"] = {
-            "far_loss_project": fp,
-            "far_loss_baseline": fb,
-            "difference": None if fp is None or fb is None else fb - fp,
-            "far_from": far_from,
-            "tokens_project": n_p,
-            "tokens_baseline": n_b,
-            "documents": len(common),
-            "per_position_loss_baseline": per_position_loss(base_full, seq_len),
-            "context_gain_baseline": context_gain(scorer, baseline, base_full, **gain_args)[0],
-        }
+        result["order_signal"] = order_signal(
+            scorer, checked["baseline"], segments, full, seq_len, gain_args
+        )
     lengths = checked["passkey_lengths"]
     result["passkey"] = (
         passkey(scorer, encode, lengths, trials=a.passkey_trials, seed=a.seed) if lengths else []

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from schemas.layout import DOCUMENTS
 from train.config import TrainConfig
 from train.data import DataError, read_manifest, split_shards
 from train.plan import (
@@ -54,7 +55,7 @@ def document_lengths(data_dir: str) -> np.ndarray:
     """``n_tokens`` of every document in ``documents.arrow`` (int64)."""
     import pyarrow as pa
 
-    path = Path(data_dir) / "documents.arrow"
+    path = Path(data_dir) / DOCUMENTS
     table = pa.ipc.open_stream(path.read_bytes()).read_all()
     return np.asarray(table.column("n_tokens"), dtype=np.int64)
 

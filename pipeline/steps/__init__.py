@@ -40,7 +40,7 @@ class BuildDataset(beam.PTransform):
     ``staging``. ``config`` is the run's BuildConfig, passed whole."""
 
     def __init__(
-        self, *, config, sources, discovery_rejects, staging, cache_dir=None, progress=False
+        self, *, config, sources, discovery_rejects, staging, cache_dir=None, progress=None
     ):
         super().__init__()
         self.config, self.sources, self.discovery_rejects = config, sources, discovery_rejects
