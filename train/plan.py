@@ -23,9 +23,9 @@ materialises the logits: 1B shape with the Qwen3 vocabulary, 5.62/8.69/14.72 GiB
 (max_memory_allocated) at 32K/64K/128K and 27.06 GiB at 256K, estimate within 1%; with 4-bit
 QLoRA r32 on the 8B shape it peaked at 17.93 / 52.47 GiB at 64K / 256K, more per token than the
 bf16 hidden term predicts (the bitsandbytes path keeps more per layer), hence c_hidden 31.16 for
-4-bit in the launcher calibration: within 1.2% of both (docs/benchmarks.md). With the tiled
+4-bit in the launcher calibration: within 1.3% of both (docs/benchmarks.md; +1.26% at 64K). With the tiled
 MLP (``--preset max-context``) 4-bit c_hidden is 14.64, fitted to the 8B shape's 36.62 / 52.52 GiB
-at 262,144 / 409,600 tokens (within 1.2%). HF gradient checkpointing keeps every layer's
+at 262,144 / 409,600 tokens (within 1.3%: -1.21% / +0.52%). HF gradient checkpointing keeps every layer's
 input on the GPU (+2 x layers x hidden bytes per token); no checkpointing is not modelled.
 
 **Host memory** for offloaded checkpoints: layers x tokens x hidden x 2 bytes, plus 16 GiB for
