@@ -70,6 +70,12 @@ class BuildConfig:
         group="inputs",
         metavar="NAME",
     )
+    documents_kind: str = option(
+        "book",
+        "the kind of --documents records that have no 'kind' field",
+        group="inputs",
+        choices=("book", "code"),
+    )
     max_file_mb: float = option(
         32.0,
         "files larger than this (MiB) are rejected as too_large",
@@ -350,6 +356,7 @@ class BuildConfig:
         return ReadSettings(
             max_file_bytes=int(self.max_file_mb * 2**20),
             text_field=self.text_field,
+            documents_kind=self.documents_kind,
             file_order=self.file_order,
             seed=self.seed,
         )
@@ -380,6 +387,7 @@ class BuildConfig:
             "repos_root": [_abs(p) for p in self.repos_root],
             "documents": [_abs(p) for p in self.documents],
             "text_field": self.text_field,
+            "documents_kind": self.documents_kind,
             "demo_corpus": self.demo,
             "tokenizer": self.tokenizer,
             "seq_len": self.seq_len,

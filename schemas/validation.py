@@ -7,7 +7,8 @@ schema; every row 1 <= len(input_ids) <= seq_len with sum(seq_lengths) == len(in
 parallel segment lists; documents.arrow ids unique; every document's segments cover
 [0, n_tokens) with no gap, consecutive windows share exactly ``overlap`` tokens (and those
 tokens are equal), a document with n_tokens <= seq_len is exactly one segment, every segment
-comes from a listed document, every document ends with the end-of-text token; no document is
+comes from a listed document, every document ends with the end-of-text token (and starts with
+the tokenizer's BOS when it adds one); no document is
 in both the train and the validation split, and the manifest's ``validation_doc_ids`` are the
 documents of the validation shards; manifest counts and fill_rate match the shards; a dataset
 with 0 documents or 0 samples fails. Memory: one shard at a time plus a few integers per segment.
@@ -61,7 +62,8 @@ def validate_output(out: str, max_problems: int = 20) -> Problems:
     doc_len = dict(zip(doc_ids, docs.column("n_tokens").to_pylist(), strict=True))
     if len(doc_len) != len(doc_ids):
         problems.add(f"{DOCUMENTS}: duplicate doc_id")
-    segs: dict[str, list] = defaultdict(list)  # doc -> (start, length, head, tail, last token)
+    # doc -> (start, length, overlap head, overlap tail, last token, first 4 tokens)
+    segs: dict[str, list] = defaultdict(list)
     splits: dict[str, set[str]] = defaultdict(set)  # doc -> splits it has segments in
     total_rows = total_tokens = 0
     for entry in manifest["shards"]:
@@ -137,7 +139,16 @@ def _check_shard(out, entry, seq_len, overlap, segs, splits, problems):
         for i, (d, s) in enumerate(zip(dids, starts, strict=True)):
             tok = ids[offs[i] : offs[i + 1]]
             k = min(overlap, len(tok))
-            segs[d].append((s, len(tok), tok[:k].copy(), tok[len(tok) - k :].copy(), int(tok[-1])))
+            segs[d].append(
+                (
+                    s,
+                    len(tok),
+                    tok[:k].copy(),
+                    tok[len(tok) - k :].copy(),
+                    int(tok[-1]),
+                    tok[:4].copy(),
+                )
+            )
             splits[d].add(split)
     if shard_tokens != entry["tokens"]:
         problems.add(f"{entry['path']}: {shard_tokens} tokens, manifest says {entry['tokens']}")
@@ -147,6 +158,7 @@ def _check_shard(out, entry, seq_len, overlap, segs, splits, problems):
 def _check_documents(doc_len, segs, seq_len, overlap, tokenizer, problems) -> None:
     """Each document's segments cover [0, n_tokens) exactly (plus the declared overlap)."""
     eot = tokenizer.get("end_of_text_id")
+    bos = list(tokenizer.get("bos_ids") or [])
     for d in segs:
         if d not in doc_len:
             problems.add(f"segment of unknown document {d!r}")
@@ -175,6 +187,8 @@ def _check_documents(doc_len, segs, seq_len, overlap, tokenizer, problems) -> No
             problems.add(f"document {d}: segments end at {end}, n_tokens is {n}")
         if eot is not None and pieces[-1][4] != eot:
             problems.add(f"document {d}: does not end with the end-of-text token {eot}")
+        if bos and pieces[0][5][: len(bos)].tolist() != bos:
+            problems.add(f"document {d}: does not start with the tokenizer's BOS {bos}")
 
 
 def _check_splits(manifest: dict, splits: dict[str, set[str]], problems: Problems) -> None:

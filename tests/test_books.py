@@ -146,3 +146,15 @@ def test_chapter_headings_of_real_books(books_dir):
     ]
     assert first_headings("kjv-bible", 2) == ["Genesis 2", "Genesis 3"]
     assert first_headings("doyle-adventures-of-sherlock-holmes", 2) == ["I.", "II."]
+
+
+def test_language_without_a_gutenberg_header_is_detected(books_dir):
+    from transforms.inputs.books import detect_language, gutenberg_language
+
+    kjv = (books_dir / "kjv-bible.txt").read_text()
+    assert "Language:" not in kjv[:5000]  # no header: archaic English must still be found
+    assert gutenberg_language(kjv) == "english"
+    assert detect_language("Und Gott sprach: Es werde Licht! und es ward Licht.") == "german"
+    assert detect_language("Et Dieu dit: Que la lumière soit! Et la lumière fut.") == "french"
+    assert detect_language("def f(x):\n    return x + 1\n") == ""
+    assert detect_language("") == ""

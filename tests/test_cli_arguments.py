@@ -128,3 +128,26 @@ def test_misspelt_flag_and_yaml_key_suggest_the_nearest(tmp_path):
     bad.write_text("eval-fractoin: 0.1\n")
     proc = run_cli("pipeline.run", "--config", bad, "--output", tmp_path / "o")
     assert proc.returncode == 2 and "did you mean eval_fraction?" in proc.stderr, proc.stderr
+
+
+def test_unreachable_hub_tokenizer_fails_at_once_with_what_to_do(tmp_path):
+    """Offline, a Hub id used to take 23-50 s of transformers' retries before failing."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_ENDPOINT="https://127.0.0.1:9")
+    env.pop("HF_HUB_OFFLINE", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.run", "--runner", "DirectRunner"]
+        + ["--tokenizer", "someone/not-cached-here", "--output", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,  # fails the test if it goes back to retrying
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "--tokenizer someone/not-cached-here: not in the Hugging Face cache" in proc.stderr
+    assert "pass a local path" in proc.stderr and "HF_HUB_OFFLINE=1" in proc.stderr

@@ -111,6 +111,24 @@ def test_text_field_reads_the_named_field(tmp_path):
     assert m["counts"]["documents"] == 1 and m["config"]["text_field"] == "content"
 
 
+def test_documents_kind_sets_the_kind_of_records_without_one(tmp_path):
+    records = tmp_path / "code.jsonl"
+    rows = [
+        {"text": "def f():\n    return 1\n", "id": "a", "path": "a.py"},
+        {"text": "Once upon a time.\n", "id": "b", "kind": "book"},
+    ]
+    records.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    proc = run_cli(
+        "pipeline.run", *BASE, "--documents", records, "--documents-kind", "code", "--output", out
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import pyarrow as pa
+
+    docs = pa.ipc.open_stream((out / "documents.arrow").read_bytes()).read_all().to_pylist()
+    assert {d["doc_id"]: d["kind"] for d in docs} == {"docs/code/a": "code", "docs/code/b": "book"}
+
+
 def test_run_that_yields_no_document_is_not_published(tmp_path, good_output):
     """Inputs pass the probe but every document is filtered out: nothing is published."""
     out, _ = good_output

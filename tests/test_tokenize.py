@@ -64,3 +64,66 @@ def test_invalid_tokenizer_file(tmp_path):
     bad.write_text("{}")
     with pytest.raises(TokenizerError, match="not a valid tokenizer.json"):
         load_tokenizer(str(bad))
+
+
+def test_a_bos_adding_tokenizer_gets_bos_at_every_document_start(tmp_path, qwen3_dir):
+    """Llama 3 / Mistral / Gemma add a BOS token; base models expect it at a document's start.
+    A copy of Qwen3 given a BOS post-processor must produce documents that start with it."""
+    import json
+
+    import pyarrow as pa
+    from tokenizers import Tokenizer, processors
+
+    from tests.conftest import BOOKS, STDLIB, run_cli
+
+    tok = Tokenizer.from_file(str(qwen3_dir / "tokenizer.json"))
+    bos = "<|im_start|>"
+    bos_id = tok.token_to_id(bos)
+    tok.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, bos_id)]),
+        ]
+    )
+    bos_dir = tmp_path / "bos-tokenizer"
+    bos_dir.mkdir()
+    tok.save(str(bos_dir / "tokenizer.json"))
+    inputs = ["--books", BOOKS / "gilman-the-yellow-wallpaper.txt", "--repos", STDLIB / "json"]
+    outs = {}
+    for name, spec in (("plain", qwen3_dir), ("bos", bos_dir)):
+        out = tmp_path / name
+        proc = run_cli(
+            "pipeline.run",
+            "--runner",
+            "DirectRunner",
+            *inputs,
+            "--tokenizer",
+            spec,
+            "--seq-len",
+            "8192",
+            "--output",
+            out,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outs[name] = out
+    manifest = json.loads((outs["bos"] / "manifest.json").read_text())
+    assert manifest["tokenizer"]["bos_ids"] == [bos_id] and manifest["tokenizer"]["bos"] == bos
+    assert "bos_ids" not in json.loads((outs["plain"] / "manifest.json").read_text())["tokenizer"]
+
+    def docs(out):
+        table = pa.ipc.open_stream((out / "documents.arrow").read_bytes()).read_all()
+        return {d["doc_id"]: d["n_tokens"] for d in table.to_pylist()}
+
+    plain, with_bos = docs(outs["plain"]), docs(outs["bos"])
+    assert with_bos == {d: n + 1 for d, n in plain.items()}  # one BOS per document, counted
+    firsts = {}
+    for shard in sorted((outs["bos"] / "shards").glob("*.arrow")):
+        for row in pa.ipc.open_stream(shard.read_bytes()).read_all().to_pylist():
+            pos = 0
+            segments = zip(row["doc_ids"], row["doc_starts"], row["seq_lengths"], strict=True)
+            for d, start, n in segments:
+                if start == 0:
+                    firsts[d] = row["input_ids"][pos]
+                pos += n
+    assert firsts == {d: bos_id for d in plain}
+    assert run_cli("pipeline.validate", outs["bos"]).returncode == 0

@@ -96,10 +96,44 @@ def _strip_edge_credits(body: str) -> str:
     return "\n\n".join(kept).strip("\n")
 
 
+# Short function words per language (archaic English included: the King James Bible has no
+# header to read). A text's language is the one whose words make up the largest share of its
+# first 20,000 characters' words, if that share is at least 5%.
+_FUNCTION_WORDS = {
+    "english": "the and of to a in that is was he it for with his not be as but unto thou thee "
+    "thy hath shall ye",
+    "german": "der die und in den von zu das mit sich des auf für ist im dem nicht ein eine als "
+    "auch",
+    "french": "le de la et les des en un une du que est pour qui dans par sur au avec il",
+    "spanish": "el de la que y en los del se las por un para con una su al lo como",
+    "italian": "il di che la e per un in non una sono della del le si da con gli",
+    "dutch": "de het een en van in dat is op te zijn met voor niet aan er",
+    "portuguese": "o de que a e do da em um para com não uma os no se na",
+    "latin": "et in est non ad cum quod qui sed ut ex per quae autem enim",
+}
+_WORD_SETS = {lang: set(words.split()) for lang, words in _FUNCTION_WORDS.items()}
+_WORD = re.compile(r"[^\W\d_]+")
+
+
+def detect_language(text: str, min_share: float = 0.05) -> str:
+    """The language of ``text`` by its function words (see ``_FUNCTION_WORDS``), or ``""``.
+
+    >>> detect_language("And God said, Let there be light: and there was light.")
+    'english'
+    """
+    words = [w.lower() for w in _WORD.findall(text[:20000])]
+    if not words:
+        return ""
+    shares = {lang: sum(w in ws for w in words) / len(words) for lang, ws in _WORD_SETS.items()}
+    best = max(shares, key=shares.get)
+    return best if shares[best] >= min_share else ""
+
+
 def gutenberg_language(text: str) -> str:
-    """The ``Language:`` field of a Gutenberg header, lower case, or ``""``."""
+    """The ``Language:`` field of a Gutenberg header, lower case; without a header, the
+    language detected from the text (:func:`detect_language`), or ``""``."""
     match = _LANGUAGE.search(text[:5000])
-    return match.group(1).strip().lower() if match else ""
+    return match.group(1).strip().lower() if match else detect_language(text)
 
 
 def chapter_starts(text: str) -> list[int]:

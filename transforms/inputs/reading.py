@@ -108,6 +108,7 @@ class ReadSettings:
 
     max_file_bytes: int = 32 * 1024 * 1024
     text_field: str = "text"
+    documents_kind: str = "book"  # records without a "kind" field (--documents-kind)
     file_order: str = "dependency"
     seed: int = 0
 

@@ -80,7 +80,7 @@ def read_records(
                     where, "too_large", f"text over --max-file-mb {limits.max_file_bytes / 2**20:g}"
                 )
                 continue
-            kind = rec.get("kind") or BOOK
+            kind = rec.get("kind") or limits.documents_kind
             if kind not in KINDS:
                 yield Reject(where, "bad_record", f"kind {kind!r} is not one of {', '.join(KINDS)}")
                 continue
