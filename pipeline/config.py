@@ -64,6 +64,15 @@ class BuildConfig:
         repeatable=True,
         path="path",
     )
+    hf_dataset: tuple[str, ...] = option(
+        (),
+        "a Hugging Face dataset: a save_to_disk folder, a .jsonl/.parquet/.csv data file, or "
+        "a Hub id, with an optional :SPLIT (default train); streamed; repeatable",
+        group="inputs",
+        metavar="NAME_OR_PATH[:SPLIT]",
+        repeatable=True,
+        path="hub",
+    )
     text_field: str = option(
         "text",
         "the field of --documents records that holds the text",
@@ -330,7 +339,9 @@ class BuildConfig:
     @property
     def demo(self) -> bool:
         """No input named: the run uses the embedded demo corpus."""
-        return not (self.books or self.repos or self.repos_root or self.documents)
+        return not (
+            self.books or self.repos or self.repos_root or self.documents or self.hf_dataset
+        )
 
     @property
     def slack(self) -> int:
@@ -386,6 +397,7 @@ class BuildConfig:
             "repos": [_abs(p) for p in self.repos],
             "repos_root": [_abs(p) for p in self.repos_root],
             "documents": [_abs(p) for p in self.documents],
+            "hf_dataset": list(self.hf_dataset),
             "text_field": self.text_field,
             "documents_kind": self.documents_kind,
             "demo_corpus": self.demo,

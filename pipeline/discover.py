@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline import remote
-from transforms.documents import Reject, TextDocument
+from transforms.documents import Reject, RejectError, TextDocument
 from transforms.inputs.archives import ARCHIVE_SUFFIXES
 from transforms.inputs.reading import (
     BOOK_SUFFIXES,
@@ -21,10 +21,10 @@ from transforms.inputs.reading import (
     read_book,
     walk_folder,
 )
-from transforms.inputs.records import RECORD_SUFFIXES, read_records
+from transforms.inputs.records import RECORD_SUFFIXES, read_records, records_to_documents
 from transforms.inputs.repository import read_repository
 
-BOOK, REPO, RECORDS = "book", "repo", "records"
+BOOK, REPO, RECORDS, HF = "book", "repo", "records", "hf"
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def _repo_source(path: str) -> Source:
 
 
 def discover(
-    *, books=(), repos=(), repos_root=(), documents=()
+    *, books=(), repos=(), repos_root=(), documents=(), hf_dataset=()
 ) -> tuple[list[Source], list[Reject]]:
     """All sources named by the flags, sorted by document id, and the rejects found on the way."""
     sources: list[Source] = []
@@ -165,6 +165,10 @@ def discover(
             )
             continue
         sources.append(Source(RECORDS, path, f"docs/{Path(path).stem}", os.path.basename(path)))
+    for spec in hf_dataset:
+        from pipeline.hf_input import doc_prefix
+
+        sources.append(Source(HF, spec, doc_prefix(spec), spec))
     return _unique(_one_per_path(sources, rejects)), rejects
 
 
@@ -179,6 +183,18 @@ def _remote_records(src: Source, limits: ReadSettings):
         with open(local, "wb") as fh:
             fh.write(data)
         yield from read_records(local, src.doc_id, limits, origin=src.path)
+
+
+def _hf_items(src: Source, limits: ReadSettings):
+    from pipeline.hf_input import HFInputError, dataset_rows
+
+    try:
+        for item in records_to_documents(dataset_rows(src.path), src.doc_id, limits, src.path):
+            if isinstance(item, TextDocument):
+                item.source = src.doc_id
+            yield item
+    except HFInputError as err:
+        raise RejectError("unreadable", str(err)) from None
 
 
 def read_source(src: Source, limits: ReadSettings) -> list[TextDocument | Reject]:
@@ -199,6 +215,8 @@ def read_source(src: Source, limits: ReadSettings) -> list[TextDocument | Reject
             )
         doc, rejects = read_repository(src.path, src.doc_id, src.name, limits, remote=listing)
         return [*rejects, *([doc] if doc else [])]
+    if src.kind == HF:
+        return _hf_items(src, limits)  # a generator: rows stream from the dataset
     if src.kind == RECORDS:
         reader = _remote_records if remote.is_remote(src.path) else None
         items = list(reader(src, limits) if reader else read_records(src.path, src.doc_id, limits))

@@ -97,11 +97,21 @@ def _records_problem(path: str, limits: ReadSettings, lc) -> str | None:
     return None if usable else found
 
 
+def _hf_problem(spec: str, limits: ReadSettings, _lc) -> str | None:
+    from pipeline.hf_input import HFInputError, probe
+
+    try:
+        return probe(spec, limits.text_field)
+    except HFInputError as err:
+        return str(err).split(": ", 1)[-1]
+
+
 PROBES = (
     ("--books", "books", _books_problem),
     ("--repos", "repos", _repo_problem),
     ("--repos-root", "repos_root", _repos_root_problem),
     ("--documents", "documents", _records_problem),
+    ("--hf-dataset", "hf_dataset", _hf_problem),
 )
 
 
@@ -109,6 +119,11 @@ def check_inputs(lc, limits: ReadSettings) -> None:
     """Raise :class:`UnusableInput` for the first input path that yields nothing usable."""
     for flag, attr, probe in PROBES:
         for path in getattr(lc, attr):
+            if flag == "--hf-dataset":  # a folder, a data file or a Hub id: the probe decides
+                problem = probe(path, limits, lc)
+                if problem:
+                    raise UnusableInput(f"{flag} {path}: {problem}")
+                continue
             if remote.is_remote(path):
                 if not remote.exists(path):
                     raise UnusableInput(f"{flag} {path}: nothing there (or no filesystem for it)")

@@ -76,7 +76,7 @@ _LOG = logging.getLogger("longctx")
 
 def check_mix_against_sources(weights, sources) -> None:
     """--mix naming a kind no input can provide is an argument error, found before any work."""
-    if not weights or any(s.kind == "records" for s in sources):
+    if not weights or any(s.kind in ("records", "hf") for s in sources):
         return  # records files may hold either kind; checked when the plan is made
     kinds = {"book" if s.kind == "book" else "code" for s in sources}
     missing = sorted(k for k, w in weights.items() if w > 0 and k not in kinds)
@@ -125,6 +125,7 @@ def prepare(argv: list[str]) -> Job:
             repos=demo_repositories() if config.demo else config.repos,
             repos_root=config.repos_root,
             documents=config.documents,
+            hf_dataset=config.hf_dataset,
         )
         check_mix_against_sources(config.mix_weights, sources)
         if not config.skip_space_check:
@@ -264,7 +265,8 @@ def run(argv: list[str] | None = None) -> int:
         return err.status
     if job.config.demo:
         job.say(
-            f"No --books/--repos/--repos-root/--documents given: running on the embedded demo "
+            f"No --books/--repos/--repos-root/--documents/--hf-dataset given: running on the "
+            "embedded demo "
             f"corpus ({len(job.sources)} packages of this Python's standard library as "
             "repositories)."
         )

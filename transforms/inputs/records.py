@@ -10,7 +10,7 @@ rows still count.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from transforms.documents import BOOK, CODE, KINDS, Reject, RejectError, TextDocument
 from transforms.inputs.reading import ReadSettings, display_path
@@ -52,50 +52,61 @@ def _rows(path: str, text_field: str = "text") -> Iterator[tuple[int, dict | Non
             )
 
 
+def records_to_documents(
+    rows: Iterable[tuple[int, dict | None, str]],
+    prefix: str,
+    limits: ReadSettings,
+    origin: str,
+) -> Iterator[TextDocument | Reject]:
+    """``(row_number, record or None, error)`` rows -> documents and rejects: the rules every
+    record source shares (JSONL, Parquet, a Hugging Face dataset). Document ids are
+    ``<prefix>/<id or row number>``; the text is read from ``limits.text_field``."""
+    text_field = limits.text_field
+    seen: set[str] = set()
+    for row, rec, error in rows:
+        where = f"{origin}:{row}"
+        if rec is None:
+            yield Reject(where, "bad_record", error)
+            continue
+        text = rec.get(text_field)
+        if not isinstance(text, str) or not text.strip():
+            yield Reject(where, "empty", f"no text in the {text_field!r} field")
+            continue
+        if len(text.encode("utf-8", "surrogatepass")) > limits.max_file_bytes:
+            yield Reject(
+                where, "too_large", f"text over --max-file-mb {limits.max_file_bytes / 2**20:g}"
+            )
+            continue
+        kind = rec.get("kind") or limits.documents_kind
+        if kind not in KINDS:
+            yield Reject(where, "bad_record", f"kind {kind!r} is not one of {', '.join(KINDS)}")
+            continue
+        rid = rec.get("id")
+        doc_id = f"{prefix}/{rid if rid not in (None, '') else row}"
+        if doc_id in seen:
+            yield Reject(where, "duplicate_id", f"id {doc_id!r} already used in this input")
+            continue
+        seen.add(doc_id)
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        rel = str(rec.get("path") or doc_id)
+        if kind == CODE:
+            yield TextDocument(doc_id, CODE, where, [text], files=[rel], title=rel)
+        else:
+            yield TextDocument(doc_id, BOOK, where, [text], title=rel)
+
+
 def read_records(
     path: str,
     prefix: str,
     limits: ReadSettings,
     origin: str | None = None,
 ) -> Iterator[TextDocument | Reject]:
-    """Rows of one JSONL/Parquet file; document ids are ``<prefix>/<id or row number>``.
+    """Rows of one JSONL/Parquet file as documents (:func:`records_to_documents`).
 
-    ``origin``: the name to report (a remote file read into a local copy). The text is read
-    from the field ``limits.text_field`` (``--text-field``)."""
+    ``origin``: the name to report (a remote file read into a local copy)."""
     origin = origin or display_path(path)
-    text_field = limits.text_field
-    seen: set[str] = set()
     try:
-        for row, rec, error in _rows(path, text_field):
-            where = f"{origin}:{row}"
-            if rec is None:
-                yield Reject(where, "bad_record", error)
-                continue
-            text = rec.get(text_field)
-            if not isinstance(text, str) or not text.strip():
-                yield Reject(where, "empty", f"no text in the {text_field!r} field")
-                continue
-            if len(text.encode("utf-8", "surrogatepass")) > limits.max_file_bytes:
-                yield Reject(
-                    where, "too_large", f"text over --max-file-mb {limits.max_file_bytes / 2**20:g}"
-                )
-                continue
-            kind = rec.get("kind") or limits.documents_kind
-            if kind not in KINDS:
-                yield Reject(where, "bad_record", f"kind {kind!r} is not one of {', '.join(KINDS)}")
-                continue
-            rid = rec.get("id")
-            doc_id = f"{prefix}/{rid if rid not in (None, '') else row}"
-            if doc_id in seen:
-                yield Reject(where, "duplicate_id", f"id {doc_id!r} already used in this file")
-                continue
-            seen.add(doc_id)
-            text = text.replace("\r\n", "\n").replace("\r", "\n")
-            rel = str(rec.get("path") or doc_id)
-            if kind == CODE:
-                yield TextDocument(doc_id, CODE, where, [text], files=[rel], title=rel)
-            else:
-                yield TextDocument(doc_id, BOOK, where, [text], title=rel)
+        yield from records_to_documents(_rows(path, limits.text_field), prefix, limits, origin)
     except RejectError as err:
         yield Reject(origin, err.reason, err.detail)
     except (OSError, ValueError) as err:
