@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from schemas.validation import validate_output
+from tests.conftest import BOOKS as SHARED_BOOKS
 from tests.conftest import STDLIB, run_cli
 
 pytestmark = pytest.mark.slow
@@ -184,3 +185,20 @@ def test_same_repository_named_twice_is_read_once(tmp_path):
     assert manifest["counts"]["documents"] == 1
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
     assert [r["reason"] for r in rejects] == ["duplicate_input"]
+
+
+def test_min_dependency_score_per_kind_filters_only_the_kind_named(tmp_path, qwen3_dir):
+    """Code scores ~0.1, novels ~0.01-0.03: one number for both would drop the novels."""
+    inputs = [
+        "--books",
+        SHARED_BOOKS / "shelley-frankenstein.txt",
+        "--repos",
+        STDLIB / "asyncio",
+        "--min-dependency-score",
+        "code=1.0",
+    ]
+    _run(tmp_path / "out", qwen3_dir, inputs)
+    kinds = {d["kind"] for d in _docs(tmp_path / "out")}
+    assert kinds == {"book"}  # asyncio (scored, < 1.0) left out; the book's kind is not named
+    low = [r for r in _rejects(tmp_path / "out") if r["reason"] == "low_dependency_score"]
+    assert len(low) == 1 and low[0]["detail"].endswith("< 1.0 (code)")

@@ -44,7 +44,7 @@ class PlanSettings:
     samples_per_shard: int = 1024
     mix: dict[str, float] | None = None
     seed: int = 0
-    min_score: float | None = None
+    min_score: dict[str, float] | None = None  # per kind; a kind not named is not filtered
     fill_gaps: bool = False
     packing: str = "related"  # related | plain (ablations)
     eval_fraction: float = 0.0  # share of tokens held out as whole documents
@@ -129,13 +129,18 @@ def held_out(infos: list[DocInfo], fraction: float, seed: int) -> set[str]:
 def _filter(infos: list[DocInfo], settings: PlanSettings):
     """--min-dependency-score and --mix: (kept infos, left out as rejects, mixture summary)."""
     left_out: list[Reject] = []
-    min_score = settings.min_score
-    if min_score is not None:
-        low = [d for d in infos if d.score is not None and d.score < min_score]
+    if settings.min_score:
+
+        def floor(d: DocInfo) -> float | None:
+            return settings.min_score.get(d.kind) if d.score is not None else None
+
+        low = [d for d in infos if floor(d) is not None and d.score < floor(d)]
         left_out += [
-            Reject(d.origin, "low_dependency_score", f"{d.score:.4f} < {min_score}") for d in low
+            Reject(d.origin, "low_dependency_score", f"{d.score:.4f} < {floor(d)} ({d.kind})")
+            for d in low
         ]
-        infos = [d for d in infos if d.score is None or d.score >= min_score]
+        low_ids = {d.doc_id for d in low}
+        infos = [d for d in infos if d.doc_id not in low_ids]
     mixture = None
     if settings.mix:
         kept, mixture = select_mixture(
