@@ -22,6 +22,11 @@ SAMPLE_SCHEMA = pa.schema(
         # token-weighted mean of the segments' long-dependency scores; null when no segment is
         # long enough to score (transforms/code/dependency_score.py)
         pa.field("dependency_score", pa.float32(), nullable=True),
+        # per segment: how many of its first tokens repeat the previous window of the same
+        # document (--overlap K: K for every window after a document's first, else 0). They
+        # give context only; train.data's collator gives them no label, so every token of a
+        # document is learned exactly once.
+        pa.field("context_tokens", pa.list_(pa.int32()), nullable=False),
     ]
 )
 

@@ -26,6 +26,8 @@ from schemas.columns import SAMPLE_SCHEMA
 from schemas.layout import DOCUMENTS, MANIFEST, VALIDATION, split_of
 from schemas.storage import exists, join, read_bytes, read_table, table_from_bytes
 
+# Shard columns an output made by an earlier version may lack.
+OPTIONAL_COLUMNS = {"context_tokens"}
 REQUIRED_MANIFEST = (
     "seq_len",
     "overlap",
@@ -122,6 +124,7 @@ def _check_shard(out, entry, seq_len, overlap, segs, splits, problems):
     shard_tokens = 0
     ids_col, len_col = table.column("input_ids"), table.column("seq_lengths")
     did_col, start_col = table.column("doc_ids"), table.column("doc_starts")
+    ctx_col = table.column("context_tokens") if "context_tokens" in table.schema.names else None
     for r in range(table.num_rows):
         ids = np.asarray(ids_col[r].values, dtype=np.int32)
         lens = np.asarray(len_col[r].values, dtype=np.int64)
@@ -135,6 +138,12 @@ def _check_shard(out, entry, seq_len, overlap, segs, splits, problems):
             continue
         if (lens <= 0).any():
             problems.add(f"{where}: empty segment")
+        if ctx_col is not None:
+            expect = [
+                min(overlap, int(n)) if st > 0 else 0 for st, n in zip(starts, lens, strict=True)
+            ]
+            if ctx_col[r].as_py() != expect:
+                problems.add(f"{where}: context_tokens {ctx_col[r].as_py()} should be {expect}")
         offs = np.r_[0, np.cumsum(lens)]
         for i, (d, s) in enumerate(zip(dids, starts, strict=True)):
             tok = ids[offs[i] : offs[i + 1]]

@@ -48,6 +48,7 @@ def write_output(root, samples, *, seq_len, tok, name="validation-00000-of-00001
             "doc_starts": [[s for _, s, _ in row] for row in samples],
             "n_tokens": [sum(len(ids) for _, _, ids in row) for row in samples],
             "dependency_score": [None] * len(samples),
+            "context_tokens": [[0] * len(row) for row in samples],
         },
         schema=SAMPLE_SCHEMA,
     )

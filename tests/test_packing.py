@@ -67,6 +67,9 @@ def test_plan_windows_then_packs():
     assert plan.n_samples == 6
     assert plan.shards == {"train": 3}
     assert [(a.start, a.length) for a in plan.by_doc["long"]] == [(0, 4), (3, 4), (6, 4)]
+    # each later window repeats the previous one's last token: context only, no second loss
+    assert [a.context for a in plan.by_doc["long"]] == [0, 1, 1]
+    assert [a.context for a in plan.by_doc["short"]] == [0]
     assert sorted((a.start, a.length) for a in plan.by_doc["mid"]) == [(0, 4), (3, 2)]
     assert all(a.shard == a.sample // 2 for d in plan.by_doc.values() for a in d)
 

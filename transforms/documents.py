@@ -109,7 +109,8 @@ class TokenizedDocument:
 class SegmentRef(NamedTuple):
     """Where one segment of a sample comes from: ``length`` ids of document ``doc_id`` from
     ``start``, read from the token store file ``tokens_path``; ``score`` is the document's
-    dependency score when the segment is the whole document (else the writer scores it)."""
+    dependency score when the segment is the whole document (else the writer scores it);
+    ``context``: its first tokens that repeat the previous window's (``--overlap``)."""
 
     sample: int
     slot: int
@@ -118,3 +119,4 @@ class SegmentRef(NamedTuple):
     length: int
     tokens_path: str
     score: float | None = None
+    context: int = 0  # leading tokens that only give context (the --overlap repeat)

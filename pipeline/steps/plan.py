@@ -89,7 +89,9 @@ class CutSegmentsFn(beam.DoFn):
         for a in assignments:
             # a reference only: the shard writer reads the ids (and scores a partial piece)
             score = doc.score if a.length == doc.n_tokens else None
-            ref = SegmentRef(a.sample, a.slot, doc_id, a.start, a.length, doc.tokens_path, score)
+            ref = SegmentRef(
+                a.sample, a.slot, doc_id, a.start, a.length, doc.tokens_path, score, a.context
+            )
             yield MAIN, ((a.split, a.shard, shards[a.split]), ref)
         yield DOCUMENTS, document_row(doc, len(assignments))
 

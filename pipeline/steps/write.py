@@ -43,7 +43,9 @@ class WriteShardFn(beam.DoFn):
                     tokens = token_store.read(ref.tokens_path, ref.start, ref.length)
                     score = dependency_score(tokens) if ref.score is None else ref.score
                     segments.append(
-                        Segment(ref.sample, ref.slot, ref.doc_id, ref.start, tokens, score)
+                        Segment(
+                            ref.sample, ref.slot, ref.doc_id, ref.start, tokens, score, ref.context
+                        )
                     )
                 table = build_sample_table(segments)
                 sample_tokens.extend(np.asarray(table.column("n_tokens")).tolist())

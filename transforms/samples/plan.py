@@ -78,6 +78,7 @@ class Assignment:
     length: int
     shard: int
     split: str = TRAIN
+    context: int = 0  # leading tokens that repeat the previous window's (--overlap): no loss
 
 
 @dataclass
@@ -202,6 +203,11 @@ def plan_samples(docs: Iterable[DocInfo | tuple[str, int]], settings: PlanSettin
     by_doc: dict[str, list[Assignment]] = {}
     sample_tokens: list[int] = []
     shards: dict[str, int] = {}
+
+    def context(p: Piece) -> int:
+        # a window after a document's first repeats the previous window's last --overlap tokens
+        return min(settings.overlap, p.length) if p.start > 0 else 0
+
     one_source = one_group = several = 0
     for split in SPLITS:
         part = [d for d in infos if (d.doc_id in validation) == (split == VALIDATION)]
@@ -215,7 +221,7 @@ def plan_samples(docs: Iterable[DocInfo | tuple[str, int]], settings: PlanSettin
             shard = index // settings.samples_per_shard
             for slot, p in enumerate(sample):
                 by_doc.setdefault(p.doc_id, []).append(
-                    Assignment(sid, slot, p.start, p.length, shard, split)
+                    Assignment(sid, slot, p.start, p.length, shard, split, context(p))
                 )
         if samples:
             shards[split] = -(-len(samples) // settings.samples_per_shard)

@@ -27,6 +27,7 @@ class Segment(NamedTuple):
     start: int
     tokens: np.ndarray
     score: float | None = None
+    context: int = 0  # leading tokens that only give context (--overlap repeats)
 
 
 def document_row(doc, n_segments: int) -> dict:
@@ -72,8 +73,16 @@ def build_sample_table(segments: Iterable[Segment]) -> pa.Table:
         ),
         pa.array(n_tokens, pa.int32()),
         pa.array(_sample_scores(segs, seg_lengths, seg_offsets), pa.float32()),
+        pa.ListArray.from_arrays(
+            pa.array(seg_offsets),
+            pa.array(np.array([_context(s) for s in segs], np.int32), pa.int32()),
+        ),
     ]
     return pa.Table.from_arrays(arrays, schema=SAMPLE_SCHEMA)
+
+
+def _context(seg) -> int:
+    return int(seg[6]) if len(seg) > 6 else 0
 
 
 def batches_of_samples(refs: Iterable[tuple], rows: int) -> Iterable[list[tuple]]:
