@@ -284,21 +284,7 @@ def _on_a_cycle_together(n: int, edges: set[tuple[int, int]]) -> list[set[int]]:
     return reach
 
 
-@pytest.mark.parametrize(
-    "package",
-    [
-        "json",
-        pytest.param(
-            "email",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="issue 18: the empty email/mime/__init__.py is rejected before imports are "
-                "resolved, so email.mime.* is not seen as a package and mime/base.py comes last",
-            ),
-        ),
-        "asyncio",
-    ],
-)
+@pytest.mark.parametrize("package", ["json", "email", "asyncio"])
 def test_repository_files_come_after_the_files_they_import(out16k, package):
     """Independent check: the imports of every file as written, parsed with ``ast`` (not
     with the pipeline's extractor), against the document's file order."""

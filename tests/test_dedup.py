@@ -101,3 +101,38 @@ def test_signatures_are_stable_across_processes():
         for seed in (1, 2)
     ]
     assert runs[0] == runs[1] and len(json.loads(runs[0])) == 112
+
+
+def test_near_duplicates_inside_one_repository_are_kept_across_repositories_removed():
+    # Issue 17: two near-identical modules of one repository are both imported by path;
+    # removing one broke the repository. A vendored copy in another repository still goes.
+    decoder = _read("json/decoder.py")
+    variant = decoder.replace("Implementation of JSONDecoder", "Second protocol version")
+    own = TextDocument(
+        "code/app", CODE, "/a", [decoder, variant, decoder], ["v1.py", "v2.py", "v1_copy.py"]
+    )
+    vendored = TextDocument("code/lib", CODE, "/b", [variant], ["vendor/json_decoder.py"])
+    found = _find_duplicates([own, vendored])
+    assert list(found) == [("code/lib", "vendor/json_decoder.py")]
+    assert found[("code/lib", "vendor/json_decoder.py")][0][0] == "code/app"
+    # Opt-in settings for inside a repository: true copies only, or the old near duplicates.
+    sigs = signatures(own)
+    assert [(d.path, k.path) for d, k, _ in duplicates_in_bucket(sigs, "exact")] == [
+        ("v1_copy.py", "v1.py")
+    ]
+    near = {(d.path, k.path) for d, k, _ in duplicates_in_bucket(sigs, "near")}
+    assert near == {("v1_copy.py", "v1.py"), ("v2.py", "v1.py")}
+
+
+def test_licence_only_init_files_are_never_deduplicated():
+    licence = "".join(
+        f"# Licensed under the Apache License, line {i} of the header.\n" for i in range(9)
+    )
+    docs = [
+        TextDocument(
+            f"code/{i}", CODE, "/", [licence, licence + "X = 1\n"], ["p/__init__.py", "p/x.py"]
+        )
+        for i in range(2)
+    ]
+    found = _find_duplicates(docs)
+    assert found == {("code/1", "p/x.py"): (("code/0", "p/x.py"), 1.0)}

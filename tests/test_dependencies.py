@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import sysconfig
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.test_cli_end_to_end import _ast_import_edges, _on_a_cycle_together
 from transforms.code.dependencies import dependency_edges
 from transforms.code.ordering import cycle_members, order_files, strongly_connected
+from transforms.inputs.reading import ReadSettings
+from transforms.inputs.repository import read_repository
 
 
 def ordered(repo: dict[str, str], root_name: str = "") -> tuple[list[str], set[tuple[str, str]]]:
@@ -61,15 +64,190 @@ def test_python_root_folder_is_the_package():
     assert order == ["scanner.py", "decoder.py", "__init__.py"]
 
 
+def test_empty_init_files_make_nested_packages_and_tests_a_package():
+    # Issue 17, class 1: every __init__.py here is empty, yet it decides the module names.
+    repo = {
+        "src/web/__init__.py": "",
+        "src/web/http.py": "from http import client\n",  # the stdlib's http, not this file
+        "src/web/middleware/__init__.py": "",
+        "src/web/middleware/shared_data.py": "from ..http import parse_date\n",
+        "src/web/app.py": "from .middleware.shared_data import SharedData\n",
+        "src/web/sub/__init__.py": "",
+        "src/web/sub/tests/__init__.py": "",
+        "src/web/sub/tests/helper.py": "X = 1\n",
+        "src/web/sub/check.py": "from web.sub.tests import helper\n",
+        "tests/__init__.py": "",
+        "tests/server/__init__.py": "",
+        "tests/server/server.py": "import web.app\n",
+        "tests/test_app.py": "from tests.server.server import Server\nimport http\n",
+    }
+    order, edges = ordered(repo)
+    assert edges == {
+        ("src/web/middleware/shared_data.py", "src/web/http.py"),
+        ("src/web/app.py", "src/web/middleware/shared_data.py"),
+        ("src/web/sub/check.py", "src/web/sub/tests/helper.py"),
+        ("tests/server/server.py", "src/web/app.py"),
+        ("tests/test_app.py", "tests/server/server.py"),
+    }
+    assert order == [
+        "src/web/__init__.py",
+        "src/web/http.py",
+        "src/web/middleware/__init__.py",
+        "src/web/middleware/shared_data.py",
+        "src/web/app.py",
+        "src/web/sub/__init__.py",
+        "src/web/sub/tests/__init__.py",
+        "src/web/sub/tests/helper.py",
+        "src/web/sub/check.py",
+        "tests/__init__.py",
+        "tests/server/__init__.py",
+        "tests/server/server.py",
+        "tests/test_app.py",
+    ]
+    # Without the empty markers these imports do not resolve (what issue 17 measured).
+    bare = {f: t for f, t in repo.items() if not f.endswith("__init__.py")}
+    assert ("tests/test_app.py", "tests/server/server.py") not in ordered(bare)[1]
+
+
+def test_sibling_submodule_through_the_parent_package_and_namespace_portions():
+    # Issue 17, class 2: flask's sansio/ folder has no __init__.py; Python 3 still imports it
+    # as flask.sansio, so "from .. import typing as ft" there is flask/typing.py.
+    repo = {
+        "src/flask/__init__.py": "from .app import Flask\n",
+        "src/flask/typing.py": "X = 1\n",
+        "src/flask/app.py": "from . import typing as ft\nfrom .sansio.app import App\n",
+        "src/flask/sansio/app.py": "from .. import typing as ft\nfrom .scaffold import S\n",
+        "src/flask/sansio/scaffold.py": "from .. import typing as ft\n",
+    }
+    order, edges = ordered(repo)
+    assert edges == {
+        ("src/flask/__init__.py", "src/flask/app.py"),
+        ("src/flask/app.py", "src/flask/typing.py"),
+        ("src/flask/app.py", "src/flask/sansio/app.py"),
+        ("src/flask/sansio/app.py", "src/flask/typing.py"),
+        ("src/flask/sansio/app.py", "src/flask/sansio/scaffold.py"),
+        ("src/flask/sansio/scaffold.py", "src/flask/typing.py"),
+    }
+    assert order == [
+        "src/flask/typing.py",
+        "src/flask/sansio/scaffold.py",
+        "src/flask/sansio/app.py",
+        "src/flask/app.py",
+        "src/flask/__init__.py",
+    ]
+
+
+def test_from_package_import_submodule_links_the_submodule_not_the_package_init():
+    # Issue 17, class 3 (decided): a submodule import depends on the submodule only; a name
+    # defined in the package depends on its __init__.py. An __init__ imports its submodules,
+    # so an edge from each importer of a submodule back to it would mostly close cycles.
+    repo = {
+        "pkg/__init__.py": "from .sub import module\n",
+        "pkg/sub/__init__.py": "from . import module\nVERSION = 1\n",
+        "pkg/sub/module.py": "X = 1\n",
+        "app.py": "from pkg.sub import module\n",
+        "cli.py": "from pkg.sub import VERSION, module\n",
+    }
+    order, edges = ordered(repo)
+    assert edges == {
+        ("pkg/__init__.py", "pkg/sub/module.py"),
+        ("pkg/sub/__init__.py", "pkg/sub/module.py"),
+        ("app.py", "pkg/sub/module.py"),
+        ("cli.py", "pkg/sub/module.py"),
+        ("cli.py", "pkg/sub/__init__.py"),  # VERSION is defined there
+    }
+    assert order.index("pkg/sub/module.py") < order.index("pkg/sub/__init__.py")
+    assert order.index("pkg/sub/__init__.py") < order.index("cli.py")
+
+
+def test_absolute_import_never_means_a_file_of_the_importers_own_package():
+    # Python 3: "import subprocess" inside asyncio is the standard library's module, although
+    # asyncio/subprocess.py exists (here the repository root is the package).
+    repo = {
+        "__init__.py": "from .base_events import *\n",
+        "base_events.py": "import subprocess\nfrom . import events\n",
+        "events.py": "import selectors\n",
+        "subprocess.py": "import subprocess\nfrom . import events\n",
+        "selectors.py": "X = 1\n",
+    }
+    _, edges = ordered(repo, root_name="asyncio")
+    assert edges == {
+        ("__init__.py", "base_events.py"),
+        ("base_events.py", "events.py"),
+        ("subprocess.py", "events.py"),
+    }
+    # The same for a package below the root: only "pkg.subprocess" names the file.
+    nested = {
+        "pkg/__init__.py": "",
+        "pkg/base.py": "import subprocess\nimport pkg.subprocess as sp\n",
+        "pkg/subprocess.py": "import subprocess\n",
+        "scripts/run.py": "import helper\n",  # a script folder: its siblings are importable
+        "scripts/helper.py": "import subprocess\n",
+    }
+    assert ordered(nested)[1] == {
+        ("pkg/base.py", "pkg/subprocess.py"),
+        ("scripts/run.py", "scripts/helper.py"),
+    }
+    # pyyaml: "import yaml" in the tests is lib/yaml (a package root), not the yaml.py of an
+    # example folder, which only its own siblings reach; a test helper one folder up is found.
+    pyyaml = {
+        "lib/yaml/__init__.py": "from .error import *\n",
+        "lib/yaml/error.py": "",
+        "examples/lexer/yaml.py": "",
+        "examples/lexer/demo.py": "import yaml\n",
+        "tests/helpers.py": "",
+        "tests/unit/test_load.py": "import yaml\nimport helpers\n",
+        "stubs/mod.py": "",
+        "stubs/mod.pyi": "",
+        "stubs/user.pyi": "from .mod import X\n",
+        "stubs/user.py": "from .mod import X\n",
+    }
+    assert ordered(pyyaml)[1] == {
+        ("lib/yaml/__init__.py", "lib/yaml/error.py"),
+        ("examples/lexer/demo.py", "examples/lexer/yaml.py"),
+        ("tests/unit/test_load.py", "lib/yaml/__init__.py"),
+        ("tests/unit/test_load.py", "tests/helpers.py"),
+        ("stubs/user.pyi", "stubs/mod.pyi"),  # a stub reads stubs, a module modules
+        ("stubs/user.py", "stubs/mod.py"),
+    }
+
+
+def test_python_imports_come_from_ast_anywhere_in_the_file_and_never_from_strings():
+    repo = {
+        "a.py": (
+            "from typing import TYPE_CHECKING\n"
+            "if TYPE_CHECKING:\n    from b import B\n"
+            "def f():\n    import c\n"
+            "EXAMPLE = 'import d'\n"
+            'DOC = """\nimport d\n"""\n'
+            "try:\n    import e\nexcept ImportError:\n    e = None\n"
+        ),
+        "b.py": "",
+        "c.py": "",
+        "d.py": "",
+        "e.py": "",
+        "nb.ipynb": "# %%\n%matplotlib inline\n!pip install x\nimport a\n",
+    }
+    files = sorted(repo)
+    edges, unparsed = dependency_edges(files, [repo[f] for f in files])
+    assert {(files[a], files[b]) for a, b in edges} == {
+        ("a.py", "b.py"),
+        ("a.py", "c.py"),
+        ("a.py", "e.py"),
+        ("nb.ipynb", "a.py"),
+    }
+    assert unparsed == 0  # the notebook's magics are commented out before ast.parse
+
+
 def test_python_unparseable_file_still_ordered_and_counted():
     files = ["a.py", "b.py", "c.py"]
     texts = [
-        "print 'python 2'\nimport b\n",  # Python 2 still scans
+        "print 'python 2'\nimport b\n",  # ast fails: the line scan reads it, counted
         "x = 1\n",
         'import b\n"""unterminated docstring\nimport a\n',  # counted, still scanned
     ]
     edges, unparsed = dependency_edges(files, texts)
-    assert edges == [(0, 1), (2, 0), (2, 1)] and unparsed == 1
+    assert edges == [(0, 1), (2, 0), (2, 1)] and unparsed == 2
 
 
 def test_javascript_and_typescript_relative_specifiers():
@@ -87,6 +265,39 @@ def test_javascript_and_typescript_relative_specifiers():
         ("src/lib/b.ts", "src/lib/a.ts"),
     }
     assert order == ["src/util/index.js", "src/lib/a.ts", "src/lib/b.ts", "src/index.ts"]
+
+
+def test_javascript_named_imports_with_comments_inside_the_braces():
+    # Issue 17, class 4: comments inside a multi-line import, and imports inside comments.
+    repo = {
+        "src/index.js": (
+            "import { // eslint-disable-line no-unused-vars\n"
+            "  parse,\n"
+            "  /* format, */\n"
+            "  render, // the one we use\n"
+            "} from './render';\n"
+            'import /* default */ config from "./config.json";\n'
+            "// import { old } from './old';\n"
+            "/* require('./old') */\n"
+            "const quote = /['\"]/g; // a regex with quotes, then more code\n"
+            "export {\n  helper, // re-exported\n} from './helper';\n"
+        ),
+        "src/render.js": "const t = `a // not a comment ${x}`;\nmodule.exports = require('./util');\n",
+        "src/util.js": "export const x = 1;\n",
+        "src/helper.ts": '/// <reference path="globals.d.ts" />\nexport const helper = 1;\n',
+        "src/globals.d.ts": "declare const G: number;\n",
+        "src/config.json": "{}\n",
+        "src/old.js": "export const old = 1;\n",
+    }
+    order, edges = ordered(repo)
+    assert edges == {
+        ("src/index.js", "src/render.js"),
+        ("src/index.js", "src/config.json"),
+        ("src/index.js", "src/helper.ts"),
+        ("src/render.js", "src/util.js"),
+        ("src/helper.ts", "src/globals.d.ts"),
+    }
+    assert order[-1] == "src/index.js"
 
 
 def test_go_packages_via_go_mod():
@@ -215,21 +426,20 @@ def test_order_is_a_permutation_and_respects_edges_outside_cycles(case):
             assert pos[b] < pos[a]
 
 
-@pytest.mark.parametrize("package", ["json", "email", "asyncio", "importlib"])
-def test_standard_library_packages_order_imports_first(package):
-    root = os.path.join(sysconfig.get_paths()["stdlib"], package)
-    files, texts = [], []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
-        for name in sorted(filenames):
-            if name.endswith(".py"):
-                path = os.path.join(dirpath, name)
-                files.append(os.path.relpath(path, root).replace(os.sep, "/"))
-                with open(path, encoding="utf-8") as fh:
-                    texts.append(fh.read())
+@pytest.mark.parametrize(
+    "package", ["json", "email", "asyncio", "importlib", "unittest", "xml", "concurrent"]
+)
+def test_standard_library_packages_match_an_independent_ast_checker(package):
+    """The repository as the reader gives it (empty ``__init__.py`` files kept), its edges
+    against those of the end-to-end test's own ``ast`` resolver, which shares no code with
+    ``dependency_edges``; then no edge of that checker is broken outside a cycle."""
+    root = Path(sysconfig.get_paths()["stdlib"]) / package
+    doc, _ = read_repository(str(root), f"code/{package}", package, ReadSettings())
+    files, texts = doc.files, doc.texts
     edges, unparsed = dependency_edges(files, texts, package)
     assert len(edges) >= len(files) // 2 and unparsed == 0
-    order = order_files(files, edges)
-    pos = {i: k for k, i in enumerate(order)}
-    comp = strongly_connected(len(files), edges)
-    assert all(pos[b] < pos[a] for a, b in edges if comp[a] != comp[b])
+    checker = _ast_import_edges(root, files)
+    assert {(files[a], files[b]) for a, b in edges} == {(files[a], files[b]) for a, b in checker}
+    reach = _on_a_cycle_together(len(files), checker)
+    acyclic = [(a, b) for a, b in checker if not (a in reach[b] and b in reach[a])]
+    assert [(files[a], files[b]) for a, b in acyclic if b > a] == []  # files are in doc order

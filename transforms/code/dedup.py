@@ -12,14 +12,24 @@ An *item* is one file of a repository ``(doc_id, path)`` or one whole book / rec
 
 Of each duplicate pair the item with the smaller ``(doc_id, path)`` is kept, the other is left
 out and listed in ``rejects.jsonl`` naming the kept copy. Items shorter than ``MIN_CHARS``
-(256) normalised characters are never deduplicated: an empty ``__init__.py`` or a licence
-header is not a duplicated library, and removing it would change a repository's structure.
-Pure functions; :mod:`pipeline.steps` wires them through a GroupByKey per LSH band.
+(256) normalised characters are never deduplicated, nor is an ``__init__.py`` that holds only
+comments (a licence header): an empty package or a licence is not a duplicated library, and
+removing it would change a repository's structure.
+
+**Only across documents, by default.** Two files of the *same* repository are never
+duplicates of each other (``WITHIN_REPOSITORY = "off"``): a repository's near-identical
+modules (two backends, two protocol versions, werkzeug's ``examples/manage-*.py`` scripts at
+Jaccard 0.89-0.92) are each imported or run by path, and removing one breaks the structure the
+dependency order is built on. What dedup is for, a vendored copy of a library in another repository, is still
+found. ``"exact"`` removes true copies inside a repository too; ``"near"`` is the old
+behaviour. Pure functions; :mod:`pipeline.steps` wires them through a GroupByKey per LSH band.
 """
 
 from __future__ import annotations
 
 import hashlib
+import posixpath
+import re
 import unicodedata
 from dataclasses import dataclass
 
@@ -30,6 +40,8 @@ from transforms.inputs.archives import ARCHIVE_SUFFIXES
 
 THRESHOLD = 0.8
 MIN_CHARS = 256
+WITHIN_REPOSITORY = "off"  # "off" | "exact" | "near": duplicates between files of one document
+_COMMENT_LINE = re.compile(r"^\s*(#.*)?$", re.M)
 SHINGLE = 24
 N_PERM = 112
 BANDS, ROWS = 14, 8
@@ -112,7 +124,10 @@ def signatures(doc: TextDocument) -> list[Signature]:
     for path, text in zip(paths, texts, strict=True):
         norm = normalise(text).encode("utf-8", "surrogatepass")
         exact = hashlib.sha256(norm).hexdigest()
-        sig = minhash(norm) if len(norm) >= MIN_CHARS else None
+        marker = (
+            posixpath.basename(path) == "__init__.py" and not _COMMENT_LINE.sub("", text).strip()
+        )
+        sig = minhash(norm) if len(norm) >= MIN_CHARS and not marker else None
         out.append(Signature(doc.doc_id, path, exact, sig))
     return out
 
@@ -134,14 +149,22 @@ def similarity(a: Signature, b: Signature) -> float:
     return float(np.mean(a.minhash == b.minhash))
 
 
-def duplicates_in_bucket(members: list[Signature]) -> list[tuple[Signature, Signature, float]]:
-    """``(dropped, kept, similarity)`` for every member that duplicates an earlier one."""
+def duplicates_in_bucket(
+    members: list[Signature], within_repository: str = WITHIN_REPOSITORY
+) -> list[tuple[Signature, Signature, float]]:
+    """``(dropped, kept, similarity)`` for every member that duplicates an earlier one;
+    ``within_repository`` says which pairs inside one document count (see the module)."""
+    if within_repository not in ("off", "exact", "near"):
+        raise ValueError(f"within_repository is off, exact or near, not {within_repository!r}")
     members = sorted({m.key: m for m in members}.values(), key=lambda m: m.key)
     out = []
     for i, m in enumerate(members):
         for earlier in members[:i]:
-            if earlier.doc_id == m.doc_id and earlier.path == m.path:
-                continue
+            if earlier.doc_id == m.doc_id and (
+                within_repository == "off"
+                or (within_repository == "exact" and earlier.exact != m.exact)
+            ):
+                continue  # same document: kept unless the setting says otherwise
             sim = similarity(m, earlier)
             if sim >= THRESHOLD:
                 out.append((m, earlier, sim))

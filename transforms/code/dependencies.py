@@ -5,13 +5,13 @@
 to a file of the same repository give an edge; the standard library and third-party packages
 give none. Languages and rules:
 
-- Python (``.py``, ``.pyi``, notebooks): a line scan with triple-quoted strings blanked (a file
-  with an unterminated one counts in ``n_unparsed``). A file's module name is its path from the first ancestor folder
-  without ``__init__.py``; when the repository root is itself a package, its folder name is the
-  top package (so ``json/decoder.py`` is ``json.decoder``). ``from a import b`` depends on the
-  module ``a.b`` when it exists, else on ``a``; relative imports resolve against the package.
+- Python (``.py``, ``.pyi``, notebooks): ``ast`` (a line scan for files it cannot parse, counted
+  in ``n_unparsed``); module names from the package structure, empty ``__init__.py`` files
+  included, and Python 3's absolute-import rules (:mod:`transforms.code.python_imports`).
 - JavaScript / TypeScript: ``import ... from``, ``export ... from``, ``import()``, ``require()``
-  of relative specifiers, trying the extensions and ``index`` files Node and TypeScript try.
+  and ``/// <reference path>`` of relative specifiers, comments removed first
+  (:mod:`transforms.code.js_imports`), trying the extensions and ``index`` files Node tries for
+  a JavaScript importer and TypeScript tries for a TypeScript one.
 - Go: import paths under the ``module`` of ``go.mod`` (or ending in a folder of the repo) depend
   on every non-test ``.go`` file of that package folder.
 - Rust: ``mod x;`` and ``use crate::`` / ``self::`` / ``super::`` paths, resolved to ``x.rs`` or
@@ -21,9 +21,10 @@ give none. Languages and rules:
 - Java / Kotlin / Scala: ``import a.b.C`` -> a file ending in ``a/b/C.java``; ``a.b.*`` -> every
   file of the folder ending in ``a/b``.
 
-Regex extraction can see an import inside a comment or string; the cost is an extra edge, never a
-lost file. Where several files match, the one nearest to the importing file wins (longest shared
-folder prefix, then path order), so the result is deterministic.
+Regex extraction (every language but Python) can see an import inside a string, or for Go,
+Rust, C and the JVM inside a comment; the cost is an extra edge, never a lost file. Where
+several files match, the one nearest to the importing file wins (longest shared folder prefix,
+then path order), so the result is deterministic.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ import posixpath
 import re
 from collections import defaultdict
 
+from transforms.code.js_imports import candidate_paths, js_specifiers
+from transforms.code.python_imports import PythonModules
+
 PY = (".py", ".pyi", ".ipynb")  # notebooks arrive as their cell sources
 JS = (".js", ".jsx", ".mjs", ".cjs", ".ts", ".tsx", ".mts", ".cts")
 GO = (".go",)
@@ -39,16 +43,6 @@ RUST = (".rs",)
 C_FAMILY = (".c", ".h", ".cc", ".cpp", ".cxx", ".hpp", ".hh", ".hxx", ".inl", ".ipp", ".cu", ".cuh")
 JVM = (".java", ".kt", ".kts", ".scala")
 
-_PY_IMPORT = re.compile(r"^[ \t]*import[ \t]+([\w. \t,]+)", re.M)
-_TRIPLE = re.compile(r'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'')
-_PY_FROM = re.compile(
-    r"^[ \t]*from[ \t]+(\.*[\w.]*)[ \t]+import[ \t]*(?:\(([^)]*)\)|([\w \t,*]+(?:\\\n[\w \t,*]*)*))",
-    re.M,
-)
-_JS_SPEC = re.compile(
-    r"""(?:\bimport\s*(?:[\w*{}\s,$]+\s*from\s*)?|\bexport\s*[\w*{}\s,$]*\s*from\s*|"""
-    r"""\brequire\s*\(\s*|\bimport\s*\(\s*)(['"])([^'"\n]+)\1"""
-)
 _GO_BLOCK = re.compile(r"^import\s*\(([^)]*)\)", re.M)
 _GO_SINGLE = re.compile(r'^import\s+(?:[\w.]+\s+)?"([^"]+)"', re.M)
 _GO_QUOTED = re.compile(r'"([^"]+)"')
@@ -57,7 +51,6 @@ _RUST_MOD = re.compile(r"^\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+(\w+)\s*;", re.M)
 _RUST_USE = re.compile(r"^\s*(?:pub(?:\([^)]*\))?\s+)?use\s+((?:crate|self|super)(?:::\w+)+)", re.M)
 _C_INCLUDE = re.compile(r'^\s*#\s*include\s*([<"])([^>"\n]+)[>"]', re.M)
 _JVM_IMPORT = re.compile(r"^\s*import\s+(?:static\s+)?(\w+(?:\.\w+)*(?:\.\*)?)", re.M)
-_JS_EXTS = ("", ".ts", ".tsx", ".d.ts", ".js", ".jsx", ".mjs", ".cjs", ".mts", ".cts", ".json")
 
 
 def language_of(path: str) -> str | None:
@@ -99,39 +92,11 @@ class _Repo:
             for k in range(len(parts)):
                 self.by_suffix["/".join(parts[k:])].append(i)
             self.by_dir[posixpath.dirname(f)].append(i)
-        dirs_with_init = {posixpath.dirname(f) for f in files if f.endswith("/__init__.py")}
-        root_is_package = "__init__.py" in self.index
-        self.modules: dict[str, list[int]] = defaultdict(list)
-        self.names_of: dict[int, list[str]] = {}
-        for i, f in enumerate(files):
-            if f.endswith(PY):
-                names = self._module_names(f, dirs_with_init, root_is_package, root_name)
-                self.names_of[i] = names
-                for name in names:
-                    self.modules[name].append(i)
+        self.python = PythonModules(files, root_name, self.nearest)
         self.go_module = None
         if "go.mod" in self.index:
             m = _GO_MODULE.search(texts[self.index["go.mod"]])
             self.go_module = m.group(1) if m else None
-
-    @staticmethod
-    def _module_names(f, dirs_with_init, root_is_package, root_name):
-        stem = posixpath.splitext(f)[0]
-        parts = stem.split("/")
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        # Walk up while the folder is a package.
-        k = len(f.split("/")) - 1  # number of folders above the file
-        top = k
-        while top > 0 and "/".join(f.split("/")[:top]) in dirs_with_init:
-            top -= 1
-        names = []
-        rel = parts[top:]
-        if top == 0 and root_is_package and root_name:
-            names.append(".".join([root_name, *rel]) if rel else root_name)
-        if rel:
-            names.append(".".join(rel))
-        return names
 
     def nearest(self, candidates: list[int], importer: int) -> int | None:
         cands = [c for c in candidates if c != importer]
@@ -140,104 +105,13 @@ class _Repo:
         src = self.files[importer]
         return min(cands, key=lambda c: (-_shared_prefix(src, self.files[c]), self.files[c]))
 
-    def module(self, name: str, importer: int) -> int | None:
-        return self.nearest(self.modules.get(name, []), importer)
-
-
-def _python_imports(text: str) -> tuple[list[tuple[int, str, list[str]]], bool]:
-    """``[(level, module, names)]`` of a Python file, and whether it scanned cleanly.
-
-    A line scan (``ast.parse`` costs ~10x more and fails on Python 2 files), after blanking
-    triple-quoted strings so that example code in docstrings gives no edge. A file with an
-    unterminated triple-quoted string is scanned anyway and reported as not clean.
-    """
-    if "import" not in text:
-        return [], True
-    code = _TRIPLE.sub('""', text)
-    clean = '"""' not in code and "'''" not in code
-    out = []
-    for m in _PY_IMPORT.finditer(code):
-        for name in m.group(1).split(","):
-            words = name.split()
-            if words and re.fullmatch(r"[\w.]+", words[0]):
-                out.append((0, words[0], []))
-    for m in _PY_FROM.finditer(code):
-        mod = m.group(1)
-        level = len(mod) - len(mod.lstrip("."))
-        body = re.sub(r"#[^\n]*", "", m.group(2) or m.group(3) or "")
-        names = [n for n in re.split(r"[,\s\\]+", body) if n]
-        kept, skip = [], False
-        for n in names:  # drop "as alias" pairs
-            if skip:
-                skip = False
-            elif n == "as":
-                skip = True
-            else:
-                kept.append(n)
-        out.append((level, mod.lstrip("."), kept))
-    return out, clean
-
-
-def _resolve_python(repo: _Repo, i: int, text: str) -> tuple[set[int], bool]:
-    deps: set[int] = set()
-    imports, parsed = _python_imports(text)
-    f = repo.files[i]
-    # The importing file's own package, as candidate dotted prefixes.
-    own = repo.names_of.get(i, [])
-    for level, module, names in imports:
-        if level:
-            bases = []
-            for own_name in own:
-                pkg = own_name.split(".")
-                if not f.endswith("__init__.py"):
-                    pkg = pkg[:-1]
-                pkg = pkg[: len(pkg) - (level - 1)] if level > 1 else pkg
-                bases.append(".".join([*pkg, module] if module else pkg))
-            if not own:  # a loose file: resolve against its folder
-                d = posixpath.dirname(f)
-                for _ in range(level - 1):
-                    d = posixpath.dirname(d)
-                rel = posixpath.join(d, *module.split(".")) if module else d
-                for cand in (rel + ".py", rel + "/__init__.py"):
-                    if cand in repo.index and repo.index[cand] != i:
-                        deps.add(repo.index[cand])
-                continue
-        else:
-            bases = [module]
-        for base in bases:
-            hit_sub = False
-            for name in names:
-                if name == "*":
-                    continue
-                j = repo.module(f"{base}.{name}" if base else name, i)
-                if j is not None:
-                    deps.add(j)
-                    hit_sub = True
-            if not hit_sub and base:
-                parts = base.split(".")
-                for k in range(len(parts), 0, -1):  # import a.b.c -> a.b.c, else a.b, else a
-                    j = repo.module(".".join(parts[:k]), i)
-                    if j is not None:
-                        deps.add(j)
-                        break
-    return deps, parsed
-
 
 def _resolve_js(repo: _Repo, i: int, text: str) -> set[int]:
     deps = set()
-    d = posixpath.dirname(repo.files[i])
-    for m in _JS_SPEC.finditer(text):
-        spec = m.group(2).split("?")[0]
+    for spec in js_specifiers(text):
         if not spec.startswith("."):
             continue
-        base = posixpath.normpath(posixpath.join(d, spec))
-        if base.startswith(".."):
-            continue
-        stem, ext = posixpath.splitext(base)
-        tries = [base + e for e in _JS_EXTS] + [f"{base}/index{e}" for e in _JS_EXTS[1:]]
-        if ext in (".js", ".jsx", ".mjs", ".cjs"):  # TypeScript's "./x.js" means ./x.ts
-            tries += [stem + e for e in (".ts", ".tsx", ".mts", ".cts")]
-        for cand in tries:
+        for cand in candidate_paths(repo.files[i], spec.split("?")[0]):
             j = repo.index.get(cand)
             if j is not None and j != i:
                 deps.add(j)
@@ -391,7 +265,7 @@ def dependency_edges(
         if lang is None:
             continue
         if lang == "python":
-            deps, parsed = _resolve_python(repo, i, text)
+            deps, parsed = repo.python.dependencies(i, text)
             unparsed += not parsed
         else:
             deps = _RESOLVERS[lang](repo, i, text)

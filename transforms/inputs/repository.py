@@ -4,14 +4,21 @@ What is left out, each as a :class:`Reject` with its reason (nothing is dropped 
 
 - ``skipped_dir``: version control, caches, vendored and built trees (``node_modules``,
   ``vendor``, ``dist``, ``build``, ``target``, ``site-packages``) and virtualenvs (any folder
-  holding ``pyvenv.cfg``);
+  holding ``pyvenv.cfg``). A ``build`` or ``dist`` folder that a ``package.json``'s ``main`` /
+  ``exports`` / ``module`` / ``bin`` / ``types`` points into, or that its ``files`` list
+  publishes, is kept: a published npm package keeps its real code there (rules in
+  :func:`transforms.code.screening.package_build_dirs`);
 - ``gitignored``: paths matched by the repository's ``.gitignore`` files (git's rules, nested
   files apply below their folder; read with ``pathspec``);
 - ``lock_file``, ``minified`` (``*.min.js`` or lines averaging over 300 characters with one
-  over 2,000), ``generated`` (a "generated ... do not edit" marker in the first lines);
+  over 2,000), ``generated`` (a header marker that describes the file itself; the rules, and
+  the one that fired in each reject's detail, are in :mod:`transforms.code.screening`);
 - ``notebook_outputs``: a notebook is kept as its cells' sources (jupytext "percent" format);
   the outputs it held are listed under ``path#outputs``;
-- everything :func:`transforms.inputs.reading.read_file_text` rejects (binary, too large, links...).
+- everything :func:`transforms.inputs.reading.read_file_text` rejects (binary, too large, links...),
+  except an empty ``__init__.py``: it carries package structure, so it is kept, and appears in
+  the document as its file header with an empty body (~10 tokens). Only a repository with
+  nothing else is rejected as ``empty``, its markers with it.
 
 The files kept are ordered by :func:`transforms.code.ordering.order_files` over the imports found by
 :func:`transforms.code.dependencies.dependency_edges`.
@@ -25,7 +32,6 @@ import json
 import os
 import posixpath
 import random
-import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 
@@ -33,6 +39,7 @@ import pathspec
 
 from transforms.code.dependencies import dependency_edges, main_language
 from transforms.code.ordering import cycle_members, order_files
+from transforms.code.screening import BUILD_DIRS, package_build_dirs, screen_file
 from transforms.documents import CODE, Reject, RejectError, TextDocument
 from transforms.inputs.archives import archive_members, is_archive
 from transforms.inputs.decode import decode_text
@@ -44,6 +51,9 @@ from transforms.inputs.reading import (
     walk_folder,
 )
 
+# Kept when empty: an empty __init__.py makes its folder a package (module names, relative
+# imports); it enters the document as its header line with an empty body.
+PACKAGE_MARKERS = ("__init__.py", "__init__.pyi")
 SKIP_DIRS = {
     ".git": "version-control metadata",
     ".hg": "version-control metadata",
@@ -66,33 +76,12 @@ SKIP_DIRS = {
     "build": "build output",
     "target": "build output",
 }
-LOCK_FILES = frozenset(
-    [
-        "package-lock.json",
-        "npm-shrinkwrap.json",
-        "yarn.lock",
-        "pnpm-lock.yaml",
-        "bun.lockb",
-        "Cargo.lock",
-        "poetry.lock",
-        "Pipfile.lock",
-        "pdm.lock",
-        "uv.lock",
-        "composer.lock",
-        "Gemfile.lock",
-        "go.sum",
-        "mix.lock",
-        "pubspec.lock",
-        "packages.lock.json",
-        "flake.lock",
-    ]
-)
-_MINIFIED_NAME = re.compile(r"\.(min|bundle)\.(js|css|mjs)$|\.js\.map$|\.css\.map$")
-_GENERATED = re.compile(
-    r"(code generated .* do not edit|@generated|auto-?generated .*do not (edit|modify)|"
-    r"this file (is|was) (automatically )?generated)",
-    re.I,
-)
+
+
+def _skip_detail(name: str) -> str:
+    if name in BUILD_DIRS:
+        return f"{SKIP_DIRS[name]} (no package.json entry point or published files in it)"
+    return SKIP_DIRS[name]
 
 
 class _Ignore:
@@ -120,6 +109,7 @@ class _Ignore:
 def _folder_entries(root: str, limits: ReadSettings) -> Iterator[tuple[str, object] | Reject]:
     """``(rel, text_or_RejectError)`` per file of a folder, in path order, honouring .gitignore."""
     ignore = _Ignore()
+    entry_dirs: set[str] = set()  # build folders that a package.json points into
 
     def screen(rel_dir: str, abs_dir: str, names: set):
         if "pyvenv.cfg" in names and rel_dir:
@@ -130,12 +120,16 @@ def _folder_entries(root: str, limits: ReadSettings) -> Iterator[tuple[str, obje
                 ignore.add(display_path(rel_dir), text)
             except RejectError:
                 pass  # the file itself is reported when it is read
+        if "package.json" in names:
+            with contextlib.suppress(RejectError):
+                text, _ = read_file_text(os.path.join(abs_dir, "package.json"), limits)
+                entry_dirs.update(posixpath.join(rel_dir, d) for d in package_build_dirs(text))
 
         def check(rel: str, name: str, is_dir: bool):
             if ignore.ignored(display_path(rel), is_dir):
                 return ("gitignored", "matched by .gitignore")
-            if is_dir and name in SKIP_DIRS:
-                return ("skipped_dir", SKIP_DIRS[name])
+            if is_dir and name in SKIP_DIRS and rel not in entry_dirs:
+                return ("skipped_dir", _skip_detail(name))
             return None
 
         return check
@@ -165,15 +159,29 @@ def _member_entries(
         if posixpath.basename(rel) == ".gitignore":
             with contextlib.suppress(OSError, RejectError):
                 ignore.add(posixpath.dirname(rel), read(rel).decode("utf-8", "replace"))
+    entry_dirs: set[str] = set()
+    for rel, _ in listing:
+        if posixpath.basename(rel) == "package.json":
+            with contextlib.suppress(OSError, RejectError):
+                text = decode_text(read(rel))[0]
+                folder = posixpath.dirname(rel)
+                entry_dirs.update(posixpath.join(folder, d) for d in package_build_dirs(text))
     venvs = {posixpath.dirname(rel) for rel, _ in listing if rel.endswith("/pyvenv.cfg")}
     for rel, size in listing:
         parts = rel.split("/")
-        skip = next((p for p in parts[:-1] if p in SKIP_DIRS), None)
         folders = ["/".join(parts[:k]) for k in range(1, len(parts))]
+        skip = next(
+            (
+                p
+                for p, f in zip(parts[:-1], folders, strict=True)
+                if p in SKIP_DIRS and f not in entry_dirs
+            ),
+            None,
+        )
         if any(ignore.ignored(f, True) for f in folders) or ignore.ignored(rel, False):
             yield Reject(where(rel), "gitignored", "matched by .gitignore")
         elif skip:
-            yield Reject(where(rel), "skipped_dir", SKIP_DIRS[skip])
+            yield Reject(where(rel), "skipped_dir", _skip_detail(skip))
         elif any(f in venvs for f in folders):
             yield Reject(where(rel), "skipped_dir", "virtualenv (holds pyvenv.cfg)")
         elif posixpath.splitext(rel)[1].lower() in BINARY_SUFFIXES:
@@ -221,23 +229,6 @@ def _notebook_text(text: str) -> tuple[str, int]:
     return "\n".join(out), n_outputs
 
 
-def _screen(rel: str, text: str) -> tuple[str, str] | None:
-    """``(reason, detail)`` for a file that is text but not hand-written source, else None."""
-    name = posixpath.basename(rel)
-    if name in LOCK_FILES:
-        return "lock_file", "dependency lock file"
-    if _MINIFIED_NAME.search(name):
-        return "minified", "minified bundle or source map by name"
-    lines = text.count("\n") + 1
-    if len(text) > 20_000 and len(text) / lines > 300:
-        longest = max(len(line) for line in text.splitlines()) if text else 0
-        if longest > 2000:
-            return "minified", f"{lines} lines, longest {longest} characters"
-    if _GENERATED.search(text[:2000]):
-        return "generated", "marked as generated in its first lines"
-    return None
-
-
 def probe_repository(root: str, limits: ReadSettings) -> tuple[bool, Counter]:
     """Whether a local repository folder or archive holds at least one file that
     :func:`read_repository` would keep, reading files in path order only until the first one.
@@ -262,12 +253,29 @@ def probe_repository(root: str, limits: ReadSettings) -> tuple[bool, Counter]:
             except (ValueError, TypeError, AttributeError):
                 seen["bad_notebook"] += 1
                 continue
-        screened = _screen(display_path(rel), content)
+        screened = screen_file(display_path(rel), content)
         if screened:
             seen[screened[0]] += 1
             continue
         return True, seen
     return False, seen
+
+
+def _imported_generated(files: list[str], edges, generated: set[str]) -> set[str]:
+    """The generated files that a kept file imports, directly or through other such files:
+    they are part of the program (idna's ``idnadata.py`` tables, a ``_pb2.py`` its code
+    imports), and leaving them out would leave those imports pointing at nothing."""
+    imports: dict[int, list[int]] = {}
+    for a, b in edges:
+        imports.setdefault(a, []).append(b)
+    kept = {i for i, f in enumerate(files) if f not in generated}
+    todo = list(kept)
+    while todo:
+        for b in imports.get(todo.pop(), ()):
+            if b not in kept:
+                kept.add(b)
+                todo.append(b)
+    return {files[i] for i in kept if files[i] in generated}
 
 
 def arrange_files(files: list[str], edges, settings: ReadSettings, doc_id: str) -> list[int]:
@@ -307,6 +315,8 @@ def read_repository(
     files: list[str] = []
     texts: list[str] = []
     rejects: list[Reject] = []
+    markers: list[Reject] = []  # empty __init__.py files, kept unless nothing else is
+    generated: dict[str, Reject] = {}  # marked generated: rejected unless imported
     for item in entries:
         if isinstance(item, Reject):
             rejects.append(item)
@@ -315,8 +325,12 @@ def read_repository(
         rel = display_path(rel)
         where = f"{shown}!{rel}" if archive else f"{shown}/{rel}"
         if isinstance(content, RejectError):
-            rejects.append(Reject(where, content.reason, content.detail))
-            continue
+            if content.reason == "empty" and posixpath.basename(rel) in PACKAGE_MARKERS:
+                markers.append(Reject(where, content.reason, content.detail))
+                content = ""  # kept: it makes its folder a package
+            else:
+                rejects.append(Reject(where, content.reason, content.detail))
+                continue
         if rel.lower().endswith(".ipynb"):
             try:
                 content, n_outputs = _notebook_text(content)
@@ -327,20 +341,30 @@ def read_repository(
                 rejects.append(
                     Reject(where + "#outputs", "notebook_outputs", f"{n_outputs} outputs dropped")
                 )
-        screened = _screen(rel, content)
-        if screened:
+        screened = screen_file(rel, content)
+        if screened and screened[0] == "generated":
+            generated[rel] = Reject(where, *screened)  # decided once imports are known
+        elif screened:
             rejects.append(Reject(where, *screened))
             continue
         files.append(rel)
         texts.append(content)
-    if not files:
-        rejects.append(Reject(shown, "empty", "no readable text file in the repository"))
-        return None, rejects
     by_path = sorted(range(len(files)), key=lambda i: files[i])
     files = [files[i] for i in by_path]
     texts = [texts[i] for i in by_path]
     root_name = name if not archive else ""
     edges, unparsed = dependency_edges(files, texts, root_name)
+    if generated:
+        kept = _imported_generated(files, edges, set(generated))
+        rejects += [r for rel, r in generated.items() if rel not in kept]
+        keep = [i for i, f in enumerate(files) if f not in generated or f in kept]
+        if len(keep) < len(files):
+            files, texts = [files[i] for i in keep], [texts[i] for i in keep]
+            edges, unparsed = dependency_edges(files, texts, root_name)
+    if len(files) == len(markers):
+        rejects += markers
+        rejects.append(Reject(shown, "empty", "no readable text file in the repository"))
+        return None, rejects
     order = arrange_files(files, edges, limits, doc_id)
     doc = TextDocument(
         doc_id=doc_id,
