@@ -191,8 +191,8 @@ class Checker:
         for k in range(len(parts), 0 if not exact else len(parts) - 1, -1):
             for root in roots:
                 hit = self._module_file(root, ".".join(parts[:k]), importer.endswith(".pyi"))
-                if hit and hit != importer:
-                    return hit
+                if hit:
+                    return hit  # the importer itself included: found, dropped by the caller
         return None
 
     def _python(self, path: str, text: str) -> set[str]:

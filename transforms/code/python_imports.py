@@ -11,15 +11,18 @@ ancestor, that folder being a *root* (the repository root, ``src/``, ``lib/``...
 without ``__init__.py`` between packages are namespace portions and count
 (``src/flask/sansio/app.py`` is ``flask.sansio.app`` although ``sansio/`` has no
 ``__init__.py``). A file with no package above it is a top-level module of its own folder
-(``setup.py`` is ``setup``, ``tests/helpers.py`` is ``helpers``). Where the file's nearest
+(``setup.py`` is ``setup``, ``tests/helpers.py`` is ``helpers``); the folders above such a root
+are namespace packages too (PEP 420: ``examples/web/app.py`` is also ``web.app`` seen from
+``examples/``, and ``examples.web.app`` from the root). Where the file's nearest
 folder that is not a package differs from its root (``sansio/`` above), the file also gets the
 name ``python script.py`` and pytest give it from that folder, for files in the same folder only.
 
 **Absolute imports** (Python 3): a name is looked up first among the files seen from the
 importer's own folder when that folder is not a package (a script's siblings), then among
-those seen from a root, then among the top-level modules of other folders. So ``import
-subprocess`` inside a package that holds ``subprocess.py`` reaches the standard library, not
-the package's file (asyncio), and ``import yaml`` in pyyaml's tests is ``lib/yaml``, not an
+those seen from a root, then among the top-level modules of other folders, never for a
+standard-library name. So ``import subprocess`` inside a package that holds ``subprocess.py``
+reaches the standard library, not the package's file (asyncio), ``import http`` in a test is
+not some folder's ``http.py``, and ``import yaml`` in pyyaml's tests is ``lib/yaml``, not an
 example's ``yaml.py``. Among equals the file nearest to the importer wins.
 
 **Imports.** ``import a.b.c`` depends on the longest of ``a.b.c``, ``a.b``, ``a`` that is a file
@@ -43,11 +46,13 @@ from __future__ import annotations
 import ast
 import posixpath
 import re
+import sys
 import warnings
 from collections import defaultdict
 
 SOURCE = (".py", ".pyi")  # importable; notebooks import, but nothing imports them
 _INIT = ("__init__.py", "__init__.pyi")
+_STDLIB = frozenset(sys.stdlib_module_names)
 
 _PY_IMPORT = re.compile(r"^[ \t]*import[ \t]+([\w. \t,]+)", re.M)
 _TRIPLE = re.compile(r'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'')
@@ -167,6 +172,9 @@ class PythonModules:
                 self.names[qualified].append((root, i, False))
             if base != root:  # a namespace gap: the script folder's own name for the file
                 self.names[self._name(f, base, "")].append((base, i, True))
+            if root:  # PEP 420: the folders above make namespace packages (examples.web.app)
+                for above in _folders_up(posixpath.dirname(root)):
+                    self.names[self._name(f, above, "")].append((above, i, False))
 
     @staticmethod
     def _name(f: str, root: str | None, prefix: str) -> str:
@@ -189,11 +197,15 @@ class PythonModules:
         if not cands:
             return None
         base = self.basedir[importer]
+        stub = self.files[importer].endswith(".pyi")  # a stub reads stubs, a module modules
         for tier in (
             [i for root, i, _ in cands if root == base],
             [i for root, i, local in cands if not local and root in self.roots],
-            [i for _, i, local in cands if not local],
+            [] if name.split(".")[0] in _STDLIB else [i for _, i, local in cands if not local],
         ):
+            if importer in tier:
+                return importer  # the file names itself ("from . import box" in box.py)
+            tier = [c for c in tier if self.files[c].endswith(".pyi") == stub] or tier
             j = self.nearest(tier, importer)
             if j is not None:
                 return j
@@ -217,8 +229,8 @@ class PythonModules:
             cands = cands[1::2]  # the folder itself: only its __init__
         for cand in sorted(cands, key=lambda c: c.endswith(".py") if stub_first else False):
             j = self.index.get(cand.lstrip("/"))
-            if j is not None and j != importer:
-                return j
+            if j is not None:
+                return j  # possibly the importer itself: found, and no edge
         return None
 
     def _relative(self, i: int, level: int, module: str, names: list[str]) -> set[int]:
