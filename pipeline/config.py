@@ -98,6 +98,13 @@ class BuildConfig:
         flag="--no-dedup",
         switch=True,
     )
+    dedup_within_repository: str = option(
+        "off",
+        "duplicates between files of one repository: off (a repository keeps its structure), "
+        "exact (true copies only) or near (MinHash >= 0.8, as across repositories)",
+        group="inputs",
+        choices=("off", "exact", "near"),
+    )
     # tokenization
     tokenizer: str | None = option(
         None,
@@ -422,6 +429,7 @@ class BuildConfig:
             "seed": self.seed,
             "min_dependency_score": self.min_scores,
             "dedup": self.dedup,
+            "dedup_within_repository": self.dedup_within_repository,
             "fill_gaps": self.fill_gaps,
             "eval_fraction": self.eval_fraction,
             "file_order": self.file_order,

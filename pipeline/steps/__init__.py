@@ -51,7 +51,12 @@ class BuildDataset(beam.PTransform):
         read = (
             pbegin
             | "CreateSources" >> beam.Create(self.sources)
-            | "ReadDocuments" >> ReadDocuments(config.read_settings, dedup=config.dedup)
+            | "ReadDocuments"
+            >> ReadDocuments(
+                config.read_settings,
+                dedup=config.dedup,
+                within_repository=config.dedup_within_repository,
+            )
         )
         docs = read[MAIN] | "Tokenize" >> Tokenize(config, staging, self.cache_dir, self.progress)
         planned = docs | "PlanSamples" >> PlanSamples(config.plan_settings)

@@ -46,9 +46,9 @@ class ReadSourceFn(beam.DoFn):
             )
 
 
-def _bucket_duplicates(element):
+def _bucket_duplicates(element, within_repository: str):
     _, members = element
-    for dropped, kept, sim in duplicates_in_bucket(list(members)):
+    for dropped, kept, sim in duplicates_in_bucket(list(members), within_repository):
         yield dropped.doc_id, (dropped.path, kept.where(), sim)
 
 
@@ -71,9 +71,10 @@ class RemoveDuplicatesFn(beam.DoFn):
 class ReadDocuments(beam.PTransform):
     """``Source`` s -> ``{MAIN: TextDocument s, REJECTS: Reject s}`` (dedup unless off)."""
 
-    def __init__(self, settings: ReadSettings, dedup: bool = True):
+    def __init__(self, settings: ReadSettings, dedup: bool = True, within_repository="off"):
         super().__init__()
         self.settings, self.dedup = settings, dedup
+        self.within_repository = within_repository  # off | exact | near
 
     def expand(self, sources):
         read = (
@@ -90,7 +91,7 @@ class ReadDocuments(beam.PTransform):
             | "Signatures"
             >> beam.FlatMap(lambda d: [(k, s) for s in signatures(d) for k in band_keys(s)])
             | "GroupByBand" >> beam.GroupByKey()
-            | "FindDuplicates" >> beam.FlatMap(_bucket_duplicates)
+            | "FindDuplicates" >> beam.FlatMap(_bucket_duplicates, self.within_repository)
             | "DuplicatesByDocument" >> beam.GroupByKey()
         )
         deduped = (
