@@ -22,7 +22,14 @@ from transforms.inputs.reading import (
     walk_folder,
 )
 from transforms.inputs.records import RECORD_SUFFIXES, read_records, records_to_documents
-from transforms.inputs.repository import read_repository
+from transforms.inputs.repository import SKIP_DIRS, read_repository
+
+# Folders of a --repos-root that are caches or version control, never repositories.
+CACHE_DIRS = {
+    name: why
+    for name, why in SKIP_DIRS.items()
+    if why in ("version-control metadata", "bytecode cache", "tool cache")
+}
 
 BOOK, REPO, RECORDS, HF = "book", "repo", "records", "hf"
 
@@ -139,7 +146,19 @@ def discover(
         except OSError as err:
             rejects.append(Reject(display_path(root), "unreadable", err.strerror or str(err)))
             continue
+        quiet = [e for e in entries if e.name in CACHE_DIRS and e.is_dir(follow_symlinks=False)]
+        if quiet:  # caches and version control are no repositories: one line for them all
+            rejects.append(
+                Reject(
+                    display_path(root),
+                    "skipped_dir",
+                    f"{len(quiet)} folders that are no repositories: "
+                    + ", ".join(f"{e.name} ({CACHE_DIRS[e.name]})" for e in quiet),
+                )
+            )
         for entry in entries:
+            if entry in quiet:
+                continue
             if entry.is_dir(follow_symlinks=False) or (
                 entry.is_file(follow_symlinks=False)
                 and entry.name.lower().endswith(ARCHIVE_SUFFIXES)

@@ -202,3 +202,30 @@ def test_min_dependency_score_per_kind_filters_only_the_kind_named(tmp_path, qwe
     assert kinds == {"book"}  # asyncio (scored, < 1.0) left out; the book's kind is not named
     low = [r for r in _rejects(tmp_path / "out") if r["reason"] == "low_dependency_score"]
     assert len(low) == 1 and low[0]["detail"].endswith("< 1.0 (code)")
+
+
+def test_caches_in_a_repos_root_are_one_quiet_line(tmp_path):
+    root = tmp_path / "repos"
+    (root / "tool").mkdir(parents=True)
+    (root / "tool" / "main.py").write_text("print('hi')\n")
+    cache = root / "__pycache__"
+    cache.mkdir()
+    for i in range(5):
+        (cache / f"m{i}.cpython-311.pyc").write_bytes(b"\x00\x01" * 100)
+    out = tmp_path / "out"
+    proc = run_cli(
+        "pipeline.run",
+        "--runner",
+        "DirectRunner",
+        "--repos-root",
+        root,
+        "--seq-len",
+        "4096",
+        "--output",
+        out,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rejects = _rejects(out)
+    assert [(r["reason"], r["detail"]) for r in rejects] == [
+        ("skipped_dir", "1 folders that are no repositories: __pycache__ (bytecode cache)")
+    ]
