@@ -17,7 +17,15 @@ import sys
 import numpy as np
 import pyarrow as pa
 
+from transforms.code.dependency_score import MIN_TOKENS
+
 PLOTS = ("doc_lengths.png", "sample_fill.png", "tokens_per_source.png", "dependency_scores.png")
+# One size for every plot, so that report.html's two-column grid lines them up; at 110 dpi a
+# plot is 660 x 440 px, shown at ~80% in a column of the 1,100 px page.
+FIGSIZE = (6.0, 4.0)
+TOP_SOURCES = 25  # tokens_per_source: the largest documents shown one by one
+KIND_COLORS = {"book": "tab:blue", "code": "tab:orange"}
+OTHER_COLOR = "tab:gray"
 
 
 def _png(fig) -> bytes:
@@ -26,78 +34,154 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def plots(
-    docs: pa.Table, sample_tokens: np.ndarray, seq_len: int, names: tuple[str, ...] = PLOTS
-) -> dict[str, bytes]:
+def _count_label(value: float, _pos=None) -> str:
+    """A tick of a token count, short enough for a crowded axis: 800, 150K, 1.2M."""
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:.0f}"
+
+
+def _integer_axis(axis, compact: bool = False) -> None:
+    """Counts get whole-number ticks only (never 0.2 documents); token counts (``compact``)
+    at most 6 ticks written 150K, 1.2M so that they never run into each other."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(nbins=5 if compact else "auto", integer=True))
+    if compact:
+        axis.set_major_formatter(FuncFormatter(_count_label))
+
+
+def _legend_room(ax) -> None:
+    """Headroom above the highest bar, so that the legend in a top corner covers none."""
+    ax.set_ylim(0, max(ax.get_ylim()[1], 1) * 1.3)
+
+
+def _short(label: str, width: int = 34) -> str:
+    """A long document id shortened in the middle, so that the bars keep their room."""
+    return label if len(label) <= width else label[: width - 13] + "..." + label[-10:]
+
+
+def _doc_lengths(plt, kinds: list[str], lengths: np.ndarray, seq_len: int):
+    fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
+    if len(lengths):
+        low = 10 ** np.floor(np.log10(max(lengths.min(), 1)))
+        bins = np.logspace(np.log10(low), np.log10(max(lengths.max(), seq_len) * 1.1), 40)
+        for kind in sorted(set(kinds)):
+            sel = np.array([k == kind for k in kinds])
+            color = KIND_COLORS.get(kind, OTHER_COLOR)
+            ax.hist(lengths[sel], bins=bins, alpha=0.6, color=color, label=f"{kind} ({sel.sum()})")
+        ax.set_xscale("log")
+    ax.axvline(seq_len, color="k", linestyle="--", label=f"--seq-len {seq_len:,}")
+    _legend_room(ax)
+    _integer_axis(ax.yaxis)
+    ax.set_xlabel("document length (tokens, log scale)")
+    ax.set_ylabel("documents")
+    ax.set_title("Document lengths by kind")
+    ax.legend()
+    return fig
+
+
+def _sample_fill(plt, sample_tokens: np.ndarray, seq_len: int):
+    fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
+    if len(sample_tokens):
+        ax.hist(sample_tokens / seq_len, bins=np.linspace(0, 1, 41))
+    _integer_axis(ax.yaxis)
+    ax.set_xlim(0, 1.02)
+    ax.set_xlabel("sample fill (tokens / seq_len)")
+    ax.set_ylabel("samples")
+    ax.set_title(f"Sample fill ({len(sample_tokens):,} samples)")
+    return fig
+
+
+def _tokens_per_source(plt, ids: list[str], kinds: list[str], lengths: np.ndarray):
+    """The TOP_SOURCES largest documents, the rest summed in one gray bar."""
+    from matplotlib.patches import Patch
+
+    fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
+    order = np.argsort(-lengths, kind="stable")[:TOP_SOURCES] if len(lengths) else []
+    labels = [_short(ids[i]) for i in order]
+    values = [lengths[i] for i in order]
+    colors = [KIND_COLORS.get(kinds[i], OTHER_COLOR) for i in order]
+    if len(lengths) > TOP_SOURCES:
+        labels.append(f"{len(lengths) - TOP_SOURCES} others")
+        values.append(lengths.sum() - sum(values))
+        colors.append(OTHER_COLOR)
+    ax.barh(labels[::-1], values[::-1], color=colors[::-1], height=0.7)
+    _integer_axis(ax.xaxis, compact=True)
+    ax.tick_params(axis="y", labelsize=7 if len(labels) > 12 else 9)
+    ax.set_xlabel("tokens")
+    shown = min(len(lengths), TOP_SOURCES)
+    ax.set_title(
+        f"Tokens per document ({shown} largest)" if len(lengths) > shown else "Tokens per document"
+    )
+    handles = [Patch(color=KIND_COLORS[k], label=k) for k in KIND_COLORS if k in kinds]
+    if OTHER_COLOR in colors:
+        handles.append(Patch(color=OTHER_COLOR, label="others"))
+    if handles:
+        ax.legend(handles=handles, loc="lower right")
+    return fig
+
+
+def _dependency_scores(plt, kinds: list[str], scores: list):
+    fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
+    for kind in sorted(set(kinds)):
+        vals = [s for s, k in zip(scores, kinds, strict=True) if k == kind and s is not None]
+        if vals:
+            color = KIND_COLORS.get(kind, OTHER_COLOR)
+            ax.hist(vals, bins=30, alpha=0.6, color=color, label=f"{kind} ({len(vals)} scored)")
+    _integer_axis(ax.yaxis)
+    ax.set_xlabel("long-dependency score (near minus far reuse of rare tokens)")
+    ax.set_ylabel("documents")
+    ax.set_title("Dependency score by kind")
+    if any(s is not None for s in scores):
+        ax.axvline(0, color="k", linewidth=0.8)
+        _legend_room(ax)
+        ax.legend()
+    else:
+        ax.set_xlim(-1, 1)
+        ax.text(
+            0.5,
+            0.5,
+            f"no document is long enough to score\n(>= {MIN_TOKENS:,} tokens)",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            color="0.35",
+        )
+    return fig
+
+
+def figure(name: str, docs: pa.Table, sample_tokens: np.ndarray, seq_len: int):
+    """The matplotlib figure of the plot ``name`` (one of :data:`PLOTS`); close it after use."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = {}
     kinds = docs.column("kind").to_pylist()
     lengths = np.asarray(docs.column("n_tokens"), dtype=np.float64)
-    if "doc_lengths.png" in names:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        if len(lengths):
-            bins = np.logspace(0, np.log10(max(lengths.max(), seq_len) * 1.1), 40)
-            for kind in sorted(set(kinds)):
-                sel = np.array([k == kind for k in kinds])
-                ax.hist(lengths[sel], bins=bins, alpha=0.6, label=f"{kind} ({sel.sum()})")
-            ax.set_xscale("log")
-        ax.axvline(seq_len, color="k", linestyle="--", label=f"--seq-len {seq_len}")
-        ax.set_xlabel("document length (tokens, log scale)")
-        ax.set_ylabel("documents")
-        ax.set_title("Document lengths by kind")
-        ax.legend()
-        fig.tight_layout()
-        out["doc_lengths.png"] = _png(fig)
-        plt.close(fig)
+    if name == "doc_lengths.png":
+        return _doc_lengths(plt, kinds, lengths, seq_len)
+    if name == "sample_fill.png":
+        return _sample_fill(plt, sample_tokens, seq_len)
+    if name == "tokens_per_source.png":
+        return _tokens_per_source(plt, docs.column("doc_id").to_pylist(), kinds, lengths)
+    if name == "dependency_scores.png":
+        return _dependency_scores(plt, kinds, docs.column("dependency_score").to_pylist())
+    raise ValueError(f"unknown plot {name!r}; the plots are {', '.join(PLOTS)}")
 
-    if "sample_fill.png" in names:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        if len(sample_tokens):
-            ax.hist(sample_tokens / seq_len, bins=np.linspace(0, 1, 41))
-        ax.set_xlabel("sample fill (tokens / seq_len)")
-        ax.set_ylabel("samples")
-        ax.set_title("Sample fill")
-        fig.tight_layout()
-        out["sample_fill.png"] = _png(fig)
-        plt.close(fig)
 
-    if "tokens_per_source.png" in names:  # the 25 largest documents, the rest summed
-        fig, ax = plt.subplots(figsize=(7, 5))
-        ids = docs.column("doc_id").to_pylist()
-        order = np.argsort(-lengths, kind="stable")[:25] if len(lengths) else []
-        labels = [ids[i] for i in order]
-        values = [lengths[i] for i in order]
-        if len(lengths) > 25:
-            labels.append(f"{len(lengths) - 25} others")
-            values.append(lengths.sum() - sum(values))
-        colors = ["tab:blue" if n.startswith("book/") else "tab:orange" for n in labels]
-        ax.barh(labels[::-1], values[::-1], color=colors[::-1])
-        ax.set_xlabel("tokens")
-        ax.set_title("Tokens per source (blue: books, orange: code and records)")
-        ax.tick_params(axis="y", labelsize=7)
-        fig.tight_layout()
-        out["tokens_per_source.png"] = _png(fig)
-        plt.close(fig)
+def plots(
+    docs: pa.Table, sample_tokens: np.ndarray, seq_len: int, names: tuple[str, ...] = PLOTS
+) -> dict[str, bytes]:
+    """The PNG bytes of the plots ``names`` (same data, same bytes)."""
+    import matplotlib.pyplot as plt
 
-    if "dependency_scores.png" in names:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        scores = docs.column("dependency_score").to_pylist()
-        for kind in sorted(set(kinds)):
-            vals = [s for s, k in zip(scores, kinds, strict=True) if k == kind and s is not None]
-            if vals:
-                ax.hist(vals, bins=30, alpha=0.6, label=f"{kind} ({len(vals)} scored)")
-        ax.axvline(0, color="k", linewidth=0.8)
-        ax.set_xlabel("long-dependency score (near minus far reuse of rare tokens)")
-        ax.set_ylabel("documents")
-        ax.set_title("Dependency score by kind (documents >= 45,056 tokens)")
-        if any(s is not None for s in scores):
-            ax.legend()
-        fig.tight_layout()
-        out["dependency_scores.png"] = _png(fig)
+    out = {}
+    for name in names:
+        fig = figure(name, docs, sample_tokens, seq_len)
+        out[name] = _png(fig)
         plt.close(fig)
     return out
 

@@ -5,7 +5,7 @@ OUT/
   documents.arrow        DOCUMENTS
   shards/                SHARDS_DIR: train-00000-of-00003.arrow, validation-00000-of-00001.arrow
   rejects.jsonl          REJECTS
-  report/                REPORT_DIR: summary.md (REPORT_SUMMARY), report.html, PNG plots
+  report/                REPORT_DIR: summary.md (REPORT_SUMMARY), report.html (REPORT_HTML), PNG plots
   .lock                  LOCK: held while a run writes the folder (pipeline/lock.py)
   .staging-<pid>/        STAGING: one run's files before they are published
     tokens/              TOKENS_DIR: the token store (pipeline/token_store.py)
@@ -22,6 +22,7 @@ SHARDS_DIR = "shards"
 REPORT_DIR = "report"
 SUMMARY_MD = "summary.md"
 REPORT_SUMMARY = f"{REPORT_DIR}/{SUMMARY_MD}"
+REPORT_HTML = "report.html"
 LOCK = ".lock"
 STAGING = ".staging"
 CACHE_DIR = ".cache"

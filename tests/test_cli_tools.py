@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import shutil
 import subprocess
 
 import pyarrow as pa
 import pytest
 
+from pipeline.plots import PLOTS as PLOT_FILES
 from tests.conftest import BOOKS as SHARED_BOOKS
 from tests.conftest import STDLIB, run_cli
 
@@ -134,46 +137,119 @@ def test_example_configs_parse(tmp_path):
         assert os.path.normpath(opts.output).startswith(str(REPO / "out") + os.sep), opts.output
 
 
-def test_report_has_plots_and_an_html_page_that_renders(pipeline_out, tmp_path):
+PROBE = (  # appended to a copy of report.html: the laid-out box of every plot, read by --dump-dom
+    "<script>addEventListener('load',()=>document.body.setAttribute('data-boxes',"
+    "JSON.stringify([...document.images].map(i=>{const r=i.getBoundingClientRect();"
+    "return [r.left,r.top,r.width,r.height]}))))</script>"
+)
+
+
+def _chromium(*args: str) -> subprocess.CompletedProcess:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not installed (.ci/run installs Debian's chromium)")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    return subprocess.run(
+        [chromium, *flags, "--window-size=1000,1600", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_report_shows_paths_relative_to_the_inputs(pipeline_out, small_books, qwen3_dir):
+    """No absolute path of this machine in the report; rejects.jsonl keeps them (a contract)."""
+    from pipeline.shown_paths import input_roots, shown_path
+
     report = pipeline_out / "report"
-    for png in (
-        "doc_lengths.png",
-        "sample_fill.png",
-        "tokens_per_source.png",
-        "dependency_scores.png",
-    ):
+    page, summary = (report / "report.html").read_text(), (report / "summary.md").read_text()
+    for text in (page, summary):
+        for machine_path in (small_books, STDLIB, qwen3_dir, pipeline_out):
+            assert str(machine_path) not in text
+        assert f"inputs: --books {small_books.name}; --repos json" in text
+        assert "tokenizer qwen3 (151,669 ids)" in text
+    rejects = [json.loads(x) for x in (pipeline_out / "rejects.jsonl").read_text().splitlines()]
+    roots = input_roots(json.loads((pipeline_out / "manifest.json").read_text())["config"])
+    for r in rejects:  # the table's example of each reason, shown from the input's name on
+        assert r["path"].startswith("/")
+        if r["path"] == next(x["path"] for x in rejects if x["reason"] == r["reason"]):
+            shown = shown_path(r["path"], roots)
+            assert shown.split("/")[0] in (small_books.name, "json") and f"`{shown}`" in summary
+    assert shown_path(str(STDLIB / "json" / "__pycache__"), roots) == "json/__pycache__"
+    assert shown_path(f"{small_books}/{BOOKS[0]}", roots) == f"{small_books.name}/{BOOKS[0]}"
+    assert shown_path("/elsewhere/x.zip!a/b.py", ["/elsewhere/x.zip"]) == "x.zip!a/b.py"
+
+
+def test_plots_have_integer_count_ticks_and_titles_inside(pipeline_out):
+    """Counts get whole-number ticks; every title and tick label lies inside its figure, also
+    with 30 documents of long names (tokens_per_source)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from pipeline.plots import PLOTS, figure
+
+    docs = pa.ipc.open_stream((pipeline_out / "documents.arrow").read_bytes()).read_all()
+    many = pa.table(
+        {
+            "doc_id": [f"code/a-rather-long-repository-name-number-{i:02d}" for i in range(30)],
+            "kind": ["code", "book"] * 15,
+            "n_tokens": [1000 * (i + 1) ** 2 for i in range(30)],
+            "dependency_score": [None] * 30,
+        }
+    )
+    count_axes = {"doc_lengths.png": "y", "sample_fill.png": "y", "tokens_per_source.png": "x"}
+    count_axes["dependency_scores.png"] = "y"
+    for table in (docs, many):
+        for name in PLOTS:
+            fig = figure(name, table, np.array([16000, 9000, 16384, 3]), 16384)
+            fig.canvas.draw()
+            ax, box = fig.axes[0], fig.bbox
+            axis = ax.yaxis if count_axes[name] == "y" else ax.xaxis
+            lo, hi = ax.get_ylim() if count_axes[name] == "y" else ax.get_xlim()
+            ticks = [t for t in axis.get_majorticklocs() if lo <= t <= hi]
+            assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), (name, ticks)
+            drawn = ax.get_tightbbox(fig.canvas.get_renderer())  # title, labels, ticks, legend
+            assert ax.title.get_text() and drawn.x0 >= box.x0 and drawn.y0 >= box.y0, name
+            assert drawn.x1 <= box.x1 and drawn.y1 <= box.y1, (name, drawn, box)
+            plt.close(fig)
+
+
+def test_report_html_two_plots_per_row_in_chromium(pipeline_out, tmp_path):
+    report = pipeline_out / "report"
+    for png in ("doc_lengths.png", "sample_fill.png", "tokens_per_source.png"):
         data = (report / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
     page = (report / "report.html").read_text()
     assert "<table>" in page and "doc_lengths.png" in page and "code/json" not in page[:100]
     summary = (report / "summary.md").read_text()
     assert "related packing" in summary and "dependency order" in summary
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium not installed (.ci/run installs Debian's chromium)")
+    copy = tmp_path / "report"
+    shutil.copytree(report, copy)
+    (copy / "probe.html").write_text(page + PROBE)
+    dom = _chromium("--dump-dom", (copy / "probe.html").as_uri()).stdout
+    boxes = json.loads(html.unescape(re.search(r'data-boxes="([^"]*)"', dom)[1]))
+    assert len(boxes) == 4
+    (l0, t0, w0, h0), (l1, t1, w1, h1), (l2, t2, _, _), (l3, t3, _, _) = boxes
+    assert t0 == t1 and t2 == t3 and t2 >= t0 + h0  # two rows of two
+    assert l0 == l2 and l1 == l3 and l1 >= l0 + w0 and l1 + w1 <= 1000  # two columns, in view
+    assert w0 == w1 and w0 > 400 and abs(h0 / w0 - 440 / 660) < 0.01  # unclipped, not squeezed
     shot = tmp_path / "report.png"
-    subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
-            f"--screenshot={shot}",
-            "--window-size=1000,1400",
-            (report / "report.html").as_uri(),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    _chromium(f"--screenshot={shot}", (report / "report.html").as_uri())
     import numpy as np
     from PIL import Image
 
-    img = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    page_img = Image.open(shot).convert("L")
+    img = np.asarray(page_img, dtype=np.float32)
     assert img.shape[0] >= 1000 and img.std() > 20  # text, tables and plots, not a blank page
-    dark = (img < 128).mean()
-    assert 0.01 < dark < 0.5
+    assert 0.01 < (img < 128).mean() < 0.5
+    for (left, top, width, height), png in zip(boxes, PLOT_FILES, strict=True):
+        # each plot is drawn whole where the layout put it: the screenshot there is the PNG
+        box = (round(left) + 1, round(top) + 1, round(left + width) - 1, round(top + height) - 1)
+        shown = np.asarray(page_img.crop(box), dtype=np.float32)
+        size = (box[2] - box[0], box[3] - box[1])
+        want = np.asarray(Image.open(report / png).convert("L").resize(size), dtype=np.float32)
+        assert np.abs(shown - want).mean() < 8, png
 
 
 def test_output_loads_with_datasets_load_dataset(pipeline_out):
