@@ -1,4 +1,4 @@
-"""The project's command-line options (CONTRACTS.md section 1) as Beam PipelineOptions.
+"""The project's command-line options (docs/contracts.md section 1) as Beam PipelineOptions.
 
 The flags are the fields of :class:`pipeline.config.BuildConfig` (one table, with groups and
 defaults); every other flag (``--runner``, ``--direct_num_workers``, Dataflow/Flink/Spark

@@ -1,4 +1,4 @@
-"""Re-check every invariant of an output folder (CONTRACTS.md sections 2-3).
+"""Re-check every invariant of an output folder (docs/contracts.md sections 2-3).
 
     python -m pipeline.validate OUT [--max-problems 20]
 

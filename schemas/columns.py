@@ -1,4 +1,4 @@
-"""Column definitions of the output folder (CONTRACTS.md sections 2-3).
+"""Column definitions of the output folder (docs/contracts.md sections 2-3).
 
 A shard row is one training sample of at most ``seq_len`` tokens made of one or more
 *segments*; segment ``i`` holds ``seq_lengths[i]`` tokens cut from document ``doc_ids[i]``

@@ -1,4 +1,4 @@
-"""Every name in an output folder (CONTRACTS.md section 2), spelled here and nowhere else.
+"""Every name in an output folder (docs/contracts.md section 2), spelled here and nowhere else.
 
 OUT/
   manifest.json          MANIFEST: written last, atomically

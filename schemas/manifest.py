@@ -1,4 +1,4 @@
-"""manifest.json (CONTRACTS.md section 2): built, written and read here and nowhere else.
+"""manifest.json (docs/contracts.md section 2): built, written and read here and nowhere else.
 
 The manifest is written last, atomically (``pipeline/output.publish``); a folder without one is
 not a finished output. Readers get a :class:`Manifest` (typed access to the keys every tool

@@ -1,4 +1,4 @@
-"""Invariants of an output folder (CONTRACTS.md sections 2-3), checked from the files alone.
+"""Invariants of an output folder (docs/contracts.md sections 2-3), checked from the files alone.
 
 Used by ``python -m pipeline.validate`` and by the training launcher before it loads a model.
 
