@@ -76,6 +76,75 @@ def test_collator_refuses_truncation_and_bad_rows():
         collate_packed([{"input_ids": [1, 2, 3], "seq_lengths": [2]}], max_seq_length=8)
 
 
+def test_collator_context_tokens_hand_made():
+    """--overlap: a segment's leading context_tokens repeat the previous window and get no label
+    (in both attention modes); a count that does not fit its segment is refused."""
+    rows = [
+        {"input_ids": [4, 5, 6, 7, 8, 9], "seq_lengths": [6], "context_tokens": [2]},
+        {"input_ids": [1, 2, 3], "seq_lengths": [1, 2], "context_tokens": [0, 0]},
+    ]
+    X = IGNORE_INDEX
+    expected = {
+        "per-document": [X, X, 6, 7, 8, 9, X, X, 3],  # 1 and 2 start segments
+        "stream": [X, X, 6, 7, 8, 9, X, 2, 3],  # 1 starts the second row's stream
+    }
+    for attention, labels in expected.items():
+        b = collate_packed(rows, max_seq_length=8, attention=attention)
+        assert b["labels"].tolist() == [labels]
+    with pytest.raises(DataError, match="context_tokens"):
+        collate_packed(
+            [{"input_ids": [1, 2], "seq_lengths": [2], "context_tokens": [3]}], max_seq_length=2
+        )
+
+
+def test_overlap_tokens_are_learned_once_on_real_shards(tmp_path, books_dir, qwen3_dir):
+    """A book windowed at 2048 tokens with --overlap 256: with the shards' context_tokens the
+    tokens with a label are every distinct token of the document but its first (nothing to
+    predict it from), each once; without them the 256 repeated tokens of every later window
+    would be learned a second time."""
+    import pyarrow as pa
+
+    from train.data import load_shards, read_manifest
+
+    out = tmp_path / "overlap"
+    proc = run_cli(
+        "pipeline.run",
+        *("--runner", "DirectRunner", "--tokenizer", qwen3_dir, "--eval-fraction", "0"),
+        *("--books", books_dir / "kafka-metamorphosis.txt", "--seq-len", "2048"),
+        *("--overlap", "256", "--output", out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = load_shards(str(out), read_manifest(str(out)))
+    assert "context_tokens" in rows.column_names
+    docs = pa.ipc.open_stream((out / "documents.arrow").read_bytes()).read_all()
+    (n_tokens,) = docs.column("n_tokens").to_pylist()
+    shard = pa.ipc.open_stream(next((out / "shards").glob("train-*")).read_bytes()).read_all()
+    learned = []  # the document offsets of the tokens with a label
+    for row, (start,) in zip(rows, shard.column("doc_starts").to_pylist(), strict=True):
+        labels = collate_packed([row], max_seq_length=2048)["labels"][0]
+        learned += [start + i for i in np.flatnonzero(labels.numpy() != IGNORE_INDEX)]
+    assert sorted(learned) == list(range(1, n_tokens))  # each distinct token once
+    windows = len(rows)
+    assert windows > 5 and sum(sum(r["context_tokens"]) for r in rows) == 256 * (windows - 1)
+    bare = [{"input_ids": r["input_ids"], "seq_lengths": r["seq_lengths"]} for r in rows]
+    twice = sum(
+        int((collate_packed([r], max_seq_length=2048)["labels"] != IGNORE_INDEX).sum())
+        for r in bare
+    )
+    assert twice == len(learned) + 255 * (windows - 1)
+    # an output made before the column existed: the plan warns
+    from train.preflight import overlap_warning
+
+    manifest = read_manifest(str(out))
+    assert overlap_warning(str(out), manifest, manifest["shards"]) is None
+    path = out / manifest["shards"][0]["path"]
+    older = shard.drop_columns(["context_tokens"])
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, older.schema) as writer:
+        writer.write_table(older)
+    warning = overlap_warning(str(out), manifest, manifest["shards"])
+    assert "--overlap 256" in warning and "learned twice" in warning
+
+
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory, books_dir, qwen3_dir):
     root = tmp_path_factory.mktemp("train")

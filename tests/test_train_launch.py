@@ -252,3 +252,128 @@ def test_validation_loss_during_training_on_cpu(with_validation, tmp_path):
     with torch.no_grad():
         losses = [float(tuned(**collate([row]), use_cache=False).loss) for row in rows]
     assert summary["eval_loss"] == pytest.approx(sum(losses) / len(losses), abs=1e-4)
+
+
+def _samples(out) -> int:
+    return json.loads((out / "manifest.json").read_text())["counts"]["samples"]
+
+
+def test_dry_run_prints_the_epoch_fraction_and_clamps(packed):
+    """2 steps x 2 rows of the n samples: 4/n epochs; the default warmup of 5 and the
+    accumulation that --tokens-per-step asks for (512 rows) are clamped, and the plan says so."""
+    out, model = packed
+    n = _samples(out)
+    proc = run_cli("train.launch", "--data", out, "--model", model, "--max-steps", "2", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert f"accumulation {n} = {n * 1024} tokens/step; 2 steps, 2.00 epochs" in proc.stdout
+    assert f"warning   gradient accumulation 512 is more than the {n} micro-batches" in proc.stdout
+    assert "warning   --warmup-steps 5 is not shorter than the run's 2 steps" in proc.stdout
+    args = ["--max-steps", "2", "--gradient-accumulation-steps", "2", "--warmup-steps", "1"]
+    proc = run_cli("train.launch", "--data", out, "--model", model, *args, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert f"2 steps, {4 / n:.2f} epochs (4 of {n} samples); warmup 1" in proc.stdout
+    assert "warning" not in proc.stdout
+
+
+def test_dry_run_shows_the_rope_choice_and_its_source(packed, tmp_path):
+    """A Qwen3 config past its window: YaRN from Qwen's model cards; a Llama without llama3
+    scaling: Unsloth's linear rule; within the window nothing is scaled."""
+    out, model = packed
+    proc = run_cli("train.launch", "--data", out, "--model", model, "--dry-run")
+    assert "RoPE auto: within the native window: no scaling" in proc.stdout
+    assert "rope      " not in proc.stdout
+    proc = run_cli(
+        "train.launch", "--data", out, "--model", model, "--max-seq-length", "8192", "--dry-run"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "RoPE auto: linear, factor 2 = 8192/4096" in proc.stdout
+    assert "rope      linear (source: no family recommendation: Unsloth's default" in proc.stdout
+    qwen = tmp_path / "qwen3-shape"
+    qwen.mkdir()
+    cfg = json.loads((model / "config.json").read_text())
+    cfg.update(model_type="qwen3", architectures=["Qwen3ForCausalLM"])
+    (qwen / "config.json").write_text(json.dumps(cfg))
+    proc = run_cli(
+        "train.launch", "--data", out, "--model", qwen, "--max-seq-length", "16384", "--dry-run"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "RoPE auto: YaRN, factor 4 = 16384/4096" in proc.stdout
+    assert "rope      yarn (source: Qwen's model cards" in proc.stdout
+
+
+def test_the_document_end_is_the_trainers_eos_and_pad(packed):
+    """Qwen3's tokenizer says eos <|im_end|> (Unsloth sets the same); every document of the data
+    ends with the manifest's <|endoftext|>. Training makes that token the tokenizer's eos and pad
+    and the model's eos/pad ids, so nothing appends or pads with another."""
+    import numpy as np
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from train.config import load_config
+    from train.data import DataError, load_shards, read_manifest
+    from train.model import use_document_end
+    from train.preflight import build_plan
+
+    out, model_dir = packed
+    manifest = read_manifest(str(out))
+    eot = manifest["tokenizer"]["end_of_text_id"]
+    plan = build_plan(load_config(None, {"data": str(out), "model": str(model_dir)}), True)
+    assert plan["document_end"] == {"token": "<|endoftext|>", "id": eot, "model_eos": "<|im_end|>"}
+    for row in load_shards(str(out), manifest):  # every segment here is a whole document
+        ends = np.cumsum(row["seq_lengths"]) - 1
+        assert all(row["input_ids"][e] == eot for e in ends)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert tokenizer.eos_token_id == 151645  # <|im_end|>
+    model.generation_config.eos_token_id = [151645]  # a chat model's stop id stays, second
+    use_document_end(model, tokenizer, plan["document_end"])
+    assert tokenizer.eos_token_id == tokenizer.pad_token_id == eot == 151643
+    assert model.config.eos_token_id == model.config.pad_token_id == eot
+    assert model.generation_config.eos_token_id == [eot, 151645]
+    with pytest.raises(DataError, match="re-run the pipeline with --tokenizer"):
+        use_document_end(model, tokenizer, dict(plan["document_end"], id=151645))
+
+
+def test_resume_refusals_before_loading(packed, tmp_path):
+    out, model = packed
+    run = tmp_path / "run"
+    proc = run_cli(
+        "train.launch", *cpu_args(out, model, run, 2), "--resume-from-checkpoint", "last"
+    )
+    assert proc.returncode == 2 and "no checkpoint-N folder" in proc.stderr, proc.stderr
+    proc = run_cli("train.launch", *cpu_args(out, model, run, 2), "--resume-from-checkpoint", out)
+    assert proc.returncode == 2 and "no trainer_state.json" in proc.stderr, proc.stderr
+    assert not run.exists()
+
+
+@pytest.mark.slow
+def test_resume_from_checkpoint_on_cpu(packed, tmp_path):
+    """A 4-step run checkpointed every 2 steps; a run stopped after its step-2 checkpoint (that
+    folder alone in a new --output-dir) resumed with 'last' ends at step 4 with the same losses,
+    the same adapter weights and the plan's epoch fraction; the tokenizer saved with the adapter
+    ends documents the data's way."""
+    from safetensors.torch import load_file
+
+    out, model = packed
+    ref, stopped = tmp_path / "ref", tmp_path / "stopped"
+    extra = ["--save-steps", "2", "--learning-rate", "3e-3"]
+    proc = run_cli("train.launch", *cpu_args(out, model, ref, 4), *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stopped.mkdir()
+    shutil.copytree(ref / "checkpoint-2", stopped / "checkpoint-2")
+    args = [*cpu_args(out, model, stopped, 4), *extra, "--resume-from-checkpoint", "last"]
+    proc = run_cli("train.launch", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resume    from {stopped / 'checkpoint-2'} (step 2 of 4)" in proc.stdout
+    summary = json.loads((stopped / "train_summary.json").read_text())
+    assert summary["steps"] == 4 and summary["resumed_at_step"] == 2
+    # 4 steps of one row: 4 of the n samples, by the Trainer's count and by the plan's
+    assert summary["epochs"] == summary["planned_epochs"] == round(4 / _samples(out), 4)
+    losses = [json.loads((r / "log_history.json").read_text()) for r in (ref, stopped)]
+    by_step = [{h["step"]: h["loss"] for h in log if "loss" in h} for log in losses]
+    assert by_step[1][3] == pytest.approx(by_step[0][3], abs=1e-6)
+    assert by_step[1][4] == pytest.approx(by_step[0][4], abs=1e-6)
+    weights = [load_file(r / "adapter" / "adapter_model.safetensors") for r in (ref, stopped)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-6) for k in weights[0])
+    tok = json.loads((stopped / "adapter" / "tokenizer_config.json").read_text())
+    assert tok["eos_token"] == tok["pad_token"] == "<|endoftext|>"

@@ -75,23 +75,48 @@ def test_max_context_is_monotone_and_fits():
     assert max_context(s, 40, load_in_4bit=True, lora_r=32, modules=ALL) < ctx + 1
 
 
-def test_rope_auto_keeps_llama3_and_linear_otherwise():
+def _qwen3(**kw):
+    values = dict(
+        SHAPES["tiny"],
+        model_type="qwen3",
+        vocab_size=151936,
+        max_position_embeddings=40960,
+        rope_theta=1_000_000.0,
+    )
+    return ModelShape.from_config_dict({**values, **kw})
+
+
+def test_rope_auto_follows_the_model_family():
+    """Past the native window: Llama 3 keeps llama3, Qwen2/Qwen3 take YaRN (Qwen's cards; Qwen3
+    from the card's 32,768), any other model Unsloth's linear rule; each says where from."""
     l1 = shape("llama-3.2-1b")
     p = plan_rope(l1, 262144)
     assert p.native_context == 131072 and p.factor == 2.0 and p.unsloth_rope_scaling is None
-    assert "llama3" in p.note
-    qwen = ModelShape.from_config_dict(
-        dict(
-            SHAPES["tiny"],
-            model_type="qwen3",
-            vocab_size=151936,
-            max_position_embeddings=40960,
-            rope_theta=1_000_000.0,
-        )
+    assert p.method == "llama3" and "llama3" in p.note and "config.json" in p.source
+    assert p.config["rope_scaling"]["rope_type"] == "llama3"
+    assert p.config["max_position_embeddings"] == 262144  # the window Unsloth widens to
+    p = plan_rope(_qwen3(), 131072)
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
+    assert p.method == "yarn" and p.unsloth_rope_scaling == yarn and "Qwen" in p.source
+    # transformers checks max_position_embeddings / original == factor; vLLM uses original x factor
+    assert p.config == {
+        "rope_scaling": yarn,
+        "rope_theta": 1_000_000.0,
+        "max_position_embeddings": 131072,
+    }
+    q25 = ModelShape.from_config_dict(
+        dict(SHAPES["tiny"], model_type="qwen2", vocab_size=152064, max_position_embeddings=32768)
     )
-    p = plan_rope(qwen, 131072)
-    assert p.factor == pytest.approx(3.2) and "linear" in p.note
-    assert plan_rope(qwen, 32768).factor == 1.0
+    assert plan_rope(q25, 65536).unsloth_rope_scaling == dict(yarn, factor=2.0)
+    assert plan_rope(_qwen3(), 40960).factor == 1.0  # within config.json's window: no scaling
+    assert plan_rope(_qwen3(), 40960).config is None
+    other = plan_rope(shape("tiny"), 8192)  # a llama without llama3 scaling
+    assert other.method == "linear" and other.unsloth_rope_scaling is None  # Unsloth's own rule
+    assert "Unsloth's default" in other.source
+    # vLLM derives the window as max_position_embeddings x factor: the native one stays
+    assert other.config["rope_scaling"] == {"rope_type": "linear", "factor": 2.0}
+    assert other.config["max_position_embeddings"] == 4096
+    assert plan_rope(_qwen3(), 131072, "linear").source == "--rope-scaling linear"
 
 
 def test_rope_explicit_modes_hand_computed():
@@ -146,13 +171,40 @@ def test_steps_from_tokens_per_step():
         epochs=2,
         max_steps=-1,
     )
-    assert (s.gradient_accumulation_steps, s.tokens_per_step, s.steps) == (16, 1 << 20, 13)
+    # the Trainer's rule: ceil(100 / 16) = 7 steps an epoch (the last one takes 4 rows), 14 in 2
+    assert (s.gradient_accumulation_steps, s.tokens_per_step, s.steps) == (16, 1 << 20, 14)
+    assert s.epochs == 2.0 and s.samples_seen == 200 and not s.warnings
     assert (
         plan_steps(
             samples=100, seq_len=8, batch=2, tokens_per_step=0, accum=3, epochs=1, max_steps=7
         ).steps
         == 7
     )
+
+
+def test_real_epoch_fraction_and_clamps():
+    """A 2-step run of 32 rows a step over 178 samples goes through 64 of them: 0.36 epochs,
+    not 1.0; warmup as long as the run and accumulation beyond the data are clamped, saying so."""
+    kw = dict(seq_len=2048, batch=1, tokens_per_step=65536, accum=0, epochs=1.0)
+    s = plan_steps(samples=178, max_steps=2, warmup_steps=5, **kw)
+    assert (s.gradient_accumulation_steps, s.steps, s.samples_seen) == (32, 2, 64)
+    assert s.epochs == pytest.approx(64 / 178, abs=1e-4) and round(s.epochs, 2) == 0.36
+    assert s.warmup_steps == 0 and "--warmup-steps 5" in s.warnings[0]
+    assert "never reach its peak" in s.warnings[0]
+    s = plan_steps(samples=178, max_steps=40, warmup_steps=40, **kw)
+    assert s.warmup_steps == 4 and s.epochs == pytest.approx(6 + 4 * 32 / 178, abs=1e-4)
+    assert plan_steps(samples=178, max_steps=40, warmup_steps=39, **kw).warnings == []
+    # two processes: each reads 89 rows an epoch, a step is 2 x 16 rows
+    s = plan_steps(samples=178, max_steps=2, world_size=2, **kw)
+    assert (s.gradient_accumulation_steps, s.micro_batches_per_epoch) == (16, 89)
+    assert s.samples_seen == 64
+    # 14 samples at 2048 tokens cannot fill a 524,288-token step: accumulation 256 -> 14
+    s = plan_steps(samples=14, max_steps=-1, **dict(kw, tokens_per_step=524288))
+    assert (s.gradient_accumulation_steps, s.tokens_per_step, s.steps) == (14, 14 * 2048, 1)
+    assert s.epochs == 1.0 and "gradient accumulation 256" in s.warnings[0]
+    assert "clamped to 14" in s.warnings[0]
+    s = plan_steps(samples=14, max_steps=3, **dict(kw, accum=20))  # an explicit one too
+    assert s.gradient_accumulation_steps == 14 and s.epochs == 3.0
 
 
 def test_a_plan_of_zero_steps_is_refused():

@@ -109,6 +109,11 @@ class TrainConfig:
     seed: int = _f(3407, "random seed (data order, LoRA init)")
     logging_steps: int = _f(1, "log every N steps")
     save_steps: int = _f(0, "checkpoint every N steps (0 = only at the end)")
+    resume_from_checkpoint: str = _f(
+        "",
+        "continue a stopped run: 'last' = the newest checkpoint-N in --output-dir, or a "
+        "checkpoint folder's path; the same data and settings give the same final step count",
+    )
     gpu_memory_gib: float = _f(80.0, "memory of the target GPU, for the plan and the fit check")
     allow_tokenizer_mismatch: bool = _f(
         False, "train even if the data's tokenizer differs from the model's"

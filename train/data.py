@@ -23,6 +23,13 @@ one causal stream instead, so a document attends to the documents before it in i
     packed_seq_lengths = [9]
 
 Rows of one micro-batch stay apart in both modes (each row is its own segment or stream).
+
+``context_tokens`` (a shard column since the pipeline's ``--overlap K``; optional, older outputs
+lack it): per segment, its first tokens that repeat the previous window of the same document.
+They are context only and get no label, so every token of a document is learned once::
+
+    a window of 6 after an overlap of 2:   input_ids [ x4 x5 | x6 x7 x8 x9 ]   context_tokens [2]
+                                           labels    [ -100 -100 x6 x7 x8 x9 ]
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import numpy as np
 from schemas.layout import MANIFEST, split_of
 
 IGNORE_INDEX = -100
+CONTEXT = "context_tokens"  # per segment: leading tokens that only give context (--overlap)
 # "per-document": attention and positions restart at every seq_lengths boundary (the default);
 # "stream": one causal stream per row, attention across the documents packed in it (ablations)
 ATTENTION_MODES = ("per-document", "stream")
@@ -78,7 +86,32 @@ def load_shards(data_dir: str, manifest: dict, split: str = "train"):
         ds = datasets.load_dataset("parquet", data_files=paths, split="train")
     else:
         ds = datasets.concatenate_datasets([datasets.Dataset.from_file(p) for p in paths])
-    return ds.select_columns(["input_ids", "seq_lengths"])
+    columns = ["input_ids", "seq_lengths"]
+    return ds.select_columns(columns + [CONTEXT] if CONTEXT in ds.column_names else columns)
+
+
+def _checked_rows(rows: list[dict], max_seq_length: int) -> tuple[list, list, list]:
+    """``input_ids``, ``seq_lengths`` and ``context_tokens`` (zeros without the column) of each
+    row as int64 arrays, checked: nothing truncated, segments that cover the row."""
+    ids = [np.asarray(r["input_ids"], dtype=np.int64) for r in rows]
+    lens = [np.asarray(r["seq_lengths"], dtype=np.int64) for r in rows]
+    ctx = [
+        np.zeros(len(n), dtype=np.int64)
+        if r.get(CONTEXT) is None
+        else np.asarray(r[CONTEXT], dtype=np.int64)
+        for r, n in zip(rows, lens, strict=True)
+    ]
+    for i, (t, n, c) in enumerate(zip(ids, lens, ctx, strict=True)):
+        if len(t) > max_seq_length:
+            raise DataError(
+                f"a row of {len(t)} tokens exceeds max_seq_length {max_seq_length}: "
+                "it would be truncated; raise --max-seq-length or re-run the pipeline"
+            )
+        if int(n.sum()) != len(t) or (n <= 0).any():
+            raise DataError(f"row {i}: seq_lengths sum to {int(n.sum())}, input_ids has {len(t)}")
+        if len(c) != len(n) or (c < 0).any() or (c > n).any():
+            raise DataError(f"row {i}: context_tokens {c.tolist()} do not fit seq_lengths")
+    return ids, lens, ctx
 
 
 def collate_packed(
@@ -88,22 +121,14 @@ def collate_packed(
     with_packed_lengths: bool = True,
     attention: str = "per-document",
 ) -> dict:
-    """Rows of ``input_ids``/``seq_lengths`` -> one padding-free row of torch tensors; with
-    ``attention="stream"`` each row is one segment (see the module docstring)."""
+    """Rows of ``input_ids``/``seq_lengths`` (and ``context_tokens``, if the shards have it) ->
+    one padding-free row of torch tensors; with ``attention="stream"`` each row is one segment
+    (see the module docstring). Context-only tokens get no label in both modes."""
     import torch
 
     if attention not in ATTENTION_MODES:
         raise ValueError(f"attention={attention!r}: expected one of {', '.join(ATTENTION_MODES)}")
-    ids = [np.asarray(r["input_ids"], dtype=np.int64) for r in rows]
-    lens = [np.asarray(r["seq_lengths"], dtype=np.int64) for r in rows]
-    for i, (t, n) in enumerate(zip(ids, lens, strict=True)):
-        if len(t) > max_seq_length:
-            raise DataError(
-                f"a row of {len(t)} tokens exceeds max_seq_length {max_seq_length}: "
-                "it would be truncated; raise --max-seq-length or re-run the pipeline"
-            )
-        if int(n.sum()) != len(t) or (n <= 0).any():
-            raise DataError(f"row {i}: seq_lengths sum to {int(n.sum())}, input_ids has {len(t)}")
+    ids, lens, ctx = _checked_rows(rows, max_seq_length)
     input_ids = np.concatenate(ids)
     if attention == "stream":
         seg = np.array([len(t) for t in ids], dtype=np.int64)
@@ -113,6 +138,10 @@ def collate_packed(
     position_ids = np.arange(len(input_ids)) - np.repeat(starts, seg)
     labels = input_ids.copy()
     labels[starts] = IGNORE_INDEX
+    doc_lens, doc_ctx = np.concatenate(lens), np.concatenate(ctx)
+    doc_starts = np.r_[0, np.cumsum(doc_lens)[:-1]]
+    offset = np.arange(len(input_ids)) - np.repeat(doc_starts, doc_lens)
+    labels[offset < np.repeat(doc_ctx, doc_lens)] = IGNORE_INDEX
     batch = {
         "input_ids": torch.from_numpy(input_ids)[None],
         "labels": torch.from_numpy(labels)[None],

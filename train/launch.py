@@ -8,8 +8,10 @@ the model's config.json, plans RoPE scaling, memory and steps, and refuses what 
 (shards longer than --max-seq-length, a tokenizer that does not match the model, a plan that does
 not fit --gpu-memory-gib, checkpointing other than "unsloth" above 32K, an --eval-data folder with
 no validation split). ``--dry-run`` prints the plan and stops; it needs neither a GPU nor Unsloth.
-With ``--eval-data`` the validation loss is logged every ``--eval-steps`` and after the last step. Exit status: 0 done, 2 the configuration
-cannot work (the message says what to change), 1 any other failure.
+With ``--eval-data`` the validation loss is logged every ``--eval-steps`` and after the last
+step; ``--resume-from-checkpoint last|PATH`` continues a stopped run from its checkpoint (written
+every ``--save-steps``). Exit status: 0 done, 2 the configuration cannot work (the message says
+what to change), 1 any other failure.
 
 The recipe, one module per concern: ``train/preflight.py`` (checks and the plan),
 ``train/model.py`` (load, RoPE, LoRA), ``train/trainer.py`` (TRL/transformers Trainer, timer,
@@ -35,9 +37,11 @@ from train.trainer import (
     evaluate_after_training,
     make_step_timer,
     make_trainer,
+    run_settings,
     summarize,
     training_arguments,
     write_run_outputs,
+    write_run_settings,
 )
 
 _LOG = logging.getLogger("longctx.train")
@@ -75,10 +79,13 @@ def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
     )
     timer = make_step_timer()
     trainer.add_callback(timer)
+    settings = run_settings(cfg, plan)
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_run_settings(cfg.output_dir, settings)
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     started = time.time()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=(plan["resume"] or {}).get("path"))
     runtime = time.time() - started
     eval_s = timer.eval_seconds()  # inside trainer.train(), before the final evaluation
     evaluate_after_training(trainer, plan)
@@ -92,9 +99,11 @@ def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
         world_size=world,
         runtime=runtime,
         eval_s=eval_s,
-        steady=timer.steady_tokens_per_s(),
+        timer=timer,
     )
-    write_run_outputs(cfg.output_dir, model, trainer.state.log_history, summary)
+    write_run_outputs(
+        cfg.output_dir, model, tokenizer, settings, trainer.state.log_history, summary
+    )
     print("summary", json.dumps(summary))
     return summary
 

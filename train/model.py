@@ -4,7 +4,14 @@ Both return ``(model, tokenizer)`` with LoRA adapters applied (``--lora-r`` / ``
 ``--target-modules``). ``unsloth`` is imported here, inside :func:`load_unsloth` only, so that
 planning, dry runs and CPU runs never need it (it patches transformers on import and must come
 before it). RoPE: the plan's ``unsloth_rope_scaling`` is passed to Unsloth (``auto`` passes
-nothing and lets Unsloth scale to ``max_seq_length`` by its own rule, see ``train/plan.py``).
+the family's recommendation, or nothing where Unsloth's own rule is it, see ``train/plan.py``);
+the CPU path sets the plan's ``config`` on the model's config (:func:`apply_rope`), so both train
+what ``train.export`` writes into ``config.json``.
+
+The document end: both paths make the data's end-of-text token (the manifest's, see
+``train/preflight.py:document_end``) the tokenizer's eos and pad and the model's
+``eos_token_id`` / ``pad_token_id`` (:func:`use_document_end`): Unsloth sets Qwen3's eos to
+``<|im_end|>``, which no document of the data ends with.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import os
 
 from train.config import TrainConfig
+from train.data import DataError
 
 
 def unsloth_load_kwargs(plan: dict, world_size: int, local_rank: int) -> dict:
@@ -23,6 +31,47 @@ def unsloth_load_kwargs(plan: dict, world_size: int, local_rank: int) -> dict:
     if world_size > 1:
         kw["device_map"] = {"": local_rank}
     return kw
+
+
+def apply_rope(config, rope: dict | None) -> None:
+    """Set a plan's RoPE ``config`` (``RopePlan.config``: rope_scaling, rope_theta,
+    max_position_embeddings) on a transformers config; None leaves it as it is. transformers 5
+    keeps RoPE in ``rope_parameters``, 4.x in ``rope_scaling`` and ``rope_theta``."""
+    if not rope:
+        return
+    config.max_position_embeddings = rope["max_position_embeddings"]
+    scaling = rope["rope_scaling"]
+    if hasattr(config, "rope_parameters"):
+        params = dict(scaling) if scaling else {"rope_type": "default"}
+        config.rope_parameters = {"rope_theta": rope["rope_theta"], **params}
+    else:
+        config.rope_scaling = dict(scaling) if scaling else None
+        config.rope_theta = rope["rope_theta"]
+
+
+def use_document_end(model, tokenizer, end: dict | None) -> None:
+    """Make the data's document-end token (``plan["document_end"]``) the tokenizer's eos and
+    pad, the model config's eos/pad ids and the first stop id of its generation config (any
+    other stop ids, such as a chat model's ``<|im_end|>``, stay after it). None: no change."""
+    if not end:
+        return
+    if tokenizer.convert_ids_to_tokens(end["id"]) != end["token"]:
+        raise DataError(
+            f"the data ends documents with {end['token']} (id {end['id']}), which the model's "
+            f"tokenizer calls {tokenizer.convert_ids_to_tokens(end['id'])!r}; re-run the "
+            "pipeline with --tokenizer <the model>"
+        )
+    tokenizer.eos_token = end["token"]
+    tokenizer.pad_token = end["token"]
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.config.eos_token_id = end["id"]
+    base.config.pad_token_id = end["id"]
+    gen = getattr(base, "generation_config", None)
+    if gen is not None:
+        old = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
+        stops = [end["id"], *(i for i in old if i is not None and i != end["id"])]
+        gen.eos_token_id = stops if len(stops) > 1 else stops[0]
+        gen.pad_token_id = end["id"]
 
 
 def load_unsloth(cfg: TrainConfig, plan: dict):
@@ -58,19 +107,23 @@ def load_unsloth(cfg: TrainConfig, plan: dict):
         random_state=cfg.seed,
         max_seq_length=L,
     )
+    use_document_end(model, tokenizer, plan["document_end"])
     return model, tokenizer
 
 
 def load_transformers(cfg: TrainConfig, plan: dict):
     """``AutoModelForCausalLM`` with SDPA attention and a PEFT LoRA (bf16 on a GPU, fp32 on a
-    CPU); CPU tests and comparisons. RoPE scaling is not applied on this path."""
+    CPU), with the plan's RoPE settings; CPU tests and comparisons."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    config = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    apply_rope(config, plan["rope"]["config"])
     model = AutoModelForCausalLM.from_pretrained(
         cfg.model,
+        config=config,
         dtype=dtype,
         attn_implementation="sdpa",
         trust_remote_code=cfg.trust_remote_code,
@@ -91,7 +144,9 @@ def load_transformers(cfg: TrainConfig, plan: dict):
             task_type="CAUSAL_LM",
         ),
     )
-    return model, AutoTokenizer.from_pretrained(cfg.model)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    use_document_end(model, tokenizer, plan["document_end"])
+    return model, tokenizer
 
 
 def load_model(cfg: TrainConfig, plan: dict, backend: str = "unsloth"):

@@ -2,11 +2,16 @@
 
 No GPU, no torch, no unsloth: this is what ``--dry-run`` prints.
 
-**RoPE** (``auto`` mirrors Unsloth 2026.10): past the model's native window, a model with
-``llama3`` scaling keeps it and only widens the window; any other model gets linear scaling
-with factor target/native. Explicit ``linear``, ``yarn`` and ``llama3`` are passed to Unsloth;
+**RoPE** (``auto``): within the model's native window, no scaling; past it, the scaling the
+model's family recommends (:func:`family_rope`, printed with its source by ``--dry-run``): a
+model with ``llama3`` scaling (Llama 3.1+) keeps it and Unsloth only widens the window; Qwen2 and
+Qwen3 get YaRN with factor target/original (Qwen's model cards; Qwen3's original window is the
+card's 32,768, not config.json's 40,960); any other model Unsloth's own rule, linear scaling with
+factor target/native. Explicit ``linear``, ``yarn`` and ``llama3`` are passed to Unsloth;
 ``dynamic`` (and any scaling on Gemma) Unsloth ignores with a warning, so we refuse it; ``ntk``
-keeps plain RoPE with a new base by the NTK-aware rule theta' = theta * s^(d/(d-2)).
+keeps plain RoPE with a new base by the NTK-aware rule theta' = theta * s^(d/(d-2)). The plan
+also says what the trained model's ``config.json`` holds (``RopePlan.config``: written by
+``train.export``, applied by the CPU path).
 
 **Memory** (peak GPU bytes, batch 1, ``use_gradient_checkpointing="unsloth"``)::
 
@@ -37,7 +42,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 GIB = 2**30
@@ -175,87 +180,133 @@ class RopePlan:
     factor: float
     unsloth_rope_scaling: dict | None  # what to pass to FastLanguageModel.from_pretrained
     note: str
+    method: str = "none"  # the scaling the run trains with: none, linear, yarn, llama3, ntk
+    source: str = ""  # why that scaling: the model family's recommendation, or the flag
+    # What the trained model's config.json holds (train.export writes it, the CPU path loads it):
+    # {"rope_scaling": dict | None, "rope_theta": float, "max_position_embeddings": int};
+    # None = the model's own settings (no scaling).
+    config: dict | None = None
 
 
-def plan_rope(shape: ModelShape, target: int, mode: str = "auto") -> RopePlan:
+# Past the native window, each family's own recommendation (``--rope-scaling auto``).
+QWEN_FAMILIES = ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe")
+QWEN_SOURCE = (
+    "Qwen's model cards (Qwen2.5, Qwen3): YaRN beyond the native window, rope_scaling "
+    "{rope_type: yarn, factor, original_max_position_embeddings}"
+)
+QWEN3_NATIVE = 32768  # Qwen3 card: 32,768 natively; config.json's 40,960 leaves room to generate
+LLAMA3_SOURCE = (
+    "the model's config.json: llama3 scaling (Meta's Llama 3.1+ recipe); Unsloth keeps it and "
+    "widens the window"
+)
+LINEAR_SOURCE = "no family recommendation: Unsloth's default, linear target/native"
+
+
+def yarn_original(shape: ModelShape) -> int:
+    """The window YaRN scales from: Qwen3's card gives 32,768 where config.json says 40,960."""
+    if shape.model_type.startswith("qwen3") and shape.max_position_embeddings == 40960:
+        return QWEN3_NATIVE
+    return shape.max_position_embeddings
+
+
+def _existing_rope(shape: ModelShape) -> str | None:
+    rope = shape.rope_scaling or {}
+    return rope.get("rope_type") or rope.get("type")
+
+
+def family_rope(shape: ModelShape) -> tuple[str, str]:
+    """(method, source): the scaling the model's family recommends past its native window.
+    Llama 3.1+ keeps its llama3 scaling, Qwen2/Qwen3 take YaRN, any other model Unsloth's
+    linear rule."""
+    if _existing_rope(shape) == "llama3":
+        return "llama3", LLAMA3_SOURCE
+    if shape.model_type in QWEN_FAMILIES:
+        return "yarn", QWEN_SOURCE
+    return "linear", LINEAR_SOURCE
+
+
+def _check_rope_mode(shape: ModelShape, target: int, mode: str) -> None:
     native = shape.max_position_embeddings
-    existing = (shape.rope_scaling or {}).get("rope_type") or (shape.rope_scaling or {}).get("type")
-    factor = max(1.0, target / native)
-    mode = mode.lower()
+    if mode not in ("auto", "none", "linear", "yarn", "dynamic", "llama3", "ntk"):
+        raise PlanError(
+            f"--rope-scaling {mode}: expected auto, none, linear, yarn, dynamic, llama3 or ntk"
+        )
     if shape.model_type in ("gemma", "gemma2") and mode not in ("auto", "none"):
         raise PlanError(
             f"--rope-scaling {mode}: Unsloth ignores RoPE scaling on {shape.model_type}; use auto or none"
         )
-    if mode == "none":
-        if target > native:
-            raise PlanError(
-                f"--rope-scaling none with --max-seq-length {target} > the model's native "
-                f"{native}: positions past {native} were never trained; use auto, linear or yarn"
-            )
-        return RopePlan(mode, native, target, 1.0, None, "within the native window: no scaling")
-    if mode == "auto":
-        if target <= native:
-            return RopePlan(mode, native, target, 1.0, None, "within the native window: no scaling")
-        if existing == "llama3":
-            return RopePlan(
-                mode,
-                native,
-                target,
-                factor,
-                None,
-                f"keeps the model's llama3 scaling; Unsloth widens the window to {target}",
-            )
-        return RopePlan(
-            mode,
-            native,
-            target,
-            factor,
-            None,
-            f"Unsloth applies linear scaling, factor {factor:.3g} = {target}/{native}",
+    if mode == "none" and target > native:
+        raise PlanError(
+            f"--rope-scaling none with --max-seq-length {target} > the model's native "
+            f"{native}: positions past {native} were never trained; use auto, linear or yarn"
         )
     if mode == "dynamic":
         raise PlanError(
             "--rope-scaling dynamic: Unsloth ignores it (logs a warning and trains unscaled); "
             "use linear, yarn, llama3 or ntk"
         )
-    if mode == "linear":
-        return RopePlan(
-            mode,
-            native,
-            target,
-            factor,
-            {"rope_type": "linear", "factor": factor},
-            f"linear, factor {factor:.3g}",
+    if mode == "llama3" and _existing_rope(shape) != "llama3":
+        raise PlanError(
+            f"--rope-scaling llama3: the model has {_existing_rope(shape) or 'no'} scaling, not llama3"
         )
-    if mode == "yarn":
-        return RopePlan(
-            mode,
-            native,
-            target,
-            factor,
-            {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": native},
-            f"YaRN, factor {factor:.3g} over {native}",
-        )
-    if mode == "llama3":
-        if existing != "llama3":
-            raise PlanError(
-                f"--rope-scaling llama3: the model has {existing or 'no'} scaling, not llama3"
-            )
-        return RopePlan(mode, native, target, factor, None, "keeps the model's llama3 scaling")
-    if mode == "ntk":
+
+
+def _scaled_rope(shape: ModelShape, target: int, mode: str, method: str, source: str) -> RopePlan:
+    """The plan for one scaling ``method`` (linear, yarn, llama3 or ntk) to ``target``."""
+    native = shape.max_position_embeddings
+    factor = max(1.0, target / native)
+    config = {
+        "rope_scaling": None,
+        "rope_theta": shape.rope_theta,
+        "max_position_embeddings": max(target, native),
+    }
+    unsloth: dict | None
+    if method == "linear":
+        unsloth = {"rope_type": "linear", "factor": factor}
+        note = f"linear, factor {factor:.3g} = {target}/{native}"
+        # vLLM derives the window as max_position_embeddings x factor: keep the native one
+        config.update(rope_scaling=unsloth, max_position_embeddings=native)
+    elif method == "yarn":
+        original = yarn_original(shape)
+        factor = max(1.0, target / original)
+        unsloth = {
+            "rope_type": "yarn",
+            "factor": factor,
+            "original_max_position_embeddings": original,
+        }
+        note = f"YaRN, factor {factor:.3g} = {target}/{original}"
+        config.update(rope_scaling=unsloth, max_position_embeddings=max(target, original))
+    elif method == "llama3":
+        unsloth = None
+        note = f"keeps the model's llama3 scaling; Unsloth widens the window to {target}"
+        config["rope_scaling"] = dict(shape.rope_scaling or {})
+    else:  # ntk
         d = shape.head_dim
         theta = shape.rope_theta * factor ** (d / (d - 2))
+        unsloth = {"rope_type": "linear", "factor": 1.0, "rope_theta": theta}
+        note = f"NTK-aware base: rope_theta {shape.rope_theta:g} -> {theta:.6g} (s={factor:.3g}, d={d})"
+        config["rope_theta"] = theta
+    if mode == "auto" and method == "linear":
+        unsloth = None  # Unsloth's own rule past the window is this linear scaling
+    return RopePlan(mode, native, target, factor, unsloth, note, method, source, config)
+
+
+def plan_rope(shape: ModelShape, target: int, mode: str = "auto") -> RopePlan:
+    """The RoPE scaling for ``target`` tokens. ``auto``: none within the model's window, past
+    it the family's recommendation (:func:`family_rope`); an explicit mode is taken as asked.
+    ``dynamic`` (and any scaling on Gemma) is refused: Unsloth ignores it."""
+    mode = mode.lower()
+    _check_rope_mode(shape, target, mode)
+    native = shape.max_position_embeddings
+    if mode in ("auto", "none") and target <= native:
         return RopePlan(
-            mode,
-            native,
-            target,
-            factor,
-            {"rope_type": "linear", "factor": 1.0, "rope_theta": theta},
-            f"NTK-aware base: rope_theta {shape.rope_theta:g} -> {theta:.6g} (s={factor:.3g}, d={d})",
+            mode, native, target, 1.0, None, "within the native window: no scaling", "none"
         )
-    raise PlanError(
-        f"--rope-scaling {mode}: expected auto, none, linear, yarn, dynamic, llama3 or ntk"
-    )
+    if mode == "auto":
+        method, source = family_rope(shape)
+    else:
+        method, source = mode, f"--rope-scaling {mode}"
+    return _scaled_rope(shape, target, mode, method, source)
 
 
 def weight_bytes(shape: ModelShape, load_in_4bit: bool) -> int:
@@ -386,8 +437,39 @@ class StepPlan:
     gradient_accumulation_steps: int
     tokens_per_step: int
     samples: int
+    # the share of the data the steps go through: what the Trainer's state.epoch reads at the end
     epochs: float
     steps: int
+    warmup_steps: int = 0
+    micro_batches_per_epoch: int = 0  # per process: the Trainer's len(train_dataloader)
+    samples_seen: int = 0  # epochs x samples, rounded
+    warnings: list[str] = field(default_factory=list)  # what was clamped, and why
+
+
+def _clamped_accumulation(
+    accum: int, micro: int, samples: int, rows: int, seq_len: int
+) -> tuple[int, str]:
+    """Gradient accumulation of at most one epoch's micro-batches: more would make one optimizer
+    step pass over the same rows twice (and the Trainer count two epochs for it)."""
+    if accum <= micro:
+        return accum, ""
+    return micro, (
+        f"gradient accumulation {accum} is more than the {micro} micro-batches an epoch holds "
+        f"({samples} samples, {rows} a micro-batch): clamped to {micro}, so a step is one pass "
+        f"over the data ({rows * micro * seq_len} tokens); add data or lower --tokens-per-step"
+    )
+
+
+def _clamped_warmup(warmup: int, steps: int) -> tuple[int, str]:
+    """A warmup as long as the run never reaches the peak learning rate: clamp it to a tenth."""
+    if warmup < steps or warmup <= 0:
+        return warmup, ""
+    short = steps // 10
+    return short, (
+        f"--warmup-steps {warmup} is not shorter than the run's {steps} steps: the learning rate "
+        f"would never reach its peak; warmup clamped to {short} (a tenth of the steps); choose "
+        f"one below {steps} with --warmup-steps"
+    )
 
 
 def plan_steps(
@@ -400,23 +482,44 @@ def plan_steps(
     epochs: float,
     max_steps: int,
     world_size: int = 1,
+    warmup_steps: int = 0,
 ) -> StepPlan:
-    """Batch, accumulation and steps; with ``world_size`` processes (one per GPU) a step sees
-    ``batch x accum x world_size`` rows, each process a disjoint share of the samples."""
+    """Batch, accumulation, steps, warmup and the real epoch fraction, by the Trainer's rules
+    (transformers 5): each process's data loader holds ``ceil(ceil(samples / batch) /
+    world_size)`` micro-batches an epoch; a step takes ``accum`` of them, the last step of an
+    epoch the remainder; ``--num-train-epochs`` E gives ``ceil(E x steps per epoch)`` steps. With
+    ``world_size`` processes (one per GPU) a step sees ``batch x accum x world_size`` rows."""
     if batch <= 0:
         raise PlanError(f"--per-device-batch-size must be >= 1, got {batch}")
     if world_size <= 0:
         raise PlanError(f"--nproc-per-node must be >= 1, got {world_size}")
     rows = batch * world_size
+    micro = math.ceil(math.ceil(samples / batch) / world_size) if samples > 0 else 0
     if accum <= 0:
         accum = max(1, round(tokens_per_step / (rows * seq_len)))
-    steps = max_steps if max_steps > 0 else math.ceil(samples * epochs / (rows * accum))
+    accum, accum_warning = _clamped_accumulation(accum, max(micro, 1), samples, rows, seq_len)
+    per_epoch = math.ceil(micro / accum)
+    steps = max_steps if max_steps > 0 else math.ceil(epochs * per_epoch)
     if samples <= 0 or steps <= 0:
         raise PlanError(
             f"the plan has 0 training steps ({samples} samples, --num-train-epochs {epochs}): "
             "nothing to train on; check the pipeline output (python -m pipeline.validate)"
         )
-    return StepPlan(batch, accum, rows * accum * seq_len, samples, epochs, steps)
+    full, rest = divmod(steps, per_epoch)
+    fraction = (full * micro + rest * accum) / micro
+    warmup, warmup_warning = _clamped_warmup(warmup_steps, steps)
+    return StepPlan(
+        batch,
+        accum,
+        rows * accum * seq_len,
+        samples,
+        round(fraction, 4),
+        steps,
+        warmup,
+        micro,
+        round(fraction * samples),
+        [w for w in (accum_warning, warmup_warning) if w],
+    )
 
 
 def check_gradient_checkpointing(gc: str | bool, max_seq_length: int) -> None:

@@ -5,21 +5,25 @@
 change: shards longer than ``--max-seq-length``, a tokenizer that does not match the model, a
 plan that does not fit ``--gpu-memory-gib`` (or the host's RAM, for offloaded checkpoints),
 checkpointing other than "unsloth" above 32K, an ``--eval-data`` folder without a validation
-split or prepared with another tokenizer. ``print_plan`` is what ``--dry-run`` shows.
-"""
+split or prepared with another tokenizer, a ``--resume-from-checkpoint`` with no checkpoint. It
+also decides the document-end token training uses as eos/pad (the data's, :func:`document_end`)
+and warns about what it clamps (warmup, accumulation: ``train/plan.py:plan_steps``).
+``print_plan`` is what ``--dry-run`` shows."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from schemas.layout import DOCUMENTS
-from train.config import TrainConfig
-from train.data import DataError, read_manifest, split_shards
+from train.config import ConfigError, TrainConfig
+from train.data import CONTEXT, DataError, read_manifest, split_shards
 from train.plan import (
     GIB,
     ModelShape,
@@ -194,6 +198,107 @@ def plan_memory(
     }
 
 
+def _model_eos(model: str) -> str | None:
+    """The eos token named by the model folder's ``tokenizer_config.json`` (None: no file)."""
+    path = Path(model).expanduser() / "tokenizer_config.json"
+    if not path.is_file():
+        return None
+    eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token")
+    return eos.get("content") if isinstance(eos, dict) else eos
+
+
+def document_end(manifest: dict, model: str) -> dict | None:
+    """The token that ends every document of the data: the manifest's end-of-text (what the
+    pipeline appended). Training makes it the tokenizer's eos and pad and the model's
+    eos_token_id, so TRL/Unsloth never append or pad with another token (Qwen3's tokenizer says
+    eos ``<|im_end|>``, its documents end with ``<|endoftext|>``). None for a manifest that does
+    not record it (the tokenizer's own eos stays)."""
+    tok = manifest["tokenizer"]
+    if tok.get("end_of_text_id") is None or not tok.get("end_of_text"):
+        return None
+    return {
+        "token": tok["end_of_text"],
+        "id": int(tok["end_of_text_id"]),
+        "model_eos": _model_eos(model),
+    }
+
+
+def last_checkpoint(output_dir: str) -> Path | None:
+    """The ``checkpoint-N`` folder of ``output_dir`` with the largest N that holds a
+    ``trainer_state.json`` (transformers' rule), or None."""
+    root = Path(output_dir)
+    found = [
+        (int(m.group(1)), p)
+        for p in (root.iterdir() if root.is_dir() else [])
+        if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and (p / "trainer_state.json").is_file()
+    ]
+    return max(found)[1] if found else None
+
+
+def plan_resume(cfg: TrainConfig, steps: int, warnings: list[str]) -> dict | None:
+    """``--resume-from-checkpoint last|PATH``: the checkpoint to continue from and its step,
+    checked before any weights load; a checkpoint already at the planned steps is a warning."""
+    value = cfg.resume_from_checkpoint
+    if not value:
+        return None
+    if value == "last":
+        path = last_checkpoint(cfg.output_dir)
+        if path is None:
+            raise ConfigError(
+                f"--resume-from-checkpoint last: no checkpoint-N folder with trainer_state.json in "
+                f"--output-dir {cfg.output_dir}; checkpoints are written every --save-steps N"
+            )
+    else:
+        path = Path(value)
+        if not (path / "trainer_state.json").is_file():
+            raise ConfigError(
+                f"--resume-from-checkpoint {value}: no trainer_state.json there (expected a "
+                "checkpoint-N folder of a run, or 'last')"
+            )
+    step = int(json.loads((path / "trainer_state.json").read_text())["global_step"])
+    if step >= steps:
+        warnings.append(f"{path} is at step {step}: the planned {steps} steps are done already")
+    return {"path": str(path), "step": step}
+
+
+def _plan_steps(cfg: TrainConfig, samples: int, L: int, world_size: int) -> dict:
+    steps = plan_steps(
+        samples=samples,
+        seq_len=L,
+        batch=cfg.per_device_batch_size,
+        tokens_per_step=cfg.tokens_per_step,
+        accum=cfg.gradient_accumulation_steps,
+        epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        world_size=world_size,
+        warmup_steps=cfg.warmup_steps,
+    )
+    return asdict(steps)
+
+
+def overlap_warning(data_dir: str, manifest: dict, shards: list[dict]) -> str | None:
+    """An output made with ``--overlap K`` whose shards lack ``context_tokens`` (made before the
+    column existed): the K repeated tokens of every later window would be learned twice."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    overlap = int(manifest.get("overlap") or 0)
+    if not overlap or not shards:
+        return None
+    path = Path(data_dir) / shards[0]["path"]
+    if path.suffix == ".parquet":
+        names = pq.read_schema(path).names
+    else:
+        with pa.memory_map(str(path)) as source:
+            names = pa.ipc.open_stream(source).schema.names
+    if CONTEXT in names:
+        return None
+    return (
+        f"the data was made with --overlap {overlap} but its shards have no {CONTEXT} column: "
+        f"the {overlap} tokens each window repeats will be learned twice; re-run the pipeline"
+    )
+
+
 def build_plan(cfg: TrainConfig, dry_run: bool = False) -> dict:
     """Everything decided before loading weights; raises ConfigError/PlanError/DataError.
 
@@ -213,20 +318,14 @@ def build_plan(cfg: TrainConfig, dry_run: bool = False) -> dict:
     check_gradient_checkpointing(gc, L)
     rope = plan_rope(shape, L, cfg.rope_scaling)
     long_docs = long_document_warning(rope, document_lengths(cfg.data), L)
-    warnings += [long_docs] if long_docs else []
+    overlap = overlap_warning(cfg.data, manifest, train_shards)
+    warnings += [w for w in (long_docs, overlap) if w]
     tokens = L * cfg.per_device_batch_size  # one micro-step: rows are flattened, padding-free
     memory = plan_memory(cfg, shape, tokens, gc, dry_run=dry_run, warnings=warnings)
     world_size = int(os.environ.get("WORLD_SIZE", cfg.nproc_per_node))
-    steps = plan_steps(
-        samples=samples,
-        seq_len=L,
-        batch=cfg.per_device_batch_size,
-        tokens_per_step=cfg.tokens_per_step,
-        accum=cfg.gradient_accumulation_steps,
-        epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        world_size=world_size,
-    )
+    steps = _plan_steps(cfg, samples, L, world_size)
+    warnings += steps["warnings"]
+    resume = plan_resume(cfg, steps["steps"], warnings)
     return {
         "data": {
             "path": cfg.data,
@@ -235,6 +334,7 @@ def build_plan(cfg: TrainConfig, dry_run: bool = False) -> dict:
             "tokens": sum(int(s["tokens"]) for s in train_shards),
             "fill_rate": manifest["fill_rate"],
             "tokenizer": tok["name"],
+            "overlap": int(manifest.get("overlap") or 0),
         },
         "model": {"name": cfg.model, **asdict(shape), "params_b": round(shape.n_params / 1e9, 3)},
         "max_seq_length": L,
@@ -242,7 +342,9 @@ def build_plan(cfg: TrainConfig, dry_run: bool = False) -> dict:
         "rope": asdict(rope),
         "gradient_checkpointing": gc,
         "memory": memory,
-        "steps": asdict(steps),
+        "steps": steps,
+        "document_end": document_end(manifest, cfg.model),
+        "resume": resume,
         "eval": evaluation,
         "world_size": world_size,
         "warnings": warnings,
@@ -250,24 +352,53 @@ def build_plan(cfg: TrainConfig, dry_run: bool = False) -> dict:
     }
 
 
-def print_plan(plan: dict) -> None:
-    m, r, mem, s = plan["model"], plan["rope"], plan["memory"], plan["steps"]
-    print(
-        f"data      {plan['data']['path']}: {plan['data']['samples']} samples of <= {plan['data']['seq_len']} "
-        f"tokens, fill {plan['data']['fill_rate']:.3f}, tokenizer {plan['data']['tokenizer']}"
+def _steps_line(plan: dict) -> str:
+    s = plan["steps"]
+    processes = f" x {plan['world_size']} processes" if plan["world_size"] > 1 else ""
+    share = (
+        f"{s['samples_seen']} of {s['samples']} samples"
+        if s["epochs"] < 1
+        else f"of {s['samples']} samples"
     )
-    print(
-        f"model     {m['name']}: {m['model_type']}, {m['params_b']}B params, hidden {m['hidden_size']}, "
-        f"{m['num_hidden_layers']} layers, vocab {m['vocab_size']}, native context {r['native_context']}"
+    return (
+        f"steps     batch {s['per_device_batch_size']} x accumulation "
+        f"{s['gradient_accumulation_steps']}{processes} = {s['tokens_per_step']} tokens/step; "
+        f"{s['steps']} steps, {s['epochs']:.2f} epochs ({share}); warmup {s['warmup_steps']}"
     )
-    print(f"context   max_seq_length {plan['max_seq_length']}; RoPE {r['mode']}: {r['note']}")
-    print(f"attention {plan['attention']}: {ATTENTION_NOTES[plan['attention']]}")
-    print(
+
+
+def _token_lines(plan: dict) -> list[str]:
+    """RoPE with the source of its choice, the document-end token, the checkpoint resumed."""
+    r, end, resume = plan["rope"], plan["document_end"], plan["resume"]
+    lines = []
+    if r["method"] != "none":
+        lines.append(f"rope      {r['method']} (source: {r['source']})")
+    if end:
+        model_eos = end["model_eos"]
+        told = f" (the model's tokenizer says eos {model_eos})" if model_eos != end["token"] else ""
+        lines.append(
+            f"tokens    documents end with {end['token']} (id {end['id']}), the trainer's eos "
+            f"and pad{told}"
+        )
+    else:
+        lines.append(
+            "tokens    the manifest records no end-of-text token: the tokenizer's eos stays"
+        )
+    if resume:
+        lines.append(
+            f"resume    from {resume['path']} (step {resume['step']} of {plan['steps']['steps']})"
+        )
+    return lines
+
+
+def _memory_lines(plan: dict) -> list[str]:
+    mem = plan["memory"]
+    lines = [
         f"memory    {mem['quantization']} r={mem['lora_r']}, gradient checkpointing "
         f"{plan['gradient_checkpointing']!r}: ~{mem['estimated_peak_gib']} GiB peak of "
         f"{mem['gpu_memory_gib']} GiB; largest context that fits ~{mem['max_context_that_fits']}"
         f"{'; tiled MLP' if mem['tiled_mlp'] else ''}"
-    )
+    ]
     if mem["offload"]:
         o = mem["offload"]
         host = (
@@ -275,22 +406,40 @@ def print_plan(plan: dict) -> None:
             if o["host_memory_bytes"]
             else "host RAM not checked"
         )
-        print(f"offload   checkpoints: {o['note']}; {host}")
-    print(
-        f"steps     batch {s['per_device_batch_size']} x accumulation {s['gradient_accumulation_steps']}"
-        f"{' x ' + str(plan['world_size']) + ' processes' if plan['world_size'] > 1 else ''} = "
-        f"{s['tokens_per_step']} tokens/step; {s['steps']} steps ({s['epochs']} epochs of {s['samples']} samples)"
-    )
+        lines.append(f"offload   checkpoints: {o['note']}; {host}")
+    return lines
+
+
+def _eval_line(plan: dict) -> list[str]:
     e = plan["eval"]
-    if e:
-        when = (
-            f"every {e['eval_steps']} steps and after the last"
-            if e["eval_steps"]
-            else "after the last step"
-        )
-        print(
-            f"eval      {e['path']}: {e['samples']} validation samples ({e['tokens']} tokens), "
-            f"loss {when}"
-        )
-    for w in plan["warnings"]:
-        print(f"warning   {w}")
+    if not e:
+        return []
+    when = (
+        f"every {e['eval_steps']} steps and after the last"
+        if e["eval_steps"]
+        else "after the last step"
+    )
+    return [
+        f"eval      {e['path']}: {e['samples']} validation samples ({e['tokens']} tokens), "
+        f"loss {when}"
+    ]
+
+
+def print_plan(plan: dict) -> None:
+    m, r, d = plan["model"], plan["rope"], plan["data"]
+    overlap = f", overlap {d['overlap']} (context only, no label)" if d["overlap"] else ""
+    lines = [
+        f"data      {d['path']}: {d['samples']} samples of <= {d['seq_len']} tokens, fill "
+        f"{d['fill_rate']:.3f}, tokenizer {d['tokenizer']}{overlap}",
+        f"model     {m['name']}: {m['model_type']}, {m['params_b']}B params, hidden "
+        f"{m['hidden_size']}, {m['num_hidden_layers']} layers, vocab {m['vocab_size']}, native "
+        f"context {r['native_context']}",
+        f"context   max_seq_length {plan['max_seq_length']}; RoPE {r['mode']}: {r['note']}",
+        *_token_lines(plan),
+        f"attention {plan['attention']}: {ATTENTION_NOTES[plan['attention']]}",
+        *_memory_lines(plan),
+        _steps_line(plan),
+        *_eval_line(plan),
+        *(f"warning   {w}" for w in plan["warnings"]),
+    ]
+    print("\n".join(lines))

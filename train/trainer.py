@@ -19,18 +19,22 @@ from train.plan import GIB
 
 
 def training_arguments(cfg: TrainConfig, plan: dict, *, on_gpu: bool, world_size: int) -> dict:
-    """Keyword arguments shared by ``SFTConfig`` and ``TrainingArguments``."""
+    """Keyword arguments shared by ``SFTConfig`` and ``TrainingArguments``. Steps, accumulation
+    and warmup are the plan's (clamped where the flags asked for more than the data holds): the
+    Trainer runs exactly the planned steps, so its epoch (``state.epoch``) ends at the planned
+    fraction."""
+    steps = plan["steps"]
     return dict(
         output_dir=cfg.output_dir,
         per_device_train_batch_size=cfg.per_device_batch_size,
-        gradient_accumulation_steps=plan["steps"]["gradient_accumulation_steps"],
+        gradient_accumulation_steps=steps["gradient_accumulation_steps"],
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_steps,
+        warmup_steps=steps["warmup_steps"],
         weight_decay=cfg.weight_decay,
         optim=cfg.optim if on_gpu else "adamw_torch",
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
+        num_train_epochs=steps["epochs"],  # for the record: max_steps decides
+        max_steps=steps["steps"],
         seed=cfg.seed,
         logging_steps=cfg.logging_steps,
         save_strategy="steps" if cfg.save_steps > 0 else "no",
@@ -77,13 +81,20 @@ def make_trainer(
 ):
     """SFTTrainer on a GPU; on a CPU transformers' Trainer, the class SFTTrainer extends (TRL
     1.15's SFTTrainer always computes the loss with its fused LM head, a Triton kernel that
-    needs a GPU), with the same rows and collator (CPU tests and smoke runs)."""
+    needs a GPU), with the same rows and collator (CPU tests and smoke runs). Both save the
+    tokenizer (eos/pad = the data's document end, ``train.model.use_document_end``) with every
+    checkpoint."""
     if on_gpu:
         from trl import SFTConfig, SFTTrainer
 
-        # The rows are already packed: no re-tokenizing, re-packing or truncation by TRL.
+        # The rows are already packed: no re-tokenizing, re-packing or truncation by TRL; its
+        # eos is the data's document end, so TRL appends and pads with no other token.
         sft_args = SFTConfig(
-            **args, dataset_kwargs={"skip_prepare_dataset": True}, packing=False, max_length=None
+            **args,
+            dataset_kwargs={"skip_prepare_dataset": True},
+            packing=False,
+            max_length=None,
+            eos_token=tokenizer.eos_token,
         )
         return SFTTrainer(
             model=model,
@@ -101,6 +112,7 @@ def make_trainer(
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=collator,
+        processing_class=tokenizer,
     )
 
 
@@ -114,6 +126,10 @@ def make_step_timer():
         def __init__(self):
             self.marks: list[tuple[float, int]] = []
             self.evals: list[tuple[int, float]] = []  # (marks before it, seconds)
+            self.start_tokens = 0  # tokens seen before this session (a resumed run's)
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start_tokens = int(state.num_input_tokens_seen)
 
         def on_step_end(self, args, state, control, **kwargs):
             import torch
@@ -150,36 +166,44 @@ def summarize(
     world_size: int,
     runtime: float,
     eval_s: float,
-    steady: float | None,
+    timer,
 ) -> dict:
     """What ``train_summary.json`` holds: size, speed, memory and losses of the run.
 
     ``runtime`` is the wall time of ``trainer.train()``, ``eval_s`` the validation passes
-    inside it; tokens/s counts training time only."""
+    inside it; tokens/s counts this session's training time and tokens only (a resumed run's
+    ``tokens`` and losses include the steps before it)."""
     import torch
 
     on_gpu = torch.cuda.is_available()
     # counted by the Trainer per optimizer micro-step and summed over processes (the collator
     # also sees the batch the data loader fetches ahead, which never trains)
     tokens = int(trainer.state.num_input_tokens_seen)
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    evals = [
-        {"step": h["step"], "loss": h["eval_loss"]}
-        for h in trainer.state.log_history
-        if "eval_loss" in h
-    ]
+    history = trainer.state.log_history
+    losses = [h["loss"] for h in history if "loss" in h]
+    evals = [{"step": h["step"], "loss": h["eval_loss"]} for h in history if "eval_loss" in h]
+    resume = plan["resume"] or {}
     return {
         "backend": backend,
         "max_seq_length": plan["max_seq_length"],
         "attention": plan["attention"],
+        "rope": {k: plan["rope"][k] for k in ("mode", "method", "factor", "source")},
+        "document_end_id": (plan["document_end"] or {}).get("id"),
         "steps": trainer.state.global_step,
+        # the Trainer's epoch at the end, and the plan's (equal: the plan follows its rules)
+        "epochs": round(float(trainer.state.epoch or 0.0), 4),
+        "planned_epochs": plan["steps"]["epochs"],
+        "gradient_accumulation_steps": plan["steps"]["gradient_accumulation_steps"],
+        "warmup_steps": plan["steps"]["warmup_steps"],
+        "resumed_from": resume.get("path"),
+        "resumed_at_step": resume.get("step"),
         "world_size": world_size,
         "tokens": tokens,
         "runtime_s": round(runtime, 2),
         "eval_runtime_s": round(eval_s, 2),
-        "tokens_per_s": round(tokens / (runtime - eval_s), 1),
+        "tokens_per_s": round((tokens - timer.start_tokens) / (runtime - eval_s), 1),
         # after the first optimizer step (compilation, autotuning and allocator warm-up)
-        "tokens_per_s_steady": steady,
+        "tokens_per_s_steady": timer.steady_tokens_per_s(),
         "peak_gib": round(torch.cuda.max_memory_allocated() / GIB, 2) if on_gpu else None,
         "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 2) if on_gpu else None,
         # this process's peak resident host memory (offloaded checkpoints live here)
@@ -196,10 +220,38 @@ def summarize(
     }
 
 
-def write_run_outputs(output_dir: str, model, log_history: list, summary: dict) -> None:
-    """``OUTPUT_DIR/adapter/``, ``log_history.json`` and ``train_summary.json``."""
+RUN_SETTINGS = "longctx_training.json"
+
+
+def run_settings(cfg: TrainConfig, plan: dict) -> dict:
+    """What ``train.export`` needs besides the adapter: the base model, the context, the RoPE
+    plan (``rope.config`` goes into the merged model's config.json) and the document end."""
+    return {
+        "base_model": cfg.model,
+        "max_seq_length": plan["max_seq_length"],
+        "rope": plan["rope"],
+        "document_end": plan["document_end"],
+        "attention": plan["attention"],
+    }
+
+
+def write_run_settings(output_dir: str, settings: dict) -> None:
+    """``OUTPUT_DIR/longctx_training.json``, before training: an export from a checkpoint-N
+    folder finds it one level up."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_SETTINGS).write_text(json.dumps(settings, indent=1))
+
+
+def write_run_outputs(
+    output_dir: str, model, tokenizer, settings: dict, log_history: list, summary: dict
+) -> None:
+    """``OUTPUT_DIR/adapter/`` (the LoRA weights, the tokenizer with the data's document end as
+    eos/pad, and ``longctx_training.json``), ``log_history.json`` and ``train_summary.json``."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out / "adapter"))
+    tokenizer.save_pretrained(str(out / "adapter"))
+    (out / "adapter" / RUN_SETTINGS).write_text(json.dumps(settings, indent=1))
     (out / "log_history.json").write_text(json.dumps(log_history, indent=1))
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
