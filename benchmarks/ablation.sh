@@ -49,6 +49,10 @@ BUDGET_S=${ABLATION_BUDGET_S:-570}
 DEADLINE=$((SECONDS + BUDGET_S))
 SEEDS=${ABLATION_SEEDS:-"0 1"}
 ARMS="longctx baseline"
+# ABLATION_TAG=-x2.5 ABLATION_S2_SCALE=2.5 ABLATION_SEEDS=0: the follow-up run, stage 2 with
+# 2.5 times the tokens, results in $RESULTS/<arm>-s<seed>-x2.5
+TAG=${ABLATION_TAG:-}
+S2_SCALE=${ABLATION_S2_SCALE:-1}
 EVAL_FRACTION=${ABLATION_EVAL_FRACTION:-0.04}
 PACKAGES="torch,transformers,sympy,pandas,scipy,sklearn,jax,flax,numpy,matplotlib,networkx,\
 statsmodels,numba,lightning,pytorch_lightning,torchvision,torchaudio,torchmetrics,accelerate,peft,\
@@ -130,7 +134,7 @@ run() {
 
 evals_missing() {
   for s in $SEEDS; do for arm in $ARMS; do
-    [ -f "$RESULTS/$arm-s$s/eval.json" ] || return 0
+    [ -f "$RESULTS/$arm-s$s$TAG/eval.json" ] || return 0
   done; done
   return 1
 }
@@ -214,6 +218,7 @@ EOF
   fi
   S1_TOKENS=$($PY -c "import json;print(json.load(open('$RESULTS/budget.json'))['stage1_tokens'])")
   S2_TOKENS=$($PY -c "import json;print(json.load(open('$RESULTS/budget.json'))['stage2_tokens'])")
+  S2_TOKENS=$($PY -c "print(int($S2_TOKENS * $S2_SCALE) // $BATCH * $BATCH)")
   PERDOC_IMPL=$($PY -c "import json;print(json.load(open('$RESULTS/budget.json'))['per_document_attn_impl'])")
 
   # 5. stage 1, shared
@@ -227,7 +232,7 @@ EOF
   # 6-7. stage 2 and evaluation, one (arm, seed) at a time so each result is final early
   for s in $SEEDS; do
     for arm in $ARMS; do
-      name=$arm-s$s
+      name=$arm-s$s$TAG
       [ -f "$RESULTS/$name/eval.json" ] && continue
       if [ "$arm" = longctx ]; then ATT=per-document IMPL=$PERDOC_IMPL; else ATT=stream IMPL=sdpa; fi
       if [ ! -f "$WORK/runs/$name/final/config.json" ]; then

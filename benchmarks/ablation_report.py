@@ -21,13 +21,19 @@ over the seeds of one arm:
   spread, and the difference is not a uniform offset: the arms' far-position loss difference
   must exceed their difference at positions 0-127 by more than the spread;
 - data effect: ``order_signal`` (far-position loss on the baseline preparation minus on the
-  project's, same model and documents) is positive beyond its seed spread, for every model.
+  project's, same model and documents) is positive beyond its seed spread, for every model;
+  reported beside it, the same difference per position bucket (``order_signal_by_bucket``) and
+  whether it is positive at every bucket from position 1024 on.
+
+Runs in ``<arm>-s<seed>-<tag>`` folders (``ABLATION_TAG``: a follow-up with one change) are
+reported under ``followups`` and drawn in the loss plot, never mixed into the seeds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -167,6 +173,24 @@ def seed_figures(ev: dict) -> dict:
     }
 
 
+def order_by_bucket(evals: list[dict]) -> list[dict]:
+    """Mean over models of (loss on the baseline preparation - loss on the project's) per
+    position bucket: a difference that helps far tokens only where the project's order puts
+    useful context before them should be positive at every far bucket, not only at one."""
+    out = []
+    for i, r in enumerate(evals[0]["per_position_loss"]):
+        diffs = []
+        for ev in evals:
+            p = ev["per_position_loss"][i]
+            b = (ev.get("order_signal") or {}).get("per_position_loss_baseline", [])
+            if i < len(b) and p["loss"] is not None and b[i]["loss"] is not None:
+                diffs.append(b[i]["loss"] - p["loss"])
+        out.append(
+            {"start": r["start"], "end": r["end"], "difference": mean(diffs), "models": len(diffs)}
+        )
+    return out
+
+
 def spread(values: list[float | None]) -> float | None:
     v = [x for x in values if x is not None]
     return max(v) - min(v) if len(v) >= 2 else None
@@ -237,7 +261,7 @@ def verdict(figs: dict[str, list[dict]]) -> dict:
     return out
 
 
-def plot(arms: dict, out_dir: Path) -> list[str]:
+def plot(arms: dict, out_dir: Path, followups: dict | None = None) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -264,6 +288,22 @@ def plot(arms: dict, out_dir: Path) -> list[str]:
                 ls=styles[i % len(styles)],
                 label=f"{arm} seed {s['seed']}",
             )
+    for tag, f in (followups or {}).items():
+        for arm, seeds in f["arms"].items():
+            for s in seeds:
+                rows = s["per_position_loss"]
+                pts = [
+                    ((r["start"] + r["end"]) / 2, r["loss"]) for r in rows if r["loss"] is not None
+                ]
+                ax.plot(
+                    [x for x, _ in pts],
+                    [y for _, y in pts],
+                    marker="s",
+                    ms=3,
+                    color=colors[arm],
+                    alpha=0.6,
+                    label=f"{arm} seed {s['seed']}, {tag}",
+                )
     ax.set_xscale("log", base=2)
     ax.set(xlabel="position in the document (token)", ylabel="mean loss (nats)")
     ax.set_title("Validation loss by position (longctx validation split)")
@@ -298,66 +338,104 @@ def plot(arms: dict, out_dir: Path) -> list[str]:
     return written
 
 
+def dd_buckets(v: dict) -> list[dict]:
+    return v["data_effect"].get("order_signal_by_bucket", [])
+
+
 def fmt(x, nd=3) -> str:
     return "-" if x is None else f"{x:.{nd}f}"
 
 
+SEED_DIR = re.compile(r"^(?P<arm>[a-z]+)-s(?P<seed>\d+)(?P<tag>-.+)?$")
+
+
+def seed_record(d: Path, ev: dict, tl: dict, seed: int) -> dict:
+    rec = {
+        "seed": seed,
+        "per_position_loss": ev["per_position_loss"],
+        "context_gain": ev["context_gain"],
+        "key_token_loss": ev["key_token_loss"],
+        "passkey": ev["passkey"],
+        "order_signal": ev.get("order_signal"),
+        "validation_tokens_scored": ev.get("tokens_scored"),
+        "validation_documents": ev.get("documents"),
+        "evaluation_seconds": ev.get("elapsed_s"),
+        "train": {
+            k: tl.get(k)
+            for k in ("tokens_seen", "total_steps", "train_seconds", "final_loss", "parameters")
+        },
+    }
+    ints = (tl.get("intervals") or [])[1:]  # the first interval holds the start-up
+    if ints:
+        rec["train"]["tok_s_median"] = sorted(r["tok_s"] for r in ints)[len(ints) // 2]
+    if tl.get("settings"):
+        rec["train"]["attn_impl"] = tl["settings"].get("attn_impl")
+    if order := rec["order_signal"]:  # the layout's numbers; the baseline curves stay in eval.json
+        rec["order_signal"] = {
+            k: order[k]
+            for k in (
+                "far_loss_project",
+                "far_loss_baseline",
+                "difference",
+                "far_from",
+                "documents",
+            )
+            if k in order
+        }
+    return rec
+
+
+def collect(results: Path) -> tuple[dict, dict]:
+    """{tag: {arm: [(seed, eval, train_log)]}}, tag "" for the main runs."""
+    runs: dict = {}
+    for d in sorted(results.iterdir()):
+        m = SEED_DIR.match(d.name)
+        if not m or m["arm"] not in ARMS or not (d / "eval.json").is_file():
+            continue
+        ev = load_json(d / "eval.json")
+        tl = load_json(d / "train_log.json") or {}
+        runs.setdefault(m["tag"] or "", {}).setdefault(m["arm"], []).append(
+            (int(m["seed"]), d, ev, tl)
+        )
+    for arms in runs.values():
+        for v in arms.values():
+            v.sort(key=lambda x: x[0])
+    return runs.pop("", {}), runs
+
+
 def report(results: Path, out: Path, plots: Path | None) -> int:
+    main_runs, followups = collect(results)
+    if not main_runs:
+        print(f"error: no {results}/<arm>-s<seed>/eval.json yet", file=sys.stderr)
+        return 1
     arms: dict = {}
     figs: dict[str, list[dict]] = {}
     device = date = None
     for arm, settings in ARMS.items():
         seeds = []
-        for d in sorted(results.glob(f"{arm}-s*")):
-            ev = load_json(d / "eval.json")
-            if ev is None:
-                continue
-            tl = load_json(d / "train_log.json") or {}
+        for seed, d, ev, tl in main_runs.get(arm, []):
             device = device or tl.get("device") or ev.get("device")
             date = date or tl.get("date") or ev.get("date")
-            rec = {
-                "seed": int(d.name.rsplit("-s", 1)[1]),
-                "per_position_loss": ev["per_position_loss"],
-                "context_gain": ev["context_gain"],
-                "key_token_loss": ev["key_token_loss"],
-                "passkey": ev["passkey"],
-                "order_signal": ev.get("order_signal"),
-                "validation_tokens_scored": ev.get("tokens_scored"),
-                "validation_documents": ev.get("documents"),
-                "evaluation_seconds": ev.get("elapsed_s"),
-                "train": {
-                    k: tl.get(k)
-                    for k in (
-                        "tokens_seen",
-                        "total_steps",
-                        "train_seconds",
-                        "final_loss",
-                        "parameters",
-                    )
-                },
-            }
-            ints = tl.get("intervals") or []
-            if ints:
-                rec["train"]["tok_s_median"] = sorted(r["tok_s"] for r in ints[1:] or ints)[
-                    len(ints[1:] or ints) // 2
-                ]
-            if order := rec["order_signal"]:  # keep the layout's three numbers first
-                rec["order_signal"] = {
-                    k: order[k]
-                    for k in ("far_loss_project", "far_loss_baseline", "difference", "far_from")
-                    if k in order
-                }
-            seeds.append(rec)
+            seeds.append(seed_record(d, ev, tl, seed))
             figs.setdefault(arm, []).append(seed_figures(ev))
-        seeds.sort(key=lambda r: r["seed"])
-        tl0 = load_json(results / f"{arm}-s0" / "train_log.json") or {}
-        arms[arm] = {
-            "settings": {**settings, "stage2": tl0.get("settings")},
-            "seeds": seeds,
+        first = main_runs.get(arm, [(0, None, None, {})])[0][3]
+        arms[arm] = {"settings": {**settings, "stage2": first.get("settings")}, "seeds": seeds}
+    all_evals = [ev for runs in main_runs.values() for _, _, ev, _ in runs]
+    extra = {}
+    for tag, runs in sorted(followups.items()):
+        f_arms, f_figs = {}, {}
+        for arm in ARMS:
+            f_arms[arm] = [seed_record(d, ev, tl, seed) for seed, d, ev, tl in runs.get(arm, [])]
+            f_figs[arm] = [seed_figures(ev) for _, _, ev, _ in runs.get(arm, [])]
+        tl0 = next(iter(runs.values()))[0][3]
+        extra[tag.lstrip("-")] = {
+            "stage2": tl0.get("settings"),
+            "arms": f_arms,
+            "figures": {arm: v for arm, v in f_figs.items()},
+            "order_signal_by_bucket": order_by_bucket(
+                [ev for r in runs.values() for _, _, ev, _ in r]
+            ),
         }
-    if not any(a["seeds"] for a in arms.values()):
-        print(f"error: no {results}/<arm>-s<seed>/eval.json yet", file=sys.stderr)
-        return 1
     stage1 = load_json(results / "stage1-train_log.json") or {}
     corpus = load_json(results / "corpus.json") or {}
     corpus.pop("repository_bytes", None)
@@ -386,9 +464,17 @@ def report(results: Path, out: Path, plots: Path | None) -> int:
         "corpus": corpus,
         "datasets": datasets,
         "verdict": verdict(figs),
+        "followups": extra,
     }
+    buckets = order_by_bucket(all_evals)
+    doc["verdict"]["data_effect"]["order_signal_by_bucket"] = buckets
+    # the project's order helping far tokens should lower their loss at every far bucket, not
+    # at one: a sign change between buckets says the figure follows which tokens sit where
+    doc["verdict"]["data_effect"]["positive_at_every_bucket_from_1024"] = all(
+        r["difference"] is not None and r["difference"] > 0 for r in buckets if r["start"] >= 1024
+    )
     if plots:
-        doc["plots"] = [str(plots / n) for n in plot(arms, plots)]
+        doc["plots"] = [str(plots / n) for n in plot(arms, plots, extra)]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n")
 
@@ -411,6 +497,19 @@ def report(results: Path, out: Path, plots: Path | None) -> int:
         print(
             f"  {n:18} {fmt(d['longctx_minus_baseline'], 4):>8}   spread {fmt(d['seed_spread'], 4)}"
         )
+    print(
+        "order_signal by bucket (baseline order - project order, mean of the models): "
+        + ", ".join(f"{r['start']}-{r['end']}: {fmt(r['difference'], 4)}" for r in dd_buckets(v))
+    )
+    for tag, f in extra.items():
+        for arm in ARMS:
+            for s, fg in zip(f["arms"][arm], f["figures"][arm], strict=True):
+                print(
+                    f"{tag}: {arm:9} seed {s['seed']}  loss0-128 {fmt(fg['loss_first_bucket'])} "
+                    f"far {fmt(fg['loss_far'])} ctx_gain {fmt(fg['context_gain'], 4)} "
+                    f"key {fmt(fg['key_token_share'], 4)}/{fmt(fg['key_token_loss'])} "
+                    f"order_signal {fmt(fg['order_signal'], 4)}"
+                )
     t, dd = v["training_effect"], v["data_effect"]
     print(
         f"training effect met: {t['met']} (context gain beats spread {t['context_gain_beats_spread']}, "
@@ -420,7 +519,8 @@ def report(results: Path, out: Path, plots: Path | None) -> int:
     )
     print(
         f"data effect met: {dd['met']} (order_signal mean {fmt(dd['order_signal_mean'], 4)}, "
-        f"min {fmt(dd['order_signal_min'], 4)}, seed spread {fmt(dd['seed_spread'], 4)})"
+        f"min {fmt(dd['order_signal_min'], 4)}, seed spread {fmt(dd['seed_spread'], 4)}; "
+        f"positive at every bucket from 1024: {dd['positive_at_every_bucket_from_1024']})"
     )
     return 0
 
