@@ -30,6 +30,21 @@ def _parser():
     return parser
 
 
+def check_values(argv: list[str]) -> None:
+    """A bad value (``--seq-len abc``, ``--format csv``) is one error line naming the flag,
+    before Beam's parser would print its usage under the name ``run.py``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.run", add_help=False, exit_on_error=False, allow_abbrev=False
+    )
+    add_arguments(parser, BuildConfig, groups=GROUPS)
+    try:
+        parser.parse_known_args(argv)
+    except argparse.ArgumentError as err:
+        raise UsageError(f"{err} (python -m pipeline.run --help)") from None
+
+
 def check_arguments(argv: list[str]) -> None:
     """Refuse what Beam would only log and drop: a misspelt flag (``--seq-lenn 5`` would run at
     the default length) or a stray value (``--books a b`` keeps only ``a``; repeat the flag)."""

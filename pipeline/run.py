@@ -45,7 +45,7 @@ from pipeline.guard import (
     is_no_space,
 )
 from pipeline.lock import OutputLock
-from pipeline.options import LongctxOptions, check_arguments, help_text
+from pipeline.options import LongctxOptions, check_arguments, check_values, help_text
 from pipeline.output import (
     discard_staging,
     prepare_staging,
@@ -104,6 +104,7 @@ def prepare(argv: list[str]) -> Job:
     """Parse and check everything that can be checked before anything is written; raises
     :class:`RunRefused` (bad flag: 2, unusable input: 3, no disk space: 6)."""
     argv = expand_config(argv)
+    check_values(argv)
     options = PipelineOptions(argv)
     lc = options.view_as(LongctxOptions)
     # --quiet: errors only from the logs too (Beam's warnings included), unless a level is asked

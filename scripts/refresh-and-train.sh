@@ -10,13 +10,16 @@ cd "$(dirname "$0")/.."
 PIPELINE_CONFIG=${PIPELINE_CONFIG:-configs/pipeline/mixed-64k.yaml}
 TRAIN_CONFIG=${TRAIN_CONFIG:-configs/llama-3.2-1b-64k.yaml}
 DATA=${DATA:-/data/longctx-64k}
+INPUTS=${INPUTS:---books /srv/books --repos-root /srv/repos}  # the folders that keep changing
 shards() {  # the checksums of the shards: equal exactly when the samples are equal
   python -c 'import json,sys; print([s["sha256"] for s in json.load(open(sys.argv[1]))["shards"]])' \
     "$DATA/manifest.json" 2>/dev/null || true
 }
 before=$(shards)
 status=0
-python -m pipeline.run --config "$PIPELINE_CONFIG" --output "$DATA" --incremental --quiet || status=$?
+# shellcheck disable=SC2086  # INPUTS holds several flags
+python -m pipeline.run --config "$PIPELINE_CONFIG" $INPUTS --output "$DATA" --incremental --quiet \
+  || status=$?
 if [ "$status" -ne 0 ]; then
   case $status in
     2) why="the job's configuration is unusable" ;;

@@ -36,6 +36,7 @@ def test_bad_arguments_exit_2(tmp_path, args, needle):
     proc = run_cli("pipeline.run", "--runner", "DirectRunner", "--output", out, *args)
     assert proc.returncode == 2, proc.stderr
     assert needle in proc.stderr
+    assert "run.py" not in proc.stderr and "usage:" not in proc.stderr  # one line, our name
     assert not (out / "manifest.json").exists()
 
 
