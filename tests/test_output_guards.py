@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -36,15 +37,26 @@ def tree_sha(folder) -> str:
     return sha.hexdigest()
 
 
-@pytest.fixture
-def good_output(tmp_path):
-    out = tmp_path / "out"
-    books = tmp_path / "books"
+@pytest.fixture(scope="module")
+def _good_output_once(tmp_path_factory):
+    """One finished --incremental output of two books, made once for the module."""
+    root = tmp_path_factory.mktemp("good")
+    out, books = root / "out", root / "books"
     books.mkdir()
     for name in ("kafka-metamorphosis.txt", "gilman-the-yellow-wallpaper.txt"):
         (books / name).write_bytes((BOOKS / name).read_bytes())
     proc = run_cli("pipeline.run", *BASE, "--books", books, "--output", out, "--incremental")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    return out, books
+
+
+@pytest.fixture
+def good_output(tmp_path, _good_output_once):
+    """A private copy of the finished output and its input books, for a test to refuse or
+    replace: (output folder, books folder)."""
+    out, books = tmp_path / "out", tmp_path / "books"
+    shutil.copytree(_good_output_once[0], out, symlinks=True)
+    shutil.copytree(_good_output_once[1], books)
     return out, books
 
 
