@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 from collections import Counter
 
 from pipeline import remote
@@ -156,7 +157,7 @@ def input_bytes(paths) -> int:
                     st = os.lstat(os.path.join(folder, name))
                 except OSError:
                     continue
-                if not os.path.islink(os.path.join(folder, name)):
+                if not stat.S_ISLNK(st.st_mode):
                     total += st.st_size
     return total
 
@@ -177,11 +178,13 @@ def free_bytes(out: str) -> int:
     return shutil.disk_usage(path).free
 
 
-def check_free_space(out: str, paths, *, seq_len: int, overlap: int, incremental: bool) -> None:
-    """Raise :class:`NoSpace` when ``out`` is local and its filesystem lacks the room."""
+def check_free_space(
+    out: str, n_input: int, *, seq_len: int, overlap: int, incremental: bool
+) -> None:
+    """Raise :class:`NoSpace` when ``out`` is local and its filesystem lacks the room for a run
+    over ``n_input`` bytes of input (:func:`input_bytes`)."""
     if remote.is_remote(out):
         return
-    n_input = input_bytes(paths)
     need = needed_bytes(n_input, seq_len=seq_len, overlap=overlap, incremental=incremental)
     free = free_bytes(out)
     if free < need:
@@ -206,10 +209,11 @@ def is_no_space(err: BaseException) -> bool:
     return False
 
 
-def check_result(counts: dict, rejects_by_reason: dict, previous: dict | None, lc) -> None:
-    """Refuse a finished run that would publish a worse dataset (see the module docstring)."""
+def check_result(counts: dict, previous: dict | None, lc) -> None:
+    """Refuse a finished run that would publish a worse dataset (see the module docstring);
+    ``counts`` and ``previous`` are the new manifest's counts and the last manifest."""
     if not counts["documents"] or not counts["samples"]:
-        why = ", ".join(f"{r}: {n}" for r, n in rejects_by_reason.items()) or "no inputs"
+        why = ", ".join(f"{r}: {n}" for r, n in counts["rejects_by_reason"].items()) or "no inputs"
         raise UnusableInput(
             f"the inputs yielded no usable document ({counts['rejects']} rejected inputs: "
             f"{why}); nothing was published"

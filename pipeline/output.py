@@ -15,11 +15,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline import remote
 from schemas.layout import MANIFEST, PUBLISHED, STAGING
 from schemas.manifest import Manifest
 from schemas.storage import read_bytes, read_table  # noqa: F401  (read_table re-exported)
@@ -99,10 +101,6 @@ def _delete_if_exists(paths: list[str]) -> None:
 def prepare_staging(out: str) -> str:
     """A fresh, empty staging folder of this run's inside ``out``; staging folders left by
     killed runs are removed (call it while holding the output's lock)."""
-    import os
-
-    from pipeline import remote
-
     if remote.is_remote(out):  # not locked (lock.py): one fixed name, as before
         leftovers, name = [FileSystems.join(out, STAGING)], STAGING
     else:

@@ -94,6 +94,7 @@ class Job:
     sources: list
     discovery_rejects: list
     plotter: PlotRenderer
+    input_bytes: int  # bytes of the local inputs: the disk-space check and the progress ETA
 
     def say(self, *args) -> None:
         if not self.config.quiet:
@@ -129,10 +130,11 @@ def prepare(argv: list[str]) -> Job:
             hf_dataset=config.hf_dataset,
         )
         check_mix_against_sources(config.mix_weights, sources)
+        n_input = input_bytes(s.path for s in sources)
         if not config.skip_space_check:
             check_free_space(
                 config.output,
-                [s.path for s in sources],
+                n_input,
                 seq_len=config.seq_len,
                 overlap=config.overlap,
                 incremental=config.incremental,
@@ -140,14 +142,14 @@ def prepare(argv: list[str]) -> Job:
     except BaseException:
         plotter.close()
         raise
-    return Job(options, config, tok, sources, discovery_rejects, plotter)
+    return Job(options, config, tok, sources, discovery_rejects, plotter, n_input)
 
 
 def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
     """Run the Beam pipeline; its results land in ``staging``."""
     config = job.config
     tty = sys.stderr.isatty() or bool(os.environ.get("LONGCTX_PROGRESS"))
-    progress = None if config.quiet else Progress(input_bytes(s.path for s in job.sources), tty)
+    progress = None if config.quiet else Progress(job.input_bytes, tty)
     pipeline = beam.Pipeline(runner=make_runner(job.options), options=job.options)
     _ = pipeline | "BuildDataset" >> BuildDataset(
         config=config,
@@ -195,7 +197,7 @@ def finalize(job: Job, staging: str, tokens_cache: str | None) -> Manifest:
     )
     counts = manifest.counts
     previous = _previous_manifest(config.output)
-    check_result(counts, counts["rejects_by_reason"], previous and previous.data, config)
+    check_result(counts, previous and previous.data, config)
     if tokens_cache:
         used, reused = set(plan_summary["cache_keys"]), set(plan_summary["reused_keys"])
         manifest.data["incremental"] = {

@@ -123,14 +123,12 @@ def _value_type(f: dataclasses.Field, default):
     )
 
 
-def yaml_keys(cls, extra: Iterable[str] = ()) -> dict[str, str]:
-    """YAML key (``_`` form) -> flag, for the fields of ``cls`` and ``extra`` flag names."""
+def yaml_keys(cls) -> dict[str, str]:
+    """YAML key (``_`` form) -> flag, for the fields of ``cls``."""
     known = {}
     for f in fields(cls):
         flag = flag_of(f)
         known[f.name] = flag
-        known[flag.lstrip("-").replace("-", "_")] = flag
-    for flag in extra:
         known[flag.lstrip("-").replace("-", "_")] = flag
     return known
 
