@@ -95,9 +95,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls, *, groups: dict[str, str
         target = made[name]
         default = default_of(f)
         help_ = f"{meta['help']} (default {_describe_default(default)})"
-        if meta.get("switch"):
+        if meta.get("switch"):  # a flag without a value: off unless given; no "(default True)"
             action = "store_false" if default else "store_true"
-            target.add_argument(flag_of(f), dest=f.name, action=action, default=default, help=help_)
+            target.add_argument(
+                flag_of(f), dest=f.name, action=action, default=default, help=meta["help"]
+            )
             continue
         kw: dict[str, Any] = dict(dest=f.name, help=help_, metavar=meta.get("metavar"))
         if meta.get("choices"):

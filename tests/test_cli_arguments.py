@@ -120,6 +120,7 @@ def test_help_lists_every_flag_by_group_with_defaults():
     for group in ("inputs:", "tokenization:", "samples:", "output:", "run and logging:"):
         assert group in proc.stdout
     assert "(default 65536)" in proc.stdout  # --seq-len
+    assert "(default True)" not in proc.stdout and "(default False)" not in proc.stdout
 
 
 def test_misspelt_flag_and_yaml_key_suggest_the_nearest(tmp_path):
