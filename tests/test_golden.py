@@ -1,9 +1,9 @@
 """Golden check: a fixed run gives the same bytes in every output file.
 
 The run: the 14 shared books + the ``json``, ``email`` and ``asyncio`` packages of this Python's
-standard library, the real Qwen3 tokenizer, ``--seq-len 32768``. Inputs are copied to a fixed
-path first, so the absolute paths that the documents table and the rejects list record are the
-same on every machine. The standard library changes between Python releases, so the hashes are
+standard library, the real Qwen3 tokenizer, ``--seq-len 32768``. Inputs and the tokenizer are
+copied to a fixed path first, so the absolute paths that the documents table, the rejects list
+and the manifest's tokenizer name record are the same on every machine. The standard library changes between Python releases, so the hashes are
 kept per Python version (``major.minor.micro``).
 
 A change that alters the output on purpose updates ``GOLDEN`` in the same commit and says why in
@@ -41,10 +41,12 @@ MANIFEST_VOLATILE = ("config",)
 # move. The same recording takes in the changes committed since that were waiting for it:
 # documents.arrow and the manifest (issue 19: the KJV Bible's detected language, the
 # tokenizer's BOS fields) and the shard (cf64c9a: the context_tokens column). json is unchanged.
+# manifest.json re-recorded once more (session 5): the tokenizer is now copied to the fixed path
+# too, since the manifest's tokenizer.name is the path given (CI keeps the shared data elsewhere).
 GOLDEN = {
     "3.11.7": {
         "documents.arrow": "cf6c227360e6d0aa9bb3f6396edcb8a9748b22a75c3247d6b3e848b49cc563ff",
-        "manifest.json": "07b8a1b538445828d5186cffc50e246a9336e9bbeda1e0952b7de91516557f5e",
+        "manifest.json": "e905f4a16192c66c6fd0f600a29a70bfed7cbb14f36398a0ef2eaa198f43a4aa",
         "rejects.jsonl": "1eb6e6499db16b176bbce74d9db08bbb96663b223c403e330f6fccea78d0641d",
         "shards/train-00000-of-00001.arrow": (
             "75da0a052ea355894d8ff20e9ef10abf7147e3c54de23c57a315014e99860072"
@@ -53,16 +55,19 @@ GOLDEN = {
 }
 
 
-def _copy_inputs() -> tuple[str, list[str]]:
+def _copy_inputs() -> tuple[str, list[str], str]:
     if os.path.isdir(FIXED):
         shutil.rmtree(FIXED)
     shutil.copytree(BOOKS, f"{FIXED}/books")
+    # The manifest records the tokenizer as given (a path here): copy it too, so that the hash
+    # does not depend on where the shared data sits on this machine.
+    shutil.copytree(QWEN3, f"{FIXED}/tokenizer")
     repos = []
     for pkg in PACKAGES:
         dst = f"{FIXED}/repos/{pkg}"
         shutil.copytree(STDLIB / pkg, dst, ignore=shutil.ignore_patterns("__pycache__"))
         repos.append(dst)
-    return f"{FIXED}/books", repos
+    return f"{FIXED}/books", repos, f"{FIXED}/tokenizer"
 
 
 def output_hashes(out) -> dict[str, str]:
@@ -87,9 +92,9 @@ def output_hashes(out) -> dict[str, str]:
 
 def test_fixed_run_gives_the_recorded_bytes(tmp_path):
     version = ".".join(map(str, sys.version_info[:3]))
-    books, repos = _copy_inputs()
+    books, repos, tokenizer = _copy_inputs()
     out = tmp_path / "out"
-    args = ["--runner", "DirectRunner", "--books", books, "--tokenizer", QWEN3]
+    args = ["--runner", "DirectRunner", "--books", books, "--tokenizer", tokenizer]
     for r in repos:
         args += ["--repos", r]
     proc = run_cli("pipeline.run", *args, "--seq-len", "32768", "--output", out, "--quiet")
