@@ -3,25 +3,45 @@
 The flags are the fields of :class:`pipeline.config.BuildConfig` (one table, with groups and
 defaults); every other flag (``--runner``, ``--direct_num_workers``, Dataflow/Flink/Spark
 options) passes through to Beam unchanged.
+
+Importing this module imports no Beam: :func:`check_values` and :func:`help_text` use plain
+argparse, and ``LongctxOptions`` (a ``PipelineOptions`` subclass) is made on first use.
 """
 
 from __future__ import annotations
 
-from apache_beam.options.pipeline_options import PipelineOptions
+import functools
 
 from pipeline.config import GROUPS, BuildConfig
 from pipeline.errors import UsageError
 from schemas.settings import add_arguments, did_you_mean
 
 
-class LongctxOptions(PipelineOptions):
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        add_arguments(parser, BuildConfig, groups=GROUPS)
+@functools.cache
+def _longctx_options():
+    """The ``PipelineOptions`` subclass, made once (Beam finds option classes through
+    ``PipelineOptions.__subclasses__()``, so a second class would register the flags twice)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    class LongctxOptions(PipelineOptions):
+        @classmethod
+        def _add_argparse_args(cls, parser):
+            add_arguments(parser, BuildConfig, groups=GROUPS)
+
+    LongctxOptions.__module__ = __name__
+    return LongctxOptions
+
+
+def __getattr__(name: str):
+    if name == "LongctxOptions":
+        return _longctx_options()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _parser():
-    from apache_beam.options.pipeline_options import _BeamArgumentParser
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    _longctx_options()
 
     parser = _BeamArgumentParser(allow_abbrev=False)
     classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}

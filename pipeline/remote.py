@@ -8,7 +8,13 @@ repository per first path component; remote records files are read into memory.
 
 from __future__ import annotations
 
-from apache_beam.io.filesystems import FileSystems
+
+def _filesystems():
+    """Beam's FileSystems, imported on first use: local runs never pay for it before the flags
+    are checked (``python -m pipeline.run --help`` imports no Beam)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems
 
 
 def is_remote(path: str) -> bool:
@@ -18,7 +24,7 @@ def is_remote(path: str) -> bool:
 def list_files(prefix: str) -> list[tuple[str, int]]:
     """``(relative_path, size)`` of every object under ``prefix``, sorted."""
     base = prefix.rstrip("/")
-    found = FileSystems.match([base + "/**"])[0].metadata_list
+    found = _filesystems().match([base + "/**"])[0].metadata_list
     out = []
     for m in found:
         if m.path.startswith(base + "/"):
@@ -29,14 +35,14 @@ def list_files(prefix: str) -> list[tuple[str, int]]:
 def is_remote_file(path: str) -> bool:
     """A single object (not a prefix with objects under it)."""
     try:
-        return FileSystems.exists(path) and not list_files(path)
+        return _filesystems().exists(path) and not list_files(path)
     except (ValueError, OSError):
         return False
 
 
 def exists(path: str) -> bool:
     try:
-        if FileSystems.exists(path):
+        if _filesystems().exists(path):
             return True
         return bool(list_files(path))
     except (ValueError, OSError):
@@ -45,5 +51,5 @@ def exists(path: str) -> bool:
 
 def read_bytes(path: str, limit: int) -> bytes:
     """At most ``limit + 1`` bytes of one object (so a caller can tell it was too large)."""
-    with FileSystems.open(path) as fh:
+    with _filesystems().open(path) as fh:
         return fh.read(limit + 1)

@@ -1,10 +1,12 @@
 """Bad arguments stop before any work with exit status 2 and a message naming the flag."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 
 @pytest.mark.parametrize(
@@ -153,3 +155,20 @@ def test_unreachable_hub_tokenizer_fails_at_once_with_what_to_do(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "--tokenizer someone/not-cached-here: not in the Hugging Face cache" in proc.stderr
     assert "pass a local path" in proc.stderr and "HF_HUB_OFFLINE=1" in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--seq-len", "abc"], ["--format", "csv"]])
+def test_help_and_bad_values_import_no_beam(args):
+    """``--help`` and a bad value answer before Apache Beam is imported (about 0.9 s of the
+    start-up, issue 20): a top-level Beam import in the command line's modules fails this."""
+    code = (
+        "import sys\n"
+        "from pipeline.run import run\n"
+        f"status = run({args!r})\n"
+        "print('beam imported' if 'apache_beam' in sys.modules else 'no beam', status)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-3:] == ["no", "beam", "0" if args == ["--help"] else "2"]

@@ -1,0 +1,241 @@
+"""One pipeline run after its flags are checked: :func:`prepare` -> :func:`execute` ->
+:func:`finalize` (``pipeline/run.py`` is the command line; it imports this module, and with it
+Apache Beam, only once the flags have passed the checks that need no Beam).
+
+:func:`prepare` checks tokenizer, inputs and disk space before anything is written;
+:func:`execute` runs the Beam graph into the run's staging folder; :func:`finalize` builds the
+manifest, refuses a worse dataset and publishes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline import __version__, cache
+from pipeline.config import FIELD_NAMES, BuildConfig
+from pipeline.demo import demo_repositories
+from pipeline.discover import discover
+from pipeline.errors import NoSpace, UsageError
+from pipeline.guard import (
+    check_free_space,
+    check_inputs,
+    check_result,
+    input_bytes,
+    is_no_space,
+)
+from pipeline.options import LongctxOptions, check_arguments
+from pipeline.output import (
+    discard_staging,
+    prepare_staging,
+    publish,
+    read_json,
+    read_table,
+    read_text,
+)
+from pipeline.plots import PlotRenderer
+from pipeline.report import write_report
+from pipeline.runners import check_runner, make_runner
+from pipeline.steps import BuildDataset
+from pipeline.steps.tokenize import Progress
+from schemas.layout import (
+    DOCUMENTS,
+    MANIFEST,
+    PLAN_SUMMARY,
+    REJECTS,
+    REPORT_DIR,
+    REPORT_SUMMARY,
+    SHARD_STATS,
+)
+from schemas.manifest import Manifest, build_manifest, parse_manifest
+from transforms.samples.tokenize import TokenizerError, load_tokenizer
+
+_LOG = logging.getLogger("longctx")
+
+
+def check_mix_against_sources(weights, sources) -> None:
+    """--mix naming a kind no input can provide is an argument error, found before any work."""
+    if not weights or any(s.kind in ("records", "hf") for s in sources):
+        return  # records files may hold either kind; checked when the plan is made
+    kinds = {"book" if s.kind == "book" else "code" for s in sources}
+    missing = sorted(k for k, w in weights.items() if w > 0 and k not in kinds)
+    if missing:
+        raise UsageError(f"--mix asks for {', '.join(missing)} but no input of that kind is given")
+
+
+@dataclass
+class Job:
+    """Everything :func:`prepare` decided, for :func:`execute` and :func:`finalize`."""
+
+    options: PipelineOptions
+    config: BuildConfig
+    tok: object
+    sources: list
+    discovery_rejects: list
+    plotter: PlotRenderer
+    input_bytes: int  # bytes of the local inputs: the disk-space check and the progress ETA
+
+    def say(self, *args) -> None:
+        if not self.config.quiet:
+            print(*args)
+
+
+def prepare(argv: list[str]) -> Job:
+    """Parse and check everything that can be checked before anything is written; raises
+    :class:`RunRefused` (bad flag: 2, unusable input: 3, no disk space: 6). ``argv`` is already
+    expanded from ``--config`` and its values checked (``pipeline.run``)."""
+    options = PipelineOptions(argv)
+    lc = options.view_as(LongctxOptions)
+    # --quiet: errors only from the logs too (Beam's warnings included), unless a level is asked
+    quiet_default = lc.quiet and lc.log_level == "WARNING"
+    logging.getLogger().setLevel("ERROR" if quiet_default else lc.log_level)
+    check_runner(options)
+    check_arguments(argv)  # after check_runner: it imports the runner and its option classes
+    config = BuildConfig.from_options(lc)
+    # the report's plots: helper processes import matplotlib while the pipeline runs
+    plotter = PlotRenderer()
+    try:
+        try:
+            tok = load_tokenizer(config.tokenizer, config.trust_remote_code)
+        except TokenizerError as err:
+            raise UsageError(str(err)) from None
+        check_inputs(config, config.read_settings)
+        sources, discovery_rejects = discover(
+            books=config.books,
+            repos=demo_repositories() if config.demo else config.repos,
+            repos_root=config.repos_root,
+            documents=config.documents,
+            hf_dataset=config.hf_dataset,
+        )
+        check_mix_against_sources(config.mix_weights, sources)
+        n_input = input_bytes(s.path for s in sources)
+        if not config.skip_space_check:
+            check_free_space(
+                config.output,
+                n_input,
+                seq_len=config.seq_len,
+                overlap=config.overlap,
+                incremental=config.incremental,
+            )
+    except BaseException:
+        plotter.close()
+        raise
+    return Job(options, config, tok, sources, discovery_rejects, plotter, n_input)
+
+
+def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
+    """Run the Beam pipeline; its results land in ``staging``."""
+    config = job.config
+    tty = sys.stderr.isatty() or bool(os.environ.get("LONGCTX_PROGRESS"))
+    progress = None if config.quiet else Progress(job.input_bytes, tty)
+    pipeline = beam.Pipeline(runner=make_runner(job.options), options=job.options)
+    _ = pipeline | "BuildDataset" >> BuildDataset(
+        config=config,
+        sources=job.sources,
+        discovery_rejects=job.discovery_rejects,
+        staging=staging,
+        cache_dir=tokens_cache,
+        progress=progress,
+    )
+    pipeline.run().wait_until_finish()
+    if progress and progress.tty:
+        print("\r\033[K", end="", file=sys.stderr, flush=True)  # clear the progress line
+
+
+def _previous_manifest(out: str) -> Manifest | None:
+    path = FileSystems.join(out, MANIFEST)
+    return parse_manifest(read_text(path)) if FileSystems.exists(path) else None
+
+
+def _beam_options(options: PipelineOptions) -> dict:
+    std = options.get_all_options(drop_default=True)
+    return {k: v for k, v in sorted(std.items()) if k not in FIELD_NAMES}
+
+
+def finalize(job: Job, staging: str, tokens_cache: str | None) -> Manifest:
+    """Build the manifest, refuse a worse dataset (guard.check_result), write the report and
+    publish; returns the manifest. Nothing in ``--output`` changes before the guards pass."""
+    config = job.config
+    shard_stats = read_json(FileSystems.join(staging, SHARD_STATS))
+    plan_summary = read_json(FileSystems.join(staging, PLAN_SUMMARY))
+    docs = read_table(FileSystems.join(staging, DOCUMENTS))
+    rejects = [
+        json.loads(line) for line in read_text(FileSystems.join(staging, REJECTS)).splitlines()
+    ]
+    manifest = build_manifest(
+        version=__version__,
+        seq_len=config.seq_len,
+        overlap=config.overlap,
+        tokenizer=job.tok.describe(),
+        config=config.effective(_beam_options(job.options)),
+        docs=docs,
+        shard_stats=shard_stats,
+        rejects=rejects,
+        plan_summary=plan_summary,
+    )
+    counts = manifest.counts
+    previous = _previous_manifest(config.output)
+    check_result(counts, previous and previous.data, config)
+    if tokens_cache:
+        used, reused = set(plan_summary["cache_keys"]), set(plan_summary["reused_keys"])
+        manifest.data["incremental"] = {
+            "documents_reused": len(reused),
+            "documents_tokenized": len(used - reused),
+        }
+    sample_tokens = np.array([t for s in shard_stats for t in s["sample_tokens"]], dtype=np.int64)
+    write_report(
+        FileSystems.join(staging, REPORT_DIR),
+        manifest=manifest.data,
+        docs=docs,
+        sample_tokens=sample_tokens,
+        rejects=rejects,
+        plotter=job.plotter,
+    )
+    FileSystems.delete(
+        [FileSystems.join(staging, SHARD_STATS), FileSystems.join(staging, PLAN_SUMMARY)]
+    )
+    publish(config.output, staging, manifest)
+    if tokens_cache:
+        cache.prune(tokens_cache, set(plan_summary["cache_keys"]))
+    return manifest
+
+
+def build_and_publish(job: Job) -> Manifest:
+    """Under the output's lock: stage, execute, finalize; a failure or refusal removes the
+    staging folder and leaves the previous output as it was."""
+    out = job.config.output
+    staging = prepare_staging(out)
+    try:
+        tokens_cache = cache.cache_dir(out) if job.config.incremental else None
+        execute(job, staging, tokens_cache)
+        return finalize(job, staging, tokens_cache)
+    except BaseException as err:
+        discard_staging(staging)
+        if is_no_space(err):
+            raise NoSpace(
+                f"--output {out}: the disk filled up while writing (no space left on device); "
+                "the partial output was removed and the previous output kept"
+            ) from None
+        raise
+
+
+def summary(job: Job, manifest: Manifest, seconds: float) -> None:
+    c, config = manifest.counts, job.config
+    print(  # the one line --quiet keeps
+        f"Wrote {config.output}/ in {seconds:.1f}s: {c['documents']} documents "
+        f"({c['document_tokens']:,} tokens), {c['samples']} samples of <= {config.seq_len} "
+        f"tokens in {c['shards']} shard(s), fill rate {manifest.data['fill_rate']:.4f}, "
+        f"{c['rejects']} rejected inputs ({REJECTS})."
+    )
+    job.say(
+        f"Manifest: {os.path.join(config.output, MANIFEST)}  "
+        f"Report: {os.path.join(config.output, REPORT_SUMMARY)}"
+    )
