@@ -44,6 +44,10 @@ def _path(directory: str, key: str) -> str:
     return FileSystems.join(directory, f"{key}.npz")
 
 
+def has(directory: str, key: str) -> bool:
+    return FileSystems.exists(_path(directory, key))
+
+
 def load(directory: str, key: str) -> dict | None:
     path = _path(directory, key)
     try:

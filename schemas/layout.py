@@ -9,6 +9,7 @@ OUT/
   .lock                  LOCK: held while a run writes the folder (pipeline/lock.py)
   .staging-<pid>/        STAGING: one run's files before they are published
     tokens/              TOKENS_DIR: the token store (pipeline/token_store.py)
+    early/               EARLY_DIR: documents tokenized while reading (pipeline/steps/early.py)
     shards.json          SHARD_STATS, plan.json PLAN_SUMMARY: driver-side bookkeeping
   .cache/tokens/         CACHE_DIR / TOKENS_DIR: the --incremental cache
 """
@@ -27,6 +28,7 @@ LOCK = ".lock"
 STAGING = ".staging"
 CACHE_DIR = ".cache"
 TOKENS_DIR = "tokens"
+EARLY_DIR = "early"
 SHARD_STATS = "shards.json"
 PLAN_SUMMARY = "plan.json"
 

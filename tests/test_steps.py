@@ -13,7 +13,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline import token_store
 from pipeline.config import BuildConfig
-from pipeline.discover import discover
+from pipeline.discover import discover, read_source
 from pipeline.runners import make_runner
 from pipeline.steps.common import DOCUMENTS, MAIN, REJECTS, SUMMARY
 from pipeline.steps.plan import CutSegments, PlanSamples
@@ -208,3 +208,102 @@ def test_progress_line_has_real_rates_and_an_eta():
     assert line == (
         "tokenized 10 documents, 400,000 tokens (200,000 tokens/s), 25% of the input, ETA 6s"
     )
+
+
+def _counter(result, name: str) -> int:
+    from apache_beam.metrics.metric import MetricsFilter
+
+    found = result.metrics().query(MetricsFilter().with_name(name))["counters"]
+    return sum(c.committed or 0 for c in found)
+
+
+def test_read_step_tokenizes_long_documents_early_and_the_tokenize_step_uses_them(
+    tmp_path, books_dir, qwen3_dir
+):
+    """Issue 20: documents of >= 64K characters are tokenized by the read step's background
+    thread; the tokenize step takes those entries (none made twice) and stores the same ids a
+    direct tokenization gives; a short document goes the usual way."""
+    from pipeline.steps import early
+    from pipeline.steps.tokenize import tokenize_entry
+    from transforms.samples.tokenize import load_tokenizer
+
+    books = tmp_path / "books"
+    books.mkdir()
+    for name in ("carroll-alices-adventures-in-wonderland.txt", "austen-pride-and-prejudice.txt"):
+        (books / name).write_text((books_dir / name).read_text(encoding="utf-8"))
+    (books / "short.txt").write_text(BOOK_TEXT)
+    config = BuildConfig(tokenizer=str(qwen3_dir), seq_len=8192, output=str(tmp_path / "out"))
+    staging = str(tmp_path / "staging")
+    assert early.enabled(config, staging)
+    sources, _ = discover(books=[str(books)])
+    p = _pipeline()
+    read = (
+        p
+        | beam.Create(sources)
+        | ReadDocuments(config.read_settings, dedup=True, early=(config, staging, None))
+    )
+    docs = read[MAIN] | Tokenize(config, staging, early=True)
+    assert_that(
+        docs | beam.Map(lambda d: d.doc_id),
+        equal_to(
+            [
+                "book/austen-pride-and-prejudice",
+                "book/carroll-alices-adventures-in-wonderland",
+                "book/short",
+            ]
+        ),
+    )
+    result = p.run()
+    result.wait_until_finish()
+    assert _counter(result, "documents_early") == 2
+    assert _counter(result, "documents_not_early") == 0
+    assert _counter(result, "documents_tokenized") == 3
+    assert not list((tmp_path / "staging" / early.EARLY_DIR).iterdir())  # each entry taken
+    # the ids stored are those of tokenizing the document directly
+    tok = load_tokenizer(str(qwen3_dir), False)
+    for item in discover(books=[str(books)])[0]:
+        (doc,) = read_source(item, config.read_settings)
+        stored = np.fromfile(token_store.path_for(staging, doc.doc_id), dtype="<i4")
+        np.testing.assert_array_equal(stored, tokenize_entry(doc, tok, config)["tokens"])
+
+
+def test_tokenize_step_without_an_early_entry_tokenizes_itself(tmp_path, qwen3_dir, books_dir):
+    text = (books_dir / "carroll-alices-adventures-in-wonderland.txt").read_text(encoding="utf-8")
+    config = BuildConfig(tokenizer=str(qwen3_dir), seq_len=8192, output=str(tmp_path / "out"))
+    staging = str(tmp_path / "staging")
+    p = _pipeline()
+    docs = (
+        p
+        | beam.Create([TextDocument("book/a", "book", "a.txt", [text])])
+        | Tokenize(config, staging, early=True)
+    )
+    assert_that(docs | beam.Map(lambda d: d.n_tokens > 30000), equal_to([True]))
+    result = p.run()
+    result.wait_until_finish()
+    assert _counter(result, "documents_early") == 0
+    assert _counter(result, "documents_not_early") == 1
+
+
+def test_early_tokenizer_skips_documents_the_incremental_cache_holds(
+    tmp_path, qwen3_dir, books_dir
+):
+    """--incremental: a document whose entry is cached is not tokenized early (that would
+    spend the work the cache saves)."""
+    from pipeline import cache
+    from pipeline.steps import early
+    from pipeline.steps.tokenize import content_sha256, tokenize_entry
+
+    text = (books_dir / "carroll-alices-adventures-in-wonderland.txt").read_text(encoding="utf-8")
+    cached = TextDocument("book/a", "book", "a.txt", [text])
+    fresh = TextDocument("book/b", "book", "b.txt", [text + "\n\nOne more line.\n"])
+    config = BuildConfig(tokenizer=str(qwen3_dir), seq_len=8192, output=str(tmp_path / "out"))
+    cache_dir, staging = str(tmp_path / "cache"), str(tmp_path / "staging")
+    maker = early.EarlyTokenizer(config, staging, cache_dir)
+    cache.store(
+        cache_dir, maker.key(content_sha256(cached)), **tokenize_entry(cached, maker.tok, config)
+    )
+    maker.submit(cached)
+    maker.submit(fresh)
+    maker.drain()
+    assert maker.take(maker.key(content_sha256(cached))) is None
+    assert maker.take(maker.key(content_sha256(fresh)))["tokens"].shape[0] > 30000

@@ -25,6 +25,7 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.steps import early
 from pipeline.steps.common import DOCUMENTS, MAIN, REJECTS, SUMMARY, write_json
 from pipeline.steps.plan import CutSegments, PlanSamples
 from pipeline.steps.read import ReadDocuments
@@ -48,6 +49,7 @@ class BuildDataset(beam.PTransform):
 
     def expand(self, pbegin):
         config, staging = self.config, self.staging
+        tokenize_early = early.enabled(config, staging)
         read = (
             pbegin
             | "CreateSources" >> beam.Create(self.sources)
@@ -56,9 +58,12 @@ class BuildDataset(beam.PTransform):
                 config.read_settings,
                 dedup=config.dedup,
                 within_repository=config.dedup_within_repository,
+                early=(config, staging, self.cache_dir) if tokenize_early else None,
             )
         )
-        docs = read[MAIN] | "Tokenize" >> Tokenize(config, staging, self.cache_dir, self.progress)
+        docs = read[MAIN] | "Tokenize" >> Tokenize(
+            config, staging, self.cache_dir, self.progress, early=tokenize_early
+        )
         planned = docs | "PlanSamples" >> PlanSamples(config.plan_settings)
         wrote_plan = planned[SUMMARY] | "WritePlanSummary" >> beam.Map(
             write_json, FileSystems.join(staging, PLAN_SUMMARY)

@@ -12,6 +12,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from pipeline.discover import Source, read_source
+from pipeline.steps import early
 from pipeline.steps.common import MAIN, NAMESPACE, REJECTS, SplitTagged
 from transforms.code.dedup import band_keys, duplicates_in_bucket, remove_items, signatures
 from transforms.documents import Reject, RejectError, TextDocument
@@ -21,10 +22,13 @@ _LOG = logging.getLogger(__name__)
 
 
 class ReadSourceFn(beam.DoFn):
-    """A source -> TextDocument(s); every file not used goes to the ``rejects`` output."""
+    """A source -> TextDocument(s); every file not used goes to the ``rejects`` output.
 
-    def __init__(self, settings: ReadSettings):
-        self.settings = settings
+    With ``early`` (``(config, staging, cache_dir)``), each document read is handed to the background
+    tokenizer of ``pipeline/steps/early.py`` before it goes on."""
+
+    def __init__(self, settings: ReadSettings, early=None):
+        self.settings, self.early = settings, early
 
     def process(self, src: Source):
         try:
@@ -33,6 +37,8 @@ class ReadSourceFn(beam.DoFn):
                     Metrics.counter(NAMESPACE, f"rejects_{item.reason}").inc()
                     yield REJECTS, item
                 else:
+                    if self.early:
+                        early.submit(*self.early, item)
                     yield MAIN, item
         except RejectError as err:
             Metrics.counter(NAMESPACE, f"rejects_{err.reason}").inc()
@@ -44,6 +50,10 @@ class ReadSourceFn(beam.DoFn):
                 REJECTS,
                 Reject(display_path(src.path), "read_error", f"{type(err).__name__}: {err}"),
             )
+
+    def finish_bundle(self):
+        if self.early:  # the entries are on disk before the next stage looks for them
+            early.drain(self.early[1])
 
 
 def _bucket_duplicates(element, within_repository: str):
@@ -71,16 +81,19 @@ class RemoveDuplicatesFn(beam.DoFn):
 class ReadDocuments(beam.PTransform):
     """``Source`` s -> ``{MAIN: TextDocument s, REJECTS: Reject s}`` (dedup unless off)."""
 
-    def __init__(self, settings: ReadSettings, dedup: bool = True, within_repository="off"):
+    def __init__(
+        self, settings: ReadSettings, dedup: bool = True, within_repository="off", early=None
+    ):
         super().__init__()
         self.settings, self.dedup = settings, dedup
         self.within_repository = within_repository  # off | exact | near
+        self.early = early  # (config, staging, cache_dir): tokenize while reading goes on
 
     def expand(self, sources):
         read = (
             sources
             | "SpreadSources" >> beam.Reshuffle()
-            | "ReadSources" >> beam.ParDo(ReadSourceFn(self.settings))
+            | "ReadSources" >> beam.ParDo(ReadSourceFn(self.settings, self.early))
             | "SplitRead" >> SplitTagged(MAIN, REJECTS)
         )
         if not self.dedup:

@@ -13,6 +13,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from pipeline import token_store
+from pipeline.steps import early
 from pipeline.steps.common import NAMESPACE
 from transforms.code.dependency_score import dependency_score
 from transforms.documents import TextDocument, TokenizedDocument
@@ -35,9 +36,12 @@ class TokenizeFn(beam.DoFn):
     ``config`` is the run's BuildConfig (tokenizer, seq_len, overlap, slack); ``cache_dir`` the
     ``--incremental`` cache or None."""
 
-    def __init__(self, config, staging: str, cache_dir: str | None = None, progress=None):
+    def __init__(
+        self, config, staging: str, cache_dir: str | None = None, progress=None, early=False
+    ):
         self.config, self.staging, self.cache_dir = config, staging, cache_dir
         self.progress = progress  # None, or Progress(total_bytes, tty)
+        self.early = early  # the read step tokenizes early (pipeline/steps/early.py)
         self.tok = None
         self._started = self._shown = 0.0
         self._docs = self._tokens = self._bytes = 0
@@ -52,7 +56,7 @@ class TokenizeFn(beam.DoFn):
         key, entry = self._cached(sha)
         reused = entry is not None
         if entry is None:
-            entry = self._tokenize(doc)
+            entry = self._early(doc, sha) or tokenize_entry(doc, self.tok, self.config)
             if self.cache_dir:
                 from pipeline import cache
 
@@ -92,20 +96,17 @@ class TokenizeFn(beam.DoFn):
         key = cache.entry_key(sha, self.tok.sha256, c.seq_len, c.overlap, c.slack)
         return key, cache.load(self.cache_dir, key)
 
-    def _tokenize(self, doc: TextDocument) -> dict:
-        from transforms.samples.tokenize import encode_and_window
+    def _early(self, doc: TextDocument, sha: str) -> dict | None:
+        """The entry the read step made early for this text, if it did (``early.py``)."""
+        if not (self.early and early.worth_it(doc)):
+            return None
+        from pipeline import cache
 
         c = self.config
-        enc, starts, lengths = encode_and_window(
-            doc, self.tok, seq_len=c.seq_len, overlap=c.overlap, slack=c.slack
-        )
-        return {
-            "tokens": enc.tokens,
-            "chapters": enc.chapters,
-            "starts": starts,
-            "lengths": lengths,
-            "score": dependency_score(enc.tokens),
-        }
+        key = cache.entry_key(sha, self.tok.sha256, c.seq_len, c.overlap, c.slack)
+        entry = early.take(self.staging, key)
+        Metrics.counter(NAMESPACE, "documents_early" if entry else "documents_not_early").inc()
+        return entry
 
     def _report(self, n_tokens: int, n_bytes: int) -> None:
         """Progress of this worker: on a terminal a line rewritten at most every 2 s (documents,
@@ -130,6 +131,23 @@ class TokenizeFn(beam.DoFn):
             _LOG.info("%s", line)
 
 
+def tokenize_entry(doc: TextDocument, tok, config) -> dict:
+    """One document's ids, chapter offsets, windows and long-dependency score: what the token
+    store and the ``--incremental`` cache hold (the early tokenizer runs this too)."""
+    from transforms.samples.tokenize import encode_and_window
+
+    enc, starts, lengths = encode_and_window(
+        doc, tok, seq_len=config.seq_len, overlap=config.overlap, slack=config.slack
+    )
+    return {
+        "tokens": enc.tokens,
+        "chapters": enc.chapters,
+        "starts": starts,
+        "lengths": lengths,
+        "score": dependency_score(enc.tokens),
+    }
+
+
 @dataclass(frozen=True)
 class Progress:
     total_bytes: int  # input bytes of the run (0: unknown, no ETA)
@@ -151,9 +169,11 @@ def progress_line(docs: int, tokens: int, done_bytes: int, seconds: float, total
 class Tokenize(beam.PTransform):
     """TextDocument s -> TokenizedDocument s (one ParDo; the composite names the step)."""
 
-    def __init__(self, config, staging: str, cache_dir: str | None = None, progress=None):
+    def __init__(
+        self, config, staging: str, cache_dir: str | None = None, progress=None, early=False
+    ):
         super().__init__()
-        self.fn = TokenizeFn(config, staging, cache_dir, progress)
+        self.fn = TokenizeFn(config, staging, cache_dir, progress, early)
 
     def expand(self, texts):
         return texts | "TokenizeDocuments" >> beam.ParDo(self.fn)
