@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -102,19 +103,23 @@ def prepare(argv: list[str]) -> Job:
     config = BuildConfig.from_options(lc)
     # the report's plots: helper processes import matplotlib while the pipeline runs
     plotter = PlotRenderer()
+    # The tokenizer loads (a hub download, or parsing tokenizer.json) while the inputs are
+    # probed and listed (remote listings wait on the network): one thread each way.
+    loading = ThreadPoolExecutor(max_workers=1, thread_name_prefix="longctx-tokenizer")
+    tok_future = loading.submit(load_tokenizer, config.tokenizer, config.trust_remote_code)
+    loading.shutdown(wait=False)
     try:
         try:
-            tok = load_tokenizer(config.tokenizer, config.trust_remote_code)
-        except TokenizerError as err:
-            raise UsageError(str(err)) from None
-        check_inputs(config, config.read_settings)
-        sources, discovery_rejects = discover(
-            books=config.books,
-            repos=demo_repositories() if config.demo else config.repos,
-            repos_root=config.repos_root,
-            documents=config.documents,
-            hf_dataset=config.hf_dataset,
-        )
+            check_inputs(config, config.read_settings)
+            sources, discovery_rejects = discover(
+                books=config.books,
+                repos=demo_repositories() if config.demo else config.repos,
+                repos_root=config.repos_root,
+                documents=config.documents,
+                hf_dataset=config.hf_dataset,
+            )
+        finally:
+            tok = _loaded(tok_future)  # a bad --tokenizer is reported before an input error
         check_mix_against_sources(config.mix_weights, sources)
         n_input = input_bytes(s.path for s in sources)
         if not config.skip_space_check:
@@ -129,6 +134,13 @@ def prepare(argv: list[str]) -> Job:
         plotter.close()
         raise
     return Job(options, config, tok, sources, discovery_rejects, plotter, n_input)
+
+
+def _loaded(future):
+    try:
+        return future.result()
+    except TokenizerError as err:
+        raise UsageError(str(err)) from None
 
 
 def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
