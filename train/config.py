@@ -99,6 +99,13 @@ class TrainConfig:
     nproc_per_node: int = _f(
         1, "processes (GPUs) on this machine; > 1 starts them with torchrun (data parallel)"
     )
+    context_parallel: int = _f(
+        1,
+        "GPUs that split each row's tokens (DeepSpeed-Ulysses sequence parallelism, for a context "
+        "longer than one GPU holds); > 1 starts them with torchrun, trains with plain "
+        "transformers + PEFT, and needs attention and KV heads that divide by it; packed rows "
+        "keep per-document attention; --nproc-per-node must be 1 or the same number",
+    )
     learning_rate: float = _f(2e-4, "peak learning rate")
     lr_scheduler: str = _f("cosine", "transformers scheduler name")
     warmup_steps: int = _f(5, "linear warmup steps")
@@ -197,6 +204,31 @@ def load_config(path: str | None, overrides: dict) -> TrainConfig:
         raise ConfigError(
             "--eval-steps needs --eval-data: a pipeline output with a validation split"
         )
+    if cfg.context_parallel < 1:
+        raise ConfigError(f"--context-parallel {cfg.context_parallel}: expected N >= 1 GPUs")
+    if cfg.context_parallel > 1:
+        _check_context_parallel(cfg)
     if cfg.attention not in ATTENTION_MODES:
         raise ConfigError(f"--attention {cfg.attention}: expected {' or '.join(ATTENTION_MODES)}")
     return cfg
+
+
+def _check_context_parallel(cfg: TrainConfig) -> None:
+    """What ``--context-parallel N`` > 1 cannot be combined with (the message says why)."""
+    cp = cfg.context_parallel
+    if cfg.nproc_per_node not in (1, cp):
+        raise ConfigError(
+            f"--nproc-per-node {cfg.nproc_per_node} with --context-parallel {cp}: data parallel "
+            f"beside context parallel is not supported; use --nproc-per-node {cp} (or leave it "
+            f"out): the {cp} processes split each row"
+        )
+    if cfg.load_in_4bit:
+        raise ConfigError(
+            f"--load-in-4bit with --context-parallel {cp}: the context-parallel path (plain "
+            "transformers + PEFT) loads bf16 weights; use --load-in-4bit false"
+        )
+    if cfg.tiled_mlp:
+        raise ConfigError(
+            f"--tiled-mlp with --context-parallel {cp}: the tiled MLP is Unsloth's, and the "
+            "context-parallel path is plain transformers + PEFT; use --tiled-mlp false"
+        )

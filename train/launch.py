@@ -10,8 +10,10 @@ not fit --gpu-memory-gib, checkpointing other than "unsloth" above 32K, an --eva
 no validation split). ``--dry-run`` prints the plan and stops; it needs neither a GPU nor Unsloth.
 With ``--eval-data`` the validation loss is logged every ``--eval-steps`` and after the last
 step; ``--resume-from-checkpoint last|PATH`` continues a stopped run from its checkpoint (written
-every ``--save-steps``). Exit status: 0 done, 2 the configuration cannot work (the message says
-what to change), 1 any other failure.
+every ``--save-steps``). ``--nproc-per-node N`` trains data parallel on N GPUs;
+``--context-parallel N`` splits each row's tokens over N GPUs instead (``train/context_parallel.py``:
+plain transformers + PEFT, per-document attention kept). Exit status: 0 done, 2 the
+configuration cannot work (the message says what to change), 1 any other failure.
 
 The recipe, one module per concern: ``train/preflight.py`` (checks and the plan),
 ``train/model.py`` (load, RoPE, LoRA), ``train/trainer.py`` (TRL/transformers Trainer, timer,
@@ -45,6 +47,10 @@ from train.trainer import (
 )
 
 _LOG = logging.getLogger("longctx.train")
+CP_BACKEND_NOTE = (
+    "backend   transformers + PEFT: --context-parallel replaces the attention function "
+    "(transformers' AttentionInterface), which Unsloth's patched attention does not call"
+)
 
 
 def _eval_dataset(plan: dict):
@@ -57,8 +63,15 @@ def _eval_dataset(plan: dict):
 
 def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
     """Load the model (Unsloth unless backend='transformers') and train; returns the summary
-    (empty on ranks other than 0, which write nothing)."""
+    (empty on ranks other than 0, which write nothing). With ``--context-parallel N`` the N
+    processes join one group first (``train/context_parallel.py``) and split every row."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    cp = (plan["context_parallel"] or {}).get("size", 1)
+    if cp > 1:
+        from train import context_parallel
+
+        context_parallel.init_group(cp)  # hides torchrun's variables from transformers
     model, tokenizer = load_model(cfg, plan, backend)  # first: unsloth must precede transformers
     import torch
 
@@ -68,19 +81,27 @@ def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
         with_packed_lengths=backend == "unsloth",
         attention=plan["attention"],
     )
-    trainer = make_trainer(
-        training_arguments(cfg, plan, on_gpu=on_gpu, world_size=world),
+    trainer_inputs = dict(
         model=model,
         tokenizer=tokenizer,
         collator=collator,
         train_dataset=load_shards(cfg.data, read_manifest(cfg.data)),
         eval_dataset=_eval_dataset(plan),
-        on_gpu=on_gpu,
     )
+    if cp > 1:
+        trainer = context_parallel.make_trainer(
+            training_arguments(cfg, plan, on_gpu=on_gpu, world_size=1), **trainer_inputs
+        )
+    else:
+        trainer = make_trainer(
+            training_arguments(cfg, plan, on_gpu=on_gpu, world_size=world),
+            **trainer_inputs,
+            on_gpu=on_gpu,
+        )
     timer = make_step_timer()
     trainer.add_callback(timer)
     settings = run_settings(cfg, plan)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if rank == 0:
         write_run_settings(cfg.output_dir, settings)
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
@@ -89,7 +110,7 @@ def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
     runtime = time.time() - started
     eval_s = timer.eval_seconds()  # inside trainer.train(), before the final evaluation
     evaluate_after_training(trainer, plan)
-    if int(os.environ.get("RANK", "0")) != 0:  # checkpoints, logs and the summary: rank 0 only
+    if rank != 0:  # checkpoints, logs and the summary: rank 0 only
         return {}
     summary = summarize(
         cfg,
@@ -172,10 +193,25 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, PlanError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if cfg.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ and not args.dry_run:
-        return _relaunch_with_torchrun(cfg.nproc_per_node, sys.argv[1:] if argv is None else argv)
+    backend = args.backend
+    cp = cfg.context_parallel
+    nproc = max(cfg.nproc_per_node, cp)
+    if nproc > 1 and "LOCAL_RANK" not in os.environ and not args.dry_run:
+        return _relaunch_with_torchrun(nproc, sys.argv[1:] if argv is None else argv)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if cp > 1 and "LOCAL_RANK" in os.environ and world != cp:
+        print(
+            f"error: --context-parallel {cp} needs exactly {cp} processes, got WORLD_SIZE "
+            f"{world}; data parallel beside context parallel is not supported",
+            file=sys.stderr,
+        )
+        return 2
     if int(os.environ.get("RANK", "0")) == 0:
         print_plan(plan)
+        if cp > 1 and backend == "unsloth":
+            print(CP_BACKEND_NOTE)
+    if cp > 1:
+        backend = "transformers"
     if args.dry_run:
         return 0
     problem = None if cfg.skip_validation else _validation_problem(cfg)
@@ -183,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
-        train(cfg, plan, backend=args.backend)
+        train(cfg, plan, backend=backend)
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

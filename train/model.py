@@ -113,7 +113,8 @@ def load_unsloth(cfg: TrainConfig, plan: dict):
 
 def load_transformers(cfg: TrainConfig, plan: dict):
     """``AutoModelForCausalLM`` with SDPA attention and a PEFT LoRA (bf16 on a GPU, fp32 on a
-    CPU), with the plan's RoPE settings; CPU tests and comparisons."""
+    CPU), with the plan's RoPE settings; CPU tests, comparisons, and ``--context-parallel``
+    (attention ``train.context_parallel.ATTENTION``)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -121,11 +122,16 @@ def load_transformers(cfg: TrainConfig, plan: dict):
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     config = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
     apply_rope(config, plan["rope"]["config"])
+    attention = "sdpa"
+    if (plan.get("context_parallel") or {}).get("size", 1) > 1:
+        from train.context_parallel import register_attention
+
+        attention = register_attention()  # the row split over the group: Ulysses all-to-all
     model = AutoModelForCausalLM.from_pretrained(
         cfg.model,
         config=config,
         dtype=dtype,
-        attn_implementation="sdpa",
+        attn_implementation=attention,
         trust_remote_code=cfg.trust_remote_code,
     )
     # transformers keeps packed documents apart (block-diagonal mask from position_ids) only when
@@ -134,6 +140,7 @@ def load_transformers(cfg: TrainConfig, plan: dict):
     if plan["gradient_checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+    torch.manual_seed(cfg.seed)  # the LoRA initialisation, as Unsloth's random_state
     model = get_peft_model(
         model,
         LoraConfig(

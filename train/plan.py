@@ -33,6 +33,21 @@ MLP (``--preset max-context``) 4-bit c_hidden is 14.64, fitted to the 8B shape's
 at 262,144 / 409,600 tokens (within 1.3%: -1.21% / +0.52%). HF gradient checkpointing keeps every layer's
 input on the GPU (+2 x layers x hidden bytes per token); no checkpointing is not modelled.
 
+**Context parallel** (``--context-parallel N``, ``train/context_parallel.py``): each of the N
+GPUs holds 1/N of the row's tokens, so every per-token term above is paid for tokens/N; the
+path is plain transformers + PEFT with transformers' gradient checkpointing (each layer's input
+stays on the GPU: the ``gc=True`` term, no host offload). Attention adds its own full-sequence
+working set for heads/N (q, k, v and the output of one layer over the whole row after the
+all-to-all, their send/receive buffers and gradients), and the loss a chunk of logits::
+
+    per GPU = fixed + tokens/N x per_token(gc=True)
+            + CP_ATTENTION_COEF x tokens x head_dim x (heads + kv_heads)/N x 2 bytes
+            + LOSS_CHUNK x vocab x 10 bytes   (bf16 logits, fp32 copy and gradient)
+
+An estimate, not yet calibrated on a GPU for this path (the per-token term is the Unsloth
+launcher's calibration: conservative for the vocabulary part, since this path never holds more
+than a chunk of logits).
+
 **Host memory** for offloaded checkpoints: layers x tokens x hidden x 2 bytes, plus 16 GiB for
 everything else (the 8B run at 409,600 tokens: 100 GiB of checkpoints, 103.6 GiB peak RSS).
 """
@@ -68,6 +83,14 @@ TILED_HIDDEN_4BIT = 14.64
 PINNED_SHARE = 0.5
 HOST_HEADROOM_BYTES = 16 * GIB
 GC_UNSLOTH_REQUIRED_ABOVE = 32768
+# Context parallel (see the module docstring): the attention's full-sequence working set, in
+# units of tokens x head_dim x (heads + kv_heads)/N x 2 bytes, and the loss's chunk of logits.
+CP_ATTENTION_COEF = 6
+CP_LOSS_CHUNK = 4096  # = train.context_parallel.LOSS_CHUNK (this module imports no torch)
+CP_LOSS_CHUNK_BYTES_PER_VOCAB = 10
+# Model families whose causal-LM head is logits = lm_head(hidden) and whose attention module
+# takes transformers' AttentionInterface (what the context-parallel path relies on).
+CP_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
 class PlanError(ValueError):
@@ -535,3 +558,74 @@ def check_gradient_checkpointing(gc: str | bool, max_seq_length: int) -> None:
 
 def as_dict(obj) -> dict:
     return asdict(obj)
+
+
+def check_context_parallel(shape: ModelShape, cp: int, model: str = "the model") -> None:
+    """Refuse a ``--context-parallel`` that the model's shape cannot split: the all-to-all hands
+    each GPU heads/N query heads and kv_heads/N KV heads."""
+    if cp < 1:
+        raise PlanError(f"--context-parallel must be >= 1, got {cp}")
+    if cp == 1:
+        return
+    if shape.model_type not in CP_MODEL_TYPES:
+        raise PlanError(
+            f"--context-parallel {cp}: {model} is a {shape.model_type} model; context parallel "
+            f"supports {', '.join(CP_MODEL_TYPES)}"
+        )
+    h, kv = shape.num_attention_heads, shape.num_key_value_heads
+    if h % cp or kv % cp:
+        raise PlanError(
+            f"--context-parallel {cp}: {model} has {h} attention heads and {kv} KV heads; both "
+            f"must divide by {cp} (each GPU attends with heads/{cp} over the whole row); use a "
+            f"--context-parallel that divides {math.gcd(h, kv)}"
+        )
+
+
+def cp_extra_bytes(shape: ModelShape, tokens: int, cp: int) -> int:
+    """What context parallelism adds per GPU besides tokens/N x per_token: the attention's
+    full-sequence working set for heads/N and the loss's chunk of logits."""
+    heads = (shape.num_attention_heads + shape.num_key_value_heads) / cp
+    attention = CP_ATTENTION_COEF * tokens * shape.head_dim * heads * 2
+    return int(attention + CP_LOSS_CHUNK * shape.vocab_size * CP_LOSS_CHUNK_BYTES_PER_VOCAB)
+
+
+def estimate_cp_peak_bytes(
+    shape: ModelShape,
+    tokens: int,
+    cp: int,
+    *,
+    lora_r: int,
+    modules: list[str],
+    calibration: str = "launcher",
+) -> int:
+    """Peak bytes per GPU of one micro-step of ``tokens`` split over ``cp`` GPUs (bf16 LoRA,
+    transformers' gradient checkpointing: see the module docstring)."""
+    per_gpu = math.ceil(tokens / cp)
+    return int(
+        fixed_bytes(shape, load_in_4bit=False, lora_r=lora_r, modules=modules)
+        + per_gpu * per_token_bytes(shape, True, calibration, False, False)
+        + cp_extra_bytes(shape, tokens, cp)
+    )
+
+
+def max_cp_context(
+    shape: ModelShape,
+    gpu_gib: float,
+    cp: int,
+    *,
+    lora_r: int,
+    modules: list[str],
+    headroom: float = 0.95,
+    calibration: str = "launcher",
+) -> int:
+    """Largest context (multiple of 1024) whose per-GPU estimate over ``cp`` GPUs fits."""
+    room = (
+        gpu_gib * GIB * headroom
+        - fixed_bytes(shape, load_in_4bit=False, lora_r=lora_r, modules=modules)
+        - cp_extra_bytes(shape, 0, cp)
+    )
+    per_token = (
+        per_token_bytes(shape, True, calibration, False, False) / cp
+        + (cp_extra_bytes(shape, 1024, cp) - cp_extra_bytes(shape, 0, cp)) / 1024
+    )
+    return max(0, int(room / per_token) // 1024 * 1024)

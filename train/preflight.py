@@ -29,10 +29,13 @@ from train.plan import (
     ModelShape,
     PlanError,
     RopePlan,
+    check_context_parallel,
     check_gradient_checkpointing,
+    estimate_cp_peak_bytes,
     estimate_peak_bytes,
     host_memory_bytes,
     max_context,
+    max_cp_context,
     plan_offload,
     plan_rope,
     plan_steps,
@@ -198,6 +201,45 @@ def plan_memory(
     }
 
 
+def plan_context_parallel(cfg: TrainConfig, shape: ModelShape, tokens: int) -> tuple[dict, dict]:
+    """``--context-parallel N`` > 1: the split (tokens, heads and KV heads per GPU) and the
+    memory per GPU (``train/plan.py``: tokens/N of the per-token cost plus the attention's
+    full-sequence working set for heads/N); raises PlanError for heads that do not divide by N
+    or a peak that does not fit 95% of ``--gpu-memory-gib``."""
+    cp = cfg.context_parallel
+    check_context_parallel(shape, cp, cfg.model)
+    sizes = dict(lora_r=cfg.lora_r, modules=list(cfg.target_modules))
+    peak = estimate_cp_peak_bytes(shape, tokens, cp, **sizes)
+    fits = max_cp_context(shape, cfg.gpu_memory_gib, cp, **sizes)
+    one = max_cp_context(shape, cfg.gpu_memory_gib, 1, **sizes)
+    if peak > 0.95 * cfg.gpu_memory_gib * GIB:
+        raise PlanError(
+            f"estimated peak {peak / GIB:.1f} GiB per GPU with --context-parallel {cp} does not "
+            f"fit 95% of --gpu-memory-gib {cfg.gpu_memory_gib}: the largest context that fits "
+            f"over {cp} GPUs is about {fits} tokens; lower --max-seq-length (and the pipeline's "
+            "--seq-len) or raise --context-parallel"
+        )
+    split = {
+        "size": cp,
+        "tokens_per_gpu": -(-tokens // cp),
+        "heads_per_gpu": shape.num_attention_heads // cp,
+        "kv_heads_per_gpu": shape.num_key_value_heads // cp,
+        "backend": "transformers",
+    }
+    memory = {
+        "estimated_peak_gib": round(peak / GIB, 2),
+        "gpu_memory_gib": cfg.gpu_memory_gib,
+        "max_context_that_fits": fits,
+        "max_context_one_gpu": one,
+        "quantization": "bf16 LoRA",
+        "lora_r": cfg.lora_r,
+        "tiled_mlp": False,
+        "offload": None,
+        "per_gpu_of": cp,
+    }
+    return split, memory
+
+
 def _model_eos(model: str) -> str | None:
     """The eos token named by the model folder's ``tokenizer_config.json`` (None: no file)."""
     path = Path(model).expanduser() / "tokenizer_config.json"
@@ -321,8 +363,14 @@ def build_plan(cfg: TrainConfig, dry_run: bool = False) -> dict:
     overlap = overlap_warning(cfg.data, manifest, train_shards)
     warnings += [w for w in (long_docs, overlap) if w]
     tokens = L * cfg.per_device_batch_size  # one micro-step: rows are flattened, padding-free
-    memory = plan_memory(cfg, shape, tokens, gc, dry_run=dry_run, warnings=warnings)
-    world_size = int(os.environ.get("WORLD_SIZE", cfg.nproc_per_node))
+    if cfg.context_parallel > 1:
+        # the N processes split each row: one data-parallel replica
+        context_parallel, memory = plan_context_parallel(cfg, shape, tokens)
+        world_size = 1
+    else:
+        context_parallel = None
+        memory = plan_memory(cfg, shape, tokens, gc, dry_run=dry_run, warnings=warnings)
+        world_size = int(os.environ.get("WORLD_SIZE", cfg.nproc_per_node))
     steps = _plan_steps(cfg, samples, L, world_size)
     warnings += steps["warnings"]
     resume = plan_resume(cfg, steps["steps"], warnings)
@@ -346,7 +394,8 @@ def build_plan(cfg: TrainConfig, dry_run: bool = False) -> dict:
         "document_end": document_end(manifest, cfg.model),
         "resume": resume,
         "eval": evaluation,
-        "world_size": world_size,
+        "world_size": world_size,  # data-parallel processes
+        "context_parallel": context_parallel,
         "warnings": warnings,
         "config": asdict(cfg),
     }
@@ -391,7 +440,28 @@ def _token_lines(plan: dict) -> list[str]:
     return lines
 
 
+def _context_parallel_lines(plan: dict) -> list[str]:
+    cp, mem, m = plan["context_parallel"], plan["memory"], plan["model"]
+    if not cp:
+        return []
+    n = cp["size"]
+    return [
+        f"parallel  context parallel {n} (Ulysses all-to-all): each GPU holds "
+        f"{cp['tokens_per_gpu']} of the row's {plan['max_seq_length'] * plan['steps']['per_device_batch_size']} "
+        f"tokens and attends over the whole row with {cp['heads_per_gpu']} of "
+        f"{m['num_attention_heads']} heads ({cp['kv_heads_per_gpu']} of "
+        f"{m['num_key_value_heads']} KV heads); plain transformers + PEFT",
+        f"memory    {mem['quantization']} r={mem['lora_r']}, transformers' gradient checkpointing "
+        f"(layer inputs stay on the GPU): ~{mem['estimated_peak_gib']} GiB peak per GPU of "
+        f"{mem['gpu_memory_gib']} GiB; largest context that fits ~{mem['max_context_that_fits']} "
+        f"over {n} GPUs (~{mem['max_context_one_gpu']} on one); an estimate, not yet measured on "
+        "a GPU for this path",
+    ]
+
+
 def _memory_lines(plan: dict) -> list[str]:
+    if plan.get("context_parallel"):
+        return _context_parallel_lines(plan)
     mem = plan["memory"]
     lines = [
         f"memory    {mem['quantization']} r={mem['lora_r']}, gradient checkpointing "

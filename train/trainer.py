@@ -198,6 +198,7 @@ def summarize(
         "resumed_from": resume.get("path"),
         "resumed_at_step": resume.get("step"),
         "world_size": world_size,
+        "context_parallel": (plan.get("context_parallel") or {}).get("size", 1),
         "tokens": tokens,
         "runtime_s": round(runtime, 2),
         "eval_runtime_s": round(eval_s, 2),

@@ -1,0 +1,431 @@
+"""Context parallelism (``train/context_parallel.py``) on CPU: two processes over gloo split one
+packed row and must train exactly like one process.
+
+A tiny random Llama (hidden 64, 4 heads, 2 KV heads: one KV head per rank, so GQA crosses the
+all-to-all) with LoRA on every linear layer; LoRA B is set to random values so that every LoRA
+weight (A too) gets a gradient. The row packs four documents (5, 7, 17 and 8 tokens, 37 in
+all: odd, so the split pads) with the collator of ``train/data.py``; the third document spans
+the two ranks' slices, and with ``PACK_TOKENS`` 16 the first two share one masked SDPA call
+while the others run alone (both attention paths). Then ``python -m train.launch
+--context-parallel 2`` under torchrun against the same run in one process, and the plan and
+the refusals (no processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+
+from tests.conftest import run_cli
+
+torch = pytest.importorskip(
+    "torch", reason="the training tests need the CPU build of torch (.[test])"
+)
+
+DOCS = [5, 7, 17, 8]
+VOCAB = 256
+
+
+def _row(seed: int = 1, changed_first_doc: bool = False) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, VOCAB, (sum(DOCS),), generator=g)
+    if changed_first_doc:  # other tokens in the first document only
+        ids[: DOCS[0]] = (ids[: DOCS[0]] + 1 + torch.arange(DOCS[0])) % VOCAB
+    return {"input_ids": ids.tolist(), "seq_lengths": DOCS}
+
+
+def _batch(row: dict, attention: str = "per-document") -> dict:
+    from train.data import collate_packed
+
+    return collate_packed([row], max_seq_length=64, with_packed_lengths=False, attention=attention)
+
+
+def _model(attention: str):
+    """The same tiny Llama + LoRA in every process (seeded CPU initialisation)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        use_cache=False,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    model.set_attn_implementation(attention)
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            target_modules=[
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ],
+        ),
+    )
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
+def _lora_grads(model) -> dict:
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _worker(rank: int, port: int, out_dir: str, cases: dict) -> None:
+    """One rank of two: for each case, this rank's slice's loss, logits and (for "grad" cases)
+    the LoRA gradients after the all-reduce."""
+    import torch.distributed as dist
+
+    from train import context_parallel as cp
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    cp.set_group(dist.group.WORLD, 2, rank)
+    cp.PACK_TOKENS = 16
+    model = _model(cp.register_attention())
+    params = [p for p in model.parameters() if p.requires_grad]
+    results = {}
+    for name, (row, attention, grads) in cases.items():
+        model.zero_grad(set_to_none=True)
+        batch = _batch(row, attention)
+        with torch.set_grad_enabled(grads):
+            loss, hidden = cp.forward_loss(model, batch, return_hidden=True)
+            logits = model.get_base_model().lm_head(hidden)
+        result = {"loss": loss.item(), "logits": logits.detach()}
+        if grads:
+            loss.backward()
+            cp.sum_gradients(params, dist.group.WORLD)
+            result["grads"] = _lora_grads(model)
+        results[name] = result
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+CASES = {
+    "row": (_row(), "per-document", True),
+    "changed": (_row(changed_first_doc=True), "per-document", False),
+    # the control: one causal stream over the same tokens (what a plain causal mask would do)
+    "stream": (_row(), "stream", False),
+    "stream_changed": (_row(changed_first_doc=True), "stream", False),
+}
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """Both ranks' results per case; the logits of the two slices concatenated (the padding
+    token at the end dropped)."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path_factory.mktemp("cp")
+    mp.spawn(_worker, args=(_free_port(), str(out), CASES), nprocs=2, join=True)
+    ranks = [torch.load(out / f"rank{r}.pt") for r in (0, 1)]
+    merged = {}
+    for name in CASES:
+        a, b = ranks[0][name], ranks[1][name]
+        merged[name] = {
+            "loss": (a["loss"], b["loss"]),
+            "logits": torch.cat([a["logits"], b["logits"]])[: sum(DOCS)],
+            "grads": (a.get("grads"), b.get("grads")),
+        }
+    return merged
+
+
+def _reference(row: dict, attention: str = "per-document", grads: bool = False):
+    """One process, transformers' own SDPA path (its packed-row mask from position_ids)."""
+    model = _model("sdpa")
+    batch = _batch(row, attention)
+    out = model(**batch)
+    if grads:
+        out.loss.backward()
+    return out, model
+
+
+def test_loss_and_lora_gradients_equal_one_process(two_ranks):
+    ref, model = _reference(_row(), grads=True)
+    got = two_ranks["row"]
+    assert got["loss"][0] == got["loss"][1]  # every rank reports the whole row's loss
+    assert got["loss"][0] == pytest.approx(ref.loss.item(), abs=1e-5)
+    torch.testing.assert_close(got["logits"], ref.logits[0].detach(), atol=1e-5, rtol=1e-4)
+    expected = _lora_grads(model)
+    g0, g1 = got["grads"]
+    assert g0.keys() == expected.keys() and len(expected) == 2 * 7 * 2
+    for name, want in expected.items():
+        assert torch.equal(g0[name], g1[name]), name  # summed: the same on both ranks
+        assert want.norm() > 0, name
+        rel = (g0[name] - want).norm() / want.norm()
+        assert rel < 1e-4, (name, float(rel))
+
+
+def test_documents_stay_apart_across_the_split(two_ranks):
+    """Other tokens in document 1 leave every later document's logits as they were (the third
+    document spans both ranks); in the stream control the same change reaches them, so the
+    comparison would catch a plain causal mask."""
+    first = DOCS[0]
+    doc = two_ranks["row"]["logits"]
+    changed = two_ranks["changed"]["logits"]
+    torch.testing.assert_close(changed[first:], doc[first:], atol=1e-6, rtol=0)
+    assert (changed[:first] - doc[:first]).abs().max() > 1e-3
+    stream = two_ranks["stream"]["logits"]
+    stream_changed = two_ranks["stream_changed"]["logits"]
+    assert (stream_changed[first:] - stream[first:]).abs().max() > 1e-3
+    ref, _ = _reference(_row(), "stream")
+    torch.testing.assert_close(stream, ref.logits[0].detach(), atol=1e-5, rtol=1e-4)
+
+
+def test_one_process_attention_matches_sdpa():
+    """Without a group the registered attention is plain per-document attention."""
+    from train import context_parallel as cp
+
+    cp.set_group(None, 1, 0)
+    name = cp.register_attention()
+    batch = _batch(_row())
+    with torch.no_grad():
+        want = _model("sdpa")(**batch).logits
+        got = _model(name)(**batch).logits
+        loss = cp.forward_loss(_model(name), batch)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert loss.item() == pytest.approx(_model("sdpa")(**batch).loss.item(), abs=1e-5)
+
+
+def test_split_row_pads_and_shifts_over_the_whole_row():
+    from train.context_parallel import segment_lengths, split_row
+
+    batch = _batch(_row())
+    parts = [split_row(batch, 2, r) for r in (0, 1)]
+    assert [p["input_ids"].shape[1] for p in parts] == [19, 19]
+    labels = batch["labels"][0]
+    target = torch.cat([p["target"] for p in parts])
+    assert target[:36].tolist() == labels[1:].tolist() and target[36:].tolist() == [-100, -100]
+    # the padding token is a document of its own, at position 0
+    assert parts[1]["position_ids"][0, -1].item() == 0
+    assert parts[0]["segments"] == DOCS + [1]
+    assert segment_lengths(batch["position_ids"]) == DOCS
+    assert parts[0]["count"].item() == int((labels[1:] != -100).sum())
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan and the refusals: no processes
+
+
+def _shape(heads: int = 32, kv: int = 8, model_type: str = "llama"):
+    from train.plan import ModelShape
+
+    return ModelShape.from_config_dict(
+        dict(
+            model_type=model_type,
+            hidden_size=2048,
+            num_hidden_layers=16,
+            intermediate_size=8192,
+            vocab_size=128256,
+            num_attention_heads=heads,
+            num_key_value_heads=kv,
+            head_dim=64,
+            max_position_embeddings=131072,
+            tie_word_embeddings=True,
+        )
+    )
+
+
+def test_cp_memory_arithmetic():
+    """Per GPU: fixed + tokens/N x per_token(gc=True) + 6 x tokens x head_dim x (heads +
+    kv_heads)/N x 2 + the loss chunk: every per-token term is paid for tokens/N, so 2 GPUs hold
+    twice the context of one (the fixed part aside)."""
+    from train.plan import (
+        CP_LOSS_CHUNK,
+        GIB,
+        estimate_cp_peak_bytes,
+        fixed_bytes,
+        max_cp_context,
+        per_token_bytes,
+    )
+
+    shape, mods = _shape(), ["q_proj", "v_proj"]
+    tokens = 262144
+    fixed = fixed_bytes(shape, load_in_4bit=False, lora_r=16, modules=mods)
+    by_hand = (
+        fixed
+        + tokens / 2 * per_token_bytes(shape, True)
+        + 6 * tokens * 64 * (32 + 8) / 2 * 2
+        + CP_LOSS_CHUNK * 128256 * 10
+    )
+    assert estimate_cp_peak_bytes(shape, tokens, 2, lora_r=16, modules=mods) == int(by_hand)
+    one = max_cp_context(shape, 80, 1, lora_r=16, modules=mods)
+    two = max_cp_context(shape, 80, 2, lora_r=16, modules=mods)
+    assert 2 * one <= two <= 2 * one + 1024
+    for n, fits in ((1, one), (2, two)):
+        assert estimate_cp_peak_bytes(shape, fits, n, lora_r=16, modules=mods) <= 0.95 * 80 * GIB
+        over = estimate_cp_peak_bytes(shape, fits + 1024, n, lora_r=16, modules=mods)
+        assert over > 0.95 * 80 * GIB
+
+
+def test_heads_that_do_not_divide_are_refused_by_name():
+    from train.plan import PlanError, check_context_parallel
+
+    check_context_parallel(_shape(), 2)
+    check_context_parallel(_shape(), 8)
+    with pytest.raises(
+        PlanError, match="has 32 attention heads and 8 KV heads; both must divide by 16"
+    ):
+        check_context_parallel(_shape(), 16, "m")
+    with pytest.raises(PlanError, match="28 attention heads and 4 KV heads.*divide by 8"):
+        check_context_parallel(_shape(28, 4), 8)
+    with pytest.raises(PlanError, match="gemma model; context parallel supports llama"):
+        check_context_parallel(_shape(model_type="gemma"), 2)
+
+
+def test_config_refusals():
+    from train.config import ConfigError, load_config
+
+    base = {"data": "d", "model": "m"}
+    assert load_config(None, {**base, "context_parallel": 2}).context_parallel == 2
+    assert (
+        load_config(None, {**base, "context_parallel": 2, "nproc_per_node": 2}).nproc_per_node == 2
+    )
+    for extra, message in (
+        ({"context_parallel": 0}, "--context-parallel 0: expected N >= 1"),
+        ({"context_parallel": 2, "nproc_per_node": 4}, "data parallel beside context parallel"),
+        ({"context_parallel": 2, "load_in_4bit": True}, "--load-in-4bit with --context-parallel 2"),
+        ({"context_parallel": 2, "tiled_mlp": True}, "--tiled-mlp with --context-parallel 2"),
+        ({"context_parallel": 2, "preset": "max-context"}, "--load-in-4bit with"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, {**base, **extra})
+
+
+# ---------------------------------------------------------------------------------------------
+# The launcher, the way a user runs it
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory, books_dir, qwen3_dir):
+    """40 paragraphs of a real book through the pipeline at 256 tokens (rows pack several
+    documents) and the tiny random model (4 heads, 2 KV heads; Qwen3's vocabulary, so rows are
+    kept short to keep the CPU steps fast)."""
+    root = tmp_path_factory.mktemp("cp-launch")
+    text = (books_dir / "wells-the-time-machine.txt").read_text(encoding="utf-8")
+    paras = [p for p in text.split("\n\n") if len(p) > 400][:40]
+    jsonl = root / "paragraphs.jsonl"
+    jsonl.write_text("".join(json.dumps({"id": i, "text": p}) + "\n" for i, p in enumerate(paras)))
+    out = root / "out"
+    proc = run_cli(
+        "pipeline.run",
+        "--documents",
+        jsonl,
+        "--runner",
+        "DirectRunner",
+        "--tokenizer",
+        qwen3_dir,
+        "--seq-len",
+        "256",
+        "--output",
+        out,
+    )
+    assert proc.returncode == 0, proc.stderr
+    from train.random_model import build
+
+    return out, build("tiny", str(qwen3_dir), str(root / "tiny"))
+
+
+def test_dry_run_prints_the_split_and_refusals_exit_2(packed, capsys):
+    from train.launch import main
+
+    out, model = packed
+    base = ["--data", str(out), "--model", str(model), "--dry-run"]
+    assert main([*base, "--context-parallel", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "parallel  context parallel 2 (Ulysses all-to-all): each GPU holds 128 of the row's 256 tokens"
+        in printed
+    )
+    assert "with 2 of 4 heads (1 of 2 KV heads); plain transformers + PEFT" in printed
+    assert "GiB peak per GPU of 80.0 GiB; largest context that fits ~" in printed
+    assert "backend   transformers + PEFT: --context-parallel replaces the attention" in printed
+    assert "attention per-document: positions restart at every document" in printed
+    for extra, message in (
+        (
+            ["--context-parallel", "4"],
+            "has 4 attention heads and 2 KV heads; both must divide by 4",
+        ),
+        (["--context-parallel", "2", "--nproc-per-node", "3"], "data parallel beside context"),
+        (
+            ["--context-parallel", "2", "--gpu-memory-gib", "0.1"],
+            "per GPU with --context-parallel 2",
+        ),
+    ):
+        assert main([*base, *extra]) == 2
+        assert message in capsys.readouterr().err
+
+
+def _launch_args(out, model, run) -> list:
+    return [
+        "--data",
+        out,
+        "--model",
+        model,
+        "--backend",
+        "transformers",
+        "--max-steps",
+        "2",
+        "--gradient-accumulation-steps",
+        "2",
+        "--gradient-checkpointing",
+        "true",
+        "--warmup-steps",
+        "0",
+        "--learning-rate",
+        "3e-3",
+        "--output-dir",
+        run,
+    ]
+
+
+@pytest.mark.slow
+def test_launcher_context_parallel_2_trains_like_one_process(packed, tmp_path):
+    """Two steps of two accumulated rows with gradient checkpointing: --context-parallel 2
+    (torchrun, gloo) logs the one-process losses and saves the same adapter."""
+    from safetensors.torch import load_file
+
+    out, model = packed
+    one, two = tmp_path / "one", tmp_path / "two"
+    proc = run_cli("train.launch", *_launch_args(out, model, one))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli("train.launch", *_launch_args(out, model, two), "--context-parallel", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "torch.distributed.run --standalone --nproc_per_node=2" in proc.stdout
+    assert "parallel  context parallel 2" in proc.stdout
+    summaries = [json.loads((r / "train_summary.json").read_text()) for r in (one, two)]
+    assert summaries[1]["context_parallel"] == 2 and summaries[1]["world_size"] == 2
+    assert summaries[0]["steps"] == summaries[1]["steps"] == 2
+    assert summaries[0]["tokens"] == summaries[1]["tokens"]  # the whole rows, counted once
+    logs = [json.loads((r / "log_history.json").read_text()) for r in (one, two)]
+    losses = [[h["loss"] for h in log if "loss" in h] for log in logs]
+    assert len(losses[0]) == 2 and losses[1] == pytest.approx(losses[0], abs=1e-5)
+    weights = [load_file(r / "adapter" / "adapter_model.safetensors") for r in (one, two)]
+    assert weights[0].keys() == weights[1].keys()
+    for k in weights[0]:
+        torch.testing.assert_close(weights[1][k], weights[0][k], atol=1e-5, rtol=1e-4)
