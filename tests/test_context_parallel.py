@@ -252,7 +252,7 @@ def _shape(heads: int = 32, kv: int = 8, model_type: str = "llama"):
 
 
 def test_cp_memory_arithmetic():
-    """Per GPU: fixed + tokens/N x per_token(gc=True) + 6 x tokens x head_dim x (heads +
+    """Per GPU: fixed + tokens/N x per_token(gc) + 6 x tokens x head_dim x (heads +
     kv_heads)/N x 2 + the loss chunk: every per-token term is paid for tokens/N, so 2 GPUs hold
     twice the context of one (the fixed part aside)."""
     from train.plan import (
@@ -269,7 +269,7 @@ def test_cp_memory_arithmetic():
     fixed = fixed_bytes(shape, load_in_4bit=False, lora_r=16, modules=mods)
     by_hand = (
         fixed
-        + tokens / 2 * per_token_bytes(shape, True)
+        + tokens / 2 * per_token_bytes(shape, "unsloth")
         + 6 * tokens * 64 * (32 + 8) / 2 * 2
         + CP_LOSS_CHUNK * 128256 * 10
     )
@@ -364,6 +364,7 @@ def test_dry_run_prints_the_split_and_refusals_exit_2(packed, capsys):
     )
     assert "with 2 of 4 heads (1 of 2 KV heads); plain transformers + PEFT" in printed
     assert "GiB peak per GPU of 80.0 GiB; largest context that fits ~" in printed
+    assert "gradient checkpointing 'unsloth' (layer inputs offloaded to host RAM" in printed
     assert "backend   transformers + PEFT: --context-parallel replaces the attention" in printed
     assert "attention per-document: positions restart at every document" in printed
     for extra, message in (
@@ -393,8 +394,6 @@ def _launch_args(out, model, run) -> list:
         "2",
         "--gradient-accumulation-steps",
         "2",
-        "--gradient-checkpointing",
-        "true",
         "--warmup-steps",
         "0",
         "--learning-rate",
@@ -406,8 +405,10 @@ def _launch_args(out, model, run) -> list:
 
 @pytest.mark.slow
 def test_launcher_context_parallel_2_trains_like_one_process(packed, tmp_path):
-    """Two steps of two accumulated rows with gradient checkpointing: --context-parallel 2
-    (torchrun, gloo) logs the one-process losses and saves the same adapter."""
+    """Two steps of two accumulated rows, gradient checkpointing 'unsloth' (the default; under
+    --context-parallel the path's own offload of layer inputs to host memory, in one process
+    transformers' checkpointing): --context-parallel 2 (torchrun, gloo) logs the one-process
+    losses and saves the same adapter."""
     from safetensors.torch import load_file
 
     out, model = packed

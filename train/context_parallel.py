@@ -35,6 +35,9 @@ The Trainer is transformers' own with each rank seeing itself as a single proces
 module initialises the process group, then hides torchrun's RANK / WORLD_SIZE / LOCAL_RANK
 from transformers and accelerate): no DDP wrapper, no data sharding, rank 0 alone saves.
 Heads and KV heads must divide by N (:func:`train.plan.check_context_parallel`).
+``--gradient-checkpointing unsloth`` (the default) keeps each decoder layer's input in host
+memory until the backward pass (:func:`offload_checkpoints`, this module's own version of
+Unsloth's offloaded checkpointing); ``true`` keeps them on the GPU (transformers' own).
 """
 
 from __future__ import annotations
@@ -249,6 +252,66 @@ def register_attention() -> str:
 
     AttentionInterface.register(ATTENTION, ulysses_attention)
     return ATTENTION
+
+
+# ---------------------------------------------------------------------------------------------
+# Offloaded gradient checkpointing (``--gradient-checkpointing unsloth`` on this path)
+
+
+class _OffloadedCheckpoint(torch.autograd.Function):
+    """One decoder layer run without keeping its activations: its input waits in host memory
+    and the layer is run again, with gradients, in the backward pass (what Unsloth's offloaded
+    checkpointing does; pageable copies here). The RNG state is replayed for the rerun."""
+
+    @staticmethod
+    def forward(ctx, run, hidden):
+        ctx.run, ctx.device = run, hidden.device
+        ctx.host = hidden.detach().to("cpu")
+        ctx.rng = torch.get_rng_state()
+        ctx.cuda_rng = torch.cuda.get_rng_state(hidden.device) if hidden.is_cuda else None
+        with torch.no_grad():
+            out = run(hidden)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(
+                f"offloaded checkpointing expects a layer returning a tensor, got {type(out)}"
+            )
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden = ctx.host.to(ctx.device).requires_grad_(True)
+        ctx.host = None
+        devices = [ctx.device] if ctx.cuda_rng is not None else []
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(ctx.rng)
+            if ctx.cuda_rng is not None:
+                torch.cuda.set_rng_state(ctx.cuda_rng, ctx.device)
+            with torch.enable_grad():
+                out = ctx.run(hidden)
+        torch.autograd.backward(out, grad)
+        return None, hidden.grad
+
+
+def offloaded_checkpoint(run, hidden, *more):
+    """A ``_gradient_checkpointing_func`` for transformers' GradientCheckpointingLayer."""
+    if more:
+        raise TypeError("offloaded checkpointing expects the hidden states as the only positional")
+    return _OffloadedCheckpoint.apply(run, hidden)
+
+
+def offload_checkpoints(model) -> int:
+    """Make every checkpointed decoder layer of ``model`` keep its input in host memory (after
+    ``gradient_checkpointing_enable``); returns how many layers."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [
+        m
+        for m in model.modules()
+        if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing
+    ]
+    for layer in layers:
+        layer._gradient_checkpointing_func = offloaded_checkpoint
+    return len(layers)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -140,6 +140,10 @@ def load_transformers(cfg: TrainConfig, plan: dict):
     if plan["gradient_checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+        if attention != "sdpa" and plan["gradient_checkpointing"] == "unsloth":
+            from train.context_parallel import offload_checkpoints
+
+            offload_checkpoints(model)  # layer inputs in host RAM, as Unsloth's "unsloth" mode
     torch.manual_seed(cfg.seed)  # the LoRA initialisation, as Unsloth's random_state
     model = get_peft_model(
         model,

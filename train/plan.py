@@ -34,19 +34,22 @@ at 262,144 / 409,600 tokens (within 1.3%: -1.21% / +0.52%). HF gradient checkpoi
 input on the GPU (+2 x layers x hidden bytes per token); no checkpointing is not modelled.
 
 **Context parallel** (``--context-parallel N``, ``train/context_parallel.py``): each of the N
-GPUs holds 1/N of the row's tokens, so every per-token term above is paid for tokens/N; the
-path is plain transformers + PEFT with transformers' gradient checkpointing (each layer's input
-stays on the GPU: the ``gc=True`` term, no host offload). Attention adds its own full-sequence
-working set for heads/N (q, k, v and the output of one layer over the whole row after the
-all-to-all, their send/receive buffers and gradients), and the loss a chunk of logits::
+GPUs holds 1/N of the row's tokens, so every per-token term above is paid for tokens/N (bf16
+LoRA; ``--gradient-checkpointing unsloth`` offloads the layer inputs to host RAM with the
+path's own offload, ``true`` keeps them on the GPU: the ``gc=True`` term). Attention adds its
+own full-sequence working set for heads/N (q, k, v and the output of one layer over the whole
+row after the all-to-all, their send/receive buffers and gradients), and the loss a chunk of
+logits::
 
-    per GPU = fixed + tokens/N x per_token(gc=True)
+    per GPU = fixed + tokens/N x per_token(gc)
             + CP_ATTENTION_COEF x tokens x head_dim x (heads + kv_heads)/N x 2 bytes
             + LOSS_CHUNK x vocab x 10 bytes   (bf16 logits, fp32 copy and gradient)
 
-An estimate, not yet calibrated on a GPU for this path (the per-token term is the Unsloth
-launcher's calibration: conservative for the vocabulary part, since this path never holds more
-than a chunk of logits).
+so N GPUs hold N times the context of one on this path, the fixed part aside. An estimate, not
+yet calibrated on a GPU for this path (the per-token term is the Unsloth launcher's
+calibration: conservative for the vocabulary part, since this path never holds more than a
+chunk of logits). Host RAM for offloaded checkpoints is the formula below for the whole row
+(the N processes share the host).
 
 **Host memory** for offloaded checkpoints: layers x tokens x hidden x 2 bytes, plus 16 GiB for
 everything else (the 8B run at 409,600 tokens: 100 GiB of checkpoints, 103.6 GiB peak RSS).
@@ -596,14 +599,15 @@ def estimate_cp_peak_bytes(
     *,
     lora_r: int,
     modules: list[str],
+    gc: str | bool = "unsloth",
     calibration: str = "launcher",
 ) -> int:
-    """Peak bytes per GPU of one micro-step of ``tokens`` split over ``cp`` GPUs (bf16 LoRA,
-    transformers' gradient checkpointing: see the module docstring)."""
+    """Peak bytes per GPU of one micro-step of ``tokens`` split over ``cp`` GPUs (bf16 LoRA:
+    see the module docstring)."""
     per_gpu = math.ceil(tokens / cp)
     return int(
         fixed_bytes(shape, load_in_4bit=False, lora_r=lora_r, modules=modules)
-        + per_gpu * per_token_bytes(shape, True, calibration, False, False)
+        + per_gpu * per_token_bytes(shape, gc, calibration, False, False)
         + cp_extra_bytes(shape, tokens, cp)
     )
 
@@ -615,6 +619,7 @@ def max_cp_context(
     *,
     lora_r: int,
     modules: list[str],
+    gc: str | bool = "unsloth",
     headroom: float = 0.95,
     calibration: str = "launcher",
 ) -> int:
@@ -625,7 +630,7 @@ def max_cp_context(
         - cp_extra_bytes(shape, 0, cp)
     )
     per_token = (
-        per_token_bytes(shape, True, calibration, False, False) / cp
+        per_token_bytes(shape, gc, calibration, False, False) / cp
         + (cp_extra_bytes(shape, 1024, cp) - cp_extra_bytes(shape, 0, cp)) / 1024
     )
     return max(0, int(room / per_token) // 1024 * 1024)

@@ -201,14 +201,24 @@ def plan_memory(
     }
 
 
-def plan_context_parallel(cfg: TrainConfig, shape: ModelShape, tokens: int) -> tuple[dict, dict]:
+def plan_context_parallel(
+    cfg: TrainConfig,
+    shape: ModelShape,
+    tokens: int,
+    gc: str | bool,
+    *,
+    dry_run: bool,
+    warnings: list[str],
+) -> tuple[dict, dict]:
     """``--context-parallel N`` > 1: the split (tokens, heads and KV heads per GPU) and the
     memory per GPU (``train/plan.py``: tokens/N of the per-token cost plus the attention's
-    full-sequence working set for heads/N); raises PlanError for heads that do not divide by N
-    or a peak that does not fit 95% of ``--gpu-memory-gib``."""
+    full-sequence working set for heads/N); raises PlanError for heads that do not divide by N,
+    a peak that does not fit 95% of ``--gpu-memory-gib``, or offloaded checkpoints (the whole
+    row's: the N processes share the host) that do not fit the host (a dry run only warns,
+    as :func:`plan_memory`)."""
     cp = cfg.context_parallel
     check_context_parallel(shape, cp, cfg.model)
-    sizes = dict(lora_r=cfg.lora_r, modules=list(cfg.target_modules))
+    sizes = dict(lora_r=cfg.lora_r, modules=list(cfg.target_modules), gc=gc)
     peak = estimate_cp_peak_bytes(shape, tokens, cp, **sizes)
     fits = max_cp_context(shape, cfg.gpu_memory_gib, cp, **sizes)
     one = max_cp_context(shape, cfg.gpu_memory_gib, 1, **sizes)
@@ -219,6 +229,14 @@ def plan_context_parallel(cfg: TrainConfig, shape: ModelShape, tokens: int) -> t
             f"over {cp} GPUs is about {fits} tokens; lower --max-seq-length (and the pipeline's "
             "--seq-len) or raise --context-parallel"
         )
+    host = int(cfg.host_memory_gib * GIB) if cfg.host_memory_gib > 0 else host_memory_bytes()
+    try:
+        offload = plan_offload(shape, tokens, gc, host, "false")  # pageable copies
+    except PlanError as err:
+        if not dry_run or cfg.host_memory_gib > 0:
+            raise
+        warnings.append(f"on this machine: {err}")
+        offload = plan_offload(shape, tokens, gc, 0, "false")
     split = {
         "size": cp,
         "tokens_per_gpu": -(-tokens // cp),
@@ -234,7 +252,7 @@ def plan_context_parallel(cfg: TrainConfig, shape: ModelShape, tokens: int) -> t
         "quantization": "bf16 LoRA",
         "lora_r": cfg.lora_r,
         "tiled_mlp": False,
-        "offload": None,
+        "offload": asdict(offload) if offload else None,
         "per_gpu_of": cp,
     }
     return split, memory
@@ -365,7 +383,9 @@ def build_plan(cfg: TrainConfig, dry_run: bool = False) -> dict:
     tokens = L * cfg.per_device_batch_size  # one micro-step: rows are flattened, padding-free
     if cfg.context_parallel > 1:
         # the N processes split each row: one data-parallel replica
-        context_parallel, memory = plan_context_parallel(cfg, shape, tokens)
+        context_parallel, memory = plan_context_parallel(
+            cfg, shape, tokens, gc, dry_run=dry_run, warnings=warnings
+        )
         world_size = 1
     else:
         context_parallel = None
@@ -440,6 +460,13 @@ def _token_lines(plan: dict) -> list[str]:
     return lines
 
 
+CP_CHECKPOINTING = {
+    "unsloth": "layer inputs offloaded to host RAM by this path's own offload",
+    True: "transformers', layer inputs stay on the GPU",
+    False: "none",
+}
+
+
 def _context_parallel_lines(plan: dict) -> list[str]:
     cp, mem, m = plan["context_parallel"], plan["memory"], plan["model"]
     if not cp:
@@ -451,11 +478,13 @@ def _context_parallel_lines(plan: dict) -> list[str]:
         f"tokens and attends over the whole row with {cp['heads_per_gpu']} of "
         f"{m['num_attention_heads']} heads ({cp['kv_heads_per_gpu']} of "
         f"{m['num_key_value_heads']} KV heads); plain transformers + PEFT",
-        f"memory    {mem['quantization']} r={mem['lora_r']}, transformers' gradient checkpointing "
-        f"(layer inputs stay on the GPU): ~{mem['estimated_peak_gib']} GiB peak per GPU of "
-        f"{mem['gpu_memory_gib']} GiB; largest context that fits ~{mem['max_context_that_fits']} "
-        f"over {n} GPUs (~{mem['max_context_one_gpu']} on one); an estimate, not yet measured on "
-        "a GPU for this path",
+        f"memory    {mem['quantization']} r={mem['lora_r']}, gradient checkpointing "
+        f"{plan['gradient_checkpointing']!r} ({CP_CHECKPOINTING[plan['gradient_checkpointing']]}): "
+        f"~{mem['estimated_peak_gib']} GiB peak per GPU of {mem['gpu_memory_gib']} GiB; largest "
+        f"context that fits ~{mem['max_context_that_fits']} over {n} GPUs "
+        f"(~{mem['max_context_one_gpu']} on one); an estimate, not yet measured on a GPU for this "
+        "path",
+        *_offload_lines(mem),
     ]
 
 
@@ -469,6 +498,11 @@ def _memory_lines(plan: dict) -> list[str]:
         f"{mem['gpu_memory_gib']} GiB; largest context that fits ~{mem['max_context_that_fits']}"
         f"{'; tiled MLP' if mem['tiled_mlp'] else ''}"
     ]
+    return lines + _offload_lines(mem)
+
+
+def _offload_lines(mem: dict) -> list[str]:
+    lines = []
     if mem["offload"]:
         o = mem["offload"]
         host = (
