@@ -430,3 +430,44 @@ def test_launcher_context_parallel_2_trains_like_one_process(packed, tmp_path):
     assert weights[0].keys() == weights[1].keys()
     for k in weights[0]:
         torch.testing.assert_close(weights[1][k], weights[0][k], atol=1e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# benchmarks/multi_gpu.py (the 2-GPU measurements): its search and its synthetic data
+
+
+def test_multi_gpu_search_brackets_the_largest_context(tmp_path):
+    from benchmarks.multi_gpu import next_probe, search_result
+
+    def probe(L, status):
+        (tmp_path / f"probe-x-cp2-{L}.json").write_text(json.dumps({"status": status}))
+
+    step = 32768
+    assert next_probe(tmp_path, "probe-x-cp2", 500_000) == 491520  # the estimate, on the grid
+    probe(491520, "fit")
+    assert next_probe(tmp_path, "probe-x-cp2", 500_000) == 622592  # up 25%
+    probe(622592, "oom")
+    assert next_probe(tmp_path, "probe-x-cp2", 500_000) == 557056  # bisect
+    probe(557056, "fit")
+    assert next_probe(tmp_path, "probe-x-cp2", 500_000) == 589824
+    probe(589824, "oom")
+    assert next_probe(tmp_path, "probe-x-cp2", 500_000) is None  # one grid step apart
+    result = search_result(tmp_path, "probe-x-cp2")
+    assert result["largest_that_ran"] == 557056 and result["smallest_that_failed"] == 589824
+    probe(step, "timeout")  # a probe that never finished ends a search
+    assert next_probe(tmp_path, "probe-x-cp2", 500_000) is None
+
+
+def test_multi_gpu_synthetic_rows_plan_under_the_launcher(packed, tmp_path, qwen3_dir, capsys):
+    from benchmarks.multi_gpu import make_data
+    from train.data import load_shards, read_manifest
+    from train.launch import main
+
+    _, model = packed
+    out = make_data(str(qwen3_dir), 1024, 3, 300, str(tmp_path / "syn"))
+    rows = load_shards(str(out), read_manifest(str(out)))
+    assert len(rows) == 3 and all(len(r["input_ids"]) == 1024 for r in rows)
+    assert rows[0]["seq_lengths"] == [300, 300, 300, 124]
+    args = ["--data", str(out), "--model", str(model), "--context-parallel", "2", "--dry-run"]
+    assert main([*args, "--skip-validation", "true"]) == 0
+    assert "each GPU holds 512 of the row's 1024 tokens" in capsys.readouterr().out
