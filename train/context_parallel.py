@@ -349,6 +349,15 @@ def init_group(cp: int) -> _State:
     return _STATE
 
 
+def close_group() -> None:
+    """Leave the process group (every rank, after the last collective: training and the final
+    evaluation)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    _STATE.group, _STATE.size, _STATE.segments = None, 1, None
+
+
 def set_group(group, size: int, rank: int) -> None:
     """Use an existing process group (tests); size 1 = no context parallelism."""
     _STATE.group, _STATE.size, _STATE.rank, _STATE.segments = group, size, rank, None

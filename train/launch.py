@@ -110,6 +110,8 @@ def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
     runtime = time.time() - started
     eval_s = timer.eval_seconds()  # inside trainer.train(), before the final evaluation
     evaluate_after_training(trainer, plan)
+    if cp > 1:
+        context_parallel.close_group()  # the last collective is behind
     if rank != 0:  # checkpoints, logs and the summary: rank 0 only
         return {}
     summary = summarize(
