@@ -175,13 +175,48 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def record(title: str, command: str, body: str) -> None:
-    """Print and append a result section to docs/benchmarks.md."""
+def record(
+    title: str,
+    command: str,
+    body: str,
+    *,
+    doc: bool = True,
+    json_path: Path | None = None,
+    data: dict | None = None,
+) -> None:
+    """Print and append a result section to docs/benchmarks.md (unless ``doc=False``); with
+    ``json_path``, also write the section (title, date, commit, machine, command, the markdown
+    body and ``data``) to that JSON file, replacing it."""
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     text = (
         f"\n### {title}\n\n{stamp}, commit {commit()}, {machine()}.\n"
         f"Command: `{command}`\n\n{body}\n"
     )
     print(text)
-    with open(REPO / "docs" / "benchmarks.md", "a", encoding="utf-8") as fh:
-        fh.write(text)
+    if doc:
+        with open(REPO / "docs" / "benchmarks.md", "a", encoding="utf-8") as fh:
+            fh.write(text)
+    if json_path is not None:
+        write_json_atomic(
+            json_path,
+            {
+                "title": title,
+                "date": stamp,
+                "commit": commit(),
+                "machine": machine(),
+                "command": command,
+                "markdown": text.strip() + "\n",
+                **(data or {}),
+            },
+        )
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write ``obj`` as JSON to ``path`` through a temporary file (never half-written)."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
