@@ -5,14 +5,15 @@
         --dask_client_address=127.0.0.1:8786 --books ../shared/data/books --output out
 
 Needs ``pip install 'apache-beam[dask]'`` (dask and distributed). Workers are separate
-processes with one thread each (the tokenizer brings its own threads), started in this
-folder, so they import this checkout's code. Restart the cluster after changing the code:
+processes with one thread each (the tokenizer brings its own threads: cores // workers of them
+each, through ``RAYON_NUM_THREADS``, unless it is set already), started in this folder, so they import this checkout's code. Restart the cluster after changing the code:
 running workers keep the modules they imported first.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -40,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    from pipeline.runners import TOKENIZER_THREADS, tokenizer_threads
+
+    # the workers inherit it: one tokenizer thread pool per worker, not one thread per core each
+    os.environ.setdefault(
+        TOKENIZER_THREADS, str(tokenizer_threads(os.cpu_count() or 1, args.workers))
+    )
     cluster = LocalCluster(
         n_workers=args.workers,
         threads_per_worker=1,

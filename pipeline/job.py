@@ -44,7 +44,7 @@ from pipeline.output import (
 )
 from pipeline.plots import PlotRenderer
 from pipeline.report import write_report
-from pipeline.runners import check_runner, make_runner
+from pipeline.runners import check_runner, make_runner, share_cores
 from pipeline.steps import BuildDataset
 from pipeline.steps.tokenize import Progress
 from schemas.layout import (
@@ -148,6 +148,7 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
     config = job.config
     tty = sys.stderr.isatty() or bool(os.environ.get("LONGCTX_PROGRESS"))
     progress = None if config.quiet else Progress(job.input_bytes, tty)
+    share_cores(job.options)  # multi_processing: one tokenizer thread pool per worker, sized
     pipeline = beam.Pipeline(runner=make_runner(job.options), options=job.options)
     _ = pipeline | "BuildDataset" >> BuildDataset(
         config=config,

@@ -144,3 +144,35 @@ def test_unusable_runner_fails_fast_with_exit_2(tmp_path, args, needle):
     proc = run_cli("pipeline.run", *args, "--output", tmp_path / "out", timeout=60)
     assert proc.returncode == 2 and needle in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_multi_processing_workers_share_the_cores_between_their_tokenizers():
+    """Issue 20: N multi_processing workers each got a tokenizer pool of one thread per core
+    (N x cores threads); each worker now sees RAYON_NUM_THREADS = cores // N. A value the user
+    set wins, and in_memory runs are left alone."""
+    import os
+
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipeline.runners import make_runner, share_cores
+
+    argv = ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]
+    options = PipelineOptions(["--runner", "DirectRunner", *argv])
+    want = str(max(1, (os.cpu_count() or 1) // 2))
+    saved = os.environ.pop("RAYON_NUM_THREADS", None)
+    try:
+        assert share_cores(options) == int(want)
+        with beam.Pipeline(runner=make_runner(options), options=options) as p:
+            # a lambda travels by value (the workers cannot import this test module)
+            threads = beam.Map(lambda _: __import__("os").environ.get("RAYON_NUM_THREADS"))
+            seen = p | beam.Create(range(8)) | threads | beam.Distinct()
+            assert_that(seen, equal_to([want]))
+        assert share_cores(PipelineOptions(["--runner", "DirectRunner"]), environ={}) is None
+        user = {"RAYON_NUM_THREADS": "3"}
+        assert share_cores(options, environ=user) is None and user["RAYON_NUM_THREADS"] == "3"
+    finally:
+        os.environ.pop("RAYON_NUM_THREADS", None)
+        if saved is not None:
+            os.environ["RAYON_NUM_THREADS"] = saved
