@@ -59,7 +59,7 @@ class EarlyTokenizer:
         self.config, self.staging, self.cache_dir = config, staging, cache_dir
         self.directory = FileSystems.join(staging, EARLY_DIR)
         self.tok = load_tokenizer(config.tokenizer, config.trust_remote_code)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="longctx-early")
+        self._pool: ThreadPoolExecutor | None = None  # made on submit, ended by drain
         self._slots = threading.BoundedSemaphore(DEPTH)
         self._pending: dict[str, Future] = {}
         self._lock = threading.Lock()
@@ -79,8 +79,10 @@ class EarlyTokenizer:
             if key in self._pending:
                 return
         self._slots.acquire()
-        fut = self._pool.submit(self._make, doc, key)
-        with self._lock:
+        with self._lock:  # drain() swaps the pool out under the same lock
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="longctx-early")
+            fut = self._pool.submit(self._make, doc, key)
             self._pending[key] = fut
         fut.add_done_callback(lambda _: self._slots.release())
 
@@ -95,11 +97,15 @@ class EarlyTokenizer:
             return False
 
     def drain(self) -> None:
-        """Wait for every document handed over (end of a read bundle)."""
+        """Wait for every document handed over (end of a read bundle), and end the thread: a
+        long-lived worker process (a Dask worker) keeps no idle thread per run."""
         with self._lock:
             futures = list(self._pending.values())
+            pool, self._pool = self._pool, None
         for fut in futures:
             fut.result()
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     def take(self, key: str) -> dict | None:
         """The entry for ``key`` (waited for if it is being made here), removed from disk once
