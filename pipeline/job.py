@@ -44,7 +44,7 @@ from pipeline.output import (
 )
 from pipeline.plots import PlotRenderer
 from pipeline.report import write_report
-from pipeline.runners import check_runner, make_runner, share_cores
+from pipeline.runners import check_runner, emits_from_finish_bundle, make_runner, share_cores
 from pipeline.steps import BuildDataset
 from pipeline.steps.tokenize import Progress
 from schemas.layout import (
@@ -157,6 +157,7 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
         staging=staging,
         cache_dir=tokens_cache,
         progress=progress,
+        batch_tokenize=emits_from_finish_bundle(job.options),
     )
     pipeline.run().wait_until_finish()
     if progress and progress.tty:

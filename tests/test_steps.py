@@ -307,3 +307,27 @@ def test_early_tokenizer_skips_documents_the_incremental_cache_holds(
     maker.drain()
     assert maker.take(maker.key(content_sha256(cached))) is None
     assert maker.take(maker.key(content_sha256(fresh)))["tokens"].shape[0] > 30000
+
+
+def test_tokenize_step_batches_short_documents_and_loses_none(tmp_path, qwen3_dir, books_dir):
+    """Many short records are encoded in batches of BATCH_DOCS (one tokenizer call each, the last
+    batch emitted by finish_bundle): every document comes out once, with the ids that tokenizing
+    it alone gives."""
+    from pipeline.steps.tokenize import BATCH_DOCS
+    from transforms.samples.tokenize import encode_document, load_tokenizer
+
+    text = (books_dir / "austen-pride-and-prejudice.txt").read_text(encoding="utf-8")
+    n = BATCH_DOCS + 44  # one full batch, then a partial one at the end of the bundle
+    docs = [
+        TextDocument(f"rec/{i}", "book", f"r{i}", [text[i * 700 : i * 700 + 600 + i]])
+        for i in range(n)
+    ]
+    config = BuildConfig(tokenizer=str(qwen3_dir), seq_len=512, output=str(tmp_path / "out"))
+    staging = str(tmp_path / "staging")
+    with _pipeline() as p:
+        out = p | beam.Create(docs) | Tokenize(config, staging, early=True)
+        assert_that(out | beam.Map(lambda d: d.doc_id), equal_to([d.doc_id for d in docs]))
+    tok = load_tokenizer(str(qwen3_dir), False)
+    for doc in docs[::37] + docs[-3:]:
+        stored = np.fromfile(token_store.path_for(staging, doc.doc_id), dtype="<i4")
+        np.testing.assert_array_equal(stored, encode_document(doc, tok))

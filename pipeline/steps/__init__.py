@@ -41,11 +41,20 @@ class BuildDataset(beam.PTransform):
     ``staging``. ``config`` is the run's BuildConfig, passed whole."""
 
     def __init__(
-        self, *, config, sources, discovery_rejects, staging, cache_dir=None, progress=None
+        self,
+        *,
+        config,
+        sources,
+        discovery_rejects,
+        staging,
+        cache_dir=None,
+        progress=None,
+        batch_tokenize=True,
     ):
         super().__init__()
         self.config, self.sources, self.discovery_rejects = config, sources, discovery_rejects
         self.staging, self.cache_dir, self.progress = staging, cache_dir, progress
+        self.batch_tokenize = batch_tokenize  # False where finish_bundle outputs are dropped
 
     def expand(self, pbegin):
         config, staging = self.config, self.staging
@@ -62,7 +71,12 @@ class BuildDataset(beam.PTransform):
             )
         )
         docs = read[MAIN] | "Tokenize" >> Tokenize(
-            config, staging, self.cache_dir, self.progress, early=tokenize_early
+            config,
+            staging,
+            self.cache_dir,
+            self.progress,
+            early=tokenize_early,
+            batch=self.batch_tokenize,
         )
         planned = docs | "PlanSamples" >> PlanSamples(config.plan_settings)
         wrote_plan = planned[SUMMARY] | "WritePlanSummary" >> beam.Map(

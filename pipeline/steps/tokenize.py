@@ -20,6 +20,12 @@ from transforms.documents import TextDocument, TokenizedDocument
 
 _LOG = logging.getLogger("longctx")
 
+# Documents not found in the cache nor made early are encoded in batches of at most this many
+# documents or characters: one tokenizer call for many short records (JSONL, Parquet, HF rows)
+# instead of one each (4,000 records of 2 KB: 0.55 s in 4,000 calls, 0.20 s in batches of 256).
+BATCH_DOCS = 256
+BATCH_CHARS = 1 << 20
+
 
 def content_sha256(doc: TextDocument) -> str:
     h = hashlib.sha256()
@@ -37,11 +43,20 @@ class TokenizeFn(beam.DoFn):
     ``--incremental`` cache or None."""
 
     def __init__(
-        self, config, staging: str, cache_dir: str | None = None, progress=None, early=False
+        self,
+        config,
+        staging: str,
+        cache_dir: str | None = None,
+        progress=None,
+        early=False,
+        batch=True,
     ):
         self.config, self.staging, self.cache_dir = config, staging, cache_dir
         self.progress = progress  # None, or Progress(total_bytes, tty)
         self.early = early  # the read step tokenizes early (pipeline/steps/early.py)
+        # batch documents across process() calls, the last batch emitted by finish_bundle;
+        # off for runners that drop finish_bundle's outputs (Beam 2.77's DaskRunner)
+        self.batch = batch
         self.tok = None
         self._started = self._shown = 0.0
         self._docs = self._tokens = self._bytes = 0
@@ -51,16 +66,53 @@ class TokenizeFn(beam.DoFn):
 
         self.tok = load_tokenizer(self.config.tokenizer, self.config.trust_remote_code)
 
+    def start_bundle(self):
+        self._batch: list[tuple[TextDocument, str, str | None]] = []
+        self._batch_chars = 0
+
     def process(self, doc: TextDocument):
+        """Documents found in the cache or made early are emitted at once; the others wait in a
+        batch encoded with one tokenizer call (``BATCH_DOCS`` / ``BATCH_CHARS``), flushed when
+        full and at the end of the bundle."""
         sha = content_sha256(doc)
         key, entry = self._cached(sha)
-        reused = entry is not None
-        if entry is None:
-            entry = self._early(doc, sha) or tokenize_entry(doc, self.tok, self.config)
-            if self.cache_dir:
-                from pipeline import cache
+        if entry is not None:
+            yield self._emit(doc, sha, key, entry, reused=True)
+            return
+        entry = self._early(doc, sha)
+        if entry is not None:
+            self._store_in_cache(key, entry)
+            yield self._emit(doc, sha, key, entry, reused=False)
+            return
+        self._batch.append((doc, sha, key))
+        self._batch_chars += sum(len(t) for t in doc.texts)
+        full = len(self._batch) >= BATCH_DOCS or self._batch_chars >= BATCH_CHARS
+        if full or not self.batch:
+            yield from self._flush()
 
-                cache.store(self.cache_dir, key, **entry)
+    def finish_bundle(self):
+        from apache_beam.transforms.window import GlobalWindow
+        from apache_beam.utils.timestamp import MIN_TIMESTAMP
+        from apache_beam.utils.windowed_value import WindowedValue
+
+        for out in self._flush():
+            yield WindowedValue(out, MIN_TIMESTAMP, [GlobalWindow()])
+
+    def _flush(self):
+        batch, self._batch, self._batch_chars = self._batch, [], 0
+        entries = tokenize_entries([doc for doc, _, _ in batch], self.tok, self.config)
+        for (doc, sha, key), entry in zip(batch, entries, strict=True):
+            self._store_in_cache(key, entry)
+            yield self._emit(doc, sha, key, entry, reused=False)
+
+    def _store_in_cache(self, key, entry: dict) -> None:
+        if self.cache_dir:
+            from pipeline import cache
+
+            cache.store(self.cache_dir, key, **entry)
+
+    def _emit(self, doc: TextDocument, sha: str, key, entry: dict, *, reused: bool):
+        """Store the ids, count, report progress; the TokenizedDocument that goes on."""
         Metrics.counter(NAMESPACE, "documents_reused" if reused else "documents_tokenized").inc()
         n = int(entry["tokens"].shape[0])
         tokens_path = token_store.path_for(self.staging, doc.doc_id)
@@ -72,7 +124,7 @@ class TokenizeFn(beam.DoFn):
             Metrics.counter(NAMESPACE, "warnings_unparsed_source_files").inc(doc.unparsed_files)
         if self.progress:
             self._report(n, doc.n_bytes)
-        yield TokenizedDocument.from_text(
+        return TokenizedDocument.from_text(
             doc,
             content_sha256=sha,
             n_tokens=n,
@@ -131,21 +183,30 @@ class TokenizeFn(beam.DoFn):
             _LOG.info("%s", line)
 
 
-def tokenize_entry(doc: TextDocument, tok, config) -> dict:
-    """One document's ids, chapter offsets, windows and long-dependency score: what the token
-    store and the ``--incremental`` cache hold (the early tokenizer runs this too)."""
-    from transforms.samples.tokenize import encode_and_window
+def tokenize_entries(docs: list[TextDocument], tok, config) -> list[dict]:
+    """Each document's ids, chapter offsets, windows and long-dependency score: what the token
+    store and the ``--incremental`` cache hold. One tokenizer call for the whole list."""
+    from transforms.samples.tokenize import encode_and_window_many
 
-    enc, starts, lengths = encode_and_window(
-        doc, tok, seq_len=config.seq_len, overlap=config.overlap, slack=config.slack
-    )
-    return {
-        "tokens": enc.tokens,
-        "chapters": enc.chapters,
-        "starts": starts,
-        "lengths": lengths,
-        "score": dependency_score(enc.tokens),
-    }
+    out = []
+    for enc, starts, lengths in encode_and_window_many(
+        docs, tok, seq_len=config.seq_len, overlap=config.overlap, slack=config.slack
+    ):
+        out.append(
+            {
+                "tokens": enc.tokens,
+                "chapters": enc.chapters,
+                "starts": starts,
+                "lengths": lengths,
+                "score": dependency_score(enc.tokens),
+            }
+        )
+    return out
+
+
+def tokenize_entry(doc: TextDocument, tok, config) -> dict:
+    """:func:`tokenize_entries` of one document (the early tokenizer runs this)."""
+    return tokenize_entries([doc], tok, config)[0]
 
 
 @dataclass(frozen=True)
@@ -170,10 +231,16 @@ class Tokenize(beam.PTransform):
     """TextDocument s -> TokenizedDocument s (one ParDo; the composite names the step)."""
 
     def __init__(
-        self, config, staging: str, cache_dir: str | None = None, progress=None, early=False
+        self,
+        config,
+        staging: str,
+        cache_dir: str | None = None,
+        progress=None,
+        early=False,
+        batch=True,
     ):
         super().__init__()
-        self.fn = TokenizeFn(config, staging, cache_dir, progress, early)
+        self.fn = TokenizeFn(config, staging, cache_dir, progress, early, batch)
 
     def expand(self, texts):
         return texts | "TokenizeDocuments" >> beam.ParDo(self.fn)

@@ -331,12 +331,9 @@ def _pieces(text: str, forced: list[int]) -> list[tuple[str, bool]]:
     return out
 
 
-def encode_document_full(
-    doc: TextDocument, tok: LoadedTokenizer, chapter_chars: list[int] | None = None
-) -> EncodedDocument:
-    """Token ids of a whole document (int32), separators and end-of-text included, with the
-    token offsets where chapters, paragraphs and lines start. ``chapter_chars`` are character
-    offsets of chapter headings in a book's single text."""
+def _layout(doc: TextDocument, tok: LoadedTokenizer, chapter_chars: list[int] | None):
+    """A document as texts to encode and a layout: special ids, and ``(first, count)`` ranges
+    into the texts; plus which text starts at a chapter cut."""
     parts = document_parts(doc, tok)
     texts: list[str] = []
     layout: list[int | tuple[int, int]] = []  # special id, or (first, count) into texts
@@ -350,7 +347,10 @@ def encode_document_full(
             layout.append((len(texts), len(pieces)))
             texts.extend(p for p, _ in pieces)
             chapter_piece.extend(f for _, f in pieces)
-    encoded = tok.tokenizer.encode_batch_fast(texts, add_special_tokens=False) if texts else []
+    return texts, layout, chapter_piece
+
+
+def _assemble(tok: LoadedTokenizer, encoded, layout, chapter_piece) -> EncodedDocument:
     arrays, chapters = [], []
     pos = 0
     for item in layout:
@@ -378,6 +378,32 @@ def encode_document_full(
     )
 
 
+def encode_documents_full(docs: list[TextDocument], tok: LoadedTokenizer) -> list[EncodedDocument]:
+    """:func:`encode_document_full` of several documents with one ``encode_batch_fast`` call for
+    all their chunks (many short documents: one call each would leave the tokenizer's threads
+    waiting on the call overhead). Each text is encoded on its own either way, so the ids are
+    those of one document at a time."""
+    plans = [_layout(doc, tok, doc.chapters) for doc in docs]
+    texts = [t for plan in plans for t in plan[0]]
+    encoded = tok.tokenizer.encode_batch_fast(texts, add_special_tokens=False) if texts else []
+    out, start = [], 0
+    for doc_texts, layout, chapter_piece in plans:
+        out.append(_assemble(tok, encoded[start : start + len(doc_texts)], layout, chapter_piece))
+        start += len(doc_texts)
+    return out
+
+
+def encode_document_full(
+    doc: TextDocument, tok: LoadedTokenizer, chapter_chars: list[int] | None = None
+) -> EncodedDocument:
+    """Token ids of a whole document (int32), separators and end-of-text included, with the
+    token offsets where chapters, paragraphs and lines start. ``chapter_chars`` are character
+    offsets of chapter headings in a book's single text."""
+    texts, layout, chapter_piece = _layout(doc, tok, chapter_chars)
+    encoded = tok.tokenizer.encode_batch_fast(texts, add_special_tokens=False) if texts else []
+    return _assemble(tok, encoded, layout, chapter_piece)
+
+
 def encode_and_window(
     doc: TextDocument, tok: LoadedTokenizer, *, seq_len: int, overlap: int, slack: int
 ) -> tuple[EncodedDocument, np.ndarray, np.ndarray]:
@@ -388,6 +414,19 @@ def encode_and_window(
         int(enc.tokens.shape[0]), seq_len=seq_len, overlap=overlap, tiers=enc.tiers, slack=slack
     )
     return enc, starts, lengths
+
+
+def encode_and_window_many(
+    docs: list[TextDocument], tok: LoadedTokenizer, *, seq_len: int, overlap: int, slack: int
+) -> list[tuple[EncodedDocument, np.ndarray, np.ndarray]]:
+    """:func:`encode_and_window` of several documents, encoded in one batch."""
+    out = []
+    for enc in encode_documents_full(docs, tok):
+        starts, lengths = window_document(
+            int(enc.tokens.shape[0]), seq_len=seq_len, overlap=overlap, tiers=enc.tiers, slack=slack
+        )
+        out.append((enc, starts, lengths))
+    return out
 
 
 def encode_document(doc: TextDocument, tok: LoadedTokenizer) -> np.ndarray:
