@@ -40,6 +40,12 @@ def entry_key(
     return hashlib.sha256(spec.encode()).hexdigest()
 
 
+def document_key(content_sha256: str, tok, config) -> str:
+    """:func:`entry_key` of a document under a run's tokenizer and settings (the tokenize step
+    and the early tokenizer key their entries the same way)."""
+    return entry_key(content_sha256, tok.sha256, config.seq_len, config.overlap, config.slack)
+
+
 def _path(directory: str, key: str) -> str:
     return FileSystems.join(directory, f"{key}.npz")
 

@@ -73,8 +73,8 @@ class BuildDataset(beam.PTransform):
         docs = read[MAIN] | "Tokenize" >> Tokenize(
             config,
             staging,
-            self.cache_dir,
-            self.progress,
+            cache_dir=self.cache_dir,
+            progress=self.progress,
             early=tokenize_early,
             batch=self.batch_tokenize,
         )

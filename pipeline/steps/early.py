@@ -65,8 +65,7 @@ class EarlyTokenizer:
         self._lock = threading.Lock()
 
     def key(self, sha: str) -> str:
-        c = self.config
-        return cache.entry_key(sha, self.tok.sha256, c.seq_len, c.overlap, c.slack)
+        return cache.document_key(sha, self.tok, self.config)
 
     def submit(self, doc: TextDocument) -> None:
         """Start tokenizing ``doc`` (blocks while ``DEPTH`` documents wait)."""

@@ -79,7 +79,7 @@ class TokenizeFn(beam.DoFn):
         if entry is not None:
             yield self._emit(doc, sha, key, entry, reused=True)
             return
-        entry = self._early(doc, sha)
+        entry = self._early(doc, sha, key)
         if entry is not None:
             self._store_in_cache(key, entry)
             yield self._emit(doc, sha, key, entry, reused=False)
@@ -144,18 +144,17 @@ class TokenizeFn(beam.DoFn):
             return None, None
         from pipeline import cache
 
-        c = self.config
-        key = cache.entry_key(sha, self.tok.sha256, c.seq_len, c.overlap, c.slack)
+        key = cache.document_key(sha, self.tok, self.config)
         return key, cache.load(self.cache_dir, key)
 
-    def _early(self, doc: TextDocument, sha: str) -> dict | None:
-        """The entry the read step made early for this text, if it did (``early.py``)."""
+    def _early(self, doc: TextDocument, sha: str, key: str | None) -> dict | None:
+        """The entry the read step made early for this text, if it did (``early.py``); ``key``:
+        the cache key when ``_cached`` made one already."""
         if not (self.early and early.worth_it(doc)):
             return None
         from pipeline import cache
 
-        c = self.config
-        key = cache.entry_key(sha, self.tok.sha256, c.seq_len, c.overlap, c.slack)
+        key = key or cache.document_key(sha, self.tok, self.config)
         entry = early.take(self.staging, key)
         Metrics.counter(NAMESPACE, "documents_early" if entry else "documents_not_early").inc()
         return entry
@@ -230,17 +229,10 @@ def progress_line(docs: int, tokens: int, done_bytes: int, seconds: float, total
 class Tokenize(beam.PTransform):
     """TextDocument s -> TokenizedDocument s (one ParDo; the composite names the step)."""
 
-    def __init__(
-        self,
-        config,
-        staging: str,
-        cache_dir: str | None = None,
-        progress=None,
-        early=False,
-        batch=True,
-    ):
+    def __init__(self, config, staging: str, **options):
+        """``options``: those of :class:`TokenizeFn` (cache_dir, progress, early, batch)."""
         super().__init__()
-        self.fn = TokenizeFn(config, staging, cache_dir, progress, early, batch)
+        self.fn = TokenizeFn(config, staging, **options)
 
     def expand(self, texts):
         return texts | "TokenizeDocuments" >> beam.ParDo(self.fn)

@@ -331,14 +331,14 @@ def _pieces(text: str, forced: list[int]) -> list[tuple[str, bool]]:
     return out
 
 
-def _layout(doc: TextDocument, tok: LoadedTokenizer, chapter_chars: list[int] | None):
+def _layout(doc: TextDocument, tok: LoadedTokenizer):
     """A document as texts to encode and a layout: special ids, and ``(first, count)`` ranges
     into the texts; plus which text starts at a chapter cut."""
     parts = document_parts(doc, tok)
     texts: list[str] = []
     layout: list[int | tuple[int, int]] = []  # special id, or (first, count) into texts
     chapter_piece: list[bool] = []
-    forced = chapter_chars if (doc.kind != CODE and chapter_chars) else []
+    forced = doc.chapters if (doc.kind != CODE and doc.chapters) else []
     for part in parts:
         if isinstance(part, int):
             layout.append(part)
@@ -379,11 +379,13 @@ def _assemble(tok: LoadedTokenizer, encoded, layout, chapter_piece) -> EncodedDo
 
 
 def encode_documents_full(docs: list[TextDocument], tok: LoadedTokenizer) -> list[EncodedDocument]:
-    """:func:`encode_document_full` of several documents with one ``encode_batch_fast`` call for
-    all their chunks (many short documents: one call each would leave the tokenizer's threads
-    waiting on the call overhead). Each text is encoded on its own either way, so the ids are
-    those of one document at a time."""
-    plans = [_layout(doc, tok, doc.chapters) for doc in docs]
+    """Token ids of whole documents (int32), separators and end-of-text included, with the
+    token offsets where chapters (a book's ``doc.chapters`` headings, a repository's file
+    headers), paragraphs and lines start. One ``encode_batch_fast`` call for all the documents'
+    chunks (many short documents: one call each would leave the tokenizer's threads waiting on
+    the call overhead); each text is encoded on its own either way, so the ids are those of one
+    document at a time."""
+    plans = [_layout(doc, tok) for doc in docs]
     texts = [t for plan in plans for t in plan[0]]
     encoded = tok.tokenizer.encode_batch_fast(texts, add_special_tokens=False) if texts else []
     out, start = [], 0
@@ -393,33 +395,17 @@ def encode_documents_full(docs: list[TextDocument], tok: LoadedTokenizer) -> lis
     return out
 
 
-def encode_document_full(
-    doc: TextDocument, tok: LoadedTokenizer, chapter_chars: list[int] | None = None
-) -> EncodedDocument:
-    """Token ids of a whole document (int32), separators and end-of-text included, with the
-    token offsets where chapters, paragraphs and lines start. ``chapter_chars`` are character
-    offsets of chapter headings in a book's single text."""
-    texts, layout, chapter_piece = _layout(doc, tok, chapter_chars)
-    encoded = tok.tokenizer.encode_batch_fast(texts, add_special_tokens=False) if texts else []
-    return _assemble(tok, encoded, layout, chapter_piece)
-
-
-def encode_and_window(
-    doc: TextDocument, tok: LoadedTokenizer, *, seq_len: int, overlap: int, slack: int
-) -> tuple[EncodedDocument, np.ndarray, np.ndarray]:
-    """Encode a document and cut its windows at chapter / paragraph / line starts:
-    ``(encoded, starts, lengths)``, as the pipeline and ``count_tokens`` both do it."""
-    enc = encode_document_full(doc, tok, doc.chapters)
-    starts, lengths = window_document(
-        int(enc.tokens.shape[0]), seq_len=seq_len, overlap=overlap, tiers=enc.tiers, slack=slack
-    )
-    return enc, starts, lengths
+def encode_document_full(doc: TextDocument, tok: LoadedTokenizer) -> EncodedDocument:
+    """:func:`encode_documents_full` of one document."""
+    return encode_documents_full([doc], tok)[0]
 
 
 def encode_and_window_many(
     docs: list[TextDocument], tok: LoadedTokenizer, *, seq_len: int, overlap: int, slack: int
 ) -> list[tuple[EncodedDocument, np.ndarray, np.ndarray]]:
-    """:func:`encode_and_window` of several documents, encoded in one batch."""
+    """Encode documents (one batch) and cut each one's windows at chapter / paragraph / line
+    starts: ``(encoded, starts, lengths)`` per document, as the pipeline and ``count_tokens``
+    both do it."""
     out = []
     for enc in encode_documents_full(docs, tok):
         starts, lengths = window_document(
@@ -429,6 +415,13 @@ def encode_and_window_many(
     return out
 
 
+def encode_and_window(
+    doc: TextDocument, tok: LoadedTokenizer, *, seq_len: int, overlap: int, slack: int
+) -> tuple[EncodedDocument, np.ndarray, np.ndarray]:
+    """:func:`encode_and_window_many` of one document."""
+    return encode_and_window_many([doc], tok, seq_len=seq_len, overlap=overlap, slack=slack)[0]
+
+
 def encode_document(doc: TextDocument, tok: LoadedTokenizer) -> np.ndarray:
     """Token ids of a whole document (int32), separators and end-of-text included."""
-    return encode_document_full(doc, tok, doc.chapters).tokens
+    return encode_document_full(doc, tok).tokens
