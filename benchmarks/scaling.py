@@ -561,12 +561,16 @@ def _add(name: str, dt: float, calls: int = 1) -> None:
 
 
 def _timed(name, fn):
+    """Time every call; calls from the read step's early-tokenization thread
+    (``pipeline/steps/early.py``) count under ``early:<name>`` (they overlap the read step)."""
+
     def wrapper(*a, **kw):
         t = time.perf_counter()
         try:
             return fn(*a, **kw)
         finally:
-            _add(name, time.perf_counter() - t)
+            early = threading.current_thread().name.startswith("longctx-early")
+            _add(f"early:{name}" if early else name, time.perf_counter() - t)
 
     wrapper.__wrapped__ = fn
     return wrapper
@@ -589,6 +593,12 @@ def _timed_process(name, fn):
             t = time.perf_counter()
 
     return process
+
+
+def _timed_finish(name, fn):
+    """A DoFn's ``finish_bundle(self)`` (the tokenize step's last batch): counted with its
+    ``process`` time."""
+    return lambda self: _timed_process(name, lambda self, _: fn(self))(self, None)
 
 
 def _patch(modules, attr: str, name: str, wrap=_timed) -> bool:
@@ -621,6 +631,8 @@ PHASES = [  # (label, runs as)
     ("finalize: manifest, report, publish", "once per run (driver)"),
     ("exit", "once per run (driver)"),
 ]
+EARLY = "early tokenization (read step's thread; overlaps reading, not in the total)"
+PHASES.append((EARLY, "per document of >= 64K characters"))
 
 
 def phase_child(out_json: str, argv: list[str]) -> int:
@@ -652,7 +664,8 @@ def phase_child(out_json: str, argv: list[str]) -> int:
         "finalize": _patch(drivers, "finalize", "finalize"),
         "read": _patch([readm.ReadSourceFn], "process", "read", _timed_process),
         "tokenize": _patch([tokm.TokenizeFn], "process", "tokenize", _timed_process),
-        "encode": _patch([ttok], "encode_document_full", "encode"),
+        "tokenize_finish": _patch([tokm.TokenizeFn], "finish_bundle", "tokenize", _timed_finish),
+        "encode": _patch([ttok], "encode_documents_full", "encode"),
         "windows": _patch([ttok], "window_document", "windows"),
         "scores": _patch([tokm], "dependency_score", "scores"),
         "store": _patch([store], "store", "store"),
@@ -688,6 +701,8 @@ def phase_child(out_json: str, argv: list[str]) -> int:
         "finalize: manifest, report, publish": T("finalize", 0.0),
     }
     seconds["exit"] = max(0.0, (end - created) - sum(seconds.values()))
+    # in a thread of the read step, so inside "read sources" wall time: not added to the total
+    seconds[EARLY] = sum(T(f"early:{k}", 0.0) for k in ("encode", "windows", "scores"))
     write_json_atomic(
         Path(out_json),
         {

@@ -6,8 +6,9 @@
 
 Needs ``pip install 'apache-beam[dask]'`` (dask and distributed). Workers are separate
 processes with one thread each (the tokenizer brings its own threads: cores // workers of them
-each, through ``RAYON_NUM_THREADS``, unless it is set already), started in this folder, so they import this checkout's code. Restart the cluster after changing the code:
-running workers keep the modules they imported first.
+each, through ``RAYON_NUM_THREADS``, unless it is set already), started in this folder, so
+they import this checkout's code. Restart the cluster after changing the code: running
+workers keep the modules they imported first.
 """
 
 from __future__ import annotations
