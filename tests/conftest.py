@@ -47,3 +47,33 @@ def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: int = 900
         env=env,
         timeout=timeout,
     )
+
+
+def packed_paragraphs(root: Path, books_dir: Path, qwen3_dir: Path, seq_len: int):
+    """40 paragraphs of a real book, one JSONL record each, through the pipeline at
+    ``seq_len`` (rows pack several documents), and the tiny random model with Qwen3's
+    vocabulary: ``(output folder, model folder)`` under ``root``, for the CPU training tests."""
+    import json
+
+    from train.random_model import build
+
+    text = (books_dir / "wells-the-time-machine.txt").read_text(encoding="utf-8")
+    paras = [p for p in text.split("\n\n") if len(p) > 400][:40]
+    jsonl = root / "paragraphs.jsonl"
+    jsonl.write_text("".join(json.dumps({"id": i, "text": p}) + "\n" for i, p in enumerate(paras)))
+    out = root / "out"
+    proc = run_cli(
+        "pipeline.run",
+        "--documents",
+        jsonl,
+        "--runner",
+        "DirectRunner",
+        "--tokenizer",
+        qwen3_dir,
+        "--seq-len",
+        str(seq_len),
+        "--output",
+        out,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return out, build("tiny", str(qwen3_dir), str(root / "tiny"))

@@ -18,7 +18,7 @@ import socket
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import packed_paragraphs, run_cli
 
 torch = pytest.importorskip(
     "torch", reason="the training tests need the CPU build of torch (.[test])"
@@ -327,28 +327,7 @@ def packed(tmp_path_factory, books_dir, qwen3_dir):
     documents) and the tiny random model (4 heads, 2 KV heads; Qwen3's vocabulary, so rows are
     kept short to keep the CPU steps fast)."""
     root = tmp_path_factory.mktemp("cp-launch")
-    text = (books_dir / "wells-the-time-machine.txt").read_text(encoding="utf-8")
-    paras = [p for p in text.split("\n\n") if len(p) > 400][:40]
-    jsonl = root / "paragraphs.jsonl"
-    jsonl.write_text("".join(json.dumps({"id": i, "text": p}) + "\n" for i, p in enumerate(paras)))
-    out = root / "out"
-    proc = run_cli(
-        "pipeline.run",
-        "--documents",
-        jsonl,
-        "--runner",
-        "DirectRunner",
-        "--tokenizer",
-        qwen3_dir,
-        "--seq-len",
-        "256",
-        "--output",
-        out,
-    )
-    assert proc.returncode == 0, proc.stderr
-    from train.random_model import build
-
-    return out, build("tiny", str(qwen3_dir), str(root / "tiny"))
+    return packed_paragraphs(root, books_dir, qwen3_dir, seq_len=256)
 
 
 def test_dry_run_prints_the_split_and_refusals_exit_2(packed, capsys):

@@ -16,7 +16,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import packed_paragraphs, run_cli
 
 torch = pytest.importorskip(
     "torch", reason="the training tests need the CPU build of torch (.[test])"
@@ -26,28 +26,7 @@ torch = pytest.importorskip(
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory, books_dir, qwen3_dir):
     root = tmp_path_factory.mktemp("launch")
-    text = (books_dir / "wells-the-time-machine.txt").read_text(encoding="utf-8")
-    paras = [p for p in text.split("\n\n") if len(p) > 400][:40]
-    jsonl = root / "paragraphs.jsonl"
-    jsonl.write_text("".join(json.dumps({"id": i, "text": p}) + "\n" for i, p in enumerate(paras)))
-    out = root / "out"
-    proc = run_cli(
-        "pipeline.run",
-        "--documents",
-        jsonl,
-        "--runner",
-        "DirectRunner",
-        "--tokenizer",
-        qwen3_dir,
-        "--seq-len",
-        "1024",
-        "--output",
-        out,
-    )
-    assert proc.returncode == 0, proc.stderr
-    from train.random_model import build
-
-    return out, build("tiny", str(qwen3_dir), str(root / "tiny"))
+    return packed_paragraphs(root, books_dir, qwen3_dir, seq_len=1024)
 
 
 def add_validation_split(src, dst, rows: int = 2):
