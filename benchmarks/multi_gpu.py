@@ -1,8 +1,6 @@
 """Helpers of ``benchmarks/multi_gpu.sh`` (the 2-GPU measurements of issue 21).
 
     python benchmarks/multi_gpu.py data --tokenizer DIR --seq-len L --rows N --out DIR
-    python benchmarks/multi_gpu.py estimate --model DIR --mode unsloth1|cp2 --gpu-gib G
-    python benchmarks/multi_gpu.py next --results DIR --prefix probe-1b-cp2 --start L
     python benchmarks/multi_gpu.py record --name NAME --rc RC --log LOG --run DIR --out JSON
     python benchmarks/multi_gpu.py report --results DIR --out benchmarks/results/multi_gpu.json
 
@@ -10,9 +8,15 @@
 whose rows are exactly ``--seq-len`` tokens, each packed from documents of ``--doc-tokens``
 random token ids ending with the tokenizer's end-of-text: memory and speed depend on the shape
 and the row layout, not on the text (GPU-NOTES.md), and no pipeline (no Apache Beam) runs on the
-GPU machine. ``next`` chooses the next context of a largest-context search from the probes
-recorded so far; ``record`` turns one finished ``train.launch`` run into a result file; ``report``
+GPU machine. ``record`` turns one finished ``train.launch`` run into a result file; ``report``
 writes the summary JSON from the recorded results only (a figure that was not measured is null).
+
+The longest context is extrapolated, not searched: one step of the 1B shape at 256K tokens takes
+over a minute on an H200 and grows with the square of the context, so a step at the ~1M tokens
+the GPU holds would take most of a session's device time. Peak memory is linear in the context
+on both paths (memory-efficient attention, offloaded checkpoints, chunked loss): the report
+takes the line through the two longest measured peaks to 95% of the GPU, and bounds it by the
+host RAM the offloaded checkpoints need.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import re
 import sys
@@ -31,7 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-GRID = 32768  # contexts of the largest-context searches are multiples of this
 DEFAULT_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -119,97 +121,52 @@ def make_data(tokenizer: str, seq_len: int, rows: int, doc_tokens: int, out: str
 
 
 # ---------------------------------------------------------------------------------------------
-# the planner's estimate, where a search starts
+# the planner's figures for a measured point
 
 
-def estimate(model: str, mode: str, gpu_gib: float, load_in_4bit: bool = False) -> int:
-    """The planner's largest context (train/plan.py) for one GPU through Unsloth (``unsloth1``)
-    or two GPUs with context parallelism (``cp2``), bf16 LoRA r16 unless ``load_in_4bit``, and
-    no more than the host RAM holds for offloaded checkpoints."""
-    from train.plan import (
-        HOST_HEADROOM_BYTES,
-        host_memory_bytes,
-        max_context,
-        max_cp_context,
-        read_model_shape,
-    )
+DEFAULT_LORA = {"lora_r": 16, "modules": DEFAULT_MODULES, "gc": "unsloth"}
+QLORA = {"lora_r": 32, "modules": DEFAULT_MODULES, "gc": "unsloth"}
 
-    shape = read_model_shape(model)
-    sizes = dict(lora_r=16, modules=DEFAULT_MODULES, gc="unsloth")
+
+def planner_peak_gib(config_dir: str, mode: str, context: int) -> float:
+    """train/plan.py's estimated peak GPU memory per GPU (GiB) of one micro-step of ``mode``
+    (unsloth1: bf16 LoRA r16 on one GPU; cp2: the same over 2 GPUs with context parallelism;
+    qlora1/qlora2: 4-bit QLoRA r32, per GPU) at ``context`` tokens."""
+    from train.plan import GIB, estimate_cp_peak_bytes, estimate_peak_bytes, read_model_shape
+
+    shape = read_model_shape(config_dir)
     if mode == "cp2":
-        fits = max_cp_context(shape, gpu_gib, 2, **sizes)
+        peak = estimate_cp_peak_bytes(shape, context, 2, **DEFAULT_LORA)
     else:
-        fits = max_context(shape, gpu_gib, load_in_4bit=load_in_4bit, **sizes)
-    host = host_memory_bytes()
-    if host:
-        per_token = shape.num_hidden_layers * shape.hidden_size * 2
-        fits = min(fits, (host - HOST_HEADROOM_BYTES) // per_token)
-    return int(fits)
+        sizes = QLORA if mode.startswith("qlora") else DEFAULT_LORA
+        peak = estimate_peak_bytes(shape, context, load_in_4bit=mode.startswith("qlora"), **sizes)
+    return round(peak / GIB, 2)
 
 
 # ---------------------------------------------------------------------------------------------
-# the largest-context search
+# the longest context, from measured peaks
 
 
-def probes(results: Path, prefix: str) -> dict[int, dict]:
-    """``{context: result}`` of the recorded probes ``<prefix>-<context>.json``."""
-    found = {}
-    for p in results.glob(f"{prefix}-*.json"):
-        m = re.fullmatch(re.escape(prefix) + r"-(\d+)\.json", p.name)
-        if m:
-            found[int(m.group(1))] = json.loads(p.read_text())
-    return found
-
-
-def _grid(x: float, step: int, up: bool = False) -> int:
-    return int((math.ceil if up else math.floor)(x / step) * step)
-
-
-def next_probe(
-    results: Path,
-    prefix: str,
-    start: int,
-    *,
-    step: int = GRID,
-    lowest: int = GRID,
-    highest: int = 4 * 2**20,
-    max_probes: int = 5,
-) -> int | None:
-    """The next context to try, or None when the search is over: start at the planner's
-    estimate (on the grid); go up 25% after a fit, down 20% after a failure, then bisect the
-    bracket [largest fit, smallest failure] until the two are one grid step apart. A probe
-    that timed out or failed for another reason than memory ends the search (it says why)."""
-    done = probes(results, prefix)
-    if not done:
-        return max(lowest, min(highest, _grid(start, step)))
-    if len(done) >= max_probes or any(r["status"] in ("timeout", "error") for r in done.values()):
+def fit_line(points: dict[int, float]) -> tuple[float, float] | None:
+    """``(intercept, slope per token)`` through the two longest measured points (peak memory is
+    linear in the context on both paths: memory-efficient attention, offloaded checkpoints,
+    chunked loss), or None with fewer than two."""
+    if len(points) < 2:
         return None
-    fits = [L for L, r in done.items() if r["status"] == "fit"]
-    fails = [L for L, r in done.items() if r["status"] != "fit"]
-    best, worst = (max(fits) if fits else None), (min(fails) if fails else None)
-    if best is None:
-        nxt = _grid(worst * 0.8, step)
-        return nxt if nxt >= lowest and nxt not in done else None
-    if worst is None:
-        nxt = _grid(best * 1.25, step, up=True)
-        return nxt if nxt <= highest and nxt not in done else None
-    if worst - best <= step:
+    (l1, y1), (l2, y2) = sorted(points.items())[-2:]
+    slope = (y2 - y1) / (l2 - l1)
+    return y2 - slope * l2, slope
+
+
+def longest_context(points: dict[int, float], capacity: float) -> int | None:
+    """The longest context (a multiple of 1024) whose peak, extrapolated on the line through the
+    two longest measured points, stays within ``capacity``; None without two points or with a
+    peak that does not grow."""
+    line = fit_line(points)
+    if line is None or line[1] <= 0:
         return None
-    nxt = _grid((best + worst) / 2, step)
-    return nxt if nxt not in done and best < nxt < worst else None
-
-
-def search_result(results: Path, prefix: str) -> dict:
-    done = probes(results, prefix)
-    fits = sorted(L for L, r in done.items() if r["status"] == "fit")
-    fails = sorted(L for L, r in done.items() if r["status"] != "fit")
-    best = fits[-1] if fits else None
-    return {
-        "largest_that_ran": best,
-        "smallest_that_failed": fails[0] if fails else None,
-        "peak_gib_at_largest": done[best].get("peak_gib") if best else None,
-        "probes": {str(L): done[L] for L in sorted(done)},
-    }
+    intercept, slope = line
+    return max(0, int((capacity - intercept) / slope) // 1024 * 1024)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,7 +178,8 @@ OOM = re.compile(r"OutOfMemoryError|CUDA out of memory|out of memory", re.IGNORE
 
 def record(name: str, rc: int, log: str, run: str, out: str, extra: dict | None = None) -> dict:
     """The result of one ``train.launch`` run: fit (exit 0 and a summary), oom, refused (exit
-    2: the plan refused it, the message kept), timeout (exit 124) or error."""
+    2: the plan refused it, the message kept), timeout (exit 124) or error. A fit keeps the
+    summary's figures and the loss of every step (log_history.json)."""
     text = Path(log).read_text(errors="replace") if Path(log).is_file() else ""
     summary_path = Path(run) / "train_summary.json"
     result: dict = {"name": name, "rc": rc, "recorded": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -230,6 +188,7 @@ def record(name: str, rc: int, log: str, run: str, out: str, extra: dict | None 
         keys = (
             "max_seq_length",
             "steps",
+            "gradient_accumulation_steps",
             "tokens",
             "runtime_s",
             "tokens_per_s",
@@ -240,11 +199,16 @@ def record(name: str, rc: int, log: str, run: str, out: str, extra: dict | None 
             "world_size",
             "context_parallel",
             "backend",
+            "offload_pinned",
             "first_loss",
             "last_loss",
             "device",
         )
         result.update(status="fit", **{k: s.get(k) for k in keys})
+        history = Path(run) / "log_history.json"
+        if history.is_file():
+            log_history = json.loads(history.read_text())
+            result["losses"] = [h["loss"] for h in log_history if "loss" in h]
     elif rc == 124:
         result["status"] = "timeout"
     elif OOM.search(text):
@@ -273,51 +237,140 @@ def _steady(r: dict | None):
     return (r or {}).get("tokens_per_s_steady") if (r or {}).get("status") == "fit" else None
 
 
-def report(results: Path, out: Path, shapes: list[str], speed_len: int) -> dict:
+def runs(results: Path, shape: str, mode: str) -> dict[int, dict]:
+    """``{context: result}`` of the recorded runs ``<mode>-<shape>-<context>.json``."""
+    found = {}
+    for p in results.glob(f"{mode}-{shape}-*.json"):
+        m = re.fullmatch(rf"{re.escape(mode)}-{re.escape(shape)}-(\d+)\.json", p.name)
+        if m:
+            found[int(m.group(1))] = json.loads(p.read_text())
+    return found
+
+
+def mode_figures(
+    results: Path, shape: str, mode: str, gpu_gib: float, host_gib: float, host_per_token: int
+) -> dict:
+    """One shape and mode: every measured point (peak GPU memory, host RSS, seconds per step,
+    the planner's estimate and its error), the longest context extrapolated to ``gpu_gib`` x 0.95
+    (the planner's headroom) and to the host RAM that offloaded checkpoints need."""
+    done = runs(results, shape, mode)
+    config = results / f"config-{shape}"
+    points, peaks = {}, {}
+    for L, r in sorted(done.items()):
+        point = {"status": r["status"]}
+        if r["status"] == "fit":
+            steps = max(1, r.get("steps") or 1)
+            planned = planner_peak_gib(str(config), mode, L) if config.is_dir() else None
+            point.update(
+                peak_gib=r["peak_gib"],
+                peak_reserved_gib=r["peak_reserved_gib"],
+                host_peak_rss_gib=r["host_peak_rss_gib"],
+                seconds_per_step=round(r["runtime_s"] / steps, 2),
+                tokens_per_s_steady=r.get("tokens_per_s_steady"),
+                planner_peak_gib=planned,
+                planner_error=(
+                    round(planned / r["peak_gib"] - 1, 3) if planned and r["peak_gib"] else None
+                ),
+            )
+            if r["peak_gib"] is not None:  # None on a CPU
+                peaks[L] = r["peak_gib"]
+        points[str(L)] = point
+    line = fit_line(peaks)
+    gpu_cap = round(0.95 * gpu_gib, 2)
+    by_gpu = longest_context(peaks, gpu_cap)
+    # offloaded checkpoints: every layer's input, bf16, on the host (both ranks of one host
+    # together hold one row's worth under context parallelism too)
+    by_host = int((host_gib - 16) * 2**30 / host_per_token) // 1024 * 1024
+    return {
+        "points": points,
+        "largest_that_ran": max(peaks) if peaks else None,
+        "gib_per_1k_tokens": round(line[1] * 1024, 4) if line else None,
+        "fixed_gib": round(line[0], 2) if line else None,
+        "longest_by_gpu_memory": by_gpu,
+        "longest_by_host_ram": by_host,
+        "longest_context": min(by_gpu, by_host) if by_gpu else None,
+    }
+
+
+def report(
+    results: Path,
+    out: Path,
+    shapes: list[str],
+    speed_len: int,
+    gpu_gib: float | None = None,
+    host_gib: float = 256.0,
+) -> dict:
     """benchmarks/results/multi_gpu.json from the recorded results; what was not measured is
-    null. ``cp_context_ratio``: per shape, the largest context that ran over 2 GPUs with
-    --context-parallel 2 / the largest that ran on 1 GPU through Unsloth (bf16 LoRA r16, both
-    with offloaded checkpoints). ``dp_speedup``: steady tokens/s of the 8B QLoRA shape with
-    --nproc-per-node 2 / with one GPU."""
-    figures, ratios = {}, {}
-    for shape in shapes:
-        one = search_result(results, f"probe-{shape}-unsloth1")
-        two = search_result(results, f"probe-{shape}-cp2")
-        speeds = {m: _load(results, f"speed-{shape}-{m}-{speed_len}") for m in ("unsloth1", "cp2")}
-        figures[shape] = {
-            "max_context_1gpu_unsloth": one,
-            "max_context_2gpu_context_parallel": two,
-            "planner_estimate": (_load(results, f"estimate-{shape}") or {}),
-            f"tokens_per_s_at_{speed_len}": {
-                "1gpu_unsloth": _steady(speeds["unsloth1"]),
-                "2gpu_context_parallel": _steady(speeds["cp2"]),
-            },
-            f"peak_gib_at_{speed_len}": {m: (r or {}).get("peak_gib") for m, r in speeds.items()},
-        }
-        a, b = one["largest_that_ran"], two["largest_that_ran"]
-        ratios[shape] = round(b / a, 3) if a and b else None
-    ddp = {n: _load(results, f"ddp-8b-qlora-{n}") for n in (1, 2)}
-    t1, t2 = _steady(ddp[1]), _steady(ddp[2])
+    null. ``cp_context_ratio``: per shape, the longest context over 2 GPUs with
+    --context-parallel 2 / the longest on 1 GPU through Unsloth (bf16 LoRA r16, offloaded
+    checkpoints in both), each extrapolated from measured peaks. ``dp_speedup``: steady
+    tokens/s of the 8B QLoRA shape with --nproc-per-node 2 / one GPU with accumulation 2 (the
+    same rows in each optimizer step)."""
     device = (
         (results / "device.txt").read_text().strip() if (results / "device.txt").is_file() else None
     )
+    if gpu_gib is None:
+        found = re.search(r"(\d+) MiB", device or "")
+        gpu_gib = int(found.group(1)) / 1024 if found else 0.0
+    figures, ratios = {}, {}
+    for shape in shapes:
+        config = results / f"config-{shape}" / "config.json"
+        if config.is_file():
+            c = json.loads(config.read_text())
+            host_per_token = c["num_hidden_layers"] * c["hidden_size"] * 2
+        else:
+            host_per_token = 1
+        modes = {
+            m: mode_figures(results, shape, m, gpu_gib, host_gib, host_per_token)
+            for m in ("unsloth1", "cp2")
+        }
+        speeds = {m: _steady(_load(results, f"{m}-{shape}-{speed_len}")) for m in modes}
+        figures[shape] = {
+            "1gpu_unsloth": modes["unsloth1"],
+            "2gpu_context_parallel": modes["cp2"],
+            f"tokens_per_s_at_{speed_len}": {
+                "1gpu_unsloth": speeds["unsloth1"],
+                "2gpu_context_parallel": speeds["cp2"],
+            },
+        }
+        a, b = modes["unsloth1"]["longest_context"], modes["cp2"]["longest_context"]
+        ratios[shape] = round(b / a, 3) if a and b else None
+    ddp = {n: _load(results, f"qlora{n}-{shapes[-1]}-{speed_len}") for n in (1, 2)}
+    t1, t2 = _steady(ddp[1]), _steady(ddp[2])
     data = {
         "issue": 21,
         "device": device,
         "date": time.strftime("%Y-%m-%d"),
         "commit": os.environ.get("MULTI_GPU_COMMIT") or None,
+        "gpu_gib": round(gpu_gib, 2),
+        "host_gib": host_gib,
         "dp_speedup": round(t2 / t1, 3) if t1 and t2 else None,
-        "dp_tokens_per_s": {"1gpu": t1, "2gpu": t2, "shape": "8b", "context": speed_len},
+        "dp": {
+            "tokens_per_s_steady": {"1gpu_accumulation_2": t1, "2gpu_ddp": t2},
+            "losses": {
+                "1gpu_accumulation_2": (ddp[1] or {}).get("losses"),
+                "2gpu_ddp": (ddp[2] or {}).get("losses"),
+            },
+            "peak_gib": {
+                "1gpu": (ddp[1] or {}).get("peak_gib"),
+                "2gpu": (ddp[2] or {}).get("peak_gib"),
+            },
+            "shape": shapes[-1],
+            "context": speed_len,
+        },
         "cp_context_ratio": ratios,
         "shapes": figures,
         "definitions": {
-            "cp_context_ratio": "per shape: the largest context that ran over 2 GPUs with "
-            "--context-parallel 2 / the largest that ran on 1 GPU through Unsloth (bf16 LoRA r16, "
-            "offloaded checkpoints in both)",
+            "cp_context_ratio": "per shape: longest_context over 2 GPUs with --context-parallel 2 "
+            "/ longest_context on 1 GPU through Unsloth (bf16 LoRA r16, offloaded checkpoints in "
+            "both); extrapolated, not run at that length",
+            "longest_by_gpu_memory": "the context at which the line through the two longest "
+            "measured peaks (max_memory_allocated) reaches 95% of the GPU's memory",
+            "longest_by_host_ram": "the context whose offloaded checkpoints (layers x hidden x 2 "
+            "bytes a token, both ranks of one host together) fit host_gib less 16 GiB",
             "dp_speedup": "steady tokens/s (after the first step) of the Llama-3.1-8B shape, 4-bit "
-            f"QLoRA r32, at {speed_len} tokens: --nproc-per-node 2 over one GPU",
-            "largest_that_ran": "the longest row (tokens) of which one optimizer step finished; "
-            "the search probes contexts on a 32,768-token grid from the planner's estimate",
+            f"QLoRA r32, at {speed_len} tokens: --nproc-per-node 2 over one GPU with gradient "
+            "accumulation 2 (two rows an optimizer step in both)",
             "data": "synthetic rows of random token ids, documents of --doc-tokens tokens each "
             "(benchmarks/multi_gpu.py data)",
         },
@@ -338,17 +391,6 @@ def main(argv=None) -> int:
     d.add_argument("--rows", type=int, default=2)
     d.add_argument("--doc-tokens", type=int, default=32768)
     d.add_argument("--out", required=True)
-    e = sub.add_parser("estimate")
-    e.add_argument("--model", required=True)
-    e.add_argument("--mode", choices=("unsloth1", "cp2"), required=True)
-    e.add_argument("--gpu-gib", type=float, required=True)
-    n = sub.add_parser("next")
-    n.add_argument("--results", required=True)
-    n.add_argument("--prefix", required=True)
-    n.add_argument("--start", type=int, required=True)
-    n.add_argument("--step", type=int, default=GRID)
-    n.add_argument("--highest", type=int, default=4 * 2**20)
-    n.add_argument("--max-probes", type=int, default=5)
     r = sub.add_parser("record")
     r.add_argument("--name", required=True)
     r.add_argument("--rc", type=int, required=True)
@@ -361,27 +403,18 @@ def main(argv=None) -> int:
     rep.add_argument("--out", required=True)
     rep.add_argument("--shapes", default="1b 8b")
     rep.add_argument("--speed-len", type=int, default=65536)
+    rep.add_argument("--gpu-gib", type=float, default=None, help="default: device.txt's")
+    rep.add_argument("--host-gib", type=float, default=256.0)
     a = p.parse_args(argv)
     if a.cmd == "data":
         print(make_data(a.tokenizer, a.seq_len, a.rows, a.doc_tokens, a.out))
-    elif a.cmd == "estimate":
-        print(estimate(a.model, a.mode, a.gpu_gib))
-    elif a.cmd == "next":
-        nxt = next_probe(
-            Path(a.results),
-            a.prefix,
-            a.start,
-            step=a.step,
-            lowest=a.step,
-            highest=a.highest,
-            max_probes=a.max_probes,
-        )
-        print("done" if nxt is None else nxt)
     elif a.cmd == "record":
         extra = {"context": a.context} if a.context else None
         print(json.dumps(record(a.name, a.rc, a.log, a.run, a.out, extra)))
     else:
-        data = report(Path(a.results), Path(a.out), a.shapes.split(), a.speed_len)
+        data = report(
+            Path(a.results), Path(a.out), a.shapes.split(), a.speed_len, a.gpu_gib, a.host_gib
+        )
         print(json.dumps({k: data[k] for k in ("dp_speedup", "cp_context_ratio")}))
     return 0
 
