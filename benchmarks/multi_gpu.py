@@ -124,6 +124,7 @@ def make_data(tokenizer: str, seq_len: int, rows: int, doc_tokens: int, out: str
 # the planner's figures for a measured point
 
 
+MODES = ("unsloth1", "unsloth1t", "cp2", "cp2t")
 DEFAULT_LORA = {"lora_r": 16, "modules": DEFAULT_MODULES, "gc": "unsloth"}
 QLORA = {"lora_r": 32, "modules": DEFAULT_MODULES, "gc": "unsloth"}
 
@@ -131,15 +132,19 @@ QLORA = {"lora_r": 32, "modules": DEFAULT_MODULES, "gc": "unsloth"}
 def planner_peak_gib(config_dir: str, mode: str, context: int) -> float:
     """train/plan.py's estimated peak GPU memory per GPU (GiB) of one micro-step of ``mode``
     (unsloth1: bf16 LoRA r16 on one GPU; cp2: the same over 2 GPUs with context parallelism;
-    qlora1/qlora2: 4-bit QLoRA r32, per GPU) at ``context`` tokens."""
+    a trailing t: with the tiled MLP; qlora1/qlora2: 4-bit QLoRA r32, per GPU) at ``context``
+    tokens."""
     from train.plan import GIB, estimate_cp_peak_bytes, estimate_peak_bytes, read_model_shape
 
     shape = read_model_shape(config_dir)
-    if mode == "cp2":
-        peak = estimate_cp_peak_bytes(shape, context, 2, **DEFAULT_LORA)
+    tiled = mode.endswith("t")
+    if mode.startswith("cp2"):
+        peak = estimate_cp_peak_bytes(shape, context, 2, **DEFAULT_LORA, tiled_mlp=tiled)
     else:
         sizes = QLORA if mode.startswith("qlora") else DEFAULT_LORA
-        peak = estimate_peak_bytes(shape, context, load_in_4bit=mode.startswith("qlora"), **sizes)
+        peak = estimate_peak_bytes(
+            shape, context, load_in_4bit=mode.startswith("qlora"), **sizes, tiled_mlp=tiled
+        )
     return round(peak / GIB, 2)
 
 
@@ -183,8 +188,13 @@ def record(name: str, rc: int, log: str, run: str, out: str, extra: dict | None 
     text = Path(log).read_text(errors="replace") if Path(log).is_file() else ""
     summary_path = Path(run) / "train_summary.json"
     result: dict = {"name": name, "rc": rc, "recorded": time.strftime("%Y-%m-%d %H:%M:%S")}
-    if rc == 0 and summary_path.is_file():
-        s = json.loads(summary_path.read_text())
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    if summary is None and rc == 0:  # the run folder is gone: train.launch printed it too
+        lines = [ln for ln in text.splitlines() if ln.startswith("summary {")]
+        summary = json.loads(lines[-1][len("summary ") :]) if lines else None
+        result["from_log"] = True
+    if rc == 0 and summary:
+        s = summary
         keys = (
             "max_seq_length",
             "steps",
@@ -209,6 +219,9 @@ def record(name: str, rc: int, log: str, run: str, out: str, extra: dict | None 
         if history.is_file():
             log_history = json.loads(history.read_text())
             result["losses"] = [h["loss"] for h in log_history if "loss" in h]
+        else:  # the Trainer's printed logs, rounded to 4 digits
+            printed = re.findall(r"\{'loss': '([0-9.e+-]+)'", text)
+            result["losses"] = [float(x) for x in printed]
     elif rc == 124:
         result["status"] = "timeout"
     elif OOM.search(text):
@@ -312,7 +325,7 @@ def report(
     if gpu_gib is None:
         found = re.search(r"(\d+) MiB", device or "")
         gpu_gib = int(found.group(1)) / 1024 if found else 0.0
-    figures, ratios = {}, {}
+    figures, ratios, by_variant = {}, {}, {}
     for shape in shapes:
         config = results / f"config-{shape}" / "config.json"
         if config.is_file():
@@ -321,20 +334,21 @@ def report(
         else:
             host_per_token = 1
         modes = {
-            m: mode_figures(results, shape, m, gpu_gib, host_gib, host_per_token)
-            for m in ("unsloth1", "cp2")
+            m: mode_figures(results, shape, m, gpu_gib, host_gib, host_per_token) for m in MODES
         }
-        speeds = {m: _steady(_load(results, f"{m}-{shape}-{speed_len}")) for m in modes}
-        figures[shape] = {
-            "1gpu_unsloth": modes["unsloth1"],
-            "2gpu_context_parallel": modes["cp2"],
-            f"tokens_per_s_at_{speed_len}": {
-                "1gpu_unsloth": speeds["unsloth1"],
-                "2gpu_context_parallel": speeds["cp2"],
-            },
-        }
-        a, b = modes["unsloth1"]["longest_context"], modes["cp2"]["longest_context"]
+        speeds = {m: _steady(_load(results, f"{m}-{shape}-{speed_len}")) for m in MODES}
+        figures[shape] = {**modes, f"tokens_per_s_at_{speed_len}": speeds}
+
+        def best(names, modes=modes):
+            found = [modes[m]["longest_context"] for m in names if modes[m]["longest_context"]]
+            return max(found) if found else None
+
+        a, b = best(("unsloth1", "unsloth1t")), best(("cp2", "cp2t"))
         ratios[shape] = round(b / a, 3) if a and b else None
+        for one, two in (("unsloth1", "cp2"), ("unsloth1t", "cp2t")):
+            x, y = best((one,)), best((two,))
+            by_variant.setdefault(shape, {})[f"{two}/{one}"] = round(y / x, 3) if x and y else None
+
     ddp = {n: _load(results, f"qlora{n}-{shapes[-1]}-{speed_len}") for n in (1, 2)}
     t1, t2 = _steady(ddp[1]), _steady(ddp[2])
     data = {
@@ -359,11 +373,16 @@ def report(
             "context": speed_len,
         },
         "cp_context_ratio": ratios,
+        "cp_context_ratio_by_variant": by_variant,
         "shapes": figures,
         "definitions": {
-            "cp_context_ratio": "per shape: longest_context over 2 GPUs with --context-parallel 2 "
-            "/ longest_context on 1 GPU through Unsloth (bf16 LoRA r16, offloaded checkpoints in "
-            "both); extrapolated, not run at that length",
+            "cp_context_ratio": "per shape: the longest context over 2 GPUs with "
+            "--context-parallel 2 (cp2, or cp2t with --tiled-mlp true, whichever is longer) / the "
+            "longest on 1 GPU through Unsloth (unsloth1, or unsloth1t with its tiled MLP); bf16 "
+            "LoRA r16 and offloaded checkpoints in all; extrapolated, not run at that length",
+            "modes": "unsloth1: one GPU, Unsloth; cp2: two GPUs, --context-parallel 2 (plain "
+            "transformers + PEFT); a trailing t: --tiled-mlp true; qlora1/qlora2: the 8B shape "
+            "4-bit QLoRA r32 on one GPU (accumulation 2) / two (DDP)",
             "longest_by_gpu_memory": "the context at which the line through the two longest "
             "measured peaks (max_memory_allocated) reaches 95% of the GPU's memory",
             "longest_by_host_ram": "the context whose offloaded checkpoints (layers x hidden x 2 "

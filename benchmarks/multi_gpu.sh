@@ -46,8 +46,8 @@ if [ "$SMOKE" = 1 ]; then
   export PYTHONPATH=$PWD
 else
   WORK=${MULTI_GPU_WORK:-/tmp/multi-gpu}
-  RESULTS=${MULTI_GPU_RESULTS:-benchmarks/results/multi_gpu}
-  REPORT=${MULTI_GPU_REPORT:-benchmarks/results/multi_gpu.json}
+  RESULTS=${MULTI_GPU_RESULTS:-$WORK/results}  # outside the tree: each call re-sends the tree
+  REPORT=${MULTI_GPU_REPORT:-$WORK/multi_gpu.json}
   TOK=/tmp/tok
   S=1b B=8b L1=65536 L2=131072 L3=262144 DOC_TOKENS=32768
   JOB_TIMEOUT_S=${MULTI_GPU_JOB_TIMEOUT_S:-900}
@@ -55,6 +55,8 @@ else
   export PYTHONPATH=/tmp/site:$PWD
 fi
 mkdir -p "$WORK/jobs" "$WORK/runs" "$WORK/data" "$RESULTS" "$OUT"
+# what earlier machines measured (committed) is not measured again
+[ "$SMOKE" = 1 ] || cp -rn benchmarks/results/multi_gpu/. "$RESULTS/" 2>/dev/null
 
 model() {  # model SHAPE -> the folder of a random-initialised model of that shape (built once)
   local dir=$WORK/model-$1 name
@@ -74,7 +76,9 @@ data() {  # data NAME CONTEXT ROWS -> a pipeline-shaped folder of ROWS rows of C
 flags() {  # flags MODE -> train.launch flags of a mode
   case $1 in
     unsloth1) echo "$CPU_FLAGS" ;;
+    unsloth1t) echo "$CPU_FLAGS --tiled-mlp true" ;;
     cp2) echo "--context-parallel 2" ;;
+    cp2t) echo "--context-parallel 2 --tiled-mlp true" ;;
     qlora1) echo "$CPU_FLAGS --load-in-4bit true --lora-r 32 --lora-alpha 32 --gradient-accumulation-steps 2" ;;
     qlora2) echo "$CPU_FLAGS --load-in-4bit true --lora-r 32 --lora-alpha 32 --nproc-per-node 2" ;;
   esac
@@ -108,11 +112,15 @@ drive() {  # the runs, in the order that matters most first within each lane
     job 0 "$S" unsloth1 "$L1" 4
     job 0 "$S" unsloth1 "$L2" 1
     job 0 "$S" unsloth1 "$L3" 1
+    job 0 "$S" unsloth1t "$L2" 1
+    job 0 "$S" unsloth1t "$L3" 1
   ) &
   (  # GPU 1: the 8B shape on one GPU
     job 1 "$B" qlora1 "$L1" 3
     job 1 "$B" unsloth1 "$L1" 1
     job 1 "$B" unsloth1 "$L2" 1
+    job 1 "$B" unsloth1t "$L1" 1
+    job 1 "$B" unsloth1t "$L2" 1
   ) &
   wait
   job 0,1 "$B" qlora2 "$L1" 3
@@ -121,6 +129,12 @@ drive() {  # the runs, in the order that matters most first within each lane
   job 0,1 "$S" cp2 "$L3" 1
   job 0,1 "$B" cp2 "$L1" 1
   job 0,1 "$B" cp2 "$L2" 1
+  job 0,1 "$S" cp2t "$L2" 1
+  job 0,1 "$S" cp2t "$L3" 1
+  job 0,1 "$B" cp2t "$L1" 1
+  job 0,1 "$B" cp2t "$L2" 1
+  job 0,1 "$S" cp2t "$L1" 4
+  job 0,1 "$S" cp2t "$((2 * L3))" 1
   echo "[$(date +%H:%M:%S)] all runs done"
 }
 
@@ -145,8 +159,11 @@ fi
 while kill -0 "$(cat "$WORK/driver.pid")" 2>/dev/null && [ $SECONDS -lt "$BUDGET_S" ]; do sleep 5; done
 $PY benchmarks/multi_gpu.py report --results "$RESULTS" --out "$REPORT" --shapes "$S $B" \
   --speed-len "$L1" | cut -c1-600
-rm -rf "$OUT/multi_gpu" && cp -r "$RESULTS" "$OUT/multi_gpu" && cp "$REPORT" "$OUT/"
-cp "$WORK/driver.log" "$OUT/" 2>/dev/null
-for f in "$WORK"/jobs/*.log; do tail -c 3000 "$f" > "$OUT/$(basename "$f")"; done 2>/dev/null
-cat "$WORK/driver.log"
+# one archive back (the device tool returns a limited count of files): results, report, log tails
+mkdir -p "$WORK/logtails"
+for f in "$WORK"/jobs/*.log; do tail -c 4000 "$f" > "$WORK/logtails/$(basename "$f")"; done 2>/dev/null
+cp "$WORK/driver.log" "$WORK/logtails/" 2>/dev/null
+tar czf "$OUT/multi_gpu.tgz" -C "$WORK" "$(basename "$RESULTS")" logtails -C "$(dirname "$REPORT")" \
+  "$(basename "$REPORT")"
+grep -v Warning "$WORK/driver.log" | cut -c1-250
 if grep -q "all runs done" "$WORK/driver.log"; then echo "done"; else echo "still running: call again"; fi

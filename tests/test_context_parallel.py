@@ -298,6 +298,36 @@ def test_heads_that_do_not_divide_are_refused_by_name():
         check_context_parallel(_shape(model_type="gemma"), 2)
 
 
+def test_tiled_mlp_equals_the_whole_mlp_in_loss_and_gradients():
+    """The tiled MLP (tiles of 5 tokens over a 37-token row, under offloaded checkpoints) gives
+    the whole MLP's loss, LoRA gradients and input gradients; a tile that dropped or repeated
+    tokens, or a backward pass that lost a tile's parameter gradients, would not."""
+    from train import context_parallel as cp
+
+    batch = _batch(_row(3))
+    results = []
+    for tiled in (False, True):
+        model = _model("sdpa")
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+        assert cp.offload_checkpoints(model) == 2
+        if tiled:
+            assert cp.tile_mlps(model, chunk=5) == 2
+        model.train()
+        embeds = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
+        out = model(
+            inputs_embeds=embeds, position_ids=batch["position_ids"], labels=batch["labels"]
+        )
+        out.loss.backward()
+        results.append((out.loss.detach(), _lora_grads(model), embeds.grad.clone()))
+    (loss, grads, x_grad), (tiled_loss, tiled_grads, tiled_x_grad) = results
+    torch.testing.assert_close(tiled_loss, loss)
+    assert grads.keys() == tiled_grads.keys() and any("mlp" in k for k in grads)
+    for k in grads:
+        torch.testing.assert_close(tiled_grads[k], grads[k], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(tiled_x_grad, x_grad, atol=1e-6, rtol=1e-5)
+
+
 def test_config_refusals():
     from train.config import ConfigError, load_config
 
@@ -306,11 +336,12 @@ def test_config_refusals():
     assert (
         load_config(None, {**base, "context_parallel": 2, "nproc_per_node": 2}).nproc_per_node == 2
     )
+    # this path's own tiled MLP (train.context_parallel.tile_mlps)
+    assert load_config(None, {**base, "context_parallel": 2, "tiled_mlp": True}).tiled_mlp
     for extra, message in (
         ({"context_parallel": 0}, "--context-parallel 0: expected N >= 1"),
         ({"context_parallel": 2, "nproc_per_node": 4}, "data parallel beside context parallel"),
         ({"context_parallel": 2, "load_in_4bit": True}, "--load-in-4bit with --context-parallel 2"),
-        ({"context_parallel": 2, "tiled_mlp": True}, "--tiled-mlp with --context-parallel 2"),
         ({"context_parallel": 2, "preset": "max-context"}, "--load-in-4bit with"),
     ):
         with pytest.raises(ConfigError, match=message):

@@ -78,8 +78,9 @@ class TrainConfig:
     )
     tiled_mlp: bool = _f(
         False,
-        "Unsloth's tiled MLP (Arctic long-sequence training): the MLP runs over the sequence in "
-        "tiles, so its activations stop growing with the context; slower, needed past ~390K on 8B",
+        "tiled MLP (Arctic long-sequence training; Unsloth's, or this project's own on the "
+        "transformers and context-parallel paths): the MLP runs over the sequence in tiles, so "
+        "its activations stop growing with the context; slower, needed past ~390K on 8B",
     )
     offload_pinned: str = _f(
         "auto",
@@ -226,9 +227,4 @@ def _check_context_parallel(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"--load-in-4bit with --context-parallel {cp}: the context-parallel path (plain "
             "transformers + PEFT) loads bf16 weights; use --load-in-4bit false"
-        )
-    if cfg.tiled_mlp:
-        raise ConfigError(
-            f"--tiled-mlp with --context-parallel {cp}: the tiled MLP is Unsloth's, and the "
-            "context-parallel path is plain transformers + PEFT; use --tiled-mlp false"
         )

@@ -52,7 +52,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from train.data import IGNORE_INDEX
-from train.plan import CP_LOSS_CHUNK
+from train.plan import CP_LOSS_CHUNK, CP_MLP_CHUNK
 
 _LOG = logging.getLogger("longctx.train")
 
@@ -62,6 +62,8 @@ ATTENTION = "longctx_ulysses"
 PACK_TOKENS = 2048
 # Tokens whose logits exist at once in the loss (recomputed per chunk in the backward pass).
 LOSS_CHUNK = CP_LOSS_CHUNK
+# Tokens of one tile of the tiled MLP (``--tiled-mlp true``).
+MLP_CHUNK = CP_MLP_CHUNK
 # What torchrun sets and transformers / accelerate read to decide on DDP and data sharding.
 TORCHRUN_ENV = (
     "RANK",
@@ -312,6 +314,68 @@ def offload_checkpoints(model) -> int:
     for layer in layers:
         layer._gradient_checkpointing_func = offloaded_checkpoint
     return len(layers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiled MLP (``--tiled-mlp true`` on this path)
+
+
+class _TiledMLP(torch.autograd.Function):
+    """The MLP over the sequence in tiles of ``chunk`` tokens: only its input is kept, and the
+    backward pass runs each tile again, with gradients, one at a time (Arctic long-sequence
+    training's TiledMLP, what Unsloth's tiled MLP does): the MLP's intermediate activations
+    (three tensors of intermediate_size a token) exist for one tile, not the whole slice. The
+    trainable parameters' gradients accumulate in their ``.grad`` inside this backward pass."""
+
+    @staticmethod
+    def forward(ctx, run, x, chunk):
+        ctx.run, ctx.chunk = run, chunk
+        ctx.save_for_backward(x)
+        with torch.no_grad():
+            return torch.cat([run(part) for part in x.split(chunk, dim=-2)], dim=-2)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        x_grad = torch.empty_like(x)
+        pieces = zip(
+            x.split(ctx.chunk, dim=-2),
+            grad.split(ctx.chunk, dim=-2),
+            x_grad.split(ctx.chunk, dim=-2),
+            strict=True,
+        )
+        for part, part_grad, into in pieces:
+            part = part.detach().requires_grad_(True)
+            with torch.enable_grad():
+                out = ctx.run(part)
+            torch.autograd.backward(out, part_grad)
+            into.copy_(part.grad)
+        return None, x_grad, None
+
+
+def _tiled_forward(run, chunk: int, x: torch.Tensor) -> torch.Tensor:
+    if x.shape[-2] <= chunk:
+        return run(x)
+    if not torch.is_grad_enabled():
+        return torch.cat([run(part) for part in x.split(chunk, dim=-2)], dim=-2)
+    return _TiledMLP.apply(run, x, chunk)
+
+
+def tile_mlps(model, chunk: int = MLP_CHUNK) -> int:
+    """Run every decoder layer's MLP of ``model`` in tiles of ``chunk`` tokens (before
+    ``get_peft_model``: the LoRA layers replace the projections inside, the tiled forward
+    calls whatever the MLP holds); returns how many MLPs."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    mlps = [
+        m.mlp
+        for m in model.modules()
+        if isinstance(m, GradientCheckpointingLayer)
+        and isinstance(getattr(m, "mlp", None), torch.nn.Module)
+    ]
+    for mlp in mlps:
+        mlp.forward = partial(_tiled_forward, mlp.forward, chunk)
+    return len(mlps)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -144,6 +144,10 @@ def load_transformers(cfg: TrainConfig, plan: dict):
             from train.context_parallel import offload_checkpoints
 
             offload_checkpoints(model)  # layer inputs in host RAM, as Unsloth's "unsloth" mode
+    if cfg.tiled_mlp:
+        from train.context_parallel import tile_mlps
+
+        tile_mlps(model)  # the MLP over the sequence in tiles, as Unsloth's tiled MLP
     torch.manual_seed(cfg.seed)  # the LoRA initialisation, as Unsloth's random_state
     model = get_peft_model(
         model,

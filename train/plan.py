@@ -90,6 +90,7 @@ GC_UNSLOTH_REQUIRED_ABOVE = 32768
 # units of tokens x head_dim x (heads + kv_heads)/N x 2 bytes, and the loss's chunk of logits.
 CP_ATTENTION_COEF = 6
 CP_LOSS_CHUNK = 4096  # = train.context_parallel.LOSS_CHUNK (this module imports no torch)
+CP_MLP_CHUNK = 8192  # = train.context_parallel.MLP_CHUNK: tokens of one tile of the tiled MLP
 CP_LOSS_CHUNK_BYTES_PER_VOCAB = 10
 # Model families whose causal-LM head is logits = lm_head(hidden) and whose attention module
 # takes transformers' AttentionInterface (what the context-parallel path relies on).
@@ -601,13 +602,14 @@ def estimate_cp_peak_bytes(
     modules: list[str],
     gc: str | bool = "unsloth",
     calibration: str = "launcher",
+    tiled_mlp: bool = False,
 ) -> int:
     """Peak bytes per GPU of one micro-step of ``tokens`` split over ``cp`` GPUs (bf16 LoRA:
     see the module docstring)."""
     per_gpu = math.ceil(tokens / cp)
     return int(
         fixed_bytes(shape, load_in_4bit=False, lora_r=lora_r, modules=modules)
-        + per_gpu * per_token_bytes(shape, gc, calibration, False, False)
+        + per_gpu * per_token_bytes(shape, gc, calibration, False, tiled_mlp)
         + cp_extra_bytes(shape, tokens, cp)
     )
 
@@ -622,6 +624,7 @@ def max_cp_context(
     gc: str | bool = "unsloth",
     headroom: float = 0.95,
     calibration: str = "launcher",
+    tiled_mlp: bool = False,
 ) -> int:
     """Largest context (multiple of 1024) whose per-GPU estimate over ``cp`` GPUs fits."""
     room = (
@@ -630,7 +633,7 @@ def max_cp_context(
         - cp_extra_bytes(shape, 0, cp)
     )
     per_token = (
-        per_token_bytes(shape, gc, calibration, False, False) / cp
+        per_token_bytes(shape, gc, calibration, False, tiled_mlp) / cp
         + (cp_extra_bytes(shape, 1024, cp) - cp_extra_bytes(shape, 0, cp)) / 1024
     )
     return max(0, int(room / per_token) // 1024 * 1024)

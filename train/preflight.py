@@ -218,7 +218,9 @@ def plan_context_parallel(
     as :func:`plan_memory`)."""
     cp = cfg.context_parallel
     check_context_parallel(shape, cp, cfg.model)
-    sizes = dict(lora_r=cfg.lora_r, modules=list(cfg.target_modules), gc=gc)
+    sizes = dict(
+        lora_r=cfg.lora_r, modules=list(cfg.target_modules), gc=gc, tiled_mlp=cfg.tiled_mlp
+    )
     peak = estimate_cp_peak_bytes(shape, tokens, cp, **sizes)
     fits = max_cp_context(shape, cfg.gpu_memory_gib, cp, **sizes)
     one = max_cp_context(shape, cfg.gpu_memory_gib, 1, **sizes)
@@ -251,7 +253,7 @@ def plan_context_parallel(
         "max_context_one_gpu": one,
         "quantization": "bf16 LoRA",
         "lora_r": cfg.lora_r,
-        "tiled_mlp": False,
+        "tiled_mlp": cfg.tiled_mlp,
         "offload": asdict(offload) if offload else None,
         "per_gpu_of": cp,
     }
