@@ -88,6 +88,7 @@ job() {  # job DEVICES SHAPE MODE CONTEXT STEPS: one train.launch run -> $RESULT
   local devices=$1 shape=$2 mode=$3 L=$4 steps=$5
   local name=$mode-$shape-$L
   [ -f "$RESULTS/$name.json" ] && return 0
+  if [ -n "${MULTI_GPU_ONLY:-}" ] && ! [[ $name =~ $MULTI_GPU_ONLY ]]; then return 0; fi
   local rows=$steps run=$WORK/runs/$name log=$WORK/jobs/$name.log folder m extra rc
   case $mode in qlora*) rows=$((2 * steps)) ;; esac
   folder=$(data "$name" "$L" "$rows") && m=$(model "$shape") || { echo "no data or model for $name"; return 1; }
@@ -131,10 +132,10 @@ drive() {  # the runs, in the order that matters most first within each lane
   job 0,1 "$B" cp2 "$L2" 1
   job 0,1 "$S" cp2t "$L2" 1
   job 0,1 "$S" cp2t "$L3" 1
+  job 0,1 "$S" cp2t "$((2 * L3))" 1
   job 0,1 "$B" cp2t "$L1" 1
   job 0,1 "$B" cp2t "$L2" 1
   job 0,1 "$S" cp2t "$L1" 4
-  job 0,1 "$S" cp2t "$((2 * L3))" 1
   echo "[$(date +%H:%M:%S)] all runs done"
 }
 

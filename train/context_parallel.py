@@ -260,6 +260,17 @@ def register_attention() -> str:
 # Offloaded gradient checkpointing (``--gradient-checkpointing unsloth`` on this path)
 
 
+def _amp_state(device_type: str) -> tuple[bool, torch.dtype]:
+    """The autocast state of the forward pass, replayed around a rerun in the backward pass:
+    the autograd engine runs backward functions on its own threads, where autocast (thread
+    local) is off, so a rerun without it would compute other dtypes than the forward did."""
+    return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+
+
+def _replay_amp(device_type: str, state: tuple[bool, torch.dtype]):
+    return torch.autocast(device_type, enabled=state[0], dtype=state[1])
+
+
 class _OffloadedCheckpoint(torch.autograd.Function):
     """One decoder layer run without keeping its activations: its input waits in host memory
     and the layer is run again, with gradients, in the backward pass (what Unsloth's offloaded
@@ -268,6 +279,7 @@ class _OffloadedCheckpoint(torch.autograd.Function):
     @staticmethod
     def forward(ctx, run, hidden):
         ctx.run, ctx.device = run, hidden.device
+        ctx.amp = _amp_state(hidden.device.type)
         ctx.host = hidden.detach().to("cpu")
         ctx.rng = torch.get_rng_state()
         ctx.cuda_rng = torch.cuda.get_rng_state(hidden.device) if hidden.is_cuda else None
@@ -288,7 +300,7 @@ class _OffloadedCheckpoint(torch.autograd.Function):
             torch.set_rng_state(ctx.rng)
             if ctx.cuda_rng is not None:
                 torch.cuda.set_rng_state(ctx.cuda_rng, ctx.device)
-            with torch.enable_grad():
+            with torch.enable_grad(), _replay_amp(ctx.device.type, ctx.amp):
                 out = ctx.run(hidden)
         torch.autograd.backward(out, grad)
         return None, hidden.grad
@@ -330,6 +342,7 @@ class _TiledMLP(torch.autograd.Function):
     @staticmethod
     def forward(ctx, run, x, chunk):
         ctx.run, ctx.chunk = run, chunk
+        ctx.amp = _amp_state(x.device.type)
         ctx.save_for_backward(x)
         with torch.no_grad():
             return torch.cat([run(part) for part in x.split(chunk, dim=-2)], dim=-2)
@@ -346,7 +359,7 @@ class _TiledMLP(torch.autograd.Function):
         )
         for part, part_grad, into in pieces:
             part = part.detach().requires_grad_(True)
-            with torch.enable_grad():
+            with torch.enable_grad(), _replay_amp(x.device.type, ctx.amp):
                 out = ctx.run(part)
             torch.autograd.backward(out, part_grad)
             into.copy_(part.grad)
@@ -376,6 +389,61 @@ def tile_mlps(model, chunk: int = MLP_CHUNK) -> int:
     for mlp in mlps:
         mlp.forward = partial(_tiled_forward, mlp.forward, chunk)
     return len(mlps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Leaner activations of the recomputed layer (what Unsloth's kernels save, in plain torch)
+
+
+class _RMSNorm(torch.autograd.Function):
+    """RMSNorm (Llama's: float32 inside, ``weight * normed.to(input dtype)``) that keeps only
+    its input and the float32 reciprocal RMS for the backward pass; transformers' keeps the
+    float32 copy of the input and its normalised float32 product (12 bytes an element for a
+    bf16 input instead of 2). The weight is frozen (LoRA): no gradient for it."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        x32 = x.float()
+        rstd = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return weight * (x32 * rstd).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, rstd = ctx.saved_tensors
+        xhat = x.float() * rstd
+        g = grad.float() * weight.float()
+        dx = rstd * (g - xhat * (g * xhat).mean(-1, keepdim=True))
+        return dx.to(x.dtype), None, None
+
+
+def _lean_norm_forward(norm, x):
+    if norm.weight.requires_grad or not torch.is_grad_enabled():
+        return type(norm).forward(norm, x)
+    return _RMSNorm.apply(x, norm.weight, norm.variance_epsilon)
+
+
+def lean_activations(model, *, autocast: bool) -> dict:
+    """Make the layers that the backward pass reruns keep less: every ``*RMSNorm`` with a
+    frozen weight and a ``variance_epsilon`` (Llama, Mistral, Qwen2/3, their q/k norms) keeps
+    its input and a float32 scalar a token (:class:`_RMSNorm`); with ``autocast`` (bf16 mixed
+    precision on a GPU) PEFT's LoRA layers stop casting their input to the adapter's float32
+    (one float32 copy of the hidden states per adapted projection, kept for the backward
+    pass): the adapter's matmuls run in bf16 under autocast, as the base layer's do, and the
+    float32 adapter weights stay the optimizer's. Returns how many modules of each kind."""
+    norms = lora = 0
+    for m in model.modules():
+        if (
+            type(m).__name__.endswith("RMSNorm")
+            and isinstance(getattr(m, "weight", None), torch.nn.Parameter)
+            and hasattr(m, "variance_epsilon")
+        ):
+            m.forward = partial(_lean_norm_forward, m)
+            norms += 1
+        if autocast and hasattr(m, "cast_input_dtype_enabled"):
+            m.cast_input_dtype_enabled = False
+            lora += 1
+    return {"norms": norms, "lora_layers": lora}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -550,6 +618,8 @@ def make_trainer(args: dict, *, model, tokenizer, collator, train_dataset, eval_
     from transformers import PrinterCallback, ProgressCallback, Trainer, TrainingArguments
 
     st = _STATE
+    # memory: what the recomputed layers keep (measured on 2 x H200, docs/benchmarks.md)
+    lean_activations(model, autocast=bool(args.get("bf16")))
 
     class _Arguments(TrainingArguments):
         @cached_property
