@@ -84,6 +84,8 @@ class _State:
     rank: int = 0
     local_rank: int = 0
     segments: list[int] | None = None  # the current padded row's documents (lengths)
+    # forward_loss runs the decoder under bf16 autocast (set by lean_activations(autocast=True))
+    autocast: bool = False
 
 
 _STATE = _State()
@@ -430,7 +432,10 @@ def lean_activations(model, *, autocast: bool) -> dict:
     precision on a GPU) PEFT's LoRA layers stop casting their input to the adapter's float32
     (one float32 copy of the hidden states per adapted projection, kept for the backward
     pass): the adapter's matmuls run in bf16 under autocast, as the base layer's do, and the
-    float32 adapter weights stay the optimizer's. Returns how many modules of each kind."""
+    float32 adapter weights stay the optimizer's; :func:`forward_loss` then runs the decoder
+    under bf16 autocast (the Trainer's own autocast does not reach it: it calls the decoder,
+    not the model's forward). Returns how many modules of each kind."""
+    _STATE.autocast = autocast
     norms = lora = 0
     for m in model.modules():
         if (
@@ -572,9 +577,11 @@ def forward_loss(model, inputs: dict, num_items_in_batch=None, *, return_hidden:
         _check_same_row(part["full_ids"], st)
     st.segments = part["segments"]  # read by ulysses_attention, also when recomputing
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = lm.get_decoder()(
-        input_ids=part["input_ids"], position_ids=part["position_ids"], use_cache=False
-    ).last_hidden_state[0]
+    ids = part["input_ids"]
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=st.autocast):
+        hidden = lm.get_decoder()(
+            input_ids=ids, position_ids=part["position_ids"], use_cache=False
+        ).last_hidden_state[0]
     local = chunked_loss_sum(hidden, lm.get_output_embeddings(), part["target"])
     count = part["count"] if num_items_in_batch is None else num_items_in_batch
     total = local.detach().clone()
