@@ -325,7 +325,7 @@ def report(
     if gpu_gib is None:
         found = re.search(r"(\d+) MiB", device or "")
         gpu_gib = int(found.group(1)) / 1024 if found else 0.0
-    figures, ratios, by_variant = {}, {}, {}
+    figures, ratios, by_variant, host_bytes = {}, {}, {}, {}
     for shape in shapes:
         config = results / f"config-{shape}" / "config.json"
         if config.is_file():
@@ -333,6 +333,7 @@ def report(
             host_per_token = c["num_hidden_layers"] * c["hidden_size"] * 2
         else:
             host_per_token = 1
+        host_bytes[shape] = host_per_token
         modes = {
             m: mode_figures(results, shape, m, gpu_gib, host_gib, host_per_token) for m in MODES
         }
@@ -349,6 +350,15 @@ def report(
             x, y = best((one,)), best((two,))
             by_variant.setdefault(shape, {})[f"{two}/{one}"] = round(y / x, 3) if x and y else None
 
+    before = results / "before-lean"  # context parallel before lean_activations (commit 2731af2)
+    earlier = {
+        shape: {
+            m: mode_figures(before, shape, m, gpu_gib, host_gib, host_bytes[shape])
+            for m in ("cp2", "cp2t")
+            if runs(before, shape, m)
+        }
+        for shape in shapes
+    }
     ddp = {n: _load(results, f"qlora{n}-{shapes[-1]}-{speed_len}") for n in (1, 2)}
     t1, t2 = _steady(ddp[1]), _steady(ddp[2])
     data = {
@@ -375,6 +385,7 @@ def report(
         "cp_context_ratio": ratios,
         "cp_context_ratio_by_variant": by_variant,
         "shapes": figures,
+        "context_parallel_before_lean_activations": earlier,
         "definitions": {
             "cp_context_ratio": "per shape: the longest context over 2 GPUs with "
             "--context-parallel 2 (cp2, or cp2t with --tiled-mlp true, whichever is longer) / the "

@@ -34,22 +34,25 @@ at 262,144 / 409,600 tokens (within 1.3%: -1.21% / +0.52%). HF gradient checkpoi
 input on the GPU (+2 x layers x hidden bytes per token); no checkpointing is not modelled.
 
 **Context parallel** (``--context-parallel N``, ``train/context_parallel.py``): each of the N
-GPUs holds 1/N of the row's tokens, so every per-token term above is paid for tokens/N (bf16
-LoRA; ``--gradient-checkpointing unsloth`` offloads the layer inputs to host RAM with the
-path's own offload, ``true`` keeps them on the GPU: the ``gc=True`` term). Attention adds its
-own full-sequence working set for heads/N (q, k, v and the output of one layer over the whole
-row after the all-to-all, their send/receive buffers and gradients), and the loss a chunk of
-logits::
+GPUs holds 1/N of the row's tokens. The path is plain transformers + PEFT with its own
+offloaded checkpoints, lean RMSNorm and bf16 LoRA inputs (``lean_activations``) and, with
+``--tiled-mlp``, its own tiled MLP, so it has its own per-token cost, paid per local token
+(tokens/N), and attention's full-row working set for heads/N (the same per local token)::
 
-    per GPU = fixed + tokens/N x per_token(gc)
-            + CP_ATTENTION_COEF x tokens x head_dim x (heads + kv_heads)/N x 2 bytes
-            + LOSS_CHUNK x vocab x 10 bytes   (bf16 logits, fp32 copy and gradient)
+    per local token = CP_HIDDEN_COEF x hidden                   (22.28)
+                    + CP_MLP_COEF x intermediate, untiled only  (8.13)
+                    + CP_ATTENTION_COEF x head_dim x (heads + kv_heads) x 2   (6)
+                    + 2 x layers x hidden with --gradient-checkpointing true
+    per GPU = fixed + max(tokens/N x per local token, LOSS_CHUNK x vocab x 13 bytes)
 
-so N GPUs hold N times the context of one on this path, the fixed part aside. An estimate, not
-yet calibrated on a GPU for this path (the per-token term is the Unsloth launcher's
-calibration: conservative for the vocabulary part, since this path never holds more than a
-chunk of logits). Host RAM for offloaded checkpoints is the formula below for the whole row
-(the N processes share the host).
+The peak is either the rerun of one layer in the backward pass (long rows) or the loss's chunk
+of logits (bf16 logits, their float32 copy and gradient; short rows). Calibrated on 2 x H200
+with the Llama-3.2-1B shape and the tiled MLP (benchmarks/results/multi_gpu.json): 11.86 /
+21.18 GiB per GPU at 262,144 / 524,288 tokens, estimated +0.5% / +0.3%; the loss term from the
+64K peak (10.1 GiB, the same with and without the tiled MLP). CP_MLP_COEF is what the tiled MLP
+removes, counted with saved-tensor hooks on a 1B layer on a CPU (94.2 vs 27.6 KB a token), not
+measured on a GPU; the 8B shape is not calibrated on this path. Host RAM for offloaded
+checkpoints is the formula below for the whole row (the N processes share the host).
 
 **Host memory** for offloaded checkpoints: layers x tokens x hidden x 2 bytes, plus 16 GiB for
 everything else (the 8B run at 409,600 tokens: 100 GiB of checkpoints, 103.6 GiB peak RSS).
@@ -89,9 +92,11 @@ GC_UNSLOTH_REQUIRED_ABOVE = 32768
 # Context parallel (see the module docstring): the attention's full-sequence working set, in
 # units of tokens x head_dim x (heads + kv_heads)/N x 2 bytes, and the loss's chunk of logits.
 CP_ATTENTION_COEF = 6
+CP_HIDDEN_COEF = 22.28  # bytes per hidden unit a local token (module docstring)
+CP_MLP_COEF = 8.13  # bytes per intermediate unit a local token without the tiled MLP
 CP_LOSS_CHUNK = 4096  # = train.context_parallel.LOSS_CHUNK (this module imports no torch)
 CP_MLP_CHUNK = 8192  # = train.context_parallel.MLP_CHUNK: tokens of one tile of the tiled MLP
-CP_LOSS_CHUNK_BYTES_PER_VOCAB = 10
+CP_LOSS_CHUNK_BYTES_PER_VOCAB = 13
 # Model families whose causal-LM head is logits = lm_head(hidden) and whose attention module
 # takes transformers' AttentionInterface (what the context-parallel path relies on).
 CP_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -585,12 +590,23 @@ def check_context_parallel(shape: ModelShape, cp: int, model: str = "the model")
         )
 
 
-def cp_extra_bytes(shape: ModelShape, tokens: int, cp: int) -> int:
-    """What context parallelism adds per GPU besides tokens/N x per_token: the attention's
-    full-sequence working set for heads/N and the loss's chunk of logits."""
-    heads = (shape.num_attention_heads + shape.num_key_value_heads) / cp
-    attention = CP_ATTENTION_COEF * tokens * shape.head_dim * heads * 2
-    return int(attention + CP_LOSS_CHUNK * shape.vocab_size * CP_LOSS_CHUNK_BYTES_PER_VOCAB)
+def cp_local_token_bytes(
+    shape: ModelShape, gc: str | bool = "unsloth", tiled_mlp: bool = False
+) -> float:
+    """Bytes per GPU per token of its 1/N of the row (the module docstring's formula)."""
+    b = CP_HIDDEN_COEF * shape.hidden_size
+    if not tiled_mlp:
+        b += CP_MLP_COEF * shape.intermediate_size
+    heads = shape.num_attention_heads + shape.num_key_value_heads
+    b += CP_ATTENTION_COEF * shape.head_dim * heads * 2
+    if gc is True:
+        b += 2 * shape.num_hidden_layers * shape.hidden_size
+    return b
+
+
+def cp_loss_bytes(shape: ModelShape) -> int:
+    """The loss's chunk of logits: bf16 logits, their float32 copy and gradient."""
+    return CP_LOSS_CHUNK * shape.vocab_size * CP_LOSS_CHUNK_BYTES_PER_VOCAB
 
 
 def estimate_cp_peak_bytes(
@@ -601,7 +617,6 @@ def estimate_cp_peak_bytes(
     lora_r: int,
     modules: list[str],
     gc: str | bool = "unsloth",
-    calibration: str = "launcher",
     tiled_mlp: bool = False,
 ) -> int:
     """Peak bytes per GPU of one micro-step of ``tokens`` split over ``cp`` GPUs (bf16 LoRA:
@@ -609,8 +624,7 @@ def estimate_cp_peak_bytes(
     per_gpu = math.ceil(tokens / cp)
     return int(
         fixed_bytes(shape, load_in_4bit=False, lora_r=lora_r, modules=modules)
-        + per_gpu * per_token_bytes(shape, gc, calibration, False, tiled_mlp)
-        + cp_extra_bytes(shape, tokens, cp)
+        + max(per_gpu * cp_local_token_bytes(shape, gc, tiled_mlp), cp_loss_bytes(shape))
     )
 
 
@@ -623,17 +637,13 @@ def max_cp_context(
     modules: list[str],
     gc: str | bool = "unsloth",
     headroom: float = 0.95,
-    calibration: str = "launcher",
     tiled_mlp: bool = False,
 ) -> int:
     """Largest context (multiple of 1024) whose per-GPU estimate over ``cp`` GPUs fits."""
-    room = (
-        gpu_gib * GIB * headroom
-        - fixed_bytes(shape, load_in_4bit=False, lora_r=lora_r, modules=modules)
-        - cp_extra_bytes(shape, 0, cp)
+    room = gpu_gib * GIB * headroom - fixed_bytes(
+        shape, load_in_4bit=False, lora_r=lora_r, modules=modules
     )
-    per_token = (
-        per_token_bytes(shape, gc, calibration, False, tiled_mlp) / cp
-        + (cp_extra_bytes(shape, 1024, cp) - cp_extra_bytes(shape, 0, cp)) / 1024
-    )
-    return max(0, int(room / per_token) // 1024 * 1024)
+    if room < cp_loss_bytes(shape):
+        return 0
+    per_gpu = room / cp_local_token_bytes(shape, gc, tiled_mlp)
+    return max(0, int(per_gpu * cp) // 1024 * 1024)
