@@ -25,8 +25,13 @@
 # device tool's 10-minute command limit: two lanes at once while they need one GPU each (GPU 0:
 # the 1B runs, GPU 1: the 8B runs), then the runs that need both, one after another. Each call
 # starts the driver if none runs, waits up to MULTI_GPU_BUDGET_S (560) seconds, writes the report
-# and copies it with the results to $OUT. A run with a result ($RESULTS/<run>.json) is skipped: copy
-# $OUT/multi_gpu/ back into benchmarks/results/multi_gpu/ between machines.
+# and returns them as one archive, $OUT/multi_gpu.tgz (results/, logtails/, multi_gpu.json; the
+# device tool returns a limited count of files). Results live outside the working tree
+# (/tmp/multi-gpu/results: each call re-sends the tree), seeded from benchmarks/results/multi_gpu/;
+# a run with a result there is skipped. Between machines, unpack the archive and copy results/*
+# into benchmarks/results/multi_gpu/. MULTI_GPU_ONLY (a bash regex) runs only the runs whose
+# names match, e.g. '^cp2t-1b-'. Runs measured with code since changed move to a subfolder
+# (before-lean/: context parallel before lean_activations; the report shows them apart).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
