@@ -341,6 +341,108 @@ def test_tiled_mlp_equals_the_whole_mlp_in_loss_and_gradients():
         torch.testing.assert_close(other_x_grad, x_grad, atol=1e-6, rtol=1e-5)
 
 
+def _small_lora_model(tiled: bool, modules: list[str], dropout: float = 0.0, gc: bool = False):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from train import context_parallel as cp
+
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        use_cache=False,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    model.set_attn_implementation("sdpa")
+    if gc:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    if tiled:
+        assert cp.tile_mlps(model, chunk=5) == 2
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, target_modules=modules, lora_dropout=dropout, init_lora_weights=False)
+    model = get_peft_model(model, lora)
+    model.train()
+    return model
+
+
+def _grads_after(model, ids, steps: int = 1) -> dict:
+    for _ in range(steps):
+        model(input_ids=ids, labels=ids).loss.backward()
+    return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_tiled_mlp_gives_lora_gradients_when_its_input_needs_none():
+    """Without gradient checkpointing and with LoRA on the MLP only, the MLP's input needs no
+    gradient: the tiled MLP must still give every adapter its gradient (the parameters are
+    inputs of the tiled function), equal to the whole MLP's, over two accumulated passes."""
+    ids = torch.randint(0, 64, (1, 37), generator=torch.Generator().manual_seed(1))
+    for modules in (["gate_proj", "up_proj", "down_proj"], ["q_proj", "gate_proj", "down_proj"]):
+        whole = _grads_after(_small_lora_model(False, modules), ids, steps=2)
+        tiled = _grads_after(_small_lora_model(True, modules), ids, steps=2)
+        assert whole.keys() == tiled.keys()
+        for k in whole:
+            assert tiled[k] is not None, k
+            torch.testing.assert_close(tiled[k], whole[k], atol=1e-6, rtol=1e-5)
+
+
+def test_tiled_mlp_reruns_draw_the_forward_dropout_masks():
+    """With LoRA dropout the backward pass's rerun of each tile must draw the forward's masks
+    (the random state is replayed), or the gradients belong to another forward."""
+    model = _small_lora_model(True, ["q_proj", "gate_proj"], dropout=0.5)
+    drop = model.base_model.model.model.layers[0].mlp.gate_proj.lora_dropout["default"]
+    masks = []
+    drop.register_forward_hook(lambda m, i, o: masks.append((o != 0, torch.is_grad_enabled())))
+    ids = torch.randint(0, 64, (1, 10), generator=torch.Generator().manual_seed(2))
+    model(input_ids=ids, labels=ids).loss.backward()
+    forward = [m for m, grad in masks if not grad]
+    rerun = [m for m, grad in masks if grad]
+    assert len(forward) == len(rerun) == 2  # two tiles of 5
+    assert not forward[0].all() and not forward[0].logical_not().all()  # a real mask
+    for a, b in zip(forward, rerun, strict=True):
+        assert torch.equal(a, b)
+
+
+def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        for tiled in (False, True):
+            model = _small_lora_model(tiled, ["q_proj", "gate_proj", "down_proj"])
+            ddp = torch.nn.parallel.DistributedDataParallel(model)
+            ids = torch.randint(0, 64, (1, 23), generator=torch.Generator().manual_seed(rank))
+            for _ in range(2):
+                ddp(input_ids=ids, labels=ids).loss.backward()
+            grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+            torch.save(grads, os.path.join(out_dir, f"ddp-{int(tiled)}-{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_tiled_mlp_under_data_parallel(tmp_path):
+    """Under DDP (--nproc-per-node 2 on the transformers path with --tiled-mlp) each parameter
+    must be reported ready once a backward pass: the tiled MLP gives the ranks' averaged
+    gradients of the whole MLP (it used to fail with 'mark a variable ready only once')."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    whole = torch.load(tmp_path / "ddp-0-0.pt")
+    for rank in (0, 1):
+        tiled = torch.load(tmp_path / f"ddp-1-{rank}.pt")
+        assert whole.keys() == tiled.keys()
+        for k in whole:
+            torch.testing.assert_close(tiled[k], whole[k], atol=1e-6, rtol=1e-5)
+
+
 def test_the_recomputed_layer_keeps_less_under_bf16_autocast():
     """What one decoder layer keeps for its backward pass, per token, when the backward pass
     reruns it (bf16 weights, float32 LoRA adapters, bf16 autocast as the Trainer runs it): the

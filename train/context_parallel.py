@@ -84,8 +84,6 @@ class _State:
     rank: int = 0
     local_rank: int = 0
     segments: list[int] | None = None  # the current padded row's documents (lengths)
-    # forward_loss runs the decoder under bf16 autocast (set by lean_activations(autocast=True))
-    autocast: bool = False
 
 
 _STATE = _State()
@@ -339,12 +337,17 @@ class _TiledMLP(torch.autograd.Function):
     backward pass runs each tile again, with gradients, one at a time (Arctic long-sequence
     training's TiledMLP, what Unsloth's tiled MLP does): the MLP's intermediate activations
     (three tensors of intermediate_size a token) exist for one tile, not the whole slice. The
-    trainable parameters' gradients accumulate in their ``.grad`` inside this backward pass."""
+    trainable parameters are inputs of the function and get their gradient, summed over the
+    tiles, from its backward pass, as from any other op (DDP sees each once; they get one also
+    when ``x`` needs none). The random state is replayed, so the reruns draw the forward's
+    dropout masks."""
 
     @staticmethod
-    def forward(ctx, run, x, chunk):
-        ctx.run, ctx.chunk = run, chunk
+    def forward(ctx, run, chunk, x, *params):
+        ctx.run, ctx.chunk, ctx.params = run, chunk, params
         ctx.amp = _amp_state(x.device.type)
+        ctx.rng = torch.get_rng_state()
+        ctx.cuda_rng = torch.cuda.get_rng_state(x.device) if x.is_cuda else None
         ctx.save_for_backward(x)
         with torch.no_grad():
             return torch.cat([run(part) for part in x.split(chunk, dim=-2)], dim=-2)
@@ -352,34 +355,48 @@ class _TiledMLP(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        x_grad = torch.empty_like(x)
-        pieces = zip(
-            x.split(ctx.chunk, dim=-2),
-            grad.split(ctx.chunk, dim=-2),
-            x_grad.split(ctx.chunk, dim=-2),
-            strict=True,
-        )
-        for part, part_grad, into in pieces:
-            part = part.detach().requires_grad_(True)
-            with torch.enable_grad(), _replay_amp(x.device.type, ctx.amp):
-                out = ctx.run(part)
-            torch.autograd.backward(out, part_grad)
-            into.copy_(part.grad)
-        return None, x_grad, None
+        wants_x = ctx.needs_input_grad[2]
+        params = [p for p, wants in zip(ctx.params, ctx.needs_input_grad[3:], strict=True) if wants]
+        x_grad = torch.empty_like(x) if wants_x else None
+        sums: list = [None] * len(params)
+        devices = [x.device] if ctx.cuda_rng is not None else []
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(ctx.rng)
+            if ctx.cuda_rng is not None:
+                torch.cuda.set_rng_state(ctx.cuda_rng, x.device)
+            for i, (part, part_grad) in enumerate(
+                zip(x.split(ctx.chunk, dim=-2), grad.split(ctx.chunk, dim=-2), strict=True)
+            ):
+                part = part.detach().requires_grad_(wants_x)
+                with torch.enable_grad(), _replay_amp(x.device.type, ctx.amp):
+                    out = ctx.run(part)
+                inputs = ([part] if wants_x else []) + params
+                grads = torch.autograd.grad(out, inputs, part_grad, allow_unused=True)
+                if wants_x:
+                    x_grad[..., i * ctx.chunk : i * ctx.chunk + part.shape[-2], :].copy_(grads[0])
+                    grads = grads[1:]
+                for j, g in enumerate(grads):
+                    if g is not None:
+                        sums[j] = g if sums[j] is None else sums[j] + g
+        it = iter(sums)
+        param_grads = [next(it) if wants else None for wants in ctx.needs_input_grad[3:]]
+        return None, None, x_grad, *param_grads
 
 
-def _tiled_forward(run, chunk: int, x: torch.Tensor) -> torch.Tensor:
+def _tiled_forward(mlp, run, chunk: int, x: torch.Tensor) -> torch.Tensor:
     if x.shape[-2] <= chunk:
         return run(x)
     if not torch.is_grad_enabled():
         return torch.cat([run(part) for part in x.split(chunk, dim=-2)], dim=-2)
-    return _TiledMLP.apply(run, x, chunk)
+    params = [p for p in mlp.parameters() if p.requires_grad]  # LoRA's, once PEFT added them
+    return _TiledMLP.apply(run, chunk, x, *params)
 
 
 def tile_mlps(model, chunk: int = MLP_CHUNK) -> int:
-    """Run every decoder layer's MLP of ``model`` in tiles of ``chunk`` tokens (before
-    ``get_peft_model``: the LoRA layers replace the projections inside, the tiled forward
-    calls whatever the MLP holds); returns how many MLPs."""
+    """Run every decoder layer's MLP of ``model`` in tiles of ``chunk`` tokens (before or after
+    ``get_peft_model``: the tiled forward calls whatever the MLP holds and finds its trainable
+    parameters at each call); returns how many MLPs. Mixture-of-experts blocks (an ``experts``
+    attribute; in transformers 4.x they return router logits beside the output) stay whole."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     mlps = [
@@ -387,9 +404,10 @@ def tile_mlps(model, chunk: int = MLP_CHUNK) -> int:
         for m in model.modules()
         if isinstance(m, GradientCheckpointingLayer)
         and isinstance(getattr(m, "mlp", None), torch.nn.Module)
+        and not hasattr(m.mlp, "experts")
     ]
     for mlp in mlps:
-        mlp.forward = partial(_tiled_forward, mlp.forward, chunk)
+        mlp.forward = partial(_tiled_forward, mlp, mlp.forward, chunk)
     return len(mlps)
 
 
@@ -435,7 +453,8 @@ def lean_activations(model, *, autocast: bool) -> dict:
     float32 adapter weights stay the optimizer's; :func:`forward_loss` then runs the decoder
     under bf16 autocast (the Trainer's own autocast does not reach it: it calls the decoder,
     not the model's forward). Returns how many modules of each kind."""
-    _STATE.autocast = autocast
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base._longctx_autocast = autocast  # read by forward_loss
     norms = lora = 0
     for m in model.modules():
         if (
@@ -578,7 +597,8 @@ def forward_loss(model, inputs: dict, num_items_in_batch=None, *, return_hidden:
     st.segments = part["segments"]  # read by ulysses_attention, also when recomputing
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     ids = part["input_ids"]
-    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=st.autocast):
+    amp = getattr(lm, "_longctx_autocast", False)  # set by lean_activations
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=amp):
         hidden = lm.get_decoder()(
             input_ids=ids, position_ids=part["position_ids"], use_cache=False
         ).last_hidden_state[0]
