@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property, partial
 
@@ -271,6 +272,23 @@ def _replay_amp(device_type: str, state: tuple[bool, torch.dtype]):
     return torch.autocast(device_type, enabled=state[0], dtype=state[1])
 
 
+def _rng_state(device: torch.device) -> tuple:
+    """The random state of the forward pass (the CPU's, and the GPU's on a GPU), replayed by
+    :func:`_replay_rng` around a rerun so that it draws the forward's dropout masks."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+@contextmanager
+def _replay_rng(device: torch.device, state: tuple):
+    cpu, cuda = state
+    with torch.random.fork_rng(devices=[device] if cuda is not None else []):
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, device)
+        yield
+
+
 class _OffloadedCheckpoint(torch.autograd.Function):
     """One decoder layer run without keeping its activations: its input waits in host memory
     and the layer is run again, with gradients, in the backward pass (what Unsloth's offloaded
@@ -281,8 +299,7 @@ class _OffloadedCheckpoint(torch.autograd.Function):
         ctx.run, ctx.device = run, hidden.device
         ctx.amp = _amp_state(hidden.device.type)
         ctx.host = hidden.detach().to("cpu")
-        ctx.rng = torch.get_rng_state()
-        ctx.cuda_rng = torch.cuda.get_rng_state(hidden.device) if hidden.is_cuda else None
+        ctx.rng = _rng_state(hidden.device)
         with torch.no_grad():
             out = run(hidden)
         if not isinstance(out, torch.Tensor):
@@ -295,13 +312,12 @@ class _OffloadedCheckpoint(torch.autograd.Function):
     def backward(ctx, grad):
         hidden = ctx.host.to(ctx.device).requires_grad_(True)
         ctx.host = None
-        devices = [ctx.device] if ctx.cuda_rng is not None else []
-        with torch.random.fork_rng(devices=devices):
-            torch.set_rng_state(ctx.rng)
-            if ctx.cuda_rng is not None:
-                torch.cuda.set_rng_state(ctx.cuda_rng, ctx.device)
-            with torch.enable_grad(), _replay_amp(ctx.device.type, ctx.amp):
-                out = ctx.run(hidden)
+        with (
+            _replay_rng(ctx.device, ctx.rng),
+            torch.enable_grad(),
+            _replay_amp(ctx.device.type, ctx.amp),
+        ):
+            out = ctx.run(hidden)
         torch.autograd.backward(out, grad)
         return None, hidden.grad
 
@@ -346,11 +362,10 @@ class _TiledMLP(torch.autograd.Function):
     def forward(ctx, run, chunk, x, *params):
         ctx.run, ctx.chunk, ctx.params = run, chunk, params
         ctx.amp = _amp_state(x.device.type)
-        ctx.rng = torch.get_rng_state()
-        ctx.cuda_rng = torch.cuda.get_rng_state(x.device) if x.is_cuda else None
+        ctx.rng = _rng_state(x.device)
         ctx.save_for_backward(x)
         with torch.no_grad():
-            return torch.cat([run(part) for part in x.split(chunk, dim=-2)], dim=-2)
+            return _tiles(run, x, chunk)
 
     @staticmethod
     def backward(ctx, grad):
@@ -359,11 +374,7 @@ class _TiledMLP(torch.autograd.Function):
         params = [p for p, wants in zip(ctx.params, ctx.needs_input_grad[3:], strict=True) if wants]
         x_grad = torch.empty_like(x) if wants_x else None
         sums: list = [None] * len(params)
-        devices = [x.device] if ctx.cuda_rng is not None else []
-        with torch.random.fork_rng(devices=devices):
-            torch.set_rng_state(ctx.rng)
-            if ctx.cuda_rng is not None:
-                torch.cuda.set_rng_state(ctx.cuda_rng, x.device)
+        with _replay_rng(x.device, ctx.rng):
             for i, (part, part_grad) in enumerate(
                 zip(x.split(ctx.chunk, dim=-2), grad.split(ctx.chunk, dim=-2), strict=True)
             ):
@@ -383,11 +394,16 @@ class _TiledMLP(torch.autograd.Function):
         return None, None, x_grad, *param_grads
 
 
+def _tiles(run, x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``run`` over ``x`` in tiles of ``chunk`` tokens, the outputs joined."""
+    return torch.cat([run(part) for part in x.split(chunk, dim=-2)], dim=-2)
+
+
 def _tiled_forward(mlp, run, chunk: int, x: torch.Tensor) -> torch.Tensor:
     if x.shape[-2] <= chunk:
         return run(x)
     if not torch.is_grad_enabled():
-        return torch.cat([run(part) for part in x.split(chunk, dim=-2)], dim=-2)
+        return _tiles(run, x, chunk)
     params = [p for p in mlp.parameters() if p.requires_grad]  # LoRA's, once PEFT added them
     return _TiledMLP.apply(run, chunk, x, *params)
 
