@@ -49,6 +49,28 @@ def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: int = 900
     )
 
 
+def cpu_train_args(out, model, run, steps: int, *extra: str, accumulation: int = 1) -> list:
+    """``train.launch`` flags of a short CPU run (transformers backend, no warmup) of ``steps``
+    optimizer steps of ``accumulation`` rows from ``out`` into ``run``, then ``extra``."""
+    return [
+        "--data",
+        out,
+        "--model",
+        model,
+        "--backend",
+        "transformers",
+        "--max-steps",
+        str(steps),
+        "--gradient-accumulation-steps",
+        str(accumulation),
+        "--warmup-steps",
+        "0",
+        "--output-dir",
+        run,
+        *extra,
+    ]
+
+
 def packed_paragraphs(root: Path, books_dir: Path, qwen3_dir: Path, seq_len: int):
     """40 paragraphs of a real book, one JSONL record each, through the pipeline at
     ``seq_len`` (rows pack several documents), and the tiny random model with Qwen3's

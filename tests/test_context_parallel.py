@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import packed_paragraphs, run_cli
+from tests.conftest import cpu_train_args, packed_paragraphs, run_cli
 
 torch = pytest.importorskip(
     "torch", reason="the training tests need the CPU build of torch (.[test])"
@@ -341,7 +341,7 @@ def test_tiled_mlp_equals_the_whole_mlp_in_loss_and_gradients():
         torch.testing.assert_close(other_x_grad, x_grad, atol=1e-6, rtol=1e-5)
 
 
-def _small_lora_model(tiled: bool, modules: list[str], dropout: float = 0.0, gc: bool = False):
+def _small_lora_model(tiled: bool, modules: list[str], dropout: float = 0.0):
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -360,9 +360,6 @@ def _small_lora_model(tiled: bool, modules: list[str], dropout: float = 0.0, gc:
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg)
     model.set_attn_implementation("sdpa")
-    if gc:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
     if tiled:
         assert cp.tile_mlps(model, chunk=5) == 2
     torch.manual_seed(0)
@@ -567,24 +564,7 @@ def test_dry_run_prints_the_split_and_refusals_exit_2(packed, capsys):
 
 
 def _launch_args(out, model, run) -> list:
-    return [
-        "--data",
-        out,
-        "--model",
-        model,
-        "--backend",
-        "transformers",
-        "--max-steps",
-        "2",
-        "--gradient-accumulation-steps",
-        "2",
-        "--warmup-steps",
-        "0",
-        "--learning-rate",
-        "3e-3",
-        "--output-dir",
-        run,
-    ]
+    return cpu_train_args(out, model, run, 2, "--learning-rate", "3e-3", accumulation=2)
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import STDLIB, run_cli
+from tests.conftest import STDLIB, cpu_train_args, run_cli
 from train.data import IGNORE_INDEX, DataError, collate_packed
 
 torch = pytest.importorskip(
@@ -264,26 +264,9 @@ def test_launcher_dry_run_and_refusals(tiny_setup, tmp_path):
 
 
 def _cpu_train_args(out, model, run, steps: int) -> list:
-    return [
-        "--data",
-        out,
-        "--model",
-        model,
-        "--backend",
-        "transformers",
-        "--max-steps",
-        str(steps),
-        "--gradient-accumulation-steps",
-        "1",
-        "--learning-rate",
-        "3e-3",
-        "--gradient-checkpointing",
-        "false",
-        "--warmup-steps",
-        "0",
-        "--output-dir",
-        run,
-    ]
+    return cpu_train_args(
+        out, model, run, steps, "--learning-rate", "3e-3", "--gradient-checkpointing", "false"
+    )
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import packed_paragraphs, run_cli
+from tests.conftest import cpu_train_args, packed_paragraphs, run_cli
 
 torch = pytest.importorskip(
     "torch", reason="the training tests need the CPU build of torch (.[test])"
@@ -66,24 +66,7 @@ def with_validation(packed, tmp_path_factory):
 
 
 def cpu_args(out, model, run, steps: int) -> list:
-    return [
-        "--data",
-        out,
-        "--model",
-        model,
-        "--backend",
-        "transformers",
-        "--max-steps",
-        str(steps),
-        "--gradient-accumulation-steps",
-        "1",
-        "--gradient-checkpointing",
-        "false",
-        "--warmup-steps",
-        "0",
-        "--output-dir",
-        run,
-    ]
+    return cpu_train_args(out, model, run, steps, "--gradient-checkpointing", "false")
 
 
 def test_every_row_packs_several_documents(packed):
