@@ -113,7 +113,8 @@ job() {  # job DEVICES SHAPE MODE CONTEXT STEPS: one train.launch run -> $RESULT
 
 drive() {  # the runs, in the order that matters most first within each lane
   if [ "$SMOKE" = 1 ]; then nvidia-smi() { echo "cpu (smoke run: figures mean nothing), 1 MiB"; }; fi
-  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1 > "$RESULTS/device.txt"
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | sort | uniq -c |
+    awk '{$1 = $1 " x"; print}' > "$RESULTS/device.txt"  # e.g. "2 x NVIDIA H200, 143771 MiB"
   (  # GPU 0: the 1B shape on one GPU
     job 0 "$S" unsloth1 "$L1" 4
     job 0 "$S" unsloth1 "$L2" 1
