@@ -1,7 +1,7 @@
 """GPU: bare Unsloth on the same rows the launcher trains on; padding-free vs one causal stream.
 
     python benchmarks/bare_unsloth.py --data OUT --model DIR --steps 6 [--load-in-4bit] \\
-        [--lora-r 16] [--modes packed,stream]
+        [--lora-r 16] [--tiled-mlp] [--modes packed,stream]
 
 Loads the model the way GPU-NOTES' bare-Unsloth probe did (``FastLanguageModel``, LoRA on all
 projections, ``use_gradient_checkpointing="unsloth"``) and runs a plain loop (AdamW on the
@@ -12,7 +12,10 @@ manifest's ``seq_len``. Modes:
   each document unlabelled, ``packed_seq_lengths``): no attention across documents;
 - ``stream``: the same tokens as one causal stream (no restart, no lengths).
 
-Prints one JSON line per mode: tokens/s after the first step, peak allocated memory, losses.
+Prints one JSON line per mode: tokens/s after the first step, each step's seconds (the first
+from the start of the mode: compilation included, as the launcher's one-step runtime), peak
+allocated GPU memory, the process's peak host RSS, losses. ``--tiled-mlp`` loads with Unsloth's
+tiled MLP (``unsloth_tiled_mlp=True``), as the launcher's ``--preset max-context``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -35,6 +39,7 @@ def main() -> None:
     ap.add_argument("--load-in-4bit", action="store_true")
     ap.add_argument("--lora-r", type=int, default=16)
     ap.add_argument("--modes", default="packed")
+    ap.add_argument("--tiled-mlp", action="store_true")
     args = ap.parse_args()
     os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
     import torch
@@ -47,7 +52,11 @@ def main() -> None:
     L = int(manifest["seq_len"])
     rows = load_shards(args.data, manifest)
     model, _ = FastLanguageModel.from_pretrained(
-        model_name=args.model, max_seq_length=L, load_in_4bit=args.load_in_4bit, dtype=None
+        model_name=args.model,
+        max_seq_length=L,
+        load_in_4bit=args.load_in_4bit,
+        dtype=None,
+        unsloth_tiled_mlp=args.tiled_mlp,
     )
     model = FastLanguageModel.get_peft_model(
         model,
@@ -69,6 +78,8 @@ def main() -> None:
     model.train()
     for mode in args.modes.split(","):
         torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize()
+        start = time.time()
         marks, losses, n_tokens = [], [], []
         for step in range(args.steps):
             batch = collate_packed([rows[step % len(rows)]], max_seq_length=L)
@@ -99,7 +110,14 @@ def main() -> None:
                     "load_in_4bit": args.load_in_4bit,
                     "steps": args.steps,
                     "tokens_per_s_steady": round(steady, 1) if steady else None,
+                    "step_s": [
+                        round(b - a, 2) for a, b in zip([start, *marks[:-1]], marks, strict=True)
+                    ],
+                    "tiled_mlp": args.tiled_mlp,
                     "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                    "host_peak_rss_gib": round(
+                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2
+                    ),
                     "losses": losses,
                     "documents_per_row": docs_per_row,
                     "device": torch.cuda.get_device_name(),

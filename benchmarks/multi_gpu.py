@@ -210,6 +210,8 @@ def record(name: str, rc: int, log: str, run: str, out: str, extra: dict | None 
             "context_parallel",
             "backend",
             "offload_pinned",
+            "estimated_peak_gib",
+            "checkpoint_layers_on_gpu",
             "first_loss",
             "last_loss",
             "device",

@@ -341,6 +341,76 @@ def test_tiled_mlp_equals_the_whole_mlp_in_loss_and_gradients():
         torch.testing.assert_close(other_x_grad, x_grad, atol=1e-6, rtol=1e-5)
 
 
+def test_checkpoints_kept_on_the_gpu_train_like_offloaded_ones():
+    """The plan's gpu_layers: the first layer keeps its checkpoint on its device, the second
+    offloads. Loss, LoRA and input gradients equal those of every layer offloaded and of no
+    checkpointing at all; a rerun from a wrong or stale input would not."""
+    from train import context_parallel as cp
+
+    batch = _batch(_row(4))
+    results = []
+    for mode in ("none", "offload", "keep1"):
+        model = _model("sdpa")
+        if mode != "none":
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+            model.enable_input_require_grads()
+            offloaded = cp.offload_checkpoints(model, gpu_layers=1 if mode == "keep1" else 0)
+            layers = cp._checkpointed_layers(model)
+            assert offloaded == (1 if mode == "keep1" else 2)
+            first = cp.resident_checkpoint if mode == "keep1" else cp.offloaded_checkpoint
+            assert layers[0]._gradient_checkpointing_func is first
+            assert layers[1]._gradient_checkpointing_func is cp.offloaded_checkpoint
+        model.train()
+        embeds = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
+        out = model(
+            inputs_embeds=embeds, position_ids=batch["position_ids"], labels=batch["labels"]
+        )
+        out.loss.backward()
+        results.append((out.loss.detach(), _lora_grads(model), embeds.grad.clone()))
+    (loss, grads, x_grad), *others = results
+    for other_loss, other_grads, other_x_grad in others:
+        torch.testing.assert_close(other_loss, loss)
+        for k in grads:
+            torch.testing.assert_close(other_grads[k], grads[k], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(other_x_grad, x_grad, atol=1e-6, rtol=1e-5)
+    with pytest.raises(
+        ValueError, match="keeps 3 layers' checkpoints on the GPU, but the model has 2"
+    ):
+        cp.keep_checkpoints_on_gpu(model, 3)
+
+
+def test_layer_checkpoint_keeps_an_unsloth_style_tuple_and_catches_in_place_edits():
+    """Unsloth's patched decoder layers return ``(hidden_states,)``: the checkpoint returns the
+    same form with the same gradient. A kept input changed in place before the backward pass
+    is refused (the rerun would differ from the forward)."""
+    from train import context_parallel as cp
+
+    w = torch.randn(8, 8, requires_grad=True)
+    x = torch.randn(3, 8, requires_grad=True)
+
+    def layer(h):
+        return (torch.tanh(h @ w),)
+
+    out = cp.resident_checkpoint(layer, x * 1.0)
+    assert isinstance(out, tuple) and len(out) == 1
+    out[0].sum().backward()
+    ref_w, ref_x = w.grad.clone(), x.grad.clone()
+    w.grad = x.grad = None
+    torch.tanh((x * 1.0) @ w).sum().backward()
+    torch.testing.assert_close(ref_w, w.grad)
+    torch.testing.assert_close(ref_x, x.grad)
+    with pytest.raises(TypeError, match="tuple of them and Nones"):
+        cp.resident_checkpoint(lambda h: (h, h), x * 1.0)
+    h = x.detach() * 1.0
+    out = cp.resident_checkpoint(layer, h.requires_grad_(True))
+    with torch.no_grad():
+        h.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        out[0].sum().backward()
+
+
 def _small_lora_model(tiled: bool, modules: list[str], dropout: float = 0.0):
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -258,6 +258,52 @@ def test_offload_plan_host_ram_and_pinned_buffers():
     assert plan_offload(s8, 409600, True, 64 * GIB) is None  # checkpoints stay on the GPU
 
 
+def test_checkpoints_the_host_cannot_hold_stay_on_the_gpu():
+    """524,288 tokens of the 8B shape: 32 layers x 4 GiB of checkpoints. A 128 GiB host holds
+    (128 - 16) / 4 = 28 of them; the first 4 stay on the GPU if its room holds 16 GiB, and the
+    plan refuses (naming both memories) when it does not. Over 2 ranks each keeps half a layer."""
+    s8 = _8b_qwen_vocab()
+    o = plan_offload(s8, 524288, "unsloth", 128 * GIB, "auto", gpu_room_bytes=60 * GIB)
+    assert (o.gpu_layers, o.gpu_bytes, o.host_bytes) == (4, 16 * GIB, 112 * GIB)
+    assert "first 4 of 32 layers keep theirs on the GPU (16.0 GiB)" in o.note
+    assert plan_offload(s8, 524288, "unsloth", 200 * GIB, "auto", 60 * GIB).gpu_layers == 0
+    with pytest.raises(
+        PlanError, match=r"the 4 layers it cannot hold \(16.0 GiB per GPU\) do not fit the 15.0 GiB"
+    ):
+        plan_offload(s8, 524288, "unsloth", 128 * GIB, "auto", gpu_room_bytes=15 * GIB)
+    with pytest.raises(PlanError, match="--host-memory-gib"):  # no GPU room given: as before
+        plan_offload(s8, 524288, "unsloth", 128 * GIB)
+    two = plan_offload(s8, 524288, "unsloth", 128 * GIB, "false", 8 * GIB, ranks=2)
+    assert (two.gpu_layers, two.gpu_bytes) == (4, 8 * GIB)
+    # a host too small for even one layer beside its 16 GiB: every layer on the GPU is refused
+    with pytest.raises(PlanError, match="the 32 layers it cannot hold"):
+        plan_offload(s8, 524288, "unsloth", 16 * GIB, "auto", 10**15)
+
+
+def test_plan_puts_the_kept_layers_in_the_gpu_peak():
+    """Through train.preflight: the 8B shape at 524,288 tokens on a 140 GiB GPU and a 128 GiB
+    host keeps 4 layers on the GPU, and the printed peak is the layer estimate plus 16 GiB."""
+    from train.config import TrainConfig
+    from train.preflight import plan_memory
+
+    shape = _8b_qwen_vocab()
+    cfg = TrainConfig(
+        data="x", model="m", load_in_4bit=True, lora_r=32, lora_alpha=32, tiled_mlp=True,
+        gpu_memory_gib=140, host_memory_gib=128,
+    )  # fmt: skip
+    warnings: list[str] = []
+    mem = plan_memory(cfg, shape, 524288, "unsloth", dry_run=False, warnings=warnings)
+    base = estimate_peak_bytes(
+        shape, 524288, load_in_4bit=True, lora_r=32, modules=list(cfg.target_modules),
+        gc="unsloth", tiled_mlp=True,
+    )  # fmt: skip
+    assert mem["offload"]["gpu_layers"] == 4
+    assert mem["estimated_peak_gib"] == round((base + 16 * GIB) / GIB, 2)
+    cfg.gpu_memory_gib = 80  # no room left beside the layers' own peak: refused, not guessed
+    with pytest.raises(PlanError, match="do not fit the"):
+        plan_memory(cfg, shape, 524288, "unsloth", dry_run=False, warnings=warnings)
+
+
 def test_preset_sits_below_yaml_and_flags(tmp_path):
     from train.config import ConfigError, load_config
 

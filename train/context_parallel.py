@@ -291,27 +291,30 @@ def _replay_rng(device: torch.device, state: tuple):
 
 class _OffloadedCheckpoint(torch.autograd.Function):
     """One decoder layer run without keeping its activations: its input waits in host memory
-    and the layer is run again, with gradients, in the backward pass (what Unsloth's offloaded
-    checkpointing does; pageable copies here). The RNG state is replayed for the rerun."""
+    (``on_host``; pageable copies here) or on the GPU, and the layer is run again, with
+    gradients, in the backward pass (what Unsloth's offloaded checkpointing does). The RNG
+    state is replayed for the rerun."""
 
     @staticmethod
-    def forward(ctx, run, hidden):
+    def forward(ctx, run, hidden, on_host):
         ctx.run, ctx.device = run, hidden.device
         ctx.amp = _amp_state(hidden.device.type)
-        ctx.host = hidden.detach().to("cpu")
+        ctx.saved = hidden.detach().to("cpu") if on_host else hidden.detach()
+        ctx.version = None if on_host else hidden._version
         ctx.rng = _rng_state(hidden.device)
         with torch.no_grad():
             out = run(hidden)
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(
-                f"offloaded checkpointing expects a layer returning a tensor, got {type(out)}"
-            )
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        hidden = ctx.host.to(ctx.device).requires_grad_(True)
-        ctx.host = None
+        if ctx.version is not None and ctx.saved._version != ctx.version:
+            raise RuntimeError(
+                "a layer input kept on the GPU for its checkpoint was modified in place before "
+                "the backward pass; the rerun would compute wrong gradients"
+            )
+        hidden = ctx.saved.to(ctx.device).detach().requires_grad_(True)
+        ctx.saved = None
         with (
             _replay_rng(ctx.device, ctx.rng),
             torch.enable_grad(),
@@ -319,29 +322,89 @@ class _OffloadedCheckpoint(torch.autograd.Function):
         ):
             out = ctx.run(hidden)
         torch.autograd.backward(out, grad)
-        return None, hidden.grad
+        return None, hidden.grad, None
+
+
+def _layer_checkpoint(run, hidden, more, on_host: bool):
+    """Run ``_OffloadedCheckpoint`` over a layer that returns its hidden states, either as a
+    tensor (transformers 5) or as a tuple of them and Nones (Unsloth's patched layers return
+    ``(hidden_states,)``); the result has the layer's own form."""
+    if more:
+        raise TypeError("checkpointing a layer expects the hidden states as the only positional")
+    form = {}
+
+    def run_tensor(h):
+        out = run(h)
+        if isinstance(out, tuple):
+            if (
+                not out
+                or not isinstance(out[0], torch.Tensor)
+                or any(o is not None for o in out[1:])
+            ):
+                raise TypeError(
+                    "checkpointing a layer expects it to return its hidden states (a tensor, or a "
+                    f"tuple of them and Nones), got {tuple(type(o).__name__ for o in out)}"
+                )
+            form["tuple"] = len(out)
+            return out[0]
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"checkpointing a layer expects it to return a tensor, got {type(out)}")
+        return out
+
+    out = _OffloadedCheckpoint.apply(run_tensor, hidden, on_host)
+    return (out,) + (None,) * (form["tuple"] - 1) if "tuple" in form else out
 
 
 def offloaded_checkpoint(run, hidden, *more):
-    """A ``_gradient_checkpointing_func`` for transformers' GradientCheckpointingLayer."""
-    if more:
-        raise TypeError("offloaded checkpointing expects the hidden states as the only positional")
-    return _OffloadedCheckpoint.apply(run, hidden)
+    """A ``_gradient_checkpointing_func`` for transformers' GradientCheckpointingLayer: the
+    layer's input waits in host memory."""
+    return _layer_checkpoint(run, hidden, more, on_host=True)
 
 
-def offload_checkpoints(model) -> int:
-    """Make every checkpointed decoder layer of ``model`` keep its input in host memory (after
-    ``gradient_checkpointing_enable``); returns how many layers."""
+def resident_checkpoint(run, hidden, *more):
+    """The same, with the layer's input kept on its device (for layers whose checkpoints the
+    host has no room for)."""
+    return _layer_checkpoint(run, hidden, more, on_host=False)
+
+
+def _checkpointed_layers(model) -> list:
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    layers = [
+    return [
         m
         for m in model.modules()
         if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing
     ]
+
+
+def offload_checkpoints(model, gpu_layers: int = 0) -> int:
+    """Make every checkpointed decoder layer of ``model`` keep its input in host memory (after
+    ``gradient_checkpointing_enable``), but the first ``gpu_layers``, which keep theirs on the
+    GPU (:func:`keep_checkpoints_on_gpu`); returns how many layers offload."""
+    layers = _checkpointed_layers(model)
     for layer in layers:
         layer._gradient_checkpointing_func = offloaded_checkpoint
-    return len(layers)
+    keep_checkpoints_on_gpu(model, gpu_layers)
+    return len(layers) - gpu_layers
+
+
+def keep_checkpoints_on_gpu(model, count: int) -> list[int]:
+    """Make the first ``count`` checkpointed decoder layers of ``model`` keep their input on the
+    GPU instead of offloading it (the plan's ``offload.gpu_layers``: the layers the host RAM has
+    no room for). Works on Unsloth's model too, whose other layers keep Unsloth's own offloaded
+    checkpointing. Returns the indices (among the checkpointed layers) it changed; raises
+    ValueError when the model has fewer checkpointed layers than ``count``."""
+    if count <= 0:
+        return []
+    layers = _checkpointed_layers(model)
+    if count > len(layers):
+        raise ValueError(
+            f"the plan keeps {count} layers' checkpoints on the GPU, but the model has "
+            f"{len(layers)} checkpointed layers (is gradient checkpointing on?)"
+        )
+    for layer in layers[:count]:
+        layer._gradient_checkpointing_func = resident_checkpoint
+    return list(range(count))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -76,7 +76,8 @@ def use_document_end(model, tokenizer, end: dict | None) -> None:
 
 def load_unsloth(cfg: TrainConfig, plan: dict):
     """Unsloth ``FastLanguageModel`` at ``max_seq_length`` with LoRA and the plan's
-    gradient checkpointing (``"unsloth"``: offloaded to host RAM)."""
+    gradient checkpointing (``"unsloth"``: offloaded to host RAM; the first
+    ``offload.gpu_layers`` layers, which the host has no room for, keep theirs on the GPU)."""
     os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
     offload = plan["memory"]["offload"]
     if offload and not offload["pinned"]:
@@ -107,6 +108,11 @@ def load_unsloth(cfg: TrainConfig, plan: dict):
         random_state=cfg.seed,
         max_seq_length=L,
     )
+    if offload and offload.get("gpu_layers"):
+        from train.context_parallel import keep_checkpoints_on_gpu
+
+        # the layers whose checkpoints the host has no room for; the rest stay Unsloth's
+        keep_checkpoints_on_gpu(model, offload["gpu_layers"])
     use_document_end(model, tokenizer, plan["document_end"])
     return model, tokenizer
 
@@ -143,7 +149,8 @@ def load_transformers(cfg: TrainConfig, plan: dict):
         if attention != "sdpa" and plan["gradient_checkpointing"] == "unsloth":
             from train.context_parallel import offload_checkpoints
 
-            offload_checkpoints(model)  # layer inputs in host RAM, as Unsloth's "unsloth" mode
+            # layer inputs in host RAM, as Unsloth's "unsloth" mode (but those it cannot hold)
+            offload_checkpoints(model, (plan["memory"]["offload"] or {}).get("gpu_layers", 0))
     if cfg.tiled_mlp:
         from train.context_parallel import tile_mlps
 

@@ -56,6 +56,9 @@ checkpoints is the formula below for the whole row (the N processes share the ho
 
 **Host memory** for offloaded checkpoints: layers x tokens x hidden x 2 bytes, plus 16 GiB for
 everything else (the 8B run at 409,600 tokens: 100 GiB of checkpoints, 103.6 GiB peak RSS).
+Where the host holds fewer layers than the model has, the first layers keep their checkpoints on
+the GPU (:func:`plan_offload`), if the GPU has room for them beside the estimated peak. The host's
+memory is ``--host-memory-gib`` or :func:`host_memory_bytes`.
 """
 
 from __future__ import annotations
@@ -425,29 +428,54 @@ class OffloadPlan:
     pinned: bool
     max_context_host: int  # largest context whose pageable checkpoints fit host RAM
     note: str
+    # layers whose checkpoints stay on the GPU because the host cannot hold them all (the first
+    # ones; train.context_parallel.keep_checkpoints_on_gpu), and their bytes per GPU
+    gpu_layers: int = 0
+    gpu_bytes: int = 0
 
 
 def plan_offload(
-    shape: ModelShape, tokens: int, gc: str | bool, host_bytes: int, pinned: str = "auto"
+    shape: ModelShape,
+    tokens: int,
+    gc: str | bool,
+    host_bytes: int,
+    pinned: str = "auto",
+    gpu_room_bytes: int = 0,
+    ranks: int = 1,
 ) -> OffloadPlan | None:
     """Host RAM for ``use_gradient_checkpointing="unsloth"``: every decoder layer's input is
-    copied to host memory in the forward pass and read back in the backward pass."""
+    copied to host memory in the forward pass and read back in the backward pass.
+
+    When the host cannot hold every layer's checkpoint, the first layers keep theirs on the GPU
+    (as many as the host is short of, no more: host copies cost no GPU memory), if
+    ``gpu_room_bytes`` (per GPU: what 95% of the GPU leaves beside the estimated peak) holds
+    them. ``ranks``: the processes that split the row (context parallel): each keeps its
+    1/ranks of a kept layer, while the host holds the whole row's other layers."""
     if gc != "unsloth":
         return None
+    layers = shape.num_hidden_layers
     per_layer = tokens * shape.hidden_size * 2
-    need = shape.num_hidden_layers * per_layer
-    rounded = shape.num_hidden_layers * (1 << max(0, per_layer - 1).bit_length())
+    per_layer_gpu = -(-tokens // ranks) * shape.hidden_size * 2
     room = host_bytes - HOST_HEADROOM_BYTES
-    max_host = max(0, room // (shape.num_hidden_layers * shape.hidden_size * 2) // 1024 * 1024)
-    if host_bytes and need > room:
-        raise PlanError(
-            f"offloaded checkpoints at {tokens} tokens need {need / GIB:.1f} GiB of host RAM "
-            f"({shape.num_hidden_layers} layers x {per_layer / GIB:.2f} GiB) plus "
-            f"{HOST_HEADROOM_BYTES // GIB} GiB beside them, more than the "
-            f"{host_bytes / GIB:.0f} GiB here: the largest context this host holds is about "
-            f"{max_host}; lower --max-seq-length, or set --host-memory-gib if this machine "
-            "has more memory than it reports"
-        )
+    max_host = max(0, room // (layers * shape.hidden_size * 2) // 1024 * 1024)
+    gpu_layers = 0
+    if host_bytes and layers * per_layer > room:
+        gpu_layers = min(layers, -(-(layers * per_layer - max(0, room)) // per_layer))
+        if gpu_layers >= layers or gpu_layers * per_layer_gpu > gpu_room_bytes:
+            raise PlanError(
+                f"offloaded checkpoints at {tokens} tokens need {layers * per_layer / GIB:.1f} "
+                f"GiB ({layers} layers x {per_layer / GIB:.2f} GiB) plus "
+                f"{HOST_HEADROOM_BYTES // GIB} GiB beside them in host RAM, which has "
+                f"{host_bytes / GIB:.0f} GiB here (the largest context it holds is about "
+                f"{max_host}), and the {gpu_layers} layers it cannot hold "
+                f"({gpu_layers * per_layer_gpu / GIB:.1f} GiB per GPU) do not fit the "
+                f"{max(0, gpu_room_bytes) / GIB:.1f} GiB the GPU has left: lower "
+                "--max-seq-length, or set --host-memory-gib if this machine has more memory "
+                "than it reports"
+            )
+    on_host = layers - gpu_layers
+    need = on_host * per_layer
+    rounded = on_host * (1 << max(0, per_layer - 1).bit_length())
     mode = str(pinned).lower()
     if mode == "auto":
         use_pinned = not host_bytes or rounded <= PINNED_SHARE * host_bytes
@@ -460,7 +488,16 @@ def plan_offload(
             f"{need / GIB:.1f} GiB of pageable host RAM (pinned buffers would round up to "
             f"{rounded / GIB:.0f} GiB): copies no longer overlap compute"
         )
-    return OffloadPlan(need, rounded, host_bytes, use_pinned, int(max_host), note)
+    if gpu_layers:
+        note += (
+            f"; the first {gpu_layers} of {layers} layers keep theirs on the GPU "
+            f"({gpu_layers * per_layer_gpu / GIB:.1f} GiB{' per GPU' if ranks > 1 else ''}): "
+            "the host cannot hold them all"
+        )
+    return OffloadPlan(
+        need, rounded, host_bytes, use_pinned, int(max_host), note,
+        gpu_layers, gpu_layers * per_layer_gpu,
+    )  # fmt: skip
 
 
 @dataclass

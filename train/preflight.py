@@ -182,14 +182,9 @@ def plan_memory(
             "--max-seq-length (and the pipeline's --seq-len), use --load-in-4bit true, "
             "--tiled-mlp true (or --preset max-context), or a larger GPU"
         )
-    host = int(cfg.host_memory_gib * GIB) if cfg.host_memory_gib > 0 else host_memory_bytes()
-    try:
-        offload = plan_offload(shape, tokens, gc, host, cfg.offload_pinned)
-    except PlanError as err:
-        if not dry_run or cfg.host_memory_gib > 0:
-            raise
-        warnings.append(f"on this machine: {err}")
-        offload = plan_offload(shape, tokens, gc, 0, cfg.offload_pinned)
+    offload = _plan_host(cfg, shape, tokens, gc, peak, cfg.offload_pinned, 1, dry_run, warnings)
+    if offload:
+        peak += offload.gpu_bytes
     return {
         "estimated_peak_gib": round(peak / GIB, 2),
         "gpu_memory_gib": cfg.gpu_memory_gib,
@@ -199,6 +194,32 @@ def plan_memory(
         "tiled_mlp": cfg.tiled_mlp,
         "offload": asdict(offload) if offload else None,
     }
+
+
+def _plan_host(
+    cfg: TrainConfig,
+    shape: ModelShape,
+    tokens: int,
+    gc: str | bool,
+    peak: int,
+    pinned: str,
+    ranks: int,
+    dry_run: bool,
+    warnings: list[str],
+):
+    """Offloaded checkpoints against the host's RAM (``--host-memory-gib``, else what
+    :func:`host_memory_bytes` reads), with the GPU's room beside ``peak`` for the layers the host
+    cannot hold. A dry run without ``--host-memory-gib`` only warns when they do not fit (the
+    plan may be made on another machine than the one that will train)."""
+    host = int(cfg.host_memory_gib * GIB) if cfg.host_memory_gib > 0 else host_memory_bytes()
+    gpu_room = int(0.95 * cfg.gpu_memory_gib * GIB) - peak
+    try:
+        return plan_offload(shape, tokens, gc, host, pinned, gpu_room, ranks)
+    except PlanError as err:
+        if not dry_run or cfg.host_memory_gib > 0:
+            raise
+        warnings.append(f"on this machine: {err}")
+        return plan_offload(shape, tokens, gc, 0, pinned)
 
 
 def plan_context_parallel(
@@ -231,14 +252,10 @@ def plan_context_parallel(
             f"over {cp} GPUs is about {fits} tokens; lower --max-seq-length (and the pipeline's "
             "--seq-len) or raise --context-parallel"
         )
-    host = int(cfg.host_memory_gib * GIB) if cfg.host_memory_gib > 0 else host_memory_bytes()
-    try:
-        offload = plan_offload(shape, tokens, gc, host, "false")  # pageable copies
-    except PlanError as err:
-        if not dry_run or cfg.host_memory_gib > 0:
-            raise
-        warnings.append(f"on this machine: {err}")
-        offload = plan_offload(shape, tokens, gc, 0, "false")
+    # this path's own offload copies to pageable memory
+    offload = _plan_host(cfg, shape, tokens, gc, peak, "false", cp, dry_run, warnings)
+    if offload:
+        peak += offload.gpu_bytes
     split = {
         "size": cp,
         "tokens_per_gpu": -(-tokens // cp),

@@ -211,6 +211,10 @@ def summarize(
         "host_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "tiled_mlp": cfg.tiled_mlp,
         "offload_pinned": (plan["memory"]["offload"] or {}).get("pinned"),
+        # the plan's figures, beside the measured ones: its GPU estimate (per GPU) and the
+        # layers whose checkpoints stayed on the GPU because the host could not hold them
+        "estimated_peak_gib": plan["memory"]["estimated_peak_gib"],
+        "checkpoint_layers_on_gpu": (plan["memory"]["offload"] or {}).get("gpu_layers", 0),
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         "eval_data": (plan["eval"] or {}).get("path"),
