@@ -44,7 +44,13 @@ from pipeline.output import (
 )
 from pipeline.plots import PlotRenderer
 from pipeline.report import write_report
-from pipeline.runners import check_runner, emits_from_finish_bundle, make_runner, share_cores
+from pipeline.runners import (
+    check_runner,
+    emits_from_finish_bundle,
+    make_runner,
+    share_cores,
+    static_workers,
+)
 from pipeline.steps import BuildDataset
 from pipeline.steps.tokenize import Progress
 from schemas.layout import (
@@ -57,6 +63,7 @@ from schemas.layout import (
     SHARD_STATS,
 )
 from schemas.manifest import Manifest, build_manifest, parse_manifest
+from transforms.balance import lpt_bins
 from transforms.samples.tokenize import TokenizerError, load_tokenizer
 
 _LOG = logging.getLogger("longctx")
@@ -83,6 +90,7 @@ class Job:
     discovery_rejects: list
     plotter: PlotRenderer
     input_bytes: int  # bytes of the local inputs: the disk-space check and the progress ETA
+    source_bytes: list[int]  # the same per source (0: remote), to spread them over workers
 
     def say(self, *args) -> None:
         if not self.config.quiet:
@@ -121,7 +129,8 @@ def prepare(argv: list[str]) -> Job:
         finally:
             tok = _loaded(tok_future)  # a bad --tokenizer is reported before an input error
         check_mix_against_sources(config.mix_weights, sources)
-        n_input = input_bytes(s.path for s in sources)
+        source_bytes = [input_bytes([s.path]) for s in sources]
+        n_input = sum(source_bytes)
         if not config.skip_space_check:
             check_free_space(
                 config.output,
@@ -133,7 +142,7 @@ def prepare(argv: list[str]) -> Job:
     except BaseException:
         plotter.close()
         raise
-    return Job(options, config, tok, sources, discovery_rejects, plotter, n_input)
+    return Job(options, config, tok, sources, discovery_rejects, plotter, n_input, source_bytes)
 
 
 def _loaded(future):
@@ -149,6 +158,11 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
     tty = sys.stderr.isatty() or bool(os.environ.get("LONGCTX_PROGRESS"))
     progress = None if config.quiet else Progress(job.input_bytes, tty)
     share_cores(job.options)  # multi_processing: one tokenizer thread pool per worker, sized
+    workers = static_workers(job.options)
+    spread = None
+    if workers and len(job.sources) > 1:  # the sources by size over the runner's fixed workers
+        bins = lpt_bins(job.source_bytes, workers)
+        spread = {s.doc_id: b for s, b in zip(job.sources, bins, strict=True)}
     pipeline = beam.Pipeline(runner=make_runner(job.options), options=job.options)
     _ = pipeline | "BuildDataset" >> BuildDataset(
         config=config,
@@ -158,6 +172,7 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
         cache_dir=tokens_cache,
         progress=progress,
         batch_tokenize=emits_from_finish_bundle(job.options),
+        spread=spread,
     )
     pipeline.run().wait_until_finish()
     if progress and progress.tty:

@@ -133,6 +133,23 @@ def share_cores(options: PipelineOptions, environ=os.environ) -> int | None:
     return threads
 
 
+def static_workers(options: PipelineOptions) -> int | None:
+    """The worker count over which the runner splits each step's input once, in fixed shares,
+    with no rebalancing: DirectRunner ``multi_processing`` with N > 1 workers (Beam 2.77's
+    FnApiRunner deals the keys of a grouped input round-robin over its N workers). None for
+    every other runner (Dataflow, Flink and Spark rebalance their work themselves)."""
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    runner = options.view_as(StandardOptions).runner
+    direct = options.view_as(DirectOptions)
+    if runner not in (None, "DirectRunner", "direct"):
+        return None
+    if direct.direct_running_mode != "multi_processing":
+        return None
+    workers = direct.direct_num_workers or os.cpu_count() or 1  # 0: one per core (Beam's rule)
+    return workers if workers > 1 else None
+
+
 def emits_from_finish_bundle(options: PipelineOptions) -> bool:
     """Whether the runner keeps what a DoFn emits from ``finish_bundle`` (the tokenize step's
     last batch). Beam 2.77's DaskRunner drops it (the documents would be lost; found by

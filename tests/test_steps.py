@@ -59,6 +59,62 @@ def test_read_documents_keeps_books_and_rejects_empty_and_duplicate(tmp_path):
         )
 
 
+def test_lpt_bins_balance_sizes_over_workers():
+    from transforms.balance import lpt_bins
+
+    sizes = [90, 10, 80, 10, 70, 10, 60, 10]  # by count every other one: 300 against 40
+    bins = lpt_bins(sizes, 2)
+    loads = [sum(s for s, b in zip(sizes, bins, strict=True) if b == k) for k in (0, 1)]
+    assert sorted(loads) == [170, 170]
+    assert lpt_bins(sizes, 2) == bins  # the same inputs, the same bins
+    assert lpt_bins([5], 4) == [0] and lpt_bins([], 3) == []
+    with pytest.raises(ValueError, match="at least 1"):
+        lpt_bins(sizes, 0)
+
+
+def test_sources_go_to_multi_processing_workers_by_size(tmp_path):
+    """Issue 20: DirectRunner multi_processing deals a grouped input's keys round-robin over its
+    workers, so after a Reshuffle every other source (by document id) went to one worker: here
+    all four large books to one and the four small ones to the other. With ``spread`` (the
+    LPT bins, as pipeline.job computes them) each worker reads one bin: the sources that share a
+    worker process are exactly the bins', and the two workers' bytes are equal."""
+    import os
+
+    from pipeline.runners import static_workers
+    from transforms.balance import lpt_bins
+
+    books = tmp_path / "books"
+    books.mkdir()
+    for i in range(8):  # b0, b1, ... sorted by id: large, small, large, small ...
+        body = "\n\n".join(f"Paragraph {j} of book {i}, with some words." for j in range(1, 2000))
+        (books / f"b{i}.txt").write_text(body if i % 2 == 0 else body[: 2000 + i])
+    sources, _ = discover(books=[str(books)])
+    sizes = [os.path.getsize(s.path) for s in sources]
+    bins = lpt_bins(sizes, 2)
+    spread = {s.doc_id: b for s, b in zip(sources, bins, strict=True)}
+    want = sorted(
+        sorted(s.doc_id for s, b in zip(sources, bins, strict=True) if b == k) for k in (0, 1)
+    )
+    by_count = sorted(sorted(s.doc_id for s in sources[k::2]) for k in (0, 1))
+    assert want != by_count  # the test can tell the two apart
+    options = PipelineOptions(
+        ["--runner", "DirectRunner", "--direct_running_mode", "multi_processing",
+         "--direct_num_workers", "2"]
+    )  # fmt: skip
+    assert static_workers(options) == 2
+    assert static_workers(PipelineOptions(["--runner", "DirectRunner"])) is None
+    with BeamTestPipeline(runner=make_runner(options), options=options) as p:
+        read = p | beam.Create(sources) | ReadDocuments(ReadSettings(), dedup=False, spread=spread)
+        groups = (
+            read[MAIN]
+            # a lambda travels by value (the workers cannot import this test module)
+            | beam.Map(lambda d: (__import__("os").getpid(), d.doc_id))
+            | beam.GroupByKey()
+            | beam.Map(lambda kv: sorted(kv[1]))
+        )
+        assert_that(groups, equal_to(want))
+
+
 def test_tokenize_stores_ids_that_decode_to_the_text(tmp_path, qwen3_dir, qwen3):
     config = BuildConfig(tokenizer=str(qwen3_dir), seq_len=64, output=str(tmp_path / "out"))
     doc = TextDocument("book/a", "book", "a.txt", [BOOK_TEXT])

@@ -82,17 +82,35 @@ class ReadDocuments(beam.PTransform):
     """``Source`` s -> ``{MAIN: TextDocument s, REJECTS: Reject s}`` (dedup unless off)."""
 
     def __init__(
-        self, settings: ReadSettings, dedup: bool = True, within_repository="off", early=None
+        self,
+        settings: ReadSettings,
+        dedup: bool = True,
+        within_repository="off",
+        early=None,
+        spread: dict | None = None,
     ):
         super().__init__()
         self.settings, self.dedup = settings, dedup
         self.within_repository = within_repository  # off | exact | near
         self.early = early  # (config, staging, cache_dir): tokenize while reading goes on
+        # {doc_id: worker}: on a runner that splits a step's input over a fixed set of workers
+        # (DirectRunner multi_processing), the sources go to workers by size (one group each)
+        # instead of by count (Reshuffle): the read and the tokenizer fused after it end
+        # together, not when the worker that drew the largest inputs does
+        self.spread = spread
 
     def expand(self, sources):
+        if self.spread:
+            spread = (
+                sources
+                | "KeyByWorker" >> beam.Map(lambda s, bins: (bins[s.doc_id], s), self.spread)
+                | "SpreadSources" >> beam.GroupByKey()
+                | "Ungroup" >> beam.FlatMap(lambda kv: kv[1])
+            )
+        else:
+            spread = sources | "SpreadSources" >> beam.Reshuffle()
         read = (
-            sources
-            | "SpreadSources" >> beam.Reshuffle()
+            spread
             | "ReadSources" >> beam.ParDo(ReadSourceFn(self.settings, self.early))
             | "SplitRead" >> SplitTagged(MAIN, REJECTS)
         )
