@@ -497,6 +497,48 @@ def stop_dask(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+TIMELINE_SITE = REPO / "benchmarks" / "timeline"
+
+
+def worker_timeline(folder: Path, t0: float, wall: float) -> dict:
+    """What ``benchmarks/timeline/sitecustomize.py`` recorded in each process: per process, the
+    seconds in each DoFn method and its first start / last end (seconds from the run's start),
+    and where the run's time went around the fused read + tokenize stage: ``startup_s`` (to
+    the first read), ``stage_end_spread_s`` (the first worker to finish it against the last:
+    the imbalance), ``after_stage_s`` (from its last end to the run's end: plan, cut, shards,
+    manifest, report)."""
+    procs = []
+    for f in sorted(folder.glob("*.json")):
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(f.read_text())
+            procs.append(
+                {
+                    name: {
+                        "s": round(v[0], 2),
+                        "calls": v[1],
+                        "first": round(v[2] - t0, 2),
+                        "last": round(v[3] - t0, 2),
+                    }
+                    for name, v in sorted(data.items())
+                }
+            )
+    tok = [p["TokenizeFn.process"] for p in procs if "TokenizeFn.process" in p]
+    reads = [p["ReadSourceFn.process"] for p in procs if "ReadSourceFn.process" in p]
+    out: dict = {"processes": procs}
+    if tok and reads:
+        ends = [t["last"] for t in tok]
+        out.update(
+            startup_s=min(r["first"] for r in reads),
+            stage_end_first_s=min(ends),
+            stage_end_last_s=max(ends),
+            stage_end_spread_s=round(max(ends) - min(ends), 2),
+            after_stage_s=round(wall - max(ends), 2),
+            read_s_per_worker=[r["s"] for r in reads],
+            tokenize_s_per_worker=[t["s"] for t in tok],
+        )
+    return out
+
+
 def run_pipeline(mode: str, n: int, corpus: Path, tokenizer: str, seq_len: int, work: Path,
                  timeout: float | None) -> dict:  # fmt: skip
     rayon = rayon_for(n) if mode.endswith("_rayon") else None
@@ -519,11 +561,20 @@ def run_pipeline(mode: str, n: int, corpus: Path, tokenizer: str, seq_len: int, 
         cmd.append(f"--dask_client_address={address}")
         shown = [*shown, "--dask_client_address=HOST:PORT"]
         extra = (cluster.pid,)
+    timeline = work / "timeline"
+    if mode.startswith("multi_processing"):  # each worker's time in the pipeline's DoFns
+        shutil.rmtree(timeline, ignore_errors=True)
+        timeline.mkdir(parents=True)
+        env["PYTHONPATH"] = os.pathsep.join((str(TIMELINE_SITE), env["PYTHONPATH"]))
+        env["BEAM_TIMELINE_DIR"] = str(timeline)
+    t0 = time.time()
     try:
         res = run_tree(cmd, env, work / "pipeline.log", timeout, extra)
     finally:
         if cluster:
             stop_dask(cluster)
+    if mode.startswith("multi_processing"):
+        res["workers_timeline"] = worker_timeline(timeline, t0, res["wall_s"])
     if res["rc"] != 0:
         tail = (work / "pipeline.log").read_text(errors="replace")[-3000:]
         raise RuntimeError(f"exit {res['rc']}: {tail}")
@@ -758,6 +809,8 @@ def label(mode: str, n: int) -> tuple[str, str]:
     }
     if mode in ("ceiling", "multi_processing_rayon", "dask_rayon"):
         return names[mode], str(rayon_for(n))
+    if mode == "multi_processing" and n > 1:  # pipeline.runners.share_cores sets it (e46d0b2)
+        return names[mode], f"{rayon_for(n)} (set by the pipeline)"
     return names[mode], f"{c} (unset)"
 
 
@@ -951,6 +1004,22 @@ def notes(rows: dict, config: dict) -> str:
                     else ""
                 )
                 + (f"; driver {drv['cpu_s']:.0f}" if drv else "")
+                + "."
+            )
+        tl = r.get("workers_timeline") or {}
+        if "startup_s" in tl:
+            lines.append(
+                f"{label(r['mode'], r['workers'])[0]}, N={r['workers']}, where the wall time "
+                f"went (benchmarks/timeline): first read at {tl['startup_s']:.1f} s; the fused "
+                f"read + tokenize stage ended on its workers between {tl['stage_end_first_s']:.1f}"
+                f" and {tl['stage_end_last_s']:.1f} s; {tl['after_stage_s']:.1f} s after it "
+                "(plan, cut, shards, manifest, report); seconds in read / tokenize per worker "
+                + ", ".join(
+                    f"{a:.0f}/{b:.0f}"
+                    for a, b in zip(
+                        tl["read_s_per_worker"], tl["tokenize_s_per_worker"], strict=False
+                    )
+                )
                 + "."
             )
     return "\n".join(f"- {x}" for x in lines)

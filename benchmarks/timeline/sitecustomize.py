@@ -1,0 +1,78 @@
+"""Per-process time of the pipeline's own DoFns, for ``benchmarks/scaling.py`` (imported by every
+Python process that has this folder on PYTHONPATH and BEAM_TIMELINE_DIR set; does nothing
+otherwise). Each process writes ``BEAM_TIMELINE_DIR/<pid>.json``: for each DoFn method of
+``pipeline.steps`` (``ReadSourceFn.process``, ``TokenizeFn.process``, ...) the seconds spent in
+it (a generator's own time, not its consumer's), the calls, and the wall-clock times of the first
+call's start and the last call's end. Never raises: a failure to hook only prints a line."""
+
+import functools
+import inspect
+import json
+import os
+import time
+
+_DIR = os.environ.get("BEAM_TIMELINE_DIR")
+_ACC: dict = {}
+
+
+def _dump() -> None:
+    try:
+        tmp = os.path.join(_DIR, f".{os.getpid()}.tmp")
+        with open(tmp, "w") as f:
+            json.dump(_ACC, f)
+        os.replace(tmp, os.path.join(_DIR, f"{os.getpid()}.json"))
+    except OSError:
+        pass
+
+
+def _note(name: str, start: float, spent: float) -> None:
+    a = _ACC.setdefault(name, [0.0, 0, start, start + spent])
+    a[0] += spent
+    a[1] += 1
+    a[2] = min(a[2], start)
+    a[3] = max(a[3], time.time())
+    _dump()
+
+
+def _wrap(name, fn):
+    @functools.wraps(fn)
+    def timed(*args, **kwargs):
+        start = time.time()
+        result = fn(*args, **kwargs)
+        spent = time.time() - start
+        if inspect.isgenerator(result):
+            while True:
+                t = time.time()
+                try:
+                    item = next(result)
+                except StopIteration:
+                    spent += time.time() - t
+                    break
+                spent += time.time() - t
+                yield item
+        elif result is not None:
+            yield from result
+        _note(name, start, spent)
+
+    return timed
+
+
+if _DIR:
+    try:
+        import importlib
+
+        import apache_beam as beam
+
+        for module in ("read", "tokenize", "plan", "write"):
+            mod = importlib.import_module(f"pipeline.steps.{module}")
+            for cname, cls in list(vars(mod).items()):
+                if (
+                    inspect.isclass(cls)
+                    and issubclass(cls, beam.DoFn)
+                    and cls.__module__ == mod.__name__
+                ):
+                    for meth in ("process", "finish_bundle"):
+                        if meth in vars(cls):
+                            setattr(cls, meth, _wrap(f"{cname}.{meth}", vars(cls)[meth]))
+    except Exception as err:  # noqa: BLE001 - a benchmark aid must not break the run
+        print(f"benchmarks/timeline: not hooked: {type(err).__name__}: {err}")
