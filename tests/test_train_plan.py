@@ -1,5 +1,6 @@
 """Training plans on CPU: RoPE maths, the memory model against GPU measurements, refusals."""
 
+import json
 import math
 
 import pytest
@@ -329,3 +330,22 @@ def test_every_training_config_parses_and_starts_with_its_command():
         assert path.read_text().startswith(f"# python -m train.launch --config configs/{path.name}")
         cfg = load_config(str(path), {})
         assert cfg.max_seq_length > 0 and cfg.data and cfg.model, path
+
+
+def test_qwen3_shapes_build_qwen3_models(tmp_path, qwen3_dir):
+    """train.random_model's qwen3 shapes are Qwen3 models (QK-norm attention), not Llama ones
+    with Qwen3's sizes: the planner reads them as qwen3, and the 8B shape has Qwen3-8B's 8.19B
+    parameters (Qwen3's vocabulary)."""
+    from transformers import AutoModelForCausalLM
+
+    from train.random_model import build
+
+    out = build("qwen3-tiny", qwen3_dir, str(tmp_path / "q3"))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model_type"] == "qwen3" and cfg["num_hidden_layers"] == 2
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert type(model).__name__ == "Qwen3ForCausalLM"
+    assert hasattr(model.model.layers[0].self_attn, "q_norm")
+    big = ModelShape.from_config_dict(dict(SHAPES["qwen3-8b"], vocab_size=151680))
+    assert big.model_type == "qwen3" and big.num_hidden_layers == 36
+    assert abs(big.n_params / 1e9 - 8.19) < 0.01

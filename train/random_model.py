@@ -13,6 +13,9 @@ a 16,384-token vocabulary, e.g. from ``python -m train.tokenizer``):
     llama-150m   hidden 768, 12 layers, 12 heads, MLP 2048   110M (85M in the layers)
     llama-50m    hidden 512, 10 layers,  8 heads, MLP 1408    49M (32M in the layers)
 
+``qwen3-8b`` is Qwen3-8B's shape (a Qwen3ForCausalLM: QK-norm attention, 36 layers, untied
+embeddings, 8.19B parameters with Qwen3's vocabulary); ``qwen3-tiny`` the same family for tests.
+
 ``--max-position-embeddings`` and ``--rope-theta`` override a shape's values (e.g. a 1-2K stage-1
 pretraining window with a smaller theta).
 """
@@ -65,6 +68,32 @@ SHAPES = {
         rope_scaling=dict(LLAMA3_ROPE, factor=8.0),
         tie_word_embeddings=False,
     ),
+    # Qwen3-8B's published config (QK-norm attention: Qwen3ForCausalLM), for its memory and speed
+    "qwen3-8b": dict(
+        model_type="qwen3",
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=40960,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+    ),
+    "qwen3-tiny": dict(
+        model_type="qwen3",
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=4096,
+        rope_theta=1000000.0,
+        tie_word_embeddings=True,
+    ),
     "llama-150m": dict(
         hidden_size=768,
         intermediate_size=2048,
@@ -99,7 +128,7 @@ def build(
 ) -> Path:
     import torch
     from tokenizers import Tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     tok_dir = Path(tokenizer_dir)
     vocab = Tokenizer.from_file(str(tok_dir / "tokenizer.json")).get_vocab_size(
@@ -110,18 +139,23 @@ def build(
         values["max_position_embeddings"] = max_position_embeddings
     if rope_theta is not None:
         values["rope_theta"] = rope_theta
-    cfg = LlamaConfig(vocab_size=-(-vocab // 128) * 128, bos_token_id=None, **values)
+    family = values.pop("model_type", "llama")
+    config_cls, model_cls = (
+        (Qwen3Config, Qwen3ForCausalLM) if family == "qwen3" else (LlamaConfig, LlamaForCausalLM)
+    )
+    cfg = config_cls(vocab_size=-(-vocab // 128) * 128, bos_token_id=None, **values)
     eot = Tokenizer.from_file(str(tok_dir / "tokenizer.json")).token_to_id("<|endoftext|>")
     cfg.eos_token_id = cfg.pad_token_id = eot
     torch.manual_seed(seed)
-    dtype = torch.float32 if shape == "tiny" else torch.bfloat16
+    tiny = shape.endswith("tiny")
+    dtype = torch.float32 if tiny else torch.bfloat16
     # Initialise on the GPU when there is one (an 8B shape takes seconds there, minutes on CPU).
-    device = "cuda" if shape != "tiny" and torch.cuda.is_available() else "cpu"
+    device = "cuda" if not tiny and torch.cuda.is_available() else "cpu"
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = LlamaForCausalLM(cfg)
+            model = model_cls(cfg)
     finally:
         torch.set_default_dtype(previous)
     out_dir = Path(out)
