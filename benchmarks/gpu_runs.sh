@@ -41,7 +41,10 @@ mkdir -p "$WORK/jobs" "$WORK/runs" "$WORK/data" "$RESULTS" "$OUT"
 
 model() {  # model SHAPE -> the folder of a random-initialised model of that shape (built once)
   local dir=$WORK/model-$1 name
-  case $1 in 1b) name=llama-3.2-1b ;; 8b) name=llama-3.1-8b ;; tiny*) name=tiny ;; esac
+  case $1 in
+    1b) name=llama-3.2-1b ;; 8b) name=llama-3.1-8b ;; q8b) name=qwen3-8b ;;
+    qtiny) name=qwen3-tiny ;; tiny*) name=tiny ;;
+  esac
   if [ ! -f "$dir/.done" ]; then
     $PY -m train.random_model --shape "$name" --tokenizer "$TOK" --out "$dir" >&2 && touch "$dir/.done"
   fi

@@ -11,7 +11,10 @@
 #   bare-8b-262144   bare Unsloth (benchmarks/bare_unsloth.py, 4-bit r32, tiled MLP) on the same
 #                    row: the launcher's step time against it;
 #   max-8b-524288    the longest: 32 x 4 GiB of checkpoints do not fit the host, so the plan
-#                    keeps the first layers' on the GPU (~15 minutes a step: quadratic attention).
+#                    keeps the first layers' on the GPU (~15 minutes a step: quadratic attention);
+#   maxp-q8b-262144  the Qwen3-8B shape (36 layers, QK-norm) as maxp-8b-262144.
+# keep-8b-131072's first result (before-keeper/) shows the kept layers lost: the Trainer re-armed
+# every layer when train() began; train.launch now sets them again then (make_checkpoint_keeper).
 # benchmarks/results/one_gpu.json is written by `benchmarks/one_gpu.py` from the results only.
 #
 #   bash benchmarks/one_gpu.sh                      # on the GPU machine, again until it says done
@@ -32,9 +35,9 @@ SMOKE=${ONE_GPU_SMOKE:-0} BUDGET_S=${ONE_GPU_BUDGET_S:-560} GPU_ONLY=${ONE_GPU_O
 # shellcheck source=benchmarks/gpu_runs.sh
 source benchmarks/gpu_runs.sh
 if [ "$SMOKE" = 1 ]; then
-  B=tiny L1=512 L2=1024 L3=2048 KEEP_GIB=16.0001 JOB_TIMEOUT_S=600 BARE=0
+  B=tiny Q=qtiny L1=512 L2=1024 L3=2048 KEEP_GIB=16.0001 JOB_TIMEOUT_S=600 BARE=0
 else
-  B=8b L1=131072 L2=262144 L3=524288 KEEP_GIB=24 JOB_TIMEOUT_S=${ONE_GPU_JOB_TIMEOUT_S:-1500} BARE=1
+  B=8b Q=q8b L1=131072 L2=262144 L3=524288 KEEP_GIB=24 JOB_TIMEOUT_S=${ONE_GPU_JOB_TIMEOUT_S:-1500} BARE=1
   GPU_MEMORY_GIB=140
 fi
 DOC_TOKENS=0  # each run passes its own: one document a row
@@ -55,6 +58,7 @@ drive() {
   job 0 "$B" maxp "$L2" 1 "$L2"
   [ "$BARE" = 1 ] && bare_job 0 "$B" bare "$L2" 1 "$L2" "--load-in-4bit --lora-r 32 --tiled-mlp"
   job 0 "$B" max "$L3" 1 "$L3"
+  job 0 "$Q" maxp "$L2" 1 "$L2"
   echo "[$(date +%H:%M:%S)] all runs done"
 }
 

@@ -381,6 +381,39 @@ def test_checkpoints_kept_on_the_gpu_train_like_offloaded_ones():
         cp.keep_checkpoints_on_gpu(model, 3)
 
 
+def test_kept_checkpoints_survive_the_trainers_own_gradient_checkpointing(tmp_path):
+    """The first GPU run kept no layer on the GPU: the layers were set at load time, and the
+    Trainer (gradient_checkpointing=True, TRL's default) re-armed every layer with the default
+    checkpoint when train() began. A real Trainer here: without the callback the kept layer's
+    checkpoint is never called; with it (what train.launch adds) it is, once a forward pass."""
+    from transformers import Trainer, TrainingArguments
+
+    from train import context_parallel as cp
+
+    calls = []
+    for keeper in (False, True):
+        model = _model("sdpa")
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+        cp.keep_checkpoints_on_gpu(model, 1)
+        args = TrainingArguments(
+            output_dir=str(tmp_path / f"run{keeper}"), max_steps=2, per_device_train_batch_size=1,
+            use_cpu=True, gradient_checkpointing=True, report_to="none", save_strategy="no",
+            remove_unused_columns=False, logging_steps=1,
+        )  # fmt: skip
+        trainer = Trainer(
+            model=model, args=args, train_dataset=[_row(1), _row(2)],
+            data_collator=lambda rows: _batch(rows[0]),
+        )  # fmt: skip
+        if keeper:
+            trainer.add_callback(cp.make_checkpoint_keeper(1))
+        before = cp.RESIDENT_CALLS[0]
+        trainer.train()
+        calls.append(cp.RESIDENT_CALLS[0] - before)
+        assert all(h["loss"] > 0 for h in trainer.state.log_history if "loss" in h)
+    assert calls == [0, 2]  # two steps, one kept layer
+
+
 def test_layer_checkpoint_keeps_an_unsloth_style_tuple_and_catches_in_place_edits():
     """Unsloth's patched decoder layers return ``(hidden_states,)``: the checkpoint returns the
     same form with the same gradient. A kept input changed in place before the backward pass

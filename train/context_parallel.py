@@ -361,9 +361,13 @@ def offloaded_checkpoint(run, hidden, *more):
     return _layer_checkpoint(run, hidden, more, on_host=True)
 
 
+RESIDENT_CALLS = [0]  # forward calls of resident_checkpoint in this process (the summary's)
+
+
 def resident_checkpoint(run, hidden, *more):
     """The same, with the layer's input kept on its device (for layers whose checkpoints the
     host has no room for)."""
+    RESIDENT_CALLS[0] += 1
     return _layer_checkpoint(run, hidden, more, on_host=False)
 
 
@@ -405,6 +409,22 @@ def keep_checkpoints_on_gpu(model, count: int) -> list[int]:
     for layer in layers[:count]:
         layer._gradient_checkpointing_func = resident_checkpoint
     return list(range(count))
+
+
+def make_checkpoint_keeper(count: int):
+    """A Trainer callback that applies :func:`keep_checkpoints_on_gpu` when training begins.
+    Setting it at load time is not enough: with ``gradient_checkpointing=True`` (TRL's
+    SFTConfig default) the Trainer calls ``gradient_checkpointing_enable`` at the start of
+    ``train()``, which gives every layer the default checkpoint function again (on the GPU,
+    Unsloth's offloaded one: the kept layers went to host RAM as well). ``on_train_begin``
+    comes after that."""
+    from transformers import TrainerCallback
+
+    class KeepCheckpointsOnGPU(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            keep_checkpoints_on_gpu(model, count)
+
+    return KeepCheckpointsOnGPU()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -100,6 +100,11 @@ def train(cfg: TrainConfig, plan: dict, backend: str = "unsloth") -> dict:
         )
     timer = make_step_timer()
     trainer.add_callback(timer)
+    kept = (plan["memory"]["offload"] or {}).get("gpu_layers", 0)
+    if kept and cp == 1:  # the context-parallel trainer does not re-arm the layers
+        from train.context_parallel import make_checkpoint_keeper
+
+        trainer.add_callback(make_checkpoint_keeper(kept))
     settings = run_settings(cfg, plan)
     if rank == 0:
         write_run_settings(cfg.output_dir, settings)

@@ -215,6 +215,8 @@ def summarize(
         # layers whose checkpoints stayed on the GPU because the host could not hold them
         "estimated_peak_gib": plan["memory"]["estimated_peak_gib"],
         "checkpoint_layers_on_gpu": (plan["memory"]["offload"] or {}).get("gpu_layers", 0),
+        # how many layer forwards kept their checkpoint on the GPU (kept layers x micro-steps)
+        "resident_checkpoint_calls": _resident_calls(),
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         "eval_data": (plan["eval"] or {}).get("path"),
@@ -226,6 +228,13 @@ def summarize(
 
 
 RUN_SETTINGS = "longctx_training.json"
+
+
+def _resident_calls() -> int:
+    import sys
+
+    cp = sys.modules.get("train.context_parallel")  # imported only where layers were kept
+    return cp.RESIDENT_CALLS[0] if cp else 0
 
 
 def run_settings(cfg: TrainConfig, plan: dict) -> dict:
