@@ -35,6 +35,8 @@ else
 fi
 RESULTS=$WORK/results
 REPORT=$WORK/$TAG.json
+# a smoke run starts clean (its results would be skipped as measured)
+if [ "$SMOKE" = 1 ] && [ "${1:-}" != drive ]; then rm -rf "$WORK"; fi
 mkdir -p "$WORK/jobs" "$WORK/runs" "$WORK/data" "$RESULTS" "$OUT"
 # what earlier machines measured (committed) is not measured again
 [ "$SMOKE" = 1 ] || cp -rn "$SEED/." "$RESULTS/" 2>/dev/null

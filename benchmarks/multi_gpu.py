@@ -212,6 +212,7 @@ def record(name: str, rc: int, log: str, run: str, out: str, extra: dict | None 
             "offload_pinned",
             "estimated_peak_gib",
             "checkpoint_layers_on_gpu",
+            "resident_checkpoint_calls",
             "first_loss",
             "last_loss",
             "device",

@@ -57,6 +57,8 @@ def rows(results: Path) -> list[dict]:
                 "planner_error": round(est / peak - 1, 4) if est and peak else None,
                 "host_peak_rss_gib": r.get("host_peak_rss_gib"),
                 "checkpoint_layers_on_gpu": r.get("checkpoint_layers_on_gpu"),
+                # forwards through a kept layer: 0 with layers planned means they were lost
+                "resident_checkpoint_calls": r.get("resident_checkpoint_calls"),
                 "first_loss": r.get("first_loss") or (r.get("losses") or [None])[0],
                 "recorded": r.get("recorded"),
             }

@@ -522,10 +522,11 @@ def worker_timeline(folder: Path, t0: float, wall: float) -> dict:
                     for name, v in sorted(data.items())
                 }
             )
-    tok = [p["TokenizeFn.process"] for p in procs if "TokenizeFn.process" in p]
-    reads = [p["ReadSourceFn.process"] for p in procs if "ReadSourceFn.process" in p]
+    both = [p for p in procs if "TokenizeFn.process" in p and "ReadSourceFn.process" in p]
+    tok = [p["TokenizeFn.process"] for p in both]  # the fused stage's workers, pairwise
+    reads = [p["ReadSourceFn.process"] for p in both]
     out: dict = {"processes": procs}
-    if tok and reads:
+    if both:
         ends = [t["last"] for t in tok]
         out.update(
             startup_s=min(r["first"] for r in reads),

@@ -21,10 +21,10 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import __version__, cache
+from pipeline import __version__, cache, remote
 from pipeline.config import FIELD_NAMES, BuildConfig
 from pipeline.demo import demo_repositories
-from pipeline.discover import discover
+from pipeline.discover import HF, discover
 from pipeline.errors import NoSpace, UsageError
 from pipeline.guard import (
     check_free_space,
@@ -160,7 +160,10 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
     share_cores(job.options)  # multi_processing: one tokenizer thread pool per worker, sized
     workers = static_workers(job.options)
     spread = None
-    if workers and len(job.sources) > 1:  # the sources by size over the runner's fixed workers
+    # the sources by size over the runner's fixed workers, where every size is known (a remote
+    # file or a Hub dataset counts 0 bytes here: those keep the Reshuffle's spread by count)
+    known = all(s.kind != HF and not remote.is_remote(s.path) for s in job.sources)
+    if workers and len(job.sources) > 1 and known:
         bins = lpt_bins(job.source_bytes, workers)
         spread = {s.doc_id: b for s, b in zip(job.sources, bins, strict=True)}
     pipeline = beam.Pipeline(runner=make_runner(job.options), options=job.options)

@@ -524,6 +524,8 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
                 ddp(input_ids=ids, labels=ids).loss.backward()
             grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
             torch.save(grads, os.path.join(out_dir, f"ddp-{int(tiled)}-{rank}.pt"))
+            del ddp  # its reducer's gloo work ends before the group does
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

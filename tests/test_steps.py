@@ -68,6 +68,7 @@ def test_lpt_bins_balance_sizes_over_workers():
     assert sorted(loads) == [170, 170]
     assert lpt_bins(sizes, 2) == bins  # the same inputs, the same bins
     assert lpt_bins([5], 4) == [0] and lpt_bins([], 3) == []
+    assert lpt_bins([0] * 6, 3) == [0, 1, 2, 0, 1, 2]  # unknown or empty: dealt out by count
     with pytest.raises(ValueError, match="at least 1"):
         lpt_bins(sizes, 0)
 

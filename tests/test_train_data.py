@@ -4,6 +4,7 @@ optimizer steps of a tiny random model; per-document loss inside a packed row eq
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -313,11 +314,22 @@ def test_dry_run_for_another_machine_warns_about_host_ram(tiny_setup, tmp_path):
     (big / "config.json").write_text(
         json.dumps(dict(cfg, hidden_size=4096, num_hidden_layers=64, intermediate_size=8192))
     )
-    args = ["--data", out, "--model", big, "--max-seq-length", "32768", "--gpu-memory-gib", "1000"]
-    proc = run_cli("train.launch", *args, "--dry-run", "--host-memory-gib", "8")
-    assert proc.returncode == 2 and "--host-memory-gib" in proc.stderr, proc.stderr
-    proc = run_cli("train.launch", *args, "--dry-run", "--host-memory-gib", "64")
+    args = ["--data", out, "--model", big, "--max-seq-length", "32768"]
+    proc = run_cli("train.launch", *args, "--gpu-memory-gib", "1000", "--dry-run",
+                   "--host-memory-gib", "64")  # fmt: skip
     assert proc.returncode == 0 and "offload   checkpoints: 16.0 GiB" in proc.stdout, proc.stdout
+    peak = float(re.search(r"~([0-9.]+) GiB peak", proc.stdout).group(1))
+    # 8 GiB of host RAM hold none of the 64 layers beside its 16 GiB: all on a GPU with room
+    proc = run_cli("train.launch", *args, "--gpu-memory-gib", "1000", "--dry-run",
+                   "--host-memory-gib", "8")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "the first 64 of 64 layers keep theirs on the GPU (16.0 GiB)" in proc.stdout
+    # a GPU with room for the peak but not for 16 GiB more: refused, naming the flag
+    gpu = f"{(peak + 8) / 0.95:.1f}"
+    proc = run_cli("train.launch", *args, "--gpu-memory-gib", gpu, "--dry-run",
+                   "--host-memory-gib", "8")  # fmt: skip
+    assert proc.returncode == 2 and "--host-memory-gib" in proc.stderr, proc.stderr
+    assert "the 64 layers it cannot hold (16.0 GiB per GPU) do not fit" in proc.stderr
     # no --host-memory-gib: this machine's RAM; planning on it for a bigger one only warns
     (big / "config.json").write_text(
         json.dumps(dict(cfg, hidden_size=4096, num_hidden_layers=8192, intermediate_size=8192))

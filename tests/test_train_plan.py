@@ -252,7 +252,10 @@ def test_offload_plan_host_ram_and_pinned_buffers():
     # 262,144 tokens: 2 GiB a layer is already a power of two, 64 GiB pinned (as measured: pinned)
     mid = plan_offload(s8, 262144, "unsloth", 128 * GIB)
     assert mid.pinned and mid.pinned_bytes == 64 * GIB
-    assert plan_offload(s8, 409600, "unsloth", 128 * GIB, "true").pinned
+    assert plan_offload(s8, 409600, "unsloth", 256 * GIB, "true").pinned
+    # pinned forced on: each buffer counts rounded up (4 GiB), 128 GiB > 128 - 16 GiB of room
+    with pytest.raises(PlanError, match=r"need 128.0 GiB \(32 layers x 4.00 GiB\)"):
+        plan_offload(s8, 409600, "unsloth", 128 * GIB, "true")
     assert not plan_offload(s8, 65536, "unsloth", 128 * GIB, "false").pinned
     with pytest.raises(PlanError, match="--host-memory-gib"):
         plan_offload(s8, 409600, "unsloth", 64 * GIB)
@@ -276,9 +279,13 @@ def test_checkpoints_the_host_cannot_hold_stay_on_the_gpu():
         plan_offload(s8, 524288, "unsloth", 128 * GIB)
     two = plan_offload(s8, 524288, "unsloth", 128 * GIB, "false", 8 * GIB, ranks=2)
     assert (two.gpu_layers, two.gpu_bytes) == (4, 8 * GIB)
-    # a host too small for even one layer beside its 16 GiB: every layer on the GPU is refused
+    # a host with no room for even one layer beside its 16 GiB: all on the GPU, if it has room
+    assert plan_offload(s8, 524288, "unsloth", 16 * GIB, "auto", 200 * GIB).gpu_layers == 32
     with pytest.raises(PlanError, match="the 32 layers it cannot hold"):
-        plan_offload(s8, 524288, "unsloth", 16 * GIB, "auto", 10**15)
+        plan_offload(s8, 524288, "unsloth", 16 * GIB, "auto", 100 * GIB)
+    # two data-parallel processes on one host offload a row each: twice the host RAM
+    two_dp = plan_offload(s8, 262144, "unsloth", 128 * GIB, "false", 60 * GIB, processes=2)
+    assert (two_dp.gpu_layers, two_dp.gpu_bytes, two_dp.host_bytes) == (4, 8 * GIB, 112 * GIB)
 
 
 def test_plan_puts_the_kept_layers_in_the_gpu_peak():
@@ -349,3 +356,30 @@ def test_qwen3_shapes_build_qwen3_models(tmp_path, qwen3_dir):
     big = ModelShape.from_config_dict(dict(SHAPES["qwen3-8b"], vocab_size=151680))
     assert big.model_type == "qwen3" and big.num_hidden_layers == 36
     assert abs(big.n_params / 1e9 - 8.19) < 0.01
+
+
+def test_a_dry_run_does_not_keep_layers_for_this_machines_ram(monkeypatch):
+    """The plan may be made on another machine than the one that trains: without
+    --host-memory-gib a dry run plans every layer offloaded and warns about this machine's RAM
+    (here 24 GiB, too little for 262,144 tokens of the 8B shape), instead of quietly adding
+    GPU layers to the peak."""
+    from train import preflight
+    from train.config import TrainConfig
+
+    monkeypatch.setattr(preflight, "host_memory_bytes", lambda: 24 * GIB)
+    cfg = TrainConfig(
+        data="x", model="m", load_in_4bit=True, lora_r=32, lora_alpha=32, tiled_mlp=True,
+        gpu_memory_gib=140,
+    )  # fmt: skip
+    warnings: list[str] = []
+    mem = preflight.plan_memory(
+        cfg, _8b_qwen_vocab(), 262144, "unsloth", dry_run=True, warnings=warnings
+    )
+    assert mem["offload"]["gpu_layers"] == 0 and mem["offload"]["host_bytes"] == 64 * GIB
+    assert any("host RAM 24 GiB would keep the first" in w for w in warnings), warnings
+    cfg.host_memory_gib = 24  # said for the training machine: planned, not warned
+    warnings.clear()
+    mem = preflight.plan_memory(
+        cfg, _8b_qwen_vocab(), 262144, "unsloth", dry_run=True, warnings=warnings
+    )
+    assert mem["offload"]["gpu_layers"] == 28 and not warnings

@@ -442,6 +442,7 @@ def plan_offload(
     pinned: str = "auto",
     gpu_room_bytes: int = 0,
     ranks: int = 1,
+    processes: int = 1,
 ) -> OffloadPlan | None:
     """Host RAM for ``use_gradient_checkpointing="unsloth"``: every decoder layer's input is
     copied to host memory in the forward pass and read back in the backward pass.
@@ -450,21 +451,30 @@ def plan_offload(
     (as many as the host is short of, no more: host copies cost no GPU memory), if
     ``gpu_room_bytes`` (per GPU: what 95% of the GPU leaves beside the estimated peak) holds
     them. ``ranks``: the processes that split the row (context parallel): each keeps its
-    1/ranks of a kept layer, while the host holds the whole row's other layers."""
+    1/ranks of a kept layer, while the host holds the whole row's other layers.
+    ``processes``: data-parallel processes on this host, each offloading a row of its own.
+    With ``pinned`` "true" each layer's buffer counts rounded up to a power of two (torch's
+    caching host allocator)."""
     if gc != "unsloth":
         return None
     layers = shape.num_hidden_layers
     per_layer = tokens * shape.hidden_size * 2
+    pow2 = 1 << max(0, per_layer - 1).bit_length()
+    mode = str(pinned).lower()
+    # what one offloaded layer takes of the host, over all the processes that offload here
+    per_layer_host = (pow2 if mode == "true" else per_layer) * processes
     per_layer_gpu = -(-tokens // ranks) * shape.hidden_size * 2
     room = host_bytes - HOST_HEADROOM_BYTES
-    max_host = max(0, room // (layers * shape.hidden_size * 2) // 1024 * 1024)
+    max_host = max(0, room // (layers * shape.hidden_size * 2 * processes) // 1024 * 1024)
     gpu_layers = 0
-    if host_bytes and layers * per_layer > room:
-        gpu_layers = min(layers, -(-(layers * per_layer - max(0, room)) // per_layer))
-        if gpu_layers >= layers or gpu_layers * per_layer_gpu > gpu_room_bytes:
+    if host_bytes and layers * per_layer_host > room:
+        gpu_layers = min(layers, -(-(layers * per_layer_host - max(0, room)) // per_layer_host))
+        if gpu_layers * per_layer_gpu > gpu_room_bytes:
             raise PlanError(
-                f"offloaded checkpoints at {tokens} tokens need {layers * per_layer / GIB:.1f} "
-                f"GiB ({layers} layers x {per_layer / GIB:.2f} GiB) plus "
+                f"offloaded checkpoints at {tokens} tokens need "
+                f"{layers * per_layer_host / GIB:.1f} GiB ({layers} layers x "
+                f"{per_layer_host / GIB:.2f} GiB"
+                f"{f', {processes} processes' if processes > 1 else ''}) plus "
                 f"{HOST_HEADROOM_BYTES // GIB} GiB beside them in host RAM, which has "
                 f"{host_bytes / GIB:.0f} GiB here (the largest context it holds is about "
                 f"{max_host}), and the {gpu_layers} layers it cannot hold "
@@ -474,9 +484,8 @@ def plan_offload(
                 "than it reports"
             )
     on_host = layers - gpu_layers
-    need = on_host * per_layer
-    rounded = on_host * (1 << max(0, per_layer - 1).bit_length())
-    mode = str(pinned).lower()
+    need = on_host * per_layer * processes
+    rounded = on_host * pow2 * processes
     if mode == "auto":
         use_pinned = not host_bytes or rounded <= PINNED_SHARE * host_bytes
     else:
@@ -488,6 +497,8 @@ def plan_offload(
             f"{need / GIB:.1f} GiB of pageable host RAM (pinned buffers would round up to "
             f"{rounded / GIB:.0f} GiB): copies no longer overlap compute"
         )
+    if processes > 1:
+        note += f", for {processes} processes"
     if gpu_layers:
         note += (
             f"; the first {gpu_layers} of {layers} layers keep theirs on the GPU "

@@ -209,17 +209,28 @@ def _plan_host(
 ):
     """Offloaded checkpoints against the host's RAM (``--host-memory-gib``, else what
     :func:`host_memory_bytes` reads), with the GPU's room beside ``peak`` for the layers the host
-    cannot hold. A dry run without ``--host-memory-gib`` only warns when they do not fit (the
-    plan may be made on another machine than the one that will train)."""
-    host = int(cfg.host_memory_gib * GIB) if cfg.host_memory_gib > 0 else host_memory_bytes()
+    cannot hold. A dry run without ``--host-memory-gib`` plans as if the host held them all (the
+    plan may be made on another machine than the one that will train) and warns when this
+    machine's RAM would not."""
+    processes = 1 if ranks > 1 else int(os.environ.get("WORLD_SIZE", cfg.nproc_per_node))
     gpu_room = int(0.95 * cfg.gpu_memory_gib * GIB) - peak
-    try:
-        return plan_offload(shape, tokens, gc, host, pinned, gpu_room, ranks)
-    except PlanError as err:
-        if not dry_run or cfg.host_memory_gib > 0:
-            raise
-        warnings.append(f"on this machine: {err}")
-        return plan_offload(shape, tokens, gc, 0, pinned)
+    if dry_run and cfg.host_memory_gib <= 0:
+        try:
+            here = plan_offload(
+                shape, tokens, gc, host_memory_bytes(), pinned, gpu_room, ranks, processes
+            )
+            if here and here.gpu_layers:
+                warnings.append(
+                    f"on this machine: host RAM {here.host_memory_bytes / GIB:.0f} GiB would "
+                    f"keep the first {here.gpu_layers} layers' checkpoints on the GPU "
+                    f"(+{here.gpu_bytes / GIB:.1f} GiB); set --host-memory-gib for the machine "
+                    "that will train"
+                )
+        except PlanError as err:
+            warnings.append(f"on this machine: {err}")
+        return plan_offload(shape, tokens, gc, 0, pinned, ranks=ranks, processes=processes)
+    host = int(cfg.host_memory_gib * GIB) if cfg.host_memory_gib > 0 else host_memory_bytes()
+    return plan_offload(shape, tokens, gc, host, pinned, gpu_room, ranks, processes)
 
 
 def plan_context_parallel(

@@ -8,14 +8,15 @@ from collections.abc import Sequence
 
 def lpt_bins(sizes: Sequence[int], bins: int) -> list[int]:
     """The bin (0 .. bins-1) of each item: largest first, each to the bin with the least total
-    so far (ties: the lowest bin), Graham's LPT rule, whose largest bin is within 4/3 of the
-    best possible. Items keep their order in the result; equal inputs give equal outputs."""
+    so far (ties: the bin with the fewest items, then the lowest), Graham's LPT rule, whose
+    largest bin is within 4/3 of the best possible. Items of size 0 are dealt out by count.
+    Items keep their order in the result; equal inputs give equal outputs."""
     if bins < 1:
         raise ValueError(f"bins must be at least 1, got {bins}")
-    heap = [(0, b) for b in range(bins)]
+    heap = [(0, 0, b) for b in range(bins)]
     out = [0] * len(sizes)
     for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
-        load, b = heapq.heappop(heap)
+        load, count, b = heapq.heappop(heap)
         out[i] = b
-        heapq.heappush(heap, (load + sizes[i], b))
+        heapq.heappush(heap, (load + sizes[i], count + 1, b))
     return out

@@ -25,16 +25,22 @@ def _dump() -> None:
         pass
 
 
-def _note(name: str, start: float, spent: float) -> None:
+_LAST = [0.0]
+
+
+def _note(name: str, start: float, spent: float, final: bool) -> None:
     a = _ACC.setdefault(name, [0.0, 0, start, start + spent])
     a[0] += spent
     a[1] += 1
     a[2] = min(a[2], start)
     a[3] = max(a[3], time.time())
-    _dump()
+    now = time.time()
+    if final or now - _LAST[0] > 1.0:  # at a bundle's end, else at most once a second
+        _LAST[0] = now
+        _dump()
 
 
-def _wrap(name, fn):
+def _wrap(name, fn, final):
     @functools.wraps(fn)
     def timed(*args, **kwargs):
         start = time.time()
@@ -52,7 +58,7 @@ def _wrap(name, fn):
                 yield item
         elif result is not None:
             yield from result
-        _note(name, start, spent)
+        _note(name, start, spent, final)
 
     return timed
 
@@ -73,6 +79,9 @@ if _DIR:
                 ):
                     for meth in ("process", "finish_bundle"):
                         if meth in vars(cls):
-                            setattr(cls, meth, _wrap(f"{cname}.{meth}", vars(cls)[meth]))
+                            wrapped = _wrap(
+                                f"{cname}.{meth}", vars(cls)[meth], meth == "finish_bundle"
+                            )
+                            setattr(cls, meth, wrapped)
     except Exception as err:  # noqa: BLE001 - a benchmark aid must not break the run
         print(f"benchmarks/timeline: not hooked: {type(err).__name__}: {err}")
