@@ -253,10 +253,10 @@ def test_killed_runs_leave_no_manifest_and_the_rerun_equals_a_clean_run(
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "pipeline.run", *map(str, _args(hostile, out, qwen3_dir))]
-    # Kills at 3%, 25%, 50% and 85% of a clean run's wall time: startup, reading and
-    # tokenizing, planning and cutting, writing and publishing.
+    # Kills at 3%, 45% and 85% of a clean run's wall time: startup, reading to cutting,
+    # writing and publishing.
     killed = 0
-    for fraction in (0.03, 0.25, 0.5, 0.85):
+    for fraction in (0.03, 0.45, 0.85):
         delay = fraction * CLEAN_SECONDS[0]
         proc = subprocess.Popen(
             cmd,
@@ -281,7 +281,7 @@ def test_killed_runs_leave_no_manifest_and_the_rerun_equals_a_clean_run(
             shutil.rmtree(out)
             continue
         killed += 1
-    assert killed >= 3, f"only {killed} of 4 runs were killed before they finished"
+    assert killed >= 2, f"only {killed} of 3 runs were killed before they finished"
     proc = run_cli("pipeline.run", *_args(hostile, out, qwen3_dir), timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ma = json.loads((out / "manifest.json").read_text())
