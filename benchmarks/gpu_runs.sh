@@ -97,21 +97,8 @@ bare_job() {  # bare_job DEVICE SHAPE NAME CONTEXT STEPS DOC_TOKENS FLAGS: bench
   CUDA_VISIBLE_DEVICES=$device timeout "$JOB_TIMEOUT_S" $PY benchmarks/bare_unsloth.py \
     --data "$folder" --model "$m" --steps "$steps" $extra > "$log" 2>&1 < /dev/null
   rc=$?
-  $PY - "$name" "$rc" "$log" "$RESULTS/$name.json" "$L" <<'EOF'
-import json, sys, time
-name, rc, log, out, context = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
-lines = [ln for ln in open(log, errors="replace") if ln.startswith("result {")]
-r = {"name": name, "rc": rc, "recorded": time.strftime("%Y-%m-%d %H:%M:%S"), "context": context,
-     "backend": "bare unsloth (benchmarks/bare_unsloth.py)"}
-if rc == 0 and lines:
-    r.update(status="fit", **json.loads(lines[-1][len("result "):]))
-else:
-    text = open(log, errors="replace").read()
-    r.update(status="oom" if "out of memory" in text.lower() else ("timeout" if rc == 124 else "error"),
-             tail=text[-1500:])
-json.dump(r, open(out, "w"), indent=1)
-print(json.dumps(r)[:300])
-EOF
+  $PY benchmarks/multi_gpu.py record-bare --name "$name" --rc $rc --log "$log" \
+    --out "$RESULTS/$name.json" --context "$L" | cut -c1-300
 }
 
 gpu_main() {

@@ -225,17 +225,44 @@ def record(name: str, rc: int, log: str, run: str, out: str, extra: dict | None 
         else:  # the Trainer's printed logs, rounded to 4 digits
             printed = re.findall(r"\{'loss': '([0-9.e+-]+)'", text)
             result["losses"] = [float(x) for x in printed]
-    elif rc == 124:
-        result["status"] = "timeout"
-    elif OOM.search(text):
-        result["status"] = "oom"
-    elif rc == 2:
-        result.update(
-            status="refused", message=[ln for ln in text.splitlines() if "error" in ln][-1:]
-        )
     else:
-        result.update(status="error", tail=text.splitlines()[-15:])
+        result.update(_failure(rc, text))
     result.update(extra or {})
+    Path(out).write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _failure(rc: int, text: str) -> dict:
+    """Why a run did not fit: timeout (exit 124), oom, refused (exit 2, the message kept) or
+    error (the log's last lines)."""
+    if rc == 124:
+        return {"status": "timeout"}
+    if OOM.search(text):
+        return {"status": "oom"}
+    if rc == 2:
+        return {
+            "status": "refused",
+            "message": [ln for ln in text.splitlines() if "error" in ln][-1:],
+        }
+    return {"status": "error", "tail": text.splitlines()[-15:]}
+
+
+def record_bare(name: str, rc: int, log: str, out: str, context: int) -> dict:
+    """The result of one ``benchmarks/bare_unsloth.py`` run: its last ``result {...}`` line
+    (fit), or why it failed, as :func:`record`."""
+    text = Path(log).read_text(errors="replace") if Path(log).is_file() else ""
+    lines = [ln for ln in text.splitlines() if ln.startswith("result {")]
+    result: dict = {
+        "name": name,
+        "rc": rc,
+        "recorded": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "context": context,
+        "backend": "bare unsloth (benchmarks/bare_unsloth.py)",
+    }
+    if rc == 0 and lines:
+        result.update(status="fit", **json.loads(lines[-1][len("result ") :]))
+    else:
+        result.update(_failure(rc, text))
     Path(out).write_text(json.dumps(result, indent=1))
     return result
 
@@ -436,6 +463,12 @@ def main(argv=None) -> int:
     r.add_argument("--run", required=True)
     r.add_argument("--out", required=True)
     r.add_argument("--context", type=int, default=None)
+    rb = sub.add_parser("record-bare")
+    rb.add_argument("--name", required=True)
+    rb.add_argument("--rc", type=int, required=True)
+    rb.add_argument("--log", required=True)
+    rb.add_argument("--out", required=True)
+    rb.add_argument("--context", type=int, required=True)
     rep = sub.add_parser("report")
     rep.add_argument("--results", required=True)
     rep.add_argument("--out", required=True)
@@ -449,6 +482,8 @@ def main(argv=None) -> int:
     elif a.cmd == "record":
         extra = {"context": a.context} if a.context else None
         print(json.dumps(record(a.name, a.rc, a.log, a.run, a.out, extra)))
+    elif a.cmd == "record-bare":
+        print(json.dumps(record_bare(a.name, a.rc, a.log, a.out, a.context)))
     else:
         data = report(
             Path(a.results), Path(a.out), a.shapes.split(), a.speed_len, a.gpu_gib, a.host_gib

@@ -17,10 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import commit as git_commit  # noqa: E402
 
 NAME = re.compile(r"^(?P<mode>[a-z0-9]+)-(?P<shape>[a-z0-9]+)-(?P<context>\d+)$")
 TARGET = 500_000
@@ -97,16 +99,11 @@ def report(results: Path, out: Path) -> dict:
         for r in same:
             ratios[r["name"]] = round(r["step_s"] / bare["step_s"], 3)
     device = results / "device.txt"
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-    except OSError:
-        commit = ""
+    commit = git_commit()
     data = {
         "title": "The longest context on one GPU through train.launch (issue 20, part 4)",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "commit": commit or None,
+        "commit": commit if commit not in ("", "?") else None,
         "device": device.read_text().strip() if device.is_file() else None,
         "command": "bash benchmarks/one_gpu.sh (device: nvidia-h200)",
         "longest_context": longest["context"] if longest else None,

@@ -77,7 +77,9 @@ def use_document_end(model, tokenizer, end: dict | None) -> None:
 def load_unsloth(cfg: TrainConfig, plan: dict):
     """Unsloth ``FastLanguageModel`` at ``max_seq_length`` with LoRA and the plan's
     gradient checkpointing (``"unsloth"``: offloaded to host RAM; the first
-    ``offload.gpu_layers`` layers, which the host has no room for, keep theirs on the GPU)."""
+    ``offload.gpu_layers`` layers, which the host has no room for, keep theirs on the GPU, set
+    when training begins by ``train.context_parallel.make_checkpoint_keeper``: the Trainer
+    re-arms every layer's checkpoint function in ``train()``)."""
     os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
     offload = plan["memory"]["offload"]
     if offload and not offload["pinned"]:
@@ -108,11 +110,6 @@ def load_unsloth(cfg: TrainConfig, plan: dict):
         random_state=cfg.seed,
         max_seq_length=L,
     )
-    if offload and offload.get("gpu_layers"):
-        from train.context_parallel import keep_checkpoints_on_gpu
-
-        # the layers whose checkpoints the host has no room for; the rest stay Unsloth's
-        keep_checkpoints_on_gpu(model, offload["gpu_layers"])
     use_document_end(model, tokenizer, plan["document_end"])
     return model, tokenizer
 

@@ -175,6 +175,8 @@ def summarize(
     ``tokens`` and losses include the steps before it)."""
     import torch
 
+    from train.context_parallel import RESIDENT_CALLS
+
     on_gpu = torch.cuda.is_available()
     # counted by the Trainer per optimizer micro-step and summed over processes (the collator
     # also sees the batch the data loader fetches ahead, which never trains)
@@ -216,7 +218,7 @@ def summarize(
         "estimated_peak_gib": plan["memory"]["estimated_peak_gib"],
         "checkpoint_layers_on_gpu": (plan["memory"]["offload"] or {}).get("gpu_layers", 0),
         # how many layer forwards kept their checkpoint on the GPU (kept layers x micro-steps)
-        "resident_checkpoint_calls": _resident_calls(),
+        "resident_checkpoint_calls": RESIDENT_CALLS[0],
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         "eval_data": (plan["eval"] or {}).get("path"),
@@ -228,13 +230,6 @@ def summarize(
 
 
 RUN_SETTINGS = "longctx_training.json"
-
-
-def _resident_calls() -> int:
-    import sys
-
-    cp = sys.modules.get("train.context_parallel")  # imported only where layers were kept
-    return cp.RESIDENT_CALLS[0] if cp else 0
 
 
 def run_settings(cfg: TrainConfig, plan: dict) -> dict:
