@@ -46,21 +46,50 @@ def test_memory_estimate_within_3_percent_of_bare_unsloth(name, q, r, measured):
         assert abs(est / gib - 1) < 0.03, (name, tokens, est, gib)
 
 
-def test_memory_estimate_within_1_to_1_3_percent_of_the_launcher_on_h100():
-    # train.launch, Unsloth 2026.10.9 + TRL 1.15, H100, 1B shape with the Qwen3 vocabulary (docs/benchmarks.md)
-    s = ModelShape.from_config_dict(
-        dict(SHAPES["llama-3.2-1b"], model_type="llama", vocab_size=151680)
+# Peaks (torch.cuda.max_memory_allocated, GiB) measured through train.launch, Unsloth 2026.10.9 +
+# TRL 1.15, the Qwen3 vocabulary: (gpu, shape, 4-bit, LoRA r, tiled MLP, tokens, GiB). H100:
+# docs/benchmarks.md (sessions 2-4); H200: benchmarks/results/multi_gpu/unsloth1*.json,
+# qlora1-8b-65536.json and benchmarks/results/one_gpu/maxp-8b-262144.json.
+LAUNCHER_PEAKS = [
+    ("H100", "llama-3.2-1b", False, 16, False, 32768, 5.62),
+    ("H100", "llama-3.2-1b", False, 16, False, 65536, 8.69),
+    ("H100", "llama-3.2-1b", False, 16, False, 131072, 14.72),
+    ("H100", "llama-3.2-1b", False, 16, False, 262144, 27.06),
+    ("H100", "llama-3.1-8b", True, 32, False, 65536, 17.93),
+    ("H100", "llama-3.1-8b", True, 32, False, 262144, 52.47),
+    ("H100", "llama-3.1-8b", True, 32, True, 262144, 36.62),
+    ("H100", "llama-3.1-8b", True, 32, True, 409600, 52.52),
+    ("H200", "llama-3.2-1b", False, 16, False, 65536, 8.69),
+    ("H200", "llama-3.2-1b", False, 16, False, 131072, 13.86),
+    ("H200", "llama-3.2-1b", False, 16, False, 262144, 25.17),
+    ("H200", "llama-3.2-1b", False, 16, True, 131072, 10.12),
+    ("H200", "llama-3.2-1b", False, 16, True, 262144, 17.71),
+    ("H200", "llama-3.1-8b", False, 16, False, 65536, 26.27),
+    ("H200", "llama-3.1-8b", False, 16, False, 131072, 36.79),
+    ("H200", "llama-3.1-8b", False, 16, True, 65536, 23.29),
+    ("H200", "llama-3.1-8b", False, 16, True, 131072, 30.82),
+    ("H200", "llama-3.1-8b", True, 32, False, 65536, 18.33),
+    ("H200", "llama-3.1-8b", True, 32, True, 262144, 36.69),
+]
+
+
+@pytest.mark.parametrize(("gpu", "name", "q", "r", "tiled", "tokens", "gib"), LAUNCHER_PEAKS)
+def test_memory_estimate_within_4_percent_of_every_launcher_peak(
+    gpu, name, q, r, tiled, tokens, gib
+):
+    s = ModelShape.from_config_dict(dict(SHAPES[name], model_type="llama", vocab_size=151680))
+    est = (
+        estimate_peak_bytes(s, tokens, load_in_4bit=q, lora_r=r, modules=ALL, tiled_mlp=tiled) / GIB
     )
-    for tokens, gib in {32768: 5.62, 65536: 8.69, 131072: 14.72, 262144: 27.06}.items():
-        est = estimate_peak_bytes(s, tokens, load_in_4bit=False, lora_r=16, modules=ALL) / GIB
-        assert abs(est / gib - 1) < 0.01, (tokens, est, gib)
-    # 4-bit QLoRA r32 on the 8B shape through the launcher
-    s8 = ModelShape.from_config_dict(
-        dict(SHAPES["llama-3.1-8b"], model_type="llama", vocab_size=151680)
-    )
-    for tokens, gib in {65536: 17.93, 262144: 52.47}.items():
-        est = estimate_peak_bytes(s8, tokens, load_in_4bit=True, lora_r=32, modules=ALL) / GIB
-        assert abs(est / gib - 1) < 0.013, (tokens, est, gib)
+    assert abs(est / gib - 1) < 0.04, (gpu, name, tokens, est, gib)
+
+
+def test_the_tiled_mlp_is_not_modelled_by_the_bare_calibration():
+    with pytest.raises(ValueError, match="tiled MLP"):
+        estimate_peak_bytes(
+            shape("llama-3.2-1b"), 65536, load_in_4bit=False, lora_r=16, modules=ALL,
+            calibration="bare-unsloth", tiled_mlp=True,
+        )  # fmt: skip
 
 
 def test_max_context_is_monotone_and_fits():
@@ -228,16 +257,11 @@ def _8b_qwen_vocab():
     )
 
 
-def test_max_context_preset_estimate_against_the_h100_run():
+def test_max_context_preset_reaches_the_h100_run_only_with_the_tiled_mlp():
     """--preset max-context (4-bit QLoRA r32, tiled MLP, offloaded checkpoints) on the 8B shape
-    through train.launch on an H100 80GB peaked at 36.62 GiB at 262,144 tokens and 52.52 GiB at
-    409,600 (docs/benchmarks.md); without the tiled MLP the planner stops at ~394K."""
+    trained 409,600 tokens on an H100 80GB (its peaks are in LAUNCHER_PEAKS); without the tiled
+    MLP the planner stops short of 400K on 80 GB."""
     s8 = _8b_qwen_vocab()
-    for tokens, gib in {262144: 36.62, 409600: 52.52}.items():
-        est = estimate_peak_bytes(
-            s8, tokens, load_in_4bit=True, lora_r=32, modules=ALL, tiled_mlp=True
-        )
-        assert abs(est / GIB / gib - 1) < 0.013, (tokens, est / GIB, gib)
     plain = max_context(s8, 80, load_in_4bit=True, lora_r=32, modules=ALL)
     tiled = max_context(s8, 80, load_in_4bit=True, lora_r=32, modules=ALL, tiled_mlp=True)
     assert plain < 400_000 <= 409_600 < tiled

@@ -17,21 +17,25 @@ also says what the trained model's ``config.json`` holds (``RopePlan.config``: w
 
     fixed     = base weights (bf16: 2 B/param; 4-bit: 0.53 B/linear param + bf16 embeddings)
               + LoRA parameters x 10 B (fp32 weight + grad, 8-bit Adam) + 0.1 GiB
-    per token = c_vocab x vocab + c_hidden x hidden   bytes   (c_hidden 18.74; launcher 4-bit 31.16)
+    per token = c_vocab x vocab + c_hidden x hidden + c_mlp x intermediate   bytes
 
-Two calibrations of Unsloth 2026.10.9 on an H100. ``bare-unsloth`` (c_vocab 0.8687) is fitted to
+``launcher`` (the default) is what ``train.launch`` peaks at through TRL's SFTTrainer, whose
+fused LM head never materialises the logits: c_vocab 0, c_hidden 29.0, c_mlp 4.48 (bf16 LoRA)
+or 4.84 (4-bit QLoRA: bitsandbytes keeps more of the MLP), and c_mlp 0 with Unsloth's tiled MLP
+(``--preset max-context``), which no longer keeps the MLP's intermediate activations. With
+offloaded checkpoints only one decoder layer's activations are on the GPU at a time, so the
+per-token cost follows the layer's widths, not the layer count. Fitted (minimax) to the 19
+peaks measured through the launcher, Unsloth 2026.10.9, H100 and H200, the Qwen3 vocabulary:
+the Llama-3.2-1B shape, bf16 LoRA r16, untiled 32K-256K and tiled 128K/256K, and the
+Llama-3.1-8B shape, bf16 LoRA r16 untiled and tiled at 64K/128K, 4-bit QLoRA r32 untiled at
+64K/256K and tiled at 256K/400K: every estimate within 3.7% of its measurement
+(docs/benchmarks.md, "The planner recalibrated"). The three widths cannot be told apart from a
+vocabulary term with one vocabulary measured, so c_vocab is 0 (TRL's LM head works in chunks).
+``bare-unsloth`` (c_vocab 0.8687, c_hidden 18.74, no MLP term: untiled only) is fitted to
 GPU-NOTES.md's bare forward+backward with full logits: Llama-3.2-1B bf16 LoRA r16
 (7.1/11.6/20.8/39.1 GiB at 32K/64K/128K/256K) and Llama-3.1-8B QLoRA r32 (11.9/17.6/29.1/52.1
-GiB), within 3% of all eight points. ``launcher`` (c_vocab 0.4023, the default) is what
-``train.launch`` peaks at, measured here through TRL's SFTTrainer, whose fused LM head never
-materialises the logits: 1B shape with the Qwen3 vocabulary, 5.62/8.69/14.72 GiB
-(max_memory_allocated) at 32K/64K/128K and 27.06 GiB at 256K, estimate within 1%; with 4-bit
-QLoRA r32 on the 8B shape it peaked at 17.93 / 52.47 GiB at 64K / 256K, more per token than the
-bf16 hidden term predicts (the bitsandbytes path keeps more per layer), hence c_hidden 31.16 for
-4-bit in the launcher calibration: within 1.3% of both (docs/benchmarks.md; +1.26% at 64K). With the tiled
-MLP (``--preset max-context``) 4-bit c_hidden is 14.64, fitted to the 8B shape's 36.62 / 52.52 GiB
-at 262,144 / 409,600 tokens (within 1.3%: -1.21% / +0.52%). HF gradient checkpointing keeps every layer's
-input on the GPU (+2 x layers x hidden bytes per token); no checkpointing is not modelled.
+GiB), within 3% of all eight points. HF gradient checkpointing keeps every layer's input on the
+GPU (+2 x layers x hidden bytes per token); no checkpointing is not modelled.
 
 **Context parallel** (``--context-parallel N``, ``train/context_parallel.py``): each of the N
 GPUs holds 1/N of the row's tokens. The path is plain transformers + PEFT with its own
@@ -72,19 +76,27 @@ from pathlib import Path
 GIB = 2**30
 LORA_BYTES_PER_PARAM = 10
 OVERHEAD_BYTES = int(0.1 * GIB)
-# bytes per token = vocab_coef x vocab + hidden_coef x hidden (see the module docstring)
-# (c_vocab, c_hidden for bf16 LoRA, c_hidden for 4-bit QLoRA)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Peak GPU bytes per token of the row, per unit of the model's widths (module docstring)."""
+
+    vocab: float
+    hidden: float
+    mlp_bf16: float  # per intermediate unit, without the tiled MLP
+    mlp_4bit: float
+    models_tiled_mlp: bool = True  # the MLP term is separate: the tiled MLP drops it
+
+
 CALIBRATIONS = {
     # train.launch (TRL SFTTrainer's fused LM head never materialises the logits), measured here
-    "launcher": (0.4023, 18.74, 31.16),
-    # bare Unsloth forward+backward with full logits (GPU-NOTES.md)
-    "bare-unsloth": (0.8687, 18.74, 18.74),
+    "launcher": Calibration(vocab=0.0, hidden=29.0, mlp_bf16=4.48, mlp_4bit=4.84),
+    # bare Unsloth forward+backward with full logits (GPU-NOTES.md): the MLP is in c_hidden
+    "bare-unsloth": Calibration(
+        vocab=0.8687, hidden=18.74, mlp_bf16=0.0, mlp_4bit=0.0, models_tiled_mlp=False
+    ),
 }
-# With Unsloth's tiled MLP the MLP's intermediate activations (about 3 x intermediate x 2 bytes a
-# token) no longer scale with the context: c_hidden for 4-bit QLoRA through the launcher becomes
-# TILED_HIDDEN_4BIT (measured on the 8B shape, docs/benchmarks.md); bf16 LoRA is scaled by the
-# same ratio (not measured).
-TILED_HIDDEN_4BIT = 14.64
 # Offloaded checkpoints keep each decoder layer's input (bf16) in host RAM; pinned buffers are
 # rounded up to a power of two by torch's caching host allocator. Pinned stays on while the
 # rounded buffers take at most PINNED_SHARE of host RAM; offloading needs HOST_HEADROOM_BYTES of
@@ -365,11 +377,12 @@ def per_token_bytes(
     load_in_4bit: bool = False,
     tiled_mlp: bool = False,
 ) -> float:
-    vocab_coef, hidden_bf16, hidden_4bit = CALIBRATIONS[calibration]
-    hidden_coef = hidden_4bit if load_in_4bit else hidden_bf16
-    if tiled_mlp:
-        hidden_coef *= TILED_HIDDEN_4BIT / CALIBRATIONS["launcher"][2]
-    b = vocab_coef * shape.vocab_size + hidden_coef * shape.hidden_size
+    cal = CALIBRATIONS[calibration]
+    if tiled_mlp and not cal.models_tiled_mlp:
+        raise ValueError(f"the {calibration} calibration does not model the tiled MLP")
+    b = cal.vocab * shape.vocab_size + cal.hidden * shape.hidden_size
+    if not tiled_mlp:
+        b += (cal.mlp_4bit if load_in_4bit else cal.mlp_bf16) * shape.intermediate_size
     if gc is True:
         b += 2 * shape.num_hidden_layers * shape.hidden_size
     return b
