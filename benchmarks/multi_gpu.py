@@ -129,11 +129,11 @@ DEFAULT_LORA = {"lora_r": 16, "modules": DEFAULT_MODULES, "gc": "unsloth"}
 QLORA = {"lora_r": 32, "modules": DEFAULT_MODULES, "gc": "unsloth"}
 
 
-def planner_peak_gib(config_dir: str, mode: str, context: int) -> float:
+def planner_peak_gib(config_dir: str, mode: str, context: int, kept_layers: int = 0) -> float:
     """train/plan.py's estimated peak GPU memory per GPU (GiB) of one micro-step of ``mode``
     (unsloth1: bf16 LoRA r16 on one GPU; cp2: the same over 2 GPUs with context parallelism;
     a trailing t: with the tiled MLP; qlora1/qlora2: 4-bit QLoRA r32, per GPU) at ``context``
-    tokens."""
+    tokens, with ``kept_layers`` checkpoint layers kept on the GPU (each rank its share)."""
     from train.plan import GIB, estimate_cp_peak_bytes, estimate_peak_bytes, read_model_shape
 
     shape = read_model_shape(config_dir)
@@ -145,6 +145,8 @@ def planner_peak_gib(config_dir: str, mode: str, context: int) -> float:
         peak = estimate_peak_bytes(
             shape, context, load_in_4bit=mode.startswith("qlora"), **sizes, tiled_mlp=tiled
         )
+    ranks = 2 if mode.startswith("cp2") else 1
+    peak += kept_layers * -(-context // ranks) * shape.hidden_size * 2
     return round(peak / GIB, 2)
 
 
@@ -303,7 +305,8 @@ def mode_figures(
         point = {"status": r["status"]}
         if r["status"] == "fit":
             steps = max(1, r.get("steps") or 1)
-            planned = planner_peak_gib(str(config), mode, L) if config.is_dir() else None
+            kept = r.get("checkpoint_layers_on_gpu") or 0
+            planned = planner_peak_gib(str(config), mode, L, kept) if config.is_dir() else None
             point.update(
                 peak_gib=r["peak_gib"],
                 peak_reserved_gib=r["peak_reserved_gib"],

@@ -8,7 +8,11 @@ Reads the run results that ``benchmarks/gpu_runs.sh`` recorded (``MODE-SHAPE-CON
 ``train.launch``'s summary, or ``benchmarks/bare_unsloth.py``'s result line) and writes, from
 those alone (what did not run is null): one row per run, ``longest_context`` (the longest
 ``train.launch`` run that fit), ``launcher_over_bare_step_time`` at each context both ran, and a
-markdown table. A one-step run's step time is its whole training time, compilation included,
+markdown table. Each ``train.launch`` row has two estimates: the one the run planned with
+(``estimated_peak_gib``, from its summary: the planner of the commit that ran) and this
+checkout's planner on the same run (``planner_now_gib``: ``--preset max-context``, 4-bit QLoRA
+r32 with the tiled MLP, plus the checkpoint layers the run kept on the GPU), each with its error
+against the measured peak. A one-step run's step time is its whole training time, compilation included,
 for both paths alike.
 """
 
@@ -23,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import commit as git_commit  # noqa: E402
+from benchmarks.multi_gpu import planner_peak_gib  # noqa: E402
 
 NAME = re.compile(r"^(?P<mode>[a-z0-9]+)-(?P<shape>[a-z0-9]+)-(?P<context>\d+)$")
 TARGET = 500_000
@@ -45,6 +50,11 @@ def rows(results: Path) -> list[dict]:
             continue
         r = json.loads(f.read_text())
         est, peak = r.get("estimated_peak_gib"), r.get("peak_gib")
+        config = results / f"config-{m['shape']}"
+        now = None
+        if m["mode"] != "bare" and r.get("status") == "fit" and config.is_dir():
+            kept = r.get("checkpoint_layers_on_gpu") or 0
+            now = planner_peak_gib(str(config), "qlora1t", int(m["context"]), kept)
         out.append(
             {
                 "name": f.stem,
@@ -57,6 +67,8 @@ def rows(results: Path) -> list[dict]:
                 "peak_gib": peak,
                 "estimated_peak_gib": est,
                 "planner_error": round(est / peak - 1, 4) if est and peak else None,
+                "planner_now_gib": now,
+                "planner_now_error": round(now / peak - 1, 4) if now and peak else None,
                 "host_peak_rss_gib": r.get("host_peak_rss_gib"),
                 "checkpoint_layers_on_gpu": r.get("checkpoint_layers_on_gpu"),
                 # forwards through a kept layer: 0 with layers planned means they were lost
@@ -70,8 +82,9 @@ def rows(results: Path) -> list[dict]:
 
 def markdown(table: list[dict]) -> str:
     head = (
-        "| run | path | context | status | step s | GPU peak GiB | planner GiB (error) | "
-        "host peak RSS GiB | layers kept on GPU |\n|---|---|---|---|---|---|---|---|---|\n"
+        "| run | path | context | status | step s | GPU peak GiB | planned GiB (error) | "
+        "planner now GiB (error) | host peak RSS GiB | layers kept on GPU |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
     )
 
     def cell(x, spec=""):
@@ -80,10 +93,12 @@ def markdown(table: list[dict]) -> str:
     lines = []
     for r in table:
         err = f" ({r['planner_error']:+.1%})" if r["planner_error"] is not None else ""
+        err_now = f" ({r['planner_now_error']:+.1%})" if r["planner_now_error"] is not None else ""
         lines.append(
             f"| {r['name']} | {r['path']} | {r['context']:,} | {r['status']} | "
             f"{cell(r['step_s'], '.0f')} | {cell(r['peak_gib'])} | "
-            f"{cell(r['estimated_peak_gib'])}{err} | {cell(r['host_peak_rss_gib'])} | "
+            f"{cell(r['estimated_peak_gib'])}{err} | {cell(r['planner_now_gib'])}{err_now} | "
+            f"{cell(r['host_peak_rss_gib'])} | "
             f"{cell(r['checkpoint_layers_on_gpu'])} |"
         )
     return head + "\n".join(lines) + "\n"
