@@ -20,17 +20,24 @@ also says what the trained model's ``config.json`` holds (``RopePlan.config``: w
     per token = c_vocab x vocab + c_hidden x hidden + c_mlp x intermediate   bytes
 
 ``launcher`` (the default) is what ``train.launch`` peaks at through TRL's SFTTrainer, whose
-fused LM head never materialises the logits: c_vocab 0, c_hidden 29.0, c_mlp 4.48 (bf16 LoRA)
-or 4.84 (4-bit QLoRA: bitsandbytes keeps more of the MLP), and c_mlp 0 with Unsloth's tiled MLP
-(``--preset max-context``), which no longer keeps the MLP's intermediate activations. With
-offloaded checkpoints only one decoder layer's activations are on the GPU at a time, so the
-per-token cost follows the layer's widths, not the layer count. Fitted (minimax) to the 19
-peaks measured through the launcher, Unsloth 2026.10.9, H100 and H200, the Qwen3 vocabulary:
-the Llama-3.2-1B shape, bf16 LoRA r16, untiled 32K-256K and tiled 128K/256K, and the
-Llama-3.1-8B shape, bf16 LoRA r16 untiled and tiled at 64K/128K, 4-bit QLoRA r32 untiled at
-64K/256K and tiled at 256K/400K: every estimate within 3.7% of its measurement
-(docs/benchmarks.md, "The planner recalibrated"). The three widths cannot be told apart from a
-vocabulary term with one vocabulary measured, so c_vocab is 0 (TRL's LM head works in chunks).
+fused LM head never materialises the logits: c_vocab 0, c_hidden 29.91, c_mlp 4.62 (bf16 LoRA
+and 4-bit QLoRA alike), and c_mlp 0 with Unsloth's tiled MLP (``--preset max-context``), which no
+longer keeps the MLP's intermediate activations. A model with QK-norm (Qwen3, Gemma 3, OLMo 2:
+:data:`QK_NORM_TYPES`, or ``use_qk_norm`` in its config) also keeps its normalised q and k, 2 x
+(heads + kv_heads) x head_dim bytes a token (Qwen3-8B's shape: +10.3 KB a token over
+Llama-3.1-8B's, against 10.2 predicted). With offloaded checkpoints only one decoder layer's
+activations are on the GPU at a time, so the per-token cost follows the layer's widths, not the
+layer count. Fitted to the 22 peaks measured through the launcher (Unsloth 2026.10.9, H100 and
+H200, the Qwen3 vocabulary; listed in ``tests/test_train_plan.py``): the Llama-3.2-1B shape,
+bf16 LoRA r16, untiled 32K-256K and tiled 128K/256K; the Llama-3.1-8B shape, bf16 LoRA r16
+untiled and tiled at 64K/128K, 4-bit QLoRA r32 untiled at 64K/256K and tiled at
+128K-512K (two of them with checkpoint layers kept on the GPU, added at tokens x hidden x 2 bytes
+a layer); the Qwen3-8B shape, 4-bit tiled at 256K. The fit keeps every estimate at or above its
+measurement less 1% and makes the largest over-estimate as small as that allows: -1.0% to
++6.4% (+6.4% and +5.6% on the H200's untiled bf16 runs, whose 1B shape peaks 7% below the
+H100's at 256K; the 8B QLoRA runs on the H200 -1.0% to +4.3%). An estimate errs high rather
+than low: a plan that says "fits" must fit. The widths cannot be told apart from a vocabulary
+term with one vocabulary measured, so c_vocab is 0 (TRL's LM head works in chunks).
 ``bare-unsloth`` (c_vocab 0.8687, c_hidden 18.74, no MLP term: untiled only) is fitted to
 GPU-NOTES.md's bare forward+backward with full logits: Llama-3.2-1B bf16 LoRA r16
 (7.1/11.6/20.8/39.1 GiB at 32K/64K/128K/256K) and Llama-3.1-8B QLoRA r32 (11.9/17.6/29.1/52.1
@@ -84,19 +91,22 @@ class Calibration:
 
     vocab: float
     hidden: float
-    mlp_bf16: float  # per intermediate unit, without the tiled MLP
-    mlp_4bit: float
+    mlp: float  # per intermediate unit, without the tiled MLP
     models_tiled_mlp: bool = True  # the MLP term is separate: the tiled MLP drops it
 
 
 CALIBRATIONS = {
     # train.launch (TRL SFTTrainer's fused LM head never materialises the logits), measured here
-    "launcher": Calibration(vocab=0.0, hidden=29.0, mlp_bf16=4.48, mlp_4bit=4.84),
+    "launcher": Calibration(vocab=0.0, hidden=29.91, mlp=4.62),
     # bare Unsloth forward+backward with full logits (GPU-NOTES.md): the MLP is in c_hidden
-    "bare-unsloth": Calibration(
-        vocab=0.8687, hidden=18.74, mlp_bf16=0.0, mlp_4bit=0.0, models_tiled_mlp=False
-    ),
+    "bare-unsloth": Calibration(vocab=0.8687, hidden=18.74, mlp=0.0, models_tiled_mlp=False),
 }
+# Families whose attention normalises q and k per head (QK-norm): the normalised q and k (bf16)
+# are kept for the backward pass, QK_NORM_BYTES per element a token.
+QK_NORM_TYPES = (
+    "qwen3", "qwen3_moe", "qwen3_next", "gemma3", "gemma3_text", "olmo2", "olmo3", "olmoe",
+)  # fmt: skip
+QK_NORM_BYTES = 2
 # Offloaded checkpoints keep each decoder layer's input (bf16) in host RAM; pinned buffers are
 # rounded up to a power of two by torch's caching host allocator. Pinned stays on while the
 # rounded buffers take at most PINNED_SHARE of host RAM; offloading needs HOST_HEADROOM_BYTES of
@@ -135,6 +145,7 @@ class ModelShape:
     rope_theta: float
     rope_scaling: dict | None
     tie_word_embeddings: bool
+    qk_norm: bool = False  # q and k normalised per head (QK_NORM_TYPES, or use_qk_norm)
 
     @classmethod
     def from_config_dict(cls, cfg: dict) -> ModelShape:
@@ -160,6 +171,7 @@ class ModelShape:
             rope_theta=float(theta),
             rope_scaling=dict(rope) if rope else None,
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            qk_norm=cfg.get("model_type") in QK_NORM_TYPES or bool(cfg.get("use_qk_norm")),
         )
 
     @property
@@ -374,15 +386,20 @@ def per_token_bytes(
     shape: ModelShape,
     gc: str | bool = "unsloth",
     calibration: str = "launcher",
-    load_in_4bit: bool = False,
     tiled_mlp: bool = False,
 ) -> float:
+    """Peak GPU bytes a token of the row; the same for bf16 LoRA and 4-bit QLoRA (the
+    module docstring: they differ in the fixed part only)."""
     cal = CALIBRATIONS[calibration]
     if tiled_mlp and not cal.models_tiled_mlp:
         raise ValueError(f"the {calibration} calibration does not model the tiled MLP")
     b = cal.vocab * shape.vocab_size + cal.hidden * shape.hidden_size
     if not tiled_mlp:
-        b += (cal.mlp_4bit if load_in_4bit else cal.mlp_bf16) * shape.intermediate_size
+        b += cal.mlp * shape.intermediate_size
+    if shape.qk_norm:
+        b += (
+            QK_NORM_BYTES * (shape.num_attention_heads + shape.num_key_value_heads) * shape.head_dim
+        )
     if gc is True:
         b += 2 * shape.num_hidden_layers * shape.hidden_size
     return b
@@ -401,7 +418,7 @@ def estimate_peak_bytes(
 ) -> int:
     return int(
         fixed_bytes(shape, load_in_4bit=load_in_4bit, lora_r=lora_r, modules=modules)
-        + tokens * per_token_bytes(shape, gc, calibration, load_in_4bit, tiled_mlp)
+        + tokens * per_token_bytes(shape, gc, calibration, tiled_mlp)
     )
 
 
@@ -421,7 +438,7 @@ def max_context(
     room = gpu_gib * GIB * headroom - fixed_bytes(
         shape, load_in_4bit=load_in_4bit, lora_r=lora_r, modules=modules
     )
-    per_token = per_token_bytes(shape, gc, calibration, load_in_4bit, tiled_mlp)
+    per_token = per_token_bytes(shape, gc, calibration, tiled_mlp)
     return max(0, int(room / per_token) // 1024 * 1024)
 
 
@@ -478,7 +495,10 @@ def plan_offload(
     per_layer_host = (pow2 if mode == "true" else per_layer) * processes
     per_layer_gpu = -(-tokens // ranks) * shape.hidden_size * 2
     room = host_bytes - HOST_HEADROOM_BYTES
-    max_host = max(0, room // (layers * shape.hidden_size * 2 * processes) // 1024 * 1024)
+    layer_budget = max(0, room) // (layers * processes)  # host bytes for one layer's buffer
+    if mode == "true" and layer_budget:  # the largest power of two that fits, not the budget
+        layer_budget = 1 << (layer_budget.bit_length() - 1)
+    max_host = layer_budget // (shape.hidden_size * 2) // 1024 * 1024
     gpu_layers = 0
     if host_bytes and layers * per_layer_host > room:
         gpu_layers = min(layers, -(-(layers * per_layer_host - max(0, room)) // per_layer_host))
