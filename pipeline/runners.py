@@ -136,13 +136,13 @@ def share_cores(options: PipelineOptions, environ=os.environ) -> int | None:
 def static_workers(options: PipelineOptions) -> int | None:
     """The worker count over which the runner splits each step's input once, in fixed shares,
     with no rebalancing: DirectRunner ``multi_processing`` with N > 1 workers (Beam 2.77's
-    FnApiRunner deals the keys of a grouped input round-robin over its N workers). None for
-    every other runner (Dataflow, Flink and Spark rebalance their work themselves)."""
+    FnApiRunner deals the keys of a grouped input round-robin over its N workers; so does
+    ``SwitchingDirectRunner``, which runs the same FnApiRunner). None for every other runner (Dataflow, Flink and Spark rebalance their work themselves)."""
     from apache_beam.options.pipeline_options import DirectOptions
 
     runner = options.view_as(StandardOptions).runner
     direct = options.view_as(DirectOptions)
-    if runner not in (None, "DirectRunner", "direct"):
+    if runner not in (None, "DirectRunner", "direct", "SwitchingDirectRunner"):
         return None
     if direct.direct_running_mode != "multi_processing":
         return None

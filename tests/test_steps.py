@@ -104,6 +104,8 @@ def test_sources_go_to_multi_processing_workers_by_size(tmp_path):
     )  # fmt: skip
     assert static_workers(options) == 2
     assert static_workers(PipelineOptions(["--runner", "DirectRunner"])) is None
+    assert static_workers(PipelineOptions(["--runner", "SwitchingDirectRunner",
+        "--direct_running_mode", "multi_processing", "--direct_num_workers", "2"])) == 2  # fmt: skip
     with BeamTestPipeline(runner=make_runner(options), options=options) as p:
         read = p | beam.Create(sources) | ReadDocuments(ReadSettings(), dedup=False, spread=spread)
         groups = (

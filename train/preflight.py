@@ -212,7 +212,10 @@ def _plan_host(
     cannot hold. A dry run without ``--host-memory-gib`` plans as if the host held them all (the
     plan may be made on another machine than the one that will train) and warns when this
     machine's RAM would not."""
-    processes = 1 if ranks > 1 else int(os.environ.get("WORLD_SIZE", cfg.nproc_per_node))
+    # data-parallel processes on this host (torchrun's LOCAL_WORLD_SIZE: WORLD_SIZE counts the
+    # processes of every node, each node offloading to its own RAM)
+    local = os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("WORLD_SIZE")
+    processes = 1 if ranks > 1 else int(local or cfg.nproc_per_node)
     gpu_room = int(0.95 * cfg.gpu_memory_gib * GIB) - peak
     if dry_run and cfg.host_memory_gib <= 0:
         try:

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 def lpt_bins(sizes: Sequence[int], bins: int) -> list[int]:
     """The bin (0 .. bins-1) of each item: largest first, each to the bin with the least total
     so far (ties: the bin with the fewest items, then the lowest), Graham's LPT rule, whose
-    largest bin is within 4/3 of the best possible. Items of size 0 are dealt out by count.
+    largest bin is within 4/3 of the best possible. When every size is 0 the items are dealt
+    out by count; items of size 0 among larger ones go to the least loaded bins.
     Items keep their order in the result; equal inputs give equal outputs."""
     if bins < 1:
         raise ValueError(f"bins must be at least 1, got {bins}")
