@@ -27,6 +27,8 @@ GROUPS = {
     "run": "run and logging",
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# The shortest --seq-len: shorter samples are a mistyped flag, not a long-context corpus.
+MIN_SEQ_LEN = 64
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,10 @@ class BuildConfig:
     )
     # samples
     seq_len: int = option(
-        65536, "target sample length in tokens", group="samples", metavar="TOKENS"
+        65536,
+        f"sample length in tokens, >= {MIN_SEQ_LEN}",
+        group="samples",
+        metavar="TOKENS",
     )
     overlap: int = option(
         0,
@@ -279,6 +284,12 @@ class BuildConfig:
                 f"--seq-len must be a positive number of tokens, got {self.seq_len}",
             ),
             (
+                self.seq_len <= 0 or self.seq_len >= MIN_SEQ_LEN,
+                f"--seq-len must be at least {MIN_SEQ_LEN} tokens, got {self.seq_len} (a "
+                "sample of a few tokens has next to nothing to predict: the trainer's loss "
+                "would be 0)",
+            ),
+            (
                 0 <= self.overlap < self.seq_len,
                 f"--overlap must satisfy 0 <= overlap < --seq-len ({self.seq_len}), "
                 f"got {self.overlap}",
@@ -343,6 +354,19 @@ class BuildConfig:
                 f"--output {out}: holds a finished output (manifest.json); pass --overwrite to "
                 "replace it"
             )
+        if not remote.is_remote(out):
+            from pipeline.output import foreign_files
+
+            foreign = foreign_files(out)
+            if foreign:
+                shown = ", ".join(foreign[:5]) + (
+                    f" and {len(foreign) - 5} more" if foreign[5:] else ""
+                )
+                raise UsageError(
+                    f"--output {out}: a run would replace {shown}, which no run of this pipeline "
+                    "wrote there; choose a new or empty folder, or move them (--overwrite "
+                    "replaces only a pipeline output)"
+                )
 
     # -- derived settings --------------------------------------------------------------------
 

@@ -12,13 +12,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline import remote
+from schemas.layout import is_output_folder
 from transforms.documents import Reject, RejectError, TextDocument
 from transforms.inputs.archives import ARCHIVE_SUFFIXES
 from transforms.inputs.reading import (
     BOOK_SUFFIXES,
+    OUTPUT_FOLDER,
     ReadSettings,
     display_path,
     read_book,
+    skip_book_dirs,
     walk_folder,
 )
 from transforms.inputs.records import RECORD_SUFFIXES, read_records, records_to_documents
@@ -88,14 +91,32 @@ def _remote_book_sources(arg: str, rejects: list[Reject]) -> list[Source]:
     return out
 
 
-def _book_sources(arg: str, rejects: list[Reject]) -> list[Source]:
+def _own_output(output: str | None) -> str | None:
+    """The real path of a local --output (the run writes there: never an input)."""
+    return os.path.realpath(output) if output and not remote.is_remote(output) else None
+
+
+def _holds_an_output(folder: str) -> bool:
+    try:
+        return is_output_folder(os.listdir(folder))
+    except OSError:  # unreadable: the repository reader reports it
+        return False
+
+
+def _book_sources(arg: str, rejects: list[Reject], own: str | None = None) -> list[Source]:
     if remote.is_remote(arg):
         return _remote_book_sources(arg, rejects)
     root = os.path.abspath(arg)
     if not os.path.isdir(root) or os.path.islink(root):
         return [Source(BOOK, root, f"book/{Path(root).stem}", Path(root).name)]
+
+    def screen(rel_dir: str, abs_dir: str, names: set):
+        if own and os.path.realpath(abs_dir) == own:  # before this run's marker is written
+            return OUTPUT_FOLDER
+        return skip_book_dirs(rel_dir, abs_dir, names)
+
     out = []
-    for item in walk_folder(root):
+    for item in walk_folder(root, screen):
         if isinstance(item, Reject):
             rejects.append(item)
             continue
@@ -125,13 +146,16 @@ def _repo_source(path: str) -> Source:
 
 
 def discover(
-    *, books=(), repos=(), repos_root=(), documents=(), hf_dataset=()
+    *, books=(), repos=(), repos_root=(), documents=(), hf_dataset=(), output=None
 ) -> tuple[list[Source], list[Reject]]:
-    """All sources named by the flags, sorted by document id, and the rejects found on the way."""
+    """All sources named by the flags, sorted by document id, and the rejects found on the way.
+    Pipeline outputs inside an input folder (``output``, this run's, and any other) are skipped,
+    each listed as a ``skipped_dir`` reject."""
     sources: list[Source] = []
     rejects: list[Reject] = []
+    own = _own_output(output)
     for arg in books:
-        sources += _book_sources(arg, rejects)
+        sources += _book_sources(arg, rejects, own)
     for arg in repos:
         sources.append(_repo_source(arg))
     for root in repos_root:
@@ -158,6 +182,11 @@ def discover(
             )
         for entry in entries:
             if entry in quiet:
+                continue
+            if entry.is_dir(follow_symlinks=False) and (
+                os.path.realpath(entry.path) == own or _holds_an_output(entry.path)
+            ):
+                rejects.append(Reject(display_path(entry.path), *OUTPUT_FOLDER))
                 continue
             if entry.is_dir(follow_symlinks=False) or (
                 entry.is_file(follow_symlinks=False)

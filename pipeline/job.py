@@ -43,7 +43,7 @@ from pipeline.output import (
     read_text,
 )
 from pipeline.plots import PlotRenderer
-from pipeline.report import write_report
+from pipeline.report import validation_shortfall, write_report
 from pipeline.runners import (
     check_runner,
     emits_from_finish_bundle,
@@ -125,6 +125,7 @@ def prepare(argv: list[str]) -> Job:
                 repos_root=config.repos_root,
                 documents=config.documents,
                 hf_dataset=config.hf_dataset,
+                output=config.output,
             )
         finally:
             tok = _loaded(tok_future)  # a bad --tokenizer is reported before an input error
@@ -259,14 +260,28 @@ def build_and_publish(job: Job) -> Manifest:
         raise
 
 
+def _rejects_phrase(counts: dict) -> str:
+    """``"37 rejected inputs"``, with the folders skipped on purpose (caches, version control,
+    virtualenvs, outputs) told apart: ``"3 rejected inputs and 34 skipped folders"``."""
+    skipped = (counts.get("rejects_by_reason") or {}).get("skipped_dir", 0)
+    rejected = counts["rejects"] - skipped
+    text = f"{rejected} rejected input{'s' if rejected != 1 else ''}"
+    if skipped:
+        text += f" and {skipped} skipped folder{'s' if skipped != 1 else ''}"
+    return text
+
+
 def summary(job: Job, manifest: Manifest, seconds: float) -> None:
     c, config = manifest.counts, job.config
     print(  # the one line --quiet keeps
         f"Wrote {config.output}/ in {seconds:.1f}s: {c['documents']} documents "
         f"({c['document_tokens']:,} tokens), {c['samples']} samples of <= {config.seq_len} "
         f"tokens in {c['shards']} shard(s), fill rate {manifest.data['fill_rate']:.4f}, "
-        f"{c['rejects']} rejected inputs ({REJECTS})."
+        f"{_rejects_phrase(c)} ({REJECTS})."
     )
+    shortfall = validation_shortfall(manifest.data)
+    if shortfall:
+        print(f"warning: {shortfall}", file=sys.stderr)
     job.say(
         f"Manifest: {os.path.join(config.output, MANIFEST)}  "
         f"Report: {os.path.join(config.output, REPORT_SUMMARY)}"

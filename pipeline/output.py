@@ -8,6 +8,11 @@ staged files into place and writes ``manifest.json`` last, through a temporary n
 rename, so a folder with a manifest is always complete. A refused or failed run removes its
 staging and leaves the previous output as it was. All I/O goes through
 ``apache_beam.io.filesystems``.
+
+A run replaces only what it wrote: before it stages anything it writes the folder's marker
+(``.longctx-output``), and :func:`foreign_files` lists what a run would replace that no run
+wrote (a user's ``report/`` or ``documents.arrow`` in a folder that is no output, a file of
+theirs inside an output's ``shards/``): the run stops up front (``pipeline/config.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +27,16 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import remote
-from schemas.layout import MANIFEST, PUBLISHED, STAGING
+from schemas.layout import (
+    MANIFEST,
+    MARKER,
+    PUBLISHED,
+    REPORT_DIR,
+    SHARDS_DIR,
+    STAGING,
+    is_shard_name,
+    report_names,
+)
 from schemas.manifest import Manifest
 from schemas.storage import read_bytes, read_table  # noqa: F401  (read_table re-exported)
 
@@ -108,9 +122,37 @@ def prepare_staging(out: str) -> str:
         leftovers = [os.path.join(out, n) for n in names if n.startswith(STAGING)]
         name = f"{STAGING}-{os.getpid()}"
     _delete_if_exists(leftovers)
+    if not FileSystems.exists(out):
+        FileSystems.mkdirs(out)
+    marker = FileSystems.join(out, MARKER)
+    if not FileSystems.exists(marker):
+        write_bytes(marker, b"longctx: a pipeline output folder (see manifest.json)\n")
     staging = FileSystems.join(out, name)
     FileSystems.mkdirs(staging)
     return staging
+
+
+def foreign_files(out: str) -> list[str]:
+    """What a run into the local folder ``out`` would replace that no run wrote, as paths
+    relative to ``out``: in a folder that is no output (neither ``manifest.json`` nor the
+    marker), every published name present (``shards/``, ``report/``, ``documents.arrow``,
+    ``rejects.jsonl``); in an output, files of ``shards/`` and ``report/`` that a run does not
+    write. Files beside the published names are never touched, so never listed."""
+    if not os.path.isdir(out):
+        return []
+    ours = os.path.exists(os.path.join(out, MANIFEST)) or os.path.exists(os.path.join(out, MARKER))
+    found = []
+    for name in PUBLISHED:
+        path = os.path.join(out, name)
+        if not os.path.lexists(path):
+            continue
+        if not ours:
+            found.append(name + ("/" if os.path.isdir(path) else ""))
+            continue
+        keep = {SHARDS_DIR: is_shard_name, REPORT_DIR: report_names().__contains__}.get(name)
+        if keep and os.path.isdir(path) and not os.path.islink(path):
+            found += [f"{name}/{n}" for n in sorted(os.listdir(path)) if not keep(n)]
+    return found
 
 
 def discard_staging(staging: str) -> None:

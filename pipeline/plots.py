@@ -17,9 +17,10 @@ import sys
 import numpy as np
 import pyarrow as pa
 
+from schemas.layout import REPORT_PLOTS
 from transforms.code.dependency_score import MIN_TOKENS
 
-PLOTS = ("doc_lengths.png", "sample_fill.png", "tokens_per_source.png", "dependency_scores.png")
+PLOTS = REPORT_PLOTS  # the PNG files of report/ (names in schemas/layout.py)
 # One size for every plot, so that report.html's two-column grid lines them up; at 110 dpi a
 # plot is 660 x 440 px, shown at ~80% in a column of the 1,100 px page.
 FIGSIZE = (6.0, 4.0)

@@ -12,9 +12,15 @@ OUT/
     early/               EARLY_DIR: documents tokenized while reading (pipeline/steps/early.py)
     shards.json          SHARD_STATS, plan.json PLAN_SUMMARY: driver-side bookkeeping
   .cache/tokens/         CACHE_DIR / TOKENS_DIR: the --incremental cache
+  .longctx-output        MARKER: written before a run first stages or publishes here; with
+                         manifest.json, what says the published names are this pipeline's
+                         (a run never replaces files it did not write) and that the folder is
+                         an output, never read back as input
 """
 
 from __future__ import annotations
+
+import re
 
 MANIFEST = "manifest.json"
 DOCUMENTS = "documents.arrow"
@@ -29,6 +35,13 @@ STAGING = ".staging"
 CACHE_DIR = ".cache"
 TOKENS_DIR = "tokens"
 EARLY_DIR = "early"
+MARKER = ".longctx-output"
+REPORT_PLOTS = (
+    "doc_lengths.png",
+    "sample_fill.png",
+    "tokens_per_source.png",
+    "dependency_scores.png",
+)
 SHARD_STATS = "shards.json"
 PLAN_SUMMARY = "plan.json"
 
@@ -38,6 +51,26 @@ PUBLISHED = (SHARDS_DIR, DOCUMENTS, REJECTS, REPORT_DIR)
 TRAIN, VALIDATION = "train", "validation"
 SPLITS = (TRAIN, VALIDATION)
 SHARD_FORMATS = ("arrow", "parquet")
+
+
+_SHARD_NAME = re.compile(r"(train|validation)-\d{5}-of-\d{5}\.(arrow|parquet)")
+
+
+def is_shard_name(name: str) -> bool:
+    """Whether a file name in ``shards/`` is one :func:`shard_name` gives."""
+    return bool(_SHARD_NAME.fullmatch(name))
+
+
+def report_names() -> frozenset[str]:
+    """The files a run writes in ``report/``."""
+    return frozenset((SUMMARY_MD, REPORT_HTML, *REPORT_PLOTS))
+
+
+def is_output_folder(names) -> bool:
+    """Whether a folder holding the entries ``names`` is a pipeline output (its marker, or, from
+    before the marker, a manifest beside shards/): walking an input, such a folder is skipped."""
+    names = set(names)
+    return MARKER in names or (MANIFEST in names and SHARDS_DIR in names)
 
 
 def shard_name(split: str, index: int, count: int, fmt: str) -> str:

@@ -250,7 +250,8 @@ def test_lock_and_staging_of_a_killed_run_are_taken_over(good_output):
     proc = run_cli("pipeline.run", *BASE, "--books", books, "--output", out, "--overwrite")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "took over the lock" in proc.stderr and "pid 999999 on gone" in proc.stderr
-    assert sorted(n for n in os.listdir(out) if n.startswith(".")) == [".cache"]
+    # no lock, no staging left: the cache and the output's marker only
+    assert sorted(n for n in os.listdir(out) if n.startswith(".")) == [".cache", ".longctx-output"]
 
 
 _INJECT_ENOSPC = """
@@ -329,8 +330,9 @@ def test_full_small_filesystem_up_front_and_while_writing(tmp_path):
         assert "the disk filled up while writing" in proc.stderr
         assert tree_sha(out) == before
         assert sorted(os.listdir(out)) == sorted(
-            ["documents.arrow", "manifest.json", "rejects.jsonl", "report", "shards"]
-        )
+            [".longctx-output", "documents.arrow", "manifest.json", "rejects.jsonl", "report",
+             "shards"]
+        )  # fmt: skip
 
 
 def test_space_estimate_covers_a_real_run(tmp_path):
@@ -349,3 +351,77 @@ def test_space_estimate_covers_a_real_run(tmp_path):
         guard.input_bytes(map(str, inputs)), seq_len=4096, overlap=0, incremental=True
     )
     assert written + tokens_twice <= need
+
+
+def test_files_no_run_wrote_are_never_replaced(tmp_path, good_output):
+    """A user's folder that holds a report/, a shards/ and a documents.arrow of their own (a new
+    user's bug report: a run deleted report/paper.md and shards/mydata.csv) is refused up
+    front, with or without --overwrite, and so is a file of theirs inside an output's shards/;
+    nothing changes."""
+    proj = tmp_path / "proj"
+    (proj / "report").mkdir(parents=True)
+    (proj / "shards").mkdir()
+    (proj / "report" / "paper.md").write_text("my paper\n")
+    (proj / "shards" / "mydata.csv").write_text("a,b\n1,2\n")
+    (proj / "documents.arrow").write_bytes(b"not an arrow file")
+    (proj / "notes.txt").write_text("kept\n")
+    before = tree_sha(proj)
+    for extra in ([], ["--overwrite"]):
+        proc = run_cli("pipeline.run", *BASE, "--books", SMALL, "--output", proj, *extra)
+        assert proc.returncode == errors.USAGE, proc.stderr[-2000:]
+        assert "replace shards/, documents.arrow, report/, which" in proc.stderr, proc.stderr
+        assert tree_sha(proj) == before
+    out, books = good_output
+    (out / "shards" / "mine.csv").write_text("x\n")
+    before = tree_sha(out)
+    proc = run_cli("pipeline.run", *BASE, "--books", books, "--output", out, "--overwrite")
+    assert proc.returncode == errors.USAGE and "shards/mine.csv" in proc.stderr, proc.stderr
+    assert tree_sha(out) == before
+
+
+def test_an_output_inside_an_input_folder_is_not_read_back(tmp_path):
+    """--books BOOKS --output BOOKS/out1, then --books BOOKS --output BOOKS/out2: the second
+    run reads the book only, not the first run's report.html and summary.md (a new user's bug
+    report), and lists the output folder as skipped; its --eval-fraction, with one document,
+    is warned about. A folder with only files beside the
+    published names (notes.txt) is written into and keeps them."""
+    books = tmp_path / "books"
+    books.mkdir()
+    shutil.copy(SMALL, books / SMALL.name)
+    (books / "out1").mkdir()
+    (books / "out1" / "notes.txt").write_text("kept\n")
+    for out, extra in (("out1", []), ("out2", ["--eval-fraction", "0.2"])):
+        proc = run_cli("pipeline.run", *BASE, "--books", books, "--output", books / out, *extra)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        manifest = json.loads((books / out / "manifest.json").read_text())
+        assert manifest["counts"]["documents"] == 1, (out, manifest["counts"])
+    # one document cannot be split: said, not silently ignored (a new user's report)
+    assert "warning: --eval-fraction 0.2 held out no document" in proc.stderr, proc.stderr
+    assert "validation split: none" in (books / "out2" / "report" / "summary.md").read_text()
+    assert (books / "out1" / "notes.txt").read_text() == "kept\n"
+    rejects = [json.loads(line) for line in (books / "out2" / "rejects.jsonl").open()]
+    skipped = [r for r in rejects if r["reason"] == "skipped_dir"]
+    assert [r["path"].rsplit("/", 1)[-1] for r in skipped] == ["out1"], rejects
+    assert "longctx output" in skipped[0]["detail"]
+
+
+def test_what_a_killed_publish_left_is_the_pipelines_own():
+    """A run killed inside publish leaves shards/, report/ and documents.arrow without a
+    manifest; the marker (written before staging) says they are a run's: the rerun replaces
+    them. Without the marker or a manifest they are someone else's."""
+    import tempfile
+
+    from pipeline.output import foreign_files
+    from schemas.layout import MARKER
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "out")
+        os.makedirs(os.path.join(out, "shards"))
+        os.makedirs(os.path.join(out, "report"))
+        for rel in ("shards/train-00000-of-00001.arrow", "report/summary.md", "documents.arrow"):
+            open(os.path.join(out, rel), "wb").close()
+        assert foreign_files(out) == ["shards/", "documents.arrow", "report/"]
+        open(os.path.join(out, MARKER), "wb").close()
+        assert foreign_files(out) == []
+        open(os.path.join(out, "report", "paper.md"), "wb").close()
+        assert foreign_files(out) == ["report/paper.md"]

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from schemas.layout import is_output_folder
 from transforms.documents import BOOK, Reject, RejectError, TextDocument
 from transforms.inputs.books import (
     chapter_starts,
@@ -207,7 +208,7 @@ def probe_books(path: str, limits: ReadSettings) -> tuple[bool, Counter]:
         rel, abs_path = item
         seen["files"] += 1
         if folder and os.path.splitext(rel)[1].lower() not in BOOK_SUFFIXES:
-            seen["not_a_book_file"] += 1
+            seen["unsupported_type"] += 1  # the reason rejects.jsonl gives it
             continue
         seen["book_files"] += 1
         try:
@@ -224,14 +225,24 @@ def probe_books(path: str, limits: ReadSettings) -> tuple[bool, Counter]:
 Screen = Callable[[str, str, set], "tuple[str, str] | Callable[[str, str, bool], tuple | None]"]
 
 
-def _skip_book_dirs(rel_dir: str, abs_dir: str, names: set):
+OUTPUT_FOLDER = (
+    "skipped_dir",
+    "a longctx output folder (.longctx-output, or manifest.json beside shards/): never read as "
+    "input",
+)
+
+
+def skip_book_dirs(rel_dir: str, abs_dir: str, names: set):
+    if is_output_folder(names):
+        return OUTPUT_FOLDER
+
     def check(rel: str, name: str, is_dir: bool):
         return ("skipped_dir", SKIP_BOOK_DIRS[name]) if is_dir and name in SKIP_BOOK_DIRS else None
 
     return check
 
 
-def walk_folder(root: str, screen: Screen = _skip_book_dirs) -> Iterator[tuple[str, str] | Reject]:
+def walk_folder(root: str, screen: Screen = skip_book_dirs) -> Iterator[tuple[str, str] | Reject]:
     """Yield ``(relative_posix_path, absolute_path)`` of the files under a folder, in path order.
 
     ``screen`` decides, per folder, what is skipped (default: version control and caches);

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 
 import pathspec
 
+from schemas.layout import is_output_folder
 from transforms.code.dependencies import dependency_edges, main_language
 from transforms.code.ordering import cycle_members, order_files
 from transforms.code.screening import BUILD_DIRS, package_build_dirs, screen_file
@@ -45,6 +46,7 @@ from transforms.inputs.archives import archive_members, is_archive
 from transforms.inputs.decode import decode_text
 from transforms.inputs.reading import (
     BINARY_SUFFIXES,
+    OUTPUT_FOLDER,
     ReadSettings,
     display_path,
     read_file_text,
@@ -112,6 +114,8 @@ def _folder_entries(root: str, limits: ReadSettings) -> Iterator[tuple[str, obje
     entry_dirs: set[str] = set()  # build folders that a package.json points into
 
     def screen(rel_dir: str, abs_dir: str, names: set):
+        if is_output_folder(names):
+            return OUTPUT_FOLDER
         if "pyvenv.cfg" in names and rel_dir:
             return ("skipped_dir", "virtualenv (holds pyvenv.cfg)")
         if ".gitignore" in names:
