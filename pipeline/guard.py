@@ -57,7 +57,8 @@ def _books_problem(path: str, limits: ReadSettings, _lc) -> str | None:
     if not seen["book_files"]:
         kinds = ", ".join(BOOK_SUFFIXES)
         return f"no book files ({kinds}) among its {seen['files']} files{_reasons(seen)}"
-    return f"{seen['book_files']} book files, none readable{_reasons(seen)}"
+    n = seen["book_files"]
+    return f"{n} book file{'s' if n != 1 else ''}, none readable{_reasons(seen)}"
 
 
 def _repo_problem(path: str, limits: ReadSettings, _lc) -> str | None:

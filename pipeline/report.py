@@ -23,6 +23,19 @@ from pipeline.shown_paths import input_roots, shown_path, shown_tokenizer
 from schemas.layout import REJECTS, REPORT_HTML, SUMMARY_MD
 
 
+def validation_shortfall(manifest: dict) -> str | None:
+    """Why ``--eval-fraction`` above 0 gave no validation split (a document is held out whole,
+    and never the only one), or None."""
+    fraction = (manifest.get("config") or {}).get("eval_fraction") or 0
+    if fraction <= 0 or manifest.get("validation_doc_ids"):
+        return None
+    n = manifest["counts"]["documents"]
+    return (
+        f"--eval-fraction {fraction} held out no document: documents are held out whole and "
+        f"never all of them, and this run accepted {n} (a book or a repository is one)"
+    )
+
+
 def _md_table(header: list[str], rows: list[list]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -115,6 +128,9 @@ def _facts(manifest: dict) -> list[str]:
             f"validation split: {len(manifest.get('validation_doc_ids') or [])} documents held "
             f"out whole, {validation['samples']} samples, {validation['tokens']:,} tokens"
         )
+    shortfall = validation_shortfall(manifest)
+    if shortfall:
+        facts.append(f"validation split: none: {shortfall}")
     packing = manifest.get("packing") or {}
     if packing:
         facts.append(

@@ -71,8 +71,13 @@ def default_of(f: dataclasses.Field):
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
-    """`` (did you mean --seq-len?)`` for the nearest candidate, or ``""``."""
-    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    """`` (did you mean --seq-len?)`` for the nearest candidate, or ``""``: the one flag that
+    starts with ``word`` (``--seq``: ``--seq-len``, not ``--seed``), else the closest spelling."""
+    candidates = list(candidates)
+    longer = [c for c in candidates if c.startswith(word + "-")]
+    if len(longer) == 1:
+        return f" (did you mean {longer[0]}?)"
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
     return f" (did you mean {close[0]}?)" if close else ""
 
 

@@ -15,7 +15,8 @@ from tests.conftest import REPO, run_cli
         (["--seq-len", "0"], "--seq-len"),
         (["--seq-len", "-5"], "--seq-len"),
         (["--seq-len", "abc"], "--seq-len"),
-        (["--seq-len", "8", "--overlap", "8"], "--overlap"),
+        (["--seq-len", "3"], "--seq-len must be at least 64"),
+        (["--seq-len", "64", "--overlap", "64"], "--overlap"),
         (["--overlap", "-1"], "--overlap"),
         (["--tokenizer", "/no/such/tokenizer.json"], "--tokenizer"),
         (["--format", "csv"], "--format"),
@@ -29,6 +30,7 @@ from tests.conftest import REPO, run_cli
         # or without the second book
         (["--fill-gaps", "--overlap", "100"], "--fill-gaps"),
         (["--seq-lenn", "4096"], "unknown flag --seq-lenn"),
+        (["--seq", "8192"], "unknown flag --seq (did you mean --seq-len?)"),
         (["--seq_len", "4096"], "unknown flag --seq_len"),
         (["--books", "a.txt", "b.txt"], "unexpected argument 'b.txt'"),
     ],

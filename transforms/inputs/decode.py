@@ -78,7 +78,11 @@ def decode_text(data: bytes) -> tuple[str, str]:
             declared = _declared_encoding(data[:65536])
             if declared is None or declared in ("utf-8", "ascii"):
                 raise RejectError(
-                    "undecodable", f"not valid UTF-8 ({err.reason} at byte {err.start})"
+                    "undecodable",
+                    f"not valid UTF-8 ({err.reason} at byte {err.start}), and no charset "
+                    "declared: convert it (iconv -f latin1 -t utf-8) or declare its charset "
+                    "(a Gutenberg 'Character set encoding:' line, an HTML meta charset, a "
+                    "Python coding line)",
                 ) from None
             try:
                 text = data.decode(declared)
