@@ -140,7 +140,9 @@ def _print_table(rows: list[dict], total: dict, seq_len: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m pipeline.count_tokens", description=__doc__.split("\n")[0]
+        allow_abbrev=False,
+        prog="python -m pipeline.count_tokens",
+        description=__doc__.split("\n")[0],
     )
     ap.add_argument("paths", nargs="+", metavar="PATH")
     ap.add_argument("--tokenizer", default=None, help="as pipeline.run (default: bundled Qwen3)")

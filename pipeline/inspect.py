@@ -363,6 +363,7 @@ def render(view: SampleView, max_chars: int = DEFAULT_MAX_CHARS) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m pipeline.inspect",
         description="Show one sample of a pipeline output decoded, with document boundaries, "
         "file names and window provenance marked.",

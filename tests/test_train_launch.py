@@ -207,6 +207,9 @@ def test_validation_loss_during_training_on_cpu(with_validation, tmp_path):
     assert summary["steps"] == 3 and summary["eval_data"] == str(out)
     assert [e["step"] for e in summary["eval_losses"]] == [2, 3]
     assert summary["eval_loss"] == summary["eval_losses"][-1]["loss"]
+    # the time of both passes, the final one (after trainer.train()) included
+    times = [h["eval_runtime"] for h in history if "eval_runtime" in h]
+    assert len(times) == 2 and summary["eval_runtime_s"] == pytest.approx(sum(times), abs=0.02)
     base = AutoModelForCausalLM.from_pretrained(model, attn_implementation="sdpa")
     tuned = PeftModel.from_pretrained(base, run / "adapter").eval()
     collate = PackedCollator(1024, with_packed_lengths=False)

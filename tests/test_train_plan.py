@@ -458,3 +458,24 @@ def test_host_ram_counts_the_processes_of_this_node_only(monkeypatch):
     monkeypatch.delenv("LOCAL_WORLD_SIZE")  # a launcher that sets WORLD_SIZE only: all of them
     mem = plan_memory(cfg, _8b_qwen_vocab(), 262144, "unsloth", dry_run=False, warnings=[])
     assert mem["offload"]["gpu_layers"] > 0
+
+
+def test_a_missing_local_model_folder_is_not_looked_up_on_the_hub(tmp_path, monkeypatch):
+    """A new user's --model models/qtiny (a folder that does not exist, under a models/ that
+    does) waited ~23 s of Hub retries before "cannot fetch config.json from the Hub": it is a
+    local path, refused at once. A real owner/name id that is not cached, offline, fails fast
+    and says why."""
+    from train.plan import read_model_shape
+    from transforms.hub import looks_like_hub_id
+
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert not looks_like_hub_id("models/qtiny") and looks_like_hub_id("Qwen/Qwen3-8B")
+    assert not looks_like_hub_id("./x") and not looks_like_hub_id("a/b/c")
+    for spec in ("models/qtiny", "a/b/c"):
+        with pytest.raises(PlanError, match="no such folder here, and not a Hub id"):
+            read_model_shape(spec)
+    # the cache-and-reachability check answers, not the Hub client after its retries
+    with pytest.raises(PlanError, match="as a Hub id not in the Hugging Face cache and HF_HUB"):
+        read_model_shape("no-such-owner-xyz/no-such-model")

@@ -54,6 +54,8 @@ class DataError(ValueError):
 
 def read_manifest(data_dir: str, flag: str = "--data") -> dict:
     path = Path(data_dir) / MANIFEST
+    if not Path(data_dir).is_dir():
+        raise DataError(f"{flag} {data_dir}: no such folder (a pipeline output's folder)")
     if not path.is_file():
         raise DataError(
             f"{flag} {data_dir}: no manifest.json: not a finished pipeline output "

@@ -440,7 +440,9 @@ def write_html(result: dict, plots: list[str], out_dir: Path) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        allow_abbrev=False, prog="python -m train.evaluate", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--model", required=True, help="model folder (config.json, weights, tokenizer)")
     p.add_argument("--adapter", help="a PEFT/LoRA adapter folder to merge into --model")
     p.add_argument(

@@ -128,7 +128,9 @@ def write_trained_config(out: Path, settings: dict | None) -> dict:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train.export", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        allow_abbrev=False, prog="python -m train.export", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--adapter", required=True, help="a run's adapter/ or checkpoint-N folder")
     p.add_argument("--out", required=True, help="folder for the merged model (new or empty)")
     p.add_argument(

@@ -157,7 +157,7 @@ def _relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m train.launch", description=__doc__.split("\n")[0]
+        allow_abbrev=False, prog="python -m train.launch", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--config", help="YAML file of options (flags win)")
     parser.add_argument(

@@ -215,11 +215,25 @@ class ModelShape:
 
 def read_model_shape(model: str, trust_remote_code: bool = False) -> ModelShape:
     """The model's config.json, from a local folder or the Hub (huggingface_hub, if installed)."""
+    from transforms.hub import hub_problem, looks_like_hub_id
+
     path = Path(model).expanduser()
     cfg_path = path / "config.json" if path.is_dir() else None
     if cfg_path is None or not cfg_path.is_file():
-        if path.exists() or model.startswith((".", "/", "~")):
+        if path.exists():
             raise PlanError(f"--model {model}: no config.json there")
+        if not looks_like_hub_id(model):
+            raise PlanError(
+                f"--model {model}: no such folder here, and not a Hub id (owner/name, whose "
+                "owner is no folder here)"
+            )
+        problem = hub_problem(model, ("config.json",))
+        if problem:
+            raise PlanError(
+                f"--model {model}: no such folder here, and as a Hub id {problem}; pass a local "
+                "model folder, or download it once where the Hub is reachable and set "
+                "HF_HUB_OFFLINE=1"
+            )
         try:
             from huggingface_hub import hf_hub_download
 
@@ -580,8 +594,8 @@ def _clamped_warmup(warmup: int, steps: int) -> tuple[int, str]:
     short = steps // 10
     return short, (
         f"--warmup-steps {warmup} is not shorter than the run's {steps} steps: the learning rate "
-        f"would never reach its peak; warmup clamped to {short} (a tenth of the steps); choose "
-        f"one below {steps} with --warmup-steps"
+        f"would never reach its peak; warmup clamped to {short} (a tenth of the steps)"
+        + (f"; choose one below {steps} with --warmup-steps" if steps > 1 else "")
     )
 
 

@@ -168,7 +168,7 @@ def build(
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(
-        prog="python -m train.random_model", description=__doc__.split("\n")[0]
+        allow_abbrev=False, prog="python -m train.random_model", description=__doc__.split("\n")[0]
     )
     p.add_argument("--shape", choices=sorted(SHAPES), required=True)
     p.add_argument("--tokenizer", required=True, help="folder with tokenizer.json")

@@ -202,7 +202,7 @@ def save_tokenizer(tok, out: str, *, model_max_length: int = 131072) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m train.tokenizer", description=__doc__.split("\n")[0]
+        allow_abbrev=False, prog="python -m train.tokenizer", description=__doc__.split("\n")[0]
     )
     p.add_argument(
         "--data",

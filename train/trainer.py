@@ -172,7 +172,8 @@ def summarize(
 
     ``runtime`` is the wall time of ``trainer.train()``, ``eval_s`` the validation passes
     inside it; tokens/s counts this session's training time and tokens only (a resumed run's
-    ``tokens`` and losses include the steps before it)."""
+    ``tokens`` and losses include the steps before it). ``eval_runtime_s`` is every validation
+    pass's time, the final one after ``trainer.train()`` included (``timer`` counts them all)."""
     import torch
 
     from train.context_parallel import RESIDENT_CALLS
@@ -203,7 +204,7 @@ def summarize(
         "context_parallel": (plan.get("context_parallel") or {}).get("size", 1),
         "tokens": tokens,
         "runtime_s": round(runtime, 2),
-        "eval_runtime_s": round(eval_s, 2),
+        "eval_runtime_s": round(timer.eval_seconds(), 2),
         "tokens_per_s": round((tokens - timer.start_tokens) / (runtime - eval_s), 1),
         # after the first optimizer step (compilation, autotuning and allocator warm-up)
         "tokens_per_s_steady": timer.steady_tokens_per_s(),

@@ -38,6 +38,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from transforms.documents import CODE, TextDocument
+from transforms.hub import hub_problem, looks_like_hub_id
 from transforms.samples.windowing import window_document
 
 BUNDLED = "bundled:qwen3"
@@ -139,35 +140,15 @@ def _from_transformers(spec: str, trust_remote_code: bool = False) -> str:
     return tok.backend_tokenizer.to_str()
 
 
-def _check_hub_reachable(repo_id: str, timeout: float = 2.0) -> None:
-    """A Hub id that is neither cached nor reachable fails in about ``timeout`` seconds,
-    instead of after transformers' retries (23-50 s measured offline)."""
-    import os
-    import socket
-    from urllib.parse import urlparse
-
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        for name in ("tokenizer.json", "tokenizer_config.json"):
-            if isinstance(try_to_load_from_cache(repo_id, name), str):
-                return  # in the local cache: transformers finds it
-    except ImportError:
-        pass
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    if not offline:
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-            return
-        except OSError:
-            pass
-    raise TokenizerError(
-        f"--tokenizer {repo_id}: not in the Hugging Face cache and "
-        + ("HF_HUB_OFFLINE is set" if offline else f"{host} cannot be reached")
-        + "; pass a local path (a tokenizer.json file or a folder of tokenizer files), or "
-        "download it once where the Hub is reachable and set HF_HUB_OFFLINE=1"
-    )
+def _check_hub_reachable(repo_id: str) -> None:
+    """A Hub id that is neither cached nor reachable fails in about two seconds."""
+    problem = hub_problem(repo_id, ("tokenizer.json", "tokenizer_config.json"))
+    if problem:
+        raise TokenizerError(
+            f"--tokenizer {repo_id}: {problem}; pass a local path (a tokenizer.json file or a "
+            "folder of tokenizer files), or download it once where the Hub is reachable and set "
+            "HF_HUB_OFFLINE=1"
+        )
 
 
 # Tokenizers loaded in this process, by (name, sha256 of tokenizer.json, eos hint): parsing
@@ -198,7 +179,7 @@ def load_tokenizer(spec: str | None, trust_remote_code: bool = False) -> LoadedT
             eos_hint = _config_eos(path)
         elif path.exists() or "/" not in spec.strip("/") and spec.startswith((".", "/", "~")):
             raise TokenizerError(f"--tokenizer {spec}: not a tokenizer.json file or folder")
-        elif spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        elif looks_like_hub_id(spec):
             _check_hub_reachable(spec)
             text = _from_transformers(spec, trust_remote_code)  # a Hub id: Qwen/Qwen3-8B
         else:
