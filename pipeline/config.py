@@ -355,6 +355,17 @@ class BuildConfig:
                 "replace it"
             )
         if not remote.is_remote(out):
+            for flag, paths in (("--books", self.books), ("--repos", self.repos),
+                                ("--repos-root", self.repos_root)):  # fmt: skip
+                for path in paths:
+                    if not remote.is_remote(path) and os.path.realpath(path) == os.path.realpath(
+                        out
+                    ):
+                        raise UsageError(
+                            f"--output {out}: the same folder as {flag} {path}; a run would read "
+                            "its own output (outputs inside an input folder are skipped, so "
+                            "nothing would be left to read): choose an --output outside it"
+                        )
             from pipeline.output import foreign_files
 
             foreign = foreign_files(out)

@@ -371,6 +371,13 @@ def test_files_no_run_wrote_are_never_replaced(tmp_path, good_output):
         assert proc.returncode == errors.USAGE, proc.stderr[-2000:]
         assert "replace shards/, documents.arrow, report/, which" in proc.stderr, proc.stderr
         assert tree_sha(proj) == before
+    # --output the same folder as an input: refused, not read back (or left with nothing)
+    books_dir = tmp_path / "mybooks"
+    books_dir.mkdir()
+    shutil.copy(SMALL, books_dir / SMALL.name)
+    proc = run_cli("pipeline.run", *BASE, "--books", books_dir, "--output", books_dir)
+    assert proc.returncode == errors.USAGE and "the same folder as --books" in proc.stderr
+    assert sorted(p.name for p in books_dir.iterdir()) == [SMALL.name]
     out, books = good_output
     (out / "shards" / "mine.csv").write_text("x\n")
     before = tree_sha(out)
