@@ -349,35 +349,38 @@ class BuildConfig:
             if os.path.exists(out) and not os.path.isdir(out):
                 raise UsageError(f"--output {out}: exists and is not a folder")
             finished = os.path.exists(os.path.join(out, MANIFEST))
+
+        def same(path: str) -> bool:
+            if remote.is_remote(out) or remote.is_remote(path):
+                return remote.is_remote(out) and path.rstrip("/") == out.rstrip("/")
+            return os.path.realpath(path) == os.path.realpath(out)
+
+        for flag, paths in (("--books", self.books), ("--repos", self.repos),
+                            ("--repos-root", self.repos_root)):  # fmt: skip
+            for path in paths:
+                if same(path):
+                    raise UsageError(
+                        f"--output {out}: the same folder as {flag} {path}; a run would read "
+                        "its own output (outputs inside an input folder are skipped, so "
+                        "nothing would be left to read): choose an --output outside it"
+                    )
+        from pipeline.output import foreign_files
+
+        foreign = foreign_files(out)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (
+                f" and {len(foreign) - 5} more" if foreign[5:] else ""
+            )
+            raise UsageError(
+                f"--output {out}: a run would replace {shown}, which no run of this pipeline "
+                "wrote there; choose a new or empty folder, or move them (--overwrite "
+                "replaces only a pipeline output)"
+            )
         if finished and not (self.overwrite or self.incremental):
             raise UsageError(
                 f"--output {out}: holds a finished output (manifest.json); pass --overwrite to "
                 "replace it"
             )
-        if not remote.is_remote(out):
-            for flag, paths in (("--books", self.books), ("--repos", self.repos),
-                                ("--repos-root", self.repos_root)):  # fmt: skip
-                for path in paths:
-                    if not remote.is_remote(path) and os.path.realpath(path) == os.path.realpath(
-                        out
-                    ):
-                        raise UsageError(
-                            f"--output {out}: the same folder as {flag} {path}; a run would read "
-                            "its own output (outputs inside an input folder are skipped, so "
-                            "nothing would be left to read): choose an --output outside it"
-                        )
-            from pipeline.output import foreign_files
-
-            foreign = foreign_files(out)
-            if foreign:
-                shown = ", ".join(foreign[:5]) + (
-                    f" and {len(foreign) - 5} more" if foreign[5:] else ""
-                )
-                raise UsageError(
-                    f"--output {out}: a run would replace {shown}, which no run of this pipeline "
-                    "wrote there; choose a new or empty folder, or move them (--overwrite "
-                    "replaces only a pipeline output)"
-                )
 
     # -- derived settings --------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline import remote
-from schemas.layout import is_output_folder
+from schemas.layout import is_output_folder, marked_folders, under_any
 from transforms.documents import Reject, RejectError, TextDocument
 from transforms.inputs.archives import ARCHIVE_SUFFIXES
 from transforms.inputs.reading import (
@@ -20,6 +20,7 @@ from transforms.inputs.reading import (
     OUTPUT_FOLDER,
     ReadSettings,
     display_path,
+    manifest_reader,
     read_book,
     skip_book_dirs,
     walk_folder,
@@ -75,13 +76,27 @@ def _unique(sources: list[Source]) -> list[Source]:
     return sorted(out, key=lambda s: s.doc_id)
 
 
-def _remote_book_sources(arg: str, rejects: list[Reject]) -> list[Source]:
+def _remote_book_sources(arg: str, rejects: list[Reject], output: str | None) -> list[Source]:
     if remote.is_remote_file(arg):
         return [Source(BOOK, arg, f"book/{Path(arg).stem}", Path(arg).name)]
     out = []
     base = arg.rstrip("/")
-    for rel, _ in remote.list_files(base):
+    listing = remote.list_files(base)
+    outputs = marked_folders(rel for rel, _ in listing)
+    own = (output or "").rstrip("/")
+    if own.startswith(base + "/"):  # this run's --output, before its marker is written
+        outputs.add(own[len(base) + 1 :])
+    elif own == base:
+        outputs.add("")
+    skipped: set[str] = set()
+    for rel, _ in listing:
         path = f"{base}/{rel}"
+        if under_any(rel, outputs):
+            top = next(f for f in sorted(outputs) if f == "" or rel.startswith(f + "/"))
+            if top not in skipped:  # one reject per output folder
+                skipped.add(top)
+                rejects.append(Reject(f"{base}/{top}".rstrip("/"), *OUTPUT_FOLDER))
+            continue
         if os.path.splitext(rel)[1].lower() in BOOK_SUFFIXES:
             out.append(Source(BOOK, path, f"book/{os.path.splitext(rel)[0]}", Path(rel).name))
         else:
@@ -98,14 +113,12 @@ def _own_output(output: str | None) -> str | None:
 
 def _holds_an_output(folder: str) -> bool:
     try:
-        return is_output_folder(os.listdir(folder))
+        return is_output_folder(os.listdir(folder), manifest_reader(folder))
     except OSError:  # unreadable: the repository reader reports it
         return False
 
 
 def _book_sources(arg: str, rejects: list[Reject], own: str | None = None) -> list[Source]:
-    if remote.is_remote(arg):
-        return _remote_book_sources(arg, rejects)
     root = os.path.abspath(arg)
     if not os.path.isdir(root) or os.path.islink(root):
         return [Source(BOOK, root, f"book/{Path(root).stem}", Path(root).name)]
@@ -155,7 +168,10 @@ def discover(
     rejects: list[Reject] = []
     own = _own_output(output)
     for arg in books:
-        sources += _book_sources(arg, rejects, own)
+        if remote.is_remote(arg):
+            sources += _remote_book_sources(arg, rejects, output)
+        else:
+            sources += _book_sources(arg, rejects, own)
     for arg in repos:
         sources.append(_repo_source(arg))
     for root in repos_root:

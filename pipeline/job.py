@@ -36,11 +36,13 @@ from pipeline.guard import (
 from pipeline.options import LongctxOptions, check_arguments
 from pipeline.output import (
     discard_staging,
+    mark_output,
     prepare_staging,
     publish,
     read_json,
     read_table,
     read_text,
+    unmark_output,
 )
 from pipeline.plots import PlotRenderer
 from pipeline.report import validation_shortfall, write_report
@@ -245,6 +247,7 @@ def build_and_publish(job: Job) -> Manifest:
     """Under the output's lock: stage, execute, finalize; a failure or refusal removes the
     staging folder and leaves the previous output as it was."""
     out = job.config.output
+    marked = mark_output(out)
     staging = prepare_staging(out)
     try:
         tokens_cache = cache.cache_dir(out) if job.config.incremental else None
@@ -252,6 +255,8 @@ def build_and_publish(job: Job) -> Manifest:
         return finalize(job, staging, tokens_cache)
     except BaseException as err:
         discard_staging(staging)
+        if marked:
+            unmark_output(out)
         if is_no_space(err):
             raise NoSpace(
                 f"--output {out}: the disk filled up while writing (no space left on device); "

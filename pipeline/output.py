@@ -10,7 +10,7 @@ staging and leaves the previous output as it was. All I/O goes through
 ``apache_beam.io.filesystems``.
 
 A run replaces only what it wrote: before it stages anything it writes the folder's marker
-(``.longctx-output``), and :func:`foreign_files` lists what a run would replace that no run
+(``.longctx-output``; removed again by a run that fails before publishing, if it wrote it), and :func:`foreign_files` lists what a run would replace that no run
 wrote (a user's ``report/`` or ``documents.arrow`` in a folder that is no output, a file of
 theirs inside an output's ``shards/``): the run stops up front (``pipeline/config.py``).
 """
@@ -28,12 +28,15 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import remote
 from schemas.layout import (
+    CACHE_DIR,
+    LOCK,
     MANIFEST,
     MARKER,
     PUBLISHED,
     REPORT_DIR,
     SHARDS_DIR,
     STAGING,
+    is_pipeline_manifest,
     is_shard_name,
     report_names,
 )
@@ -122,37 +125,93 @@ def prepare_staging(out: str) -> str:
         leftovers = [os.path.join(out, n) for n in names if n.startswith(STAGING)]
         name = f"{STAGING}-{os.getpid()}"
     _delete_if_exists(leftovers)
-    if not FileSystems.exists(out):
-        FileSystems.mkdirs(out)
-    marker = FileSystems.join(out, MARKER)
-    if not FileSystems.exists(marker):
-        write_bytes(marker, b"longctx: a pipeline output folder (see manifest.json)\n")
     staging = FileSystems.join(out, name)
     FileSystems.mkdirs(staging)
     return staging
 
 
-def foreign_files(out: str) -> list[str]:
-    """What a run into the local folder ``out`` would replace that no run wrote, as paths
-    relative to ``out``: in a folder that is no output (neither ``manifest.json`` nor the
-    marker), every published name present (``shards/``, ``report/``, ``documents.arrow``,
-    ``rejects.jsonl``); in an output, files of ``shards/`` and ``report/`` that a run does not
-    write. Files beside the published names are never touched, so never listed."""
+def mark_output(out: str) -> bool:
+    """Write ``out``'s marker (before anything is staged there) unless it is there; True when
+    this call wrote it (a run that fails before publishing removes it: :func:`unmark_output`)."""
+    if not FileSystems.exists(out):
+        FileSystems.mkdirs(out)
+    marker = FileSystems.join(out, MARKER)
+    if FileSystems.exists(marker):
+        return False
+    write_bytes(marker, b"longctx: a pipeline output folder (see manifest.json)\n")
+    return True
+
+
+def unmark_output(out: str) -> None:
+    """Remove the marker a failed run wrote, so that it vouches for nothing; never raises."""
+    with contextlib.suppress(Exception):
+        _delete_if_exists([FileSystems.join(out, MARKER)])
+
+
+def _listing(out: str):
+    """``(top-level names, {folder: [its files]}, symlinked names, manifest reader)`` of the
+    folder or prefix ``out``; None when it does not exist."""
+    if remote.is_remote(out):
+        try:
+            rels = [rel for rel, _ in remote.list_files(out)]
+        except (ValueError, OSError):
+            return None
+        top = {rel.split("/", 1)[0] for rel in rels}
+        inside: dict[str, list[str]] = {}
+        for rel in rels:
+            head, _, rest = rel.partition("/")
+            if rest:
+                inside.setdefault(head, []).append(rest)
+        return top, inside, set(), lambda: remote.read_bytes(FileSystems.join(out, MANIFEST), 2**30)
     if not os.path.isdir(out):
+        return None
+    top = set(os.listdir(out))
+    inside = {
+        name: sorted(os.listdir(os.path.join(out, name)))
+        for name in top & {SHARDS_DIR, REPORT_DIR}
+        if os.path.isdir(os.path.join(out, name)) and not os.path.islink(os.path.join(out, name))
+    }
+    links = {name for name in top if os.path.islink(os.path.join(out, name))}
+    return top, inside, links, lambda: open(os.path.join(out, MANIFEST), "rb").read()
+
+
+def foreign_files(out: str) -> list[str]:
+    """What a run into ``out`` (a folder, or a gs:// / s3:// prefix) would replace that no run
+    wrote, as paths relative to ``out``. A run wrote the folder when it holds the marker, this
+    pipeline's ``manifest.json``, or what only a run leaves (``.staging-*``, ``.lock``,
+    ``.cache``: a run killed while publishing, before the marker existed). Listed: another
+    tool's ``manifest.json`` (a run replaces it); in a folder no run wrote, every published name
+    present (``shards/``, ``report/``, ``documents.arrow``, ``rejects.jsonl``); in an output,
+    files of ``shards/`` and ``report/`` that a run does not write; a published name that is a
+    symbolic link (the run would fail half-way through replacing it). Files beside the
+    published names are never touched, so never listed."""
+    found = _listing(out)
+    if found is None:
         return []
-    ours = os.path.exists(os.path.join(out, MANIFEST)) or os.path.exists(os.path.join(out, MARKER))
-    found = []
+    top, inside, links, read_manifest = found
+    manifest_ours = False
+    if MANIFEST in top:
+        try:
+            manifest_ours = is_pipeline_manifest(read_manifest())
+        except OSError:
+            manifest_ours = False
+    ours = (
+        manifest_ours
+        or MARKER in top
+        or any(n.startswith(STAGING) or n in (LOCK, CACHE_DIR) for n in top)
+    )
+    listed = [] if manifest_ours or MANIFEST not in top else [MANIFEST]
+    keep = {SHARDS_DIR: is_shard_name, REPORT_DIR: report_names().__contains__}
     for name in PUBLISHED:
-        path = os.path.join(out, name)
-        if not os.path.lexists(path):
+        if name not in top:
             continue
-        if not ours:
-            found.append(name + ("/" if os.path.isdir(path) else ""))
-            continue
-        keep = {SHARDS_DIR: is_shard_name, REPORT_DIR: report_names().__contains__}.get(name)
-        if keep and os.path.isdir(path) and not os.path.islink(path):
-            found += [f"{name}/{n}" for n in sorted(os.listdir(path)) if not keep(n)]
-    return found
+        if name in links:
+            listed.append(f"{name} (a symbolic link)")
+        elif not ours:
+            listed.append(name + ("/" if name in inside else ""))
+        elif name in keep:
+            listed += [f"{name}/{n}" for n in inside.get(name, []) if not keep[name](n)]
+    return listed
 
 
 def discard_staging(staging: str) -> None:

@@ -20,6 +20,7 @@ OUT/
 
 from __future__ import annotations
 
+import json
 import re
 
 MANIFEST = "manifest.json"
@@ -66,11 +67,47 @@ def report_names() -> frozenset[str]:
     return frozenset((SUMMARY_MD, REPORT_HTML, *REPORT_PLOTS))
 
 
-def is_output_folder(names) -> bool:
-    """Whether a folder holding the entries ``names`` is a pipeline output (its marker, or, from
-    before the marker, a manifest beside shards/): walking an input, such a folder is skipped."""
+PIPELINE_NAME = "longctx"  # the manifest's pipeline.name
+
+
+def is_pipeline_manifest(raw: bytes | str) -> bool:
+    """Whether ``raw`` is a manifest.json this pipeline wrote (its ``pipeline.name``), not some
+    other tool's ``manifest.json`` (a browser extension's, a web app's)."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and (data.get("pipeline") or {}).get("name") == PIPELINE_NAME
+
+
+def is_output_folder(names, read_manifest=None) -> bool:
+    """Whether a folder holding the entries ``names`` is a pipeline output: its marker, or
+    (outputs from before the marker) this pipeline's manifest.json beside shards/, read by
+    ``read_manifest()`` when given (a bare ``manifest.json`` is anybody's). Walking an input,
+    such a folder is skipped."""
     names = set(names)
-    return MARKER in names or (MANIFEST in names and SHARDS_DIR in names)
+    if MARKER in names:
+        return True
+    if MANIFEST in names and SHARDS_DIR in names and read_manifest is not None:
+        try:
+            return is_pipeline_manifest(read_manifest())
+        except OSError:
+            return False
+    return False
+
+
+def marked_folders(paths) -> set[str]:
+    """The folders (relative, ``""`` the root) that hold the marker, among the ``/``-separated
+    relative ``paths`` of a listing (a remote prefix, an archive)."""
+    return {p.rpartition("/")[0] for p in paths if p.rpartition("/")[2] == MARKER}
+
+
+def under_any(path: str, folders: set[str]) -> bool:
+    """Whether the relative ``path`` lies in one of ``folders`` (``""``: everything)."""
+    if "" in folders:
+        return True
+    parts = path.split("/")
+    return any("/".join(parts[:k]) in folders for k in range(1, len(parts)))
 
 
 def shard_name(split: str, index: int, count: int, fmt: str) -> str:

@@ -208,3 +208,34 @@ def test_inputs_are_read_through_beam_filesystems(tmp_path, books_dir, qwen3_dir
     assert all(
         a.equals(b) for a, b in zip(samples(disk / "out"), samples(tmp_path / "local"), strict=True)
     )
+
+
+def test_remote_outputs_are_guarded_like_local_ones(tmp_path):
+    """Review: on gs://-style paths (here counting://) a run replaced a user's report/paper.md
+    and read an earlier output inside --books back as books. Both guards now list through
+    Beam's filesystems: the user's files are foreign, a marked folder and this run's own
+    --output are skipped."""
+    from pipeline.discover import discover
+    from pipeline.output import foreign_files
+    from schemas.layout import MARKER
+
+    ROOT["dir"] = str(tmp_path / "disk")
+    proj = tmp_path / "disk" / "proj"
+    (proj / "report").mkdir(parents=True)
+    (proj / "report" / "paper.md").write_text("mine\n")
+    assert foreign_files("counting://proj") == ["report/"]
+    (proj / MARKER).write_text("")
+    assert foreign_files("counting://proj") == ["report/paper.md"]
+    books = tmp_path / "disk" / "books"
+    (books / "out1" / "report").mkdir(parents=True)
+    (books / "a.txt").write_text("A book.\n")
+    (books / "out1" / MARKER).write_text("")
+    (books / "out1" / "report" / "summary.md").write_text("# longctx report\n")
+    (books / "out2").mkdir()
+    (books / "out2" / "notes.txt").write_text("not a book of this run\n")
+    sources, rejects = discover(books=["counting://books"], output="counting://books/out2")
+    assert [s.path for s in sources] == ["counting://books/a.txt"]
+    assert sorted((r.path, r.reason) for r in rejects) == [
+        ("counting://books/out1", "skipped_dir"),
+        ("counting://books/out2", "skipped_dir"),
+    ]

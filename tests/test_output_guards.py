@@ -160,6 +160,17 @@ def test_run_that_yields_no_document_is_not_published(tmp_path, good_output):
     assert "yielded no usable document" in proc.stderr
     assert tree_sha(out) == before
     assert not any(n.startswith(".staging") for n in os.listdir(out))
+    # into a folder no run had written: the refused run takes its marker away again (review: a
+    # marker left by a failed run vouched for files the user put there later)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "notes.txt").write_text("mine\n")
+    proc = run_cli(
+        "pipeline.run", *BASE, "--books", BOOKS / "tolstoy-war-and-peace.txt",
+        "--min-dependency-score", "5", "--output", fresh,
+    )  # fmt: skip
+    assert proc.returncode == errors.UNUSABLE_INPUT, proc.stderr[-2000:]
+    assert ".longctx-output" not in os.listdir(fresh) and (fresh / "notes.txt").is_file()
 
 
 def test_incremental_shrink_is_refused_unless_allowed(good_output):
@@ -410,6 +421,74 @@ def test_an_output_inside_an_input_folder_is_not_read_back(tmp_path):
     skipped = [r for r in rejects if r["reason"] == "skipped_dir"]
     assert [r["path"].rsplit("/", 1)[-1] for r in skipped] == ["out1"], rejects
     assert "longctx output" in skipped[0]["detail"]
+    # the same folder read as a repository by the workers, with this run's output inside it:
+    # the marker is there before they read, so the run's own staging is skipped like out1/out2
+    proc = run_cli("pipeline.run", *BASE, "--repos", books, "--output", books / "out3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rejects = [json.loads(line) for line in (books / "out3" / "rejects.jsonl").open()]
+    skipped = sorted(r["path"].rsplit("/", 1)[-1] for r in rejects if r["reason"] == "skipped_dir")
+    assert skipped == ["out1", "out2", "out3"], rejects
+
+
+def test_what_counts_as_a_runs_own_and_what_as_someone_elses(tmp_path):
+    """Review cases, without a run: another tool's manifest.json (a web app's) is no output's and
+    is itself listed; a pre-marker run killed while publishing left .staging-* (and .lock),
+    which vouch for its files; a symbolic-link shards/ is refused up front (replacing it failed
+    half-way, after the previous output was deleted); the marker is written by mark_output
+    before anything is staged, once."""
+    from pipeline.output import foreign_files, mark_output, prepare_staging
+    from schemas.layout import MARKER
+
+    web = tmp_path / "web"
+    (web / "report").mkdir(parents=True)
+    (web / "report" / "summary.md").write_text("mine\n")
+    (web / "manifest.json").write_text('{"name": "my web app", "version": "1.0"}')
+    assert foreign_files(str(web)) == ["manifest.json", "report/"]
+    killed = tmp_path / "killed"
+    (killed / "shards").mkdir(parents=True)
+    (killed / "shards" / "train-00000-of-00001.arrow").write_bytes(b"")
+    (killed / "documents.arrow").write_bytes(b"")
+    assert foreign_files(str(killed)) == ["shards/", "documents.arrow"]
+    (killed / ".staging-4242").mkdir()
+    assert foreign_files(str(killed)) == []
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", linked / "shards")
+    (linked / MARKER).write_text("")
+    assert foreign_files(str(linked)) == ["shards (a symbolic link)"]
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    assert mark_output(str(fresh)) and (fresh / MARKER).is_file()
+    assert not mark_output(str(fresh))  # there already: not this call's to remove
+    staging = prepare_staging(str(fresh))
+    assert os.path.isdir(staging) and (fresh / MARKER).is_file()
+
+
+def test_an_input_with_some_other_manifest_beside_shards_is_read(tmp_path):
+    """Review: a books folder or repository holding another tool's manifest.json beside a
+    shards/ folder was skipped whole as a pipeline output (two books lost, or 'no files'); only
+    this pipeline's manifest (or the marker) marks an output."""
+    from pipeline.discover import discover
+    from transforms.inputs.reading import ReadSettings
+    from transforms.inputs.repository import read_repository
+
+    lib = tmp_path / "lib"
+    (lib / "gutenberg" / "shards").mkdir(parents=True)
+    (lib / "gutenberg" / "manifest.json").write_text('{"name": "an extension"}')
+    for name in ("kafka-metamorphosis.txt", "gilman-the-yellow-wallpaper.txt"):
+        shutil.copy(BOOKS / name, lib / "gutenberg" / "shards" / name)
+    sources, rejects = discover(books=[str(lib)])
+    assert len(sources) == 2 and not [r for r in rejects if r.reason == "skipped_dir"]
+    repo = tmp_path / "ext"
+    (repo / "shards").mkdir(parents=True)
+    (repo / "manifest.json").write_text('{"manifest_version": 3}')
+    (repo / "shards" / "router.py").write_text("import os\n")
+    doc, _ = read_repository(str(repo), "code/ext", "ext", ReadSettings())
+    assert doc is not None and "shards/router.py" in doc.files
+    (lib / "gutenberg" / "manifest.json").write_text('{"pipeline": {"name": "longctx"}}')
+    sources, rejects = discover(books=[str(lib)])
+    assert sources == [] and [r.reason for r in rejects] == ["skipped_dir"]
 
 
 def test_what_a_killed_publish_left_is_the_pipelines_own():

@@ -479,3 +479,26 @@ def test_a_missing_local_model_folder_is_not_looked_up_on_the_hub(tmp_path, monk
     # the cache-and-reachability check answers, not the Hub client after its retries
     with pytest.raises(PlanError, match="as a Hub id not in the Hugging Face cache and HF_HUB"):
         read_model_shape("no-such-owner-xyz/no-such-model")
+
+
+def test_a_cached_hub_id_beside_a_local_folder_of_its_owner_stays_a_hub_id(tmp_path, monkeypatch):
+    """Review: with a folder Qwen/ in the working directory, Qwen/Qwen3-8B was refused as a
+    mistyped path although the Hub cache held it; a cached id is a Hub id."""
+    from huggingface_hub import constants
+
+    from train.plan import read_model_shape
+    from train.random_model import SHAPES
+
+    cache = tmp_path / "hub"
+    snap = cache / "models--Qwen--Qwen3-8B" / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text(json.dumps({**SHAPES["qwen3-8b"], "vocab_size": 151936}))
+    (cache / "models--Qwen--Qwen3-8B" / "refs").mkdir()
+    (cache / "models--Qwen--Qwen3-8B" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "Qwen").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert read_model_shape("Qwen/Qwen3-8B").num_hidden_layers == 36
+    with pytest.raises(PlanError, match="not a Hub id"):  # not cached: the local reading
+        read_model_shape("Qwen/Qwen3-4B")

@@ -222,7 +222,7 @@ def read_model_shape(model: str, trust_remote_code: bool = False) -> ModelShape:
     if cfg_path is None or not cfg_path.is_file():
         if path.exists():
             raise PlanError(f"--model {model}: no config.json there")
-        if not looks_like_hub_id(model):
+        if not looks_like_hub_id(model, ("config.json",)):
             raise PlanError(
                 f"--model {model}: no such folder here, and not a Hub id (owner/name, whose "
                 "owner is no folder here)"

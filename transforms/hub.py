@@ -15,25 +15,32 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 
-def looks_like_hub_id(spec: str) -> bool:
+def _cached(repo_id: str, files: tuple[str, ...]) -> bool:
+    """Whether one of ``files`` of ``repo_id`` is in the local Hugging Face cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    try:
+        return any(isinstance(try_to_load_from_cache(repo_id, f), str) for f in files)
+    except ValueError:  # not a valid repository id
+        return False
+
+
+def looks_like_hub_id(spec: str, files: tuple[str, ...] = ()) -> bool:
     """``owner/name``, not a path here: one slash, no leading ``.``, ``/`` or ``~``, and its
-    ``owner`` part not a folder of the working directory."""
+    ``owner`` part not a folder of the working directory, unless the id is in the local cache
+    (one of ``files``): ``Qwen/Qwen3-8B`` cached stays a Hub id beside a local ``Qwen/``."""
     if spec.count("/") != 1 or spec.startswith((".", "/", "~")) or spec.endswith("/"):
         return False
-    return not Path(spec.split("/", 1)[0]).is_dir()
+    return not Path(spec.split("/", 1)[0]).is_dir() or _cached(spec, files)
 
 
 def hub_problem(repo_id: str, files: tuple[str, ...], timeout: float = 2.0) -> str | None:
     """None when one of ``files`` of ``repo_id`` is in the local Hugging Face cache or the Hub
     is reachable; else why not (``HF_HUB_OFFLINE``, or the host cannot be reached)."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        for name in files:
-            if isinstance(try_to_load_from_cache(repo_id, name), str):
-                return None  # in the local cache: the loaders find it
-    except ImportError:
-        pass
+    if _cached(repo_id, files):
+        return None  # in the local cache: the loaders find it
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
     if not offline:

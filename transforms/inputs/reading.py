@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from schemas.layout import is_output_folder
+from schemas.layout import MANIFEST, is_output_folder
 from transforms.documents import BOOK, Reject, RejectError, TextDocument
 from transforms.inputs.books import (
     chapter_starts,
@@ -227,13 +227,18 @@ Screen = Callable[[str, str, set], "tuple[str, str] | Callable[[str, str, bool],
 
 OUTPUT_FOLDER = (
     "skipped_dir",
-    "a longctx output folder (.longctx-output, or manifest.json beside shards/): never read as "
-    "input",
+    "a longctx output folder (its .longctx-output marker, or its manifest.json beside shards/): "
+    "never read as input",
 )
 
 
+def manifest_reader(folder: str):
+    """A reader of ``folder``'s manifest.json, for :func:`schemas.layout.is_output_folder`."""
+    return lambda: Path(folder, MANIFEST).read_bytes()
+
+
 def skip_book_dirs(rel_dir: str, abs_dir: str, names: set):
-    if is_output_folder(names):
+    if is_output_folder(names, manifest_reader(abs_dir)):
         return OUTPUT_FOLDER
 
     def check(rel: str, name: str, is_dir: bool):

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 
 import pathspec
 
-from schemas.layout import is_output_folder
+from schemas.layout import is_output_folder, marked_folders, under_any
 from transforms.code.dependencies import dependency_edges, main_language
 from transforms.code.ordering import cycle_members, order_files
 from transforms.code.screening import BUILD_DIRS, package_build_dirs, screen_file
@@ -49,6 +49,7 @@ from transforms.inputs.reading import (
     OUTPUT_FOLDER,
     ReadSettings,
     display_path,
+    manifest_reader,
     read_file_text,
     walk_folder,
 )
@@ -114,7 +115,7 @@ def _folder_entries(root: str, limits: ReadSettings) -> Iterator[tuple[str, obje
     entry_dirs: set[str] = set()  # build folders that a package.json points into
 
     def screen(rel_dir: str, abs_dir: str, names: set):
-        if is_output_folder(names):
+        if is_output_folder(names, manifest_reader(abs_dir)):
             return OUTPUT_FOLDER
         if "pyvenv.cfg" in names and rel_dir:
             return ("skipped_dir", "virtualenv (holds pyvenv.cfg)")
@@ -171,6 +172,7 @@ def _member_entries(
                 folder = posixpath.dirname(rel)
                 entry_dirs.update(posixpath.join(folder, d) for d in package_build_dirs(text))
     venvs = {posixpath.dirname(rel) for rel, _ in listing if rel.endswith("/pyvenv.cfg")}
+    outputs = marked_folders(rel for rel, _ in listing)  # pipeline outputs inside the listing
     for rel, size in listing:
         parts = rel.split("/")
         folders = ["/".join(parts[:k]) for k in range(1, len(parts))]
@@ -182,7 +184,9 @@ def _member_entries(
             ),
             None,
         )
-        if any(ignore.ignored(f, True) for f in folders) or ignore.ignored(rel, False):
+        if under_any(rel, outputs):
+            yield Reject(where(rel), *OUTPUT_FOLDER)
+        elif any(ignore.ignored(f, True) for f in folders) or ignore.ignored(rel, False):
             yield Reject(where(rel), "gitignored", "matched by .gitignore")
         elif skip:
             yield Reject(where(rel), "skipped_dir", _skip_detail(skip))

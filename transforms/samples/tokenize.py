@@ -179,7 +179,7 @@ def load_tokenizer(spec: str | None, trust_remote_code: bool = False) -> LoadedT
             eos_hint = _config_eos(path)
         elif path.exists() or "/" not in spec.strip("/") and spec.startswith((".", "/", "~")):
             raise TokenizerError(f"--tokenizer {spec}: not a tokenizer.json file or folder")
-        elif looks_like_hub_id(spec):
+        elif looks_like_hub_id(spec, ("tokenizer.json", "tokenizer_config.json")):
             _check_hub_reachable(spec)
             text = _from_transformers(spec, trust_remote_code)  # a Hub id: Qwen/Qwen3-8B
         else:
