@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline import remote
-from schemas.layout import is_output_folder, marked_folders, under_any
+from schemas.layout import enclosing_folder, marked_folders
 from transforms.documents import Reject, RejectError, TextDocument
 from transforms.inputs.archives import ARCHIVE_SUFFIXES
 from transforms.inputs.reading import (
@@ -20,7 +20,7 @@ from transforms.inputs.reading import (
     OUTPUT_FOLDER,
     ReadSettings,
     display_path,
-    manifest_reader,
+    is_output_folder,
     read_book,
     skip_book_dirs,
     walk_folder,
@@ -85,14 +85,12 @@ def _remote_book_sources(arg: str, rejects: list[Reject], output: str | None) ->
     outputs = marked_folders(rel for rel, _ in listing)
     own = (output or "").rstrip("/")
     if own.startswith(base + "/"):  # this run's --output, before its marker is written
-        outputs.add(own[len(base) + 1 :])
-    elif own == base:
-        outputs.add("")
+        outputs.add(own[len(base) + 1 :])  # (--output equal to an input: refused up front)
     skipped: set[str] = set()
     for rel, _ in listing:
         path = f"{base}/{rel}"
-        if under_any(rel, outputs):
-            top = next(f for f in sorted(outputs) if f == "" or rel.startswith(f + "/"))
+        top = enclosing_folder(rel, outputs)
+        if top is not None:
             if top not in skipped:  # one reject per output folder
                 skipped.add(top)
                 rejects.append(Reject(f"{base}/{top}".rstrip("/"), *OUTPUT_FOLDER))
@@ -113,7 +111,7 @@ def _own_output(output: str | None) -> str | None:
 
 def _holds_an_output(folder: str) -> bool:
     try:
-        return is_output_folder(os.listdir(folder), manifest_reader(folder))
+        return is_output_folder(folder, os.listdir(folder))
     except OSError:  # unreadable: the repository reader reports it
         return False
 

@@ -137,7 +137,8 @@ def static_workers(options: PipelineOptions) -> int | None:
     """The worker count over which the runner splits each step's input once, in fixed shares,
     with no rebalancing: DirectRunner ``multi_processing`` with N > 1 workers (Beam 2.77's
     FnApiRunner deals the keys of a grouped input round-robin over its N workers; so does
-    ``SwitchingDirectRunner``, which runs the same FnApiRunner). None for every other runner (Dataflow, Flink and Spark rebalance their work themselves)."""
+    ``SwitchingDirectRunner``, which runs the same FnApiRunner). None for every other runner
+    (Dataflow, Flink and Spark rebalance their work themselves)."""
     from apache_beam.options.pipeline_options import DirectOptions
 
     runner = options.view_as(StandardOptions).runner

@@ -80,34 +80,20 @@ def is_pipeline_manifest(raw: bytes | str) -> bool:
     return isinstance(data, dict) and (data.get("pipeline") or {}).get("name") == PIPELINE_NAME
 
 
-def is_output_folder(names, read_manifest=None) -> bool:
-    """Whether a folder holding the entries ``names`` is a pipeline output: its marker, or
-    (outputs from before the marker) this pipeline's manifest.json beside shards/, read by
-    ``read_manifest()`` when given (a bare ``manifest.json`` is anybody's). Walking an input,
-    such a folder is skipped."""
-    names = set(names)
-    if MARKER in names:
-        return True
-    if MANIFEST in names and SHARDS_DIR in names and read_manifest is not None:
-        try:
-            return is_pipeline_manifest(read_manifest())
-        except OSError:
-            return False
-    return False
-
-
 def marked_folders(paths) -> set[str]:
     """The folders (relative, ``""`` the root) that hold the marker, among the ``/``-separated
     relative ``paths`` of a listing (a remote prefix, an archive)."""
     return {p.rpartition("/")[0] for p in paths if p.rpartition("/")[2] == MARKER}
 
 
-def under_any(path: str, folders: set[str]) -> bool:
-    """Whether the relative ``path`` lies in one of ``folders`` (``""``: everything)."""
+def enclosing_folder(path: str, folders: set[str]) -> str | None:
+    """The one of ``folders`` that the relative ``path`` lies in (``""``: everything), or None."""
     if "" in folders:
-        return True
+        return ""
     parts = path.split("/")
-    return any("/".join(parts[:k]) in folders for k in range(1, len(parts)))
+    return next(
+        (f for f in ("/".join(parts[:k]) for k in range(1, len(parts))) if f in folders), None
+    )
 
 
 def shard_name(split: str, index: int, count: int, fmt: str) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from schemas.layout import MANIFEST, is_output_folder
+from schemas.layout import MANIFEST, MARKER, SHARDS_DIR, is_pipeline_manifest
 from transforms.documents import BOOK, Reject, RejectError, TextDocument
 from transforms.inputs.books import (
     chapter_starts,
@@ -232,13 +232,23 @@ OUTPUT_FOLDER = (
 )
 
 
-def manifest_reader(folder: str):
-    """A reader of ``folder``'s manifest.json, for :func:`schemas.layout.is_output_folder`."""
-    return lambda: Path(folder, MANIFEST).read_bytes()
+def is_output_folder(folder: str, names) -> bool:
+    """Whether the local ``folder``, holding the entries ``names``, is a pipeline output: its
+    marker, or (outputs from before the marker) this pipeline's manifest.json beside shards/ (a
+    bare ``manifest.json`` is anybody's). Walking an input, such a folder is skipped."""
+    names = set(names)
+    if MARKER in names:
+        return True
+    if MANIFEST in names and SHARDS_DIR in names:
+        try:
+            return is_pipeline_manifest(Path(folder, MANIFEST).read_bytes())
+        except OSError:
+            return False
+    return False
 
 
 def skip_book_dirs(rel_dir: str, abs_dir: str, names: set):
-    if is_output_folder(names, manifest_reader(abs_dir)):
+    if is_output_folder(abs_dir, names):
         return OUTPUT_FOLDER
 
     def check(rel: str, name: str, is_dir: bool):

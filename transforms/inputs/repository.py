@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 
 import pathspec
 
-from schemas.layout import is_output_folder, marked_folders, under_any
+from schemas.layout import enclosing_folder, marked_folders
 from transforms.code.dependencies import dependency_edges, main_language
 from transforms.code.ordering import cycle_members, order_files
 from transforms.code.screening import BUILD_DIRS, package_build_dirs, screen_file
@@ -49,7 +49,7 @@ from transforms.inputs.reading import (
     OUTPUT_FOLDER,
     ReadSettings,
     display_path,
-    manifest_reader,
+    is_output_folder,
     read_file_text,
     walk_folder,
 )
@@ -115,7 +115,7 @@ def _folder_entries(root: str, limits: ReadSettings) -> Iterator[tuple[str, obje
     entry_dirs: set[str] = set()  # build folders that a package.json points into
 
     def screen(rel_dir: str, abs_dir: str, names: set):
-        if is_output_folder(names, manifest_reader(abs_dir)):
+        if is_output_folder(abs_dir, names):
             return OUTPUT_FOLDER
         if "pyvenv.cfg" in names and rel_dir:
             return ("skipped_dir", "virtualenv (holds pyvenv.cfg)")
@@ -184,7 +184,7 @@ def _member_entries(
             ),
             None,
         )
-        if under_any(rel, outputs):
+        if enclosing_folder(rel, outputs) is not None:
             yield Reject(where(rel), *OUTPUT_FOLDER)
         elif any(ignore.ignored(f, True) for f in folders) or ignore.ignored(rel, False):
             yield Reject(where(rel), "gitignored", "matched by .gitignore")
