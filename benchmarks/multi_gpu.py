@@ -125,6 +125,11 @@ def make_data(tokenizer: str, seq_len: int, rows: int, doc_tokens: int, out: str
 
 
 MODES = ("unsloth1", "unsloth1t", "cp2", "cp2t")
+# results/<folder>: context-parallel runs measured with earlier code, reported under <key>
+EARLIER = {
+    "before-lean": "context_parallel_before_lean_activations",  # commit 2731af2
+    "before-chunked-norm": "context_parallel_before_chunked_norm",  # commit 5aecd10
+}
 DEFAULT_LORA = {"lora_r": 16, "modules": DEFAULT_MODULES, "gc": "unsloth"}
 QLORA = {"lora_r": 32, "modules": DEFAULT_MODULES, "gc": "unsloth"}
 
@@ -292,14 +297,63 @@ def runs(results: Path, shape: str, mode: str) -> dict[int, dict]:
     return found
 
 
+def kept_layers(tokens: int, layers: int, layer_bytes_per_token: int, host_gib: float) -> int:
+    """Layers whose offloaded checkpoints the host cannot hold at ``tokens`` (the first layers
+    keep theirs on the GPUs instead: train/plan.py's plan_offload, host RAM less 16 GiB)."""
+    room = (host_gib - 16) * 2**30
+    per_layer = tokens * layer_bytes_per_token
+    if layers * per_layer <= room:
+        return 0
+    return min(layers, -(-int(layers * per_layer - max(0.0, room)) // per_layer))
+
+
+def longest_with_kept_layers(
+    line: tuple[float, float] | None,
+    capacity: float,
+    ranks: int,
+    layers: int,
+    layer_bytes_per_token: int,
+    host_gib: float,
+) -> int | None:
+    """The longest context (a multiple of 1024) at which the activations' line (GiB against
+    tokens) plus the checkpoints the host cannot hold (kept on the GPUs, each rank its 1/ranks
+    share of a kept layer) stay within ``capacity`` GiB per GPU; None without a line."""
+    if line is None or line[1] <= 0:
+        return None
+    intercept, slope = line
+
+    def fits(n: int) -> bool:
+        kept = kept_layers(n, layers, layer_bytes_per_token, host_gib)
+        on_gpu = kept * -(-n // ranks) * layer_bytes_per_token
+        return intercept + slope * n + on_gpu / 2**30 <= capacity
+
+    lo, hi = 0, 1024
+    while fits(hi):
+        lo, hi = hi, hi * 2
+    while hi - lo > 1024:  # fits(lo), not fits(hi)
+        mid = (lo + hi) // 2 // 1024 * 1024
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
 def mode_figures(
-    results: Path, shape: str, mode: str, gpu_gib: float, host_gib: float, host_per_token: int
+    results: Path,
+    shape: str,
+    mode: str,
+    gpu_gib: float,
+    host_gib: float,
+    layers: int,
+    layer_bytes_per_token: int,
 ) -> dict:
     """One shape and mode: every measured point (peak GPU memory, host RSS, seconds per step,
-    the planner's estimate and its error), the longest context extrapolated to ``gpu_gib`` x 0.95
-    (the planner's headroom) and to the host RAM that offloaded checkpoints need."""
+    the planner's estimate and its error), and the longest context: on the line through the two
+    longest measured peaks (less the checkpoints a run kept on the GPU) to ``gpu_gib`` x 0.95
+    (the planner's headroom), with the checkpoints the host RAM cannot hold kept on the GPUs
+    (``longest_context``); ``longest_by_host_ram`` is where the host alone holds every layer's
+    checkpoints."""
     done = runs(results, shape, mode)
     config = results / f"config-{shape}"
+    ranks = 2 if mode.startswith("cp2") else 1
     points, peaks = {}, {}
     for L, r in sorted(done.items()):
         point = {"status": r["status"]}
@@ -313,28 +367,31 @@ def mode_figures(
                 host_peak_rss_gib=r["host_peak_rss_gib"],
                 seconds_per_step=round(r["runtime_s"] / steps, 2),
                 tokens_per_s_steady=r.get("tokens_per_s_steady"),
+                checkpoint_layers_on_gpu=kept,
                 planner_peak_gib=planned,
                 planner_error=(
                     round(planned / r["peak_gib"] - 1, 3) if planned and r["peak_gib"] else None
                 ),
             )
             if r["peak_gib"] is not None:  # None on a CPU
-                peaks[L] = r["peak_gib"]
+                kept_gib = kept * -(-L // ranks) * layer_bytes_per_token / 2**30
+                peaks[L] = r["peak_gib"] - kept_gib
         points[str(L)] = point
     line = fit_line(peaks)
     gpu_cap = round(0.95 * gpu_gib, 2)
-    by_gpu = longest_context(peaks, gpu_cap)
     # offloaded checkpoints: every layer's input, bf16, on the host (both ranks of one host
     # together hold one row's worth under context parallelism too)
-    by_host = int((host_gib - 16) * 2**30 / host_per_token) // 1024 * 1024
+    by_host = int((host_gib - 16) * 2**30 / (layers * layer_bytes_per_token)) // 1024 * 1024
     return {
         "points": points,
         "largest_that_ran": max(peaks) if peaks else None,
         "gib_per_1k_tokens": round(line[1] * 1024, 4) if line else None,
         "fixed_gib": round(line[0], 2) if line else None,
-        "longest_by_gpu_memory": by_gpu,
+        "longest_by_gpu_memory": longest_context(peaks, gpu_cap),
         "longest_by_host_ram": by_host,
-        "longest_context": min(by_gpu, by_host) if by_gpu else None,
+        "longest_context": longest_with_kept_layers(
+            line, gpu_cap, ranks, layers, layer_bytes_per_token, host_gib
+        ),
     }
 
 
@@ -358,18 +415,15 @@ def report(
     if gpu_gib is None:
         found = re.search(r"(\d+) MiB", device or "")
         gpu_gib = int(found.group(1)) / 1024 if found else 0.0
-    figures, ratios, by_variant, host_bytes = {}, {}, {}, {}
+    figures, ratios, by_variant, dims = {}, {}, {}, {}
     for shape in shapes:
         config = results / f"config-{shape}" / "config.json"
         if config.is_file():
             c = json.loads(config.read_text())
-            host_per_token = c["num_hidden_layers"] * c["hidden_size"] * 2
+            dims[shape] = (c["num_hidden_layers"], c["hidden_size"] * 2)
         else:
-            host_per_token = 1
-        host_bytes[shape] = host_per_token
-        modes = {
-            m: mode_figures(results, shape, m, gpu_gib, host_gib, host_per_token) for m in MODES
-        }
+            dims[shape] = (1, 1)
+        modes = {m: mode_figures(results, shape, m, gpu_gib, host_gib, *dims[shape]) for m in MODES}
         speeds = {m: _steady(_load(results, f"{m}-{shape}-{speed_len}")) for m in MODES}
         figures[shape] = {**modes, f"tokens_per_s_at_{speed_len}": speeds}
 
@@ -383,14 +437,17 @@ def report(
             x, y = best((one,)), best((two,))
             by_variant.setdefault(shape, {})[f"{two}/{one}"] = round(y / x, 3) if x and y else None
 
-    before = results / "before-lean"  # context parallel before lean_activations (commit 2731af2)
+    # context-parallel runs of earlier code, each folder under its key
     earlier = {
-        shape: {
-            m: mode_figures(before, shape, m, gpu_gib, host_gib, host_bytes[shape])
-            for m in ("cp2", "cp2t")
-            if runs(before, shape, m)
+        key: {
+            shape: {
+                m: mode_figures(results / folder, shape, m, gpu_gib, host_gib, *dims[shape])
+                for m in ("cp2", "cp2t")
+                if runs(results / folder, shape, m)
+            }
+            for shape in shapes
         }
-        for shape in shapes
+        for folder, key in EARLIER.items()
     }
     ddp = {n: _load(results, f"qlora{n}-{shapes[-1]}-{speed_len}") for n in (1, 2)}
     t1, t2 = _steady(ddp[1]), _steady(ddp[2])
@@ -420,20 +477,27 @@ def report(
         "cp_context_ratio_by_shape": ratios,
         "cp_context_ratio_by_variant": by_variant,
         "shapes": figures,
-        "context_parallel_before_lean_activations": earlier,
+        **earlier,
         "definitions": {
             "cp_context_ratio": "the smallest of cp_context_ratio_by_shape over the shapes "
             "measured; a shape without context-parallel runs of the current code is null there "
-            "and left out (its earlier runs: context_parallel_before_lean_activations)",
+            "and left out (its earlier runs: the context_parallel_before_* keys)",
             "cp_context_ratio_by_shape": "per shape: the longest context over 2 GPUs with "
             "--context-parallel 2 (cp2, or cp2t with --tiled-mlp true, whichever is longer) / the "
             "longest on 1 GPU through Unsloth (unsloth1, or unsloth1t with its tiled MLP); bf16 "
-            "LoRA r16 and offloaded checkpoints in all; extrapolated, not run at that length",
+            "LoRA r16 and offloaded checkpoints in all; each longest_context, extrapolated (the "
+            "runs at the longest lengths are under points, with largest_that_ran)",
             "modes": "unsloth1: one GPU, Unsloth; cp2: two GPUs, --context-parallel 2 (plain "
             "transformers + PEFT); a trailing t: --tiled-mlp true; qlora1/qlora2: the 8B shape "
             "4-bit QLoRA r32 on one GPU (accumulation 2) / two (DDP)",
+            "longest_context": "the longest context at which the line through the two longest "
+            "measured peaks (max_memory_allocated, less the checkpoints a run kept on the GPU) "
+            "plus the checkpoints the host cannot hold (host_gib less 16 GiB; the first layers "
+            "keep theirs on the GPUs, each rank its share, as train.launch plans) stays within "
+            "95% of the GPU's memory",
             "longest_by_gpu_memory": "the context at which the line through the two longest "
-            "measured peaks (max_memory_allocated) reaches 95% of the GPU's memory",
+            "measured peaks (max_memory_allocated) reaches 95% of the GPU's memory, the host "
+            "holding every checkpoint",
             "longest_by_host_ram": "the context whose offloaded checkpoints (layers x hidden x 2 "
             "bytes a token, both ranks of one host together) fit host_gib less 16 GiB",
             "dp_speedup": "steady tokens/s (after the first step) of the Llama-3.1-8B shape, 4-bit "

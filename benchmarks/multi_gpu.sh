@@ -27,10 +27,14 @@
 # unpack the archive and copy results/* into benchmarks/results/multi_gpu/. MULTI_GPU_ONLY (a
 # bash regex) runs only the runs whose names match, e.g. '^cp2t-1b-'; MULTI_GPU_BUDGET_S (560)
 # is how long a call waits. Runs measured with code since changed move to a subfolder
-# (before-lean/: context parallel before lean_activations; the report shows them apart).
+# (before-lean/: context parallel before lean_activations; before-chunked-norm/: before the
+# chunked lean norm and the freed embeddings and rerun outputs; the report shows them apart).
 cd "$(dirname "$0")/.."
 TAG=multi_gpu SEED=benchmarks/results/multi_gpu
 SMOKE=${MULTI_GPU_SMOKE:-0} BUDGET_S=${MULTI_GPU_BUDGET_S:-560} GPU_ONLY=${MULTI_GPU_ONLY:-}
+# the longest runs: 1B lengths for one GPU (unsloth1t) and two (cp2t), chosen from the lines the
+# shorter runs draw (space-separated; none by default)
+LONG_ONE=${MULTI_GPU_LONG_ONE:-} LONG_CP=${MULTI_GPU_LONG_CP:-}
 # shellcheck source=benchmarks/gpu_runs.sh
 source benchmarks/gpu_runs.sh
 if [ "$SMOKE" = 1 ]; then
@@ -61,6 +65,7 @@ drive() {  # the runs, in the order that matters most first within each lane
     job 0 "$S" unsloth1 "$L3" 1
     job 0 "$S" unsloth1t "$L2" 1
     job 0 "$S" unsloth1t "$L3" 1
+    for L in $LONG_ONE; do job 0 "$S" unsloth1t "$L" 1; done
   ) &
   (  # GPU 1: the 8B shape on one GPU
     job 1 "$B" qlora1 "$L1" 3
@@ -76,11 +81,13 @@ drive() {  # the runs, in the order that matters most first within each lane
   job 0,1 "$S" cp2 "$L3" 1
   job 0,1 "$B" cp2 "$L1" 1
   job 0,1 "$B" cp2 "$L2" 1
-  job 0,1 "$S" cp2t "$L2" 1
   job 0,1 "$S" cp2t "$L3" 1
   job 0,1 "$S" cp2t "$((2 * L3))" 1
+  job 0,1 "$S" cp2t "$((4 * L3))" 1
   job 0,1 "$B" cp2t "$L1" 1
   job 0,1 "$B" cp2t "$L2" 1
+  for L in $LONG_CP; do job 0,1 "$S" cp2t "$L" 1; done
+  job 0,1 "$S" cp2t "$L2" 1
   job 0,1 "$S" cp2t "$L1" 4
   echo "[$(date +%H:%M:%S)] all runs done"
 }

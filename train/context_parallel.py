@@ -293,10 +293,14 @@ class _OffloadedCheckpoint(torch.autograd.Function):
     """One decoder layer run without keeping its activations: its input waits in host memory
     (``on_host``; pageable copies here) or on the GPU, and the layer is run again, with
     gradients, in the backward pass (what Unsloth's offloaded checkpointing does). The RNG
-    state is replayed for the rerun."""
+    state is replayed for the rerun. ``anchor`` (an empty tensor that requires grad) makes
+    the output require grad when the input does not: the first layer's input, the
+    embeddings, needs no gradient (frozen) and, so, no graph node that would hold it on the
+    GPU for the whole step. The rerun's output is freed before its backward pass when its
+    last operation keeps no tensors (the residual add of the decoder layers)."""
 
     @staticmethod
-    def forward(ctx, run, hidden, on_host):
+    def forward(ctx, run, hidden, on_host, anchor):
         ctx.run, ctx.device = run, hidden.device
         ctx.amp = _amp_state(hidden.device.type)
         ctx.saved = hidden.detach().to("cpu") if on_host else hidden.detach()
@@ -313,7 +317,8 @@ class _OffloadedCheckpoint(torch.autograd.Function):
                 "a layer input kept on the GPU for its checkpoint was modified in place before "
                 "the backward pass; the rerun would compute wrong gradients"
             )
-        hidden = ctx.saved.to(ctx.device).detach().requires_grad_(True)
+        wants_input = ctx.needs_input_grad[1]
+        hidden = ctx.saved.to(ctx.device).detach().requires_grad_(wants_input)
         ctx.saved = None
         with (
             _replay_rng(ctx.device, ctx.rng),
@@ -321,8 +326,26 @@ class _OffloadedCheckpoint(torch.autograd.Function):
             _replay_amp(ctx.device.type, ctx.amp),
         ):
             out = ctx.run(hidden)
-        torch.autograd.backward(out, grad)
-        return None, hidden.grad, None
+        if out.grad_fn is not None:
+            _free_output(out)
+            torch.autograd.backward(out, grad)
+        return None, hidden.grad if wants_input else None, None, None
+
+
+# The backward nodes of the ops that keep none of their inputs or outputs: a rerun output made
+# by one of them can be freed before its backward pass (only its grad_fn is needed).
+_KEEPS_NOTHING = {"AddBackward0", "SubBackward0"}
+
+
+def _free_output(out: torch.Tensor) -> None:
+    """Free the storage of ``out`` (its values are not needed, only its graph) when the op that
+    made it keeps nothing for its backward pass and no other tensor shares the storage."""
+    if (
+        out.grad_fn.name() in _KEEPS_NOTHING
+        and out._base is None
+        and out.untyped_storage().nbytes() == out.numel() * out.element_size()
+    ):
+        out.untyped_storage().resize_(0)
 
 
 def _layer_checkpoint(run, hidden, more, on_host: bool):
@@ -351,7 +374,8 @@ def _layer_checkpoint(run, hidden, more, on_host: bool):
             raise TypeError(f"checkpointing a layer expects it to return a tensor, got {type(out)}")
         return out
 
-    out = _OffloadedCheckpoint.apply(run_tensor, hidden, on_host)
+    anchor = torch.empty(0, device=hidden.device, requires_grad=torch.is_grad_enabled())
+    out = _OffloadedCheckpoint.apply(run_tensor, hidden, on_host, anchor)
     return (out,) + (None,) * (form["tuple"] - 1) if "tuple" in form else out
 
 
@@ -514,31 +538,61 @@ def tile_mlps(model, chunk: int = MLP_CHUNK) -> int:
 # Leaner activations of the recomputed layer (what Unsloth's kernels save, in plain torch)
 
 
+# Rows (tokens) of the lean RMSNorm's float32 working set at a time: its forward and backward
+# passes run over the sequence in chunks, so that their float32 temporaries (four of the
+# input's size in the backward pass: 16 bytes a hidden unit a token, more than all a layer
+# keeps) exist for one chunk, not the whole slice. Row-wise arithmetic: the same result.
+NORM_CHUNK = 8192
+
+
 class _RMSNorm(torch.autograd.Function):
     """RMSNorm (Llama's: float32 inside, ``weight * normed.to(input dtype)``) that keeps only
     its input and the float32 reciprocal RMS for the backward pass; transformers' keeps the
     float32 copy of the input and its normalised float32 product (12 bytes an element for a
-    bf16 input instead of 2). The weight is frozen (LoRA): no gradient for it."""
+    bf16 input instead of 2). Both passes run ``NORM_CHUNK`` rows at a time. The weight is
+    frozen (LoRA): no gradient for it."""
 
     @staticmethod
     def forward(ctx, x, weight, eps):
-        x32 = x.float()
-        rstd = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+        out, rstd = _norm_rows(x, weight, eps)
         ctx.save_for_backward(x, weight, rstd)
-        return weight * (x32 * rstd).to(x.dtype)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
         x, weight, rstd = ctx.saved_tensors
-        xhat = x.float() * rstd
-        g = grad.float() * weight.float()
-        dx = rstd * (g - xhat * (g * xhat).mean(-1, keepdim=True))
-        return dx.to(x.dtype), None, None
+        d = x.shape[-1]
+        xs, gs, rs = x.reshape(-1, d), grad.reshape(-1, d), rstd.reshape(-1, 1)
+        dx = torch.empty_like(xs)
+        w = weight.float()
+        for i in range(0, xs.shape[0], NORM_CHUNK):
+            part = slice(i, i + NORM_CHUNK)
+            xhat = xs[part].float() * rs[part]
+            g = gs[part].float() * w
+            dx[part] = rs[part] * (g - xhat * (g * xhat).mean(-1, keepdim=True))
+        return dx.reshape(x.shape), None, None
+
+
+def _norm_rows(x: torch.Tensor, weight: torch.Tensor, eps: float):
+    """Llama's RMSNorm of ``x`` over its last dimension, ``NORM_CHUNK`` rows at a time:
+    (output, float32 reciprocal RMS of each row)."""
+    d = x.shape[-1]
+    xs = x.reshape(-1, d)
+    out = torch.empty(xs.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
+    rstd = torch.empty(xs.shape[0], 1, dtype=torch.float32, device=x.device)
+    for i in range(0, xs.shape[0], NORM_CHUNK):
+        part = slice(i, i + NORM_CHUNK)
+        x32 = xs[part].float()
+        rstd[part] = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+        out[part] = weight * (x32 * rstd[part]).to(x.dtype)
+    return out.reshape(x.shape), rstd.reshape(*x.shape[:-1], 1)
 
 
 def _lean_norm_forward(norm, x):
-    if norm.weight.requires_grad or not torch.is_grad_enabled():
+    if norm.weight.requires_grad:
         return type(norm).forward(norm, x)
+    if not torch.is_grad_enabled():  # the checkpointed layers' first pass
+        return _norm_rows(x, norm.weight, norm.variance_epsilon)[0]
     return _RMSNorm.apply(x, norm.weight, norm.variance_epsilon)
 
 
@@ -697,10 +751,19 @@ def forward_loss(model, inputs: dict, num_items_in_batch=None, *, return_hidden:
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     ids = part["input_ids"]
     amp = getattr(lm, "_longctx_autocast", False)  # set by lean_activations
+    decoder = lm.get_decoder()
     with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=amp):
-        hidden = lm.get_decoder()(
-            input_ids=ids, position_ids=part["position_ids"], use_cache=False
+        # the embeddings are frozen: detached, no graph node holds them on the GPU for the step
+        # (``enable_input_require_grads`` makes them a leaf that needs grad, which its
+        # AccumulateGrad node would keep; the checkpoints do not need it, see
+        # _OffloadedCheckpoint's anchor)
+        embeds = decoder.get_input_embeddings()(ids)
+        if not embeds.requires_grad or embeds.grad_fn is None:
+            embeds = embeds.detach()
+        hidden = decoder(
+            inputs_embeds=embeds, position_ids=part["position_ids"], use_cache=False
         ).last_hidden_state[0]
+        del embeds
     local = chunked_loss_sum(hidden, lm.get_output_embeddings(), part["target"])
     count = part["count"] if num_items_in_batch is None else num_items_in_batch
     total = local.detach().clone()

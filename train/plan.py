@@ -116,8 +116,8 @@ HOST_HEADROOM_BYTES = 16 * GIB
 GC_UNSLOTH_REQUIRED_ABOVE = 32768
 # Context parallel (see the module docstring): the attention's full-sequence working set, in
 # units of tokens x head_dim x (heads + kv_heads)/N x 2 bytes, and the loss's chunk of logits.
-CP_ATTENTION_COEF = 6
-CP_HIDDEN_COEF = 22.28  # bytes per hidden unit a local token (module docstring)
+CP_ATTENTION_COEF = 3.0
+CP_HIDDEN_COEF = 10.7  # bytes per hidden unit a local token (module docstring)
 CP_MLP_COEF = 8.13  # bytes per intermediate unit a local token without the tiled MLP
 CP_LOSS_CHUNK = 4096  # = train.context_parallel.LOSS_CHUNK (this module imports no torch)
 CP_MLP_CHUNK = 8192  # = train.context_parallel.MLP_CHUNK: tokens of one tile of the tiled MLP
