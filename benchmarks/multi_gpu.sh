@@ -65,7 +65,6 @@ drive() {  # the runs, in the order that matters most first within each lane
     job 0 "$S" unsloth1 "$L3" 1
     job 0 "$S" unsloth1t "$L2" 1
     job 0 "$S" unsloth1t "$L3" 1
-    for L in $LONG_ONE; do job 0 "$S" unsloth1t "$L" 1; done
   ) &
   (  # GPU 1: the 8B shape on one GPU
     job 1 "$B" qlora1 "$L1" 3
@@ -87,6 +86,7 @@ drive() {  # the runs, in the order that matters most first within each lane
   job 0,1 "$B" cp2t "$L1" 1
   job 0,1 "$B" cp2t "$L2" 1
   for L in $LONG_CP; do job 0,1 "$S" cp2t "$L" 1; done
+  for L in $LONG_ONE; do job 0 "$S" unsloth1t "$L" 1; done  # after: both GPUs are free
   job 0,1 "$S" cp2t "$L2" 1
   job 0,1 "$S" cp2t "$L1" 4
   echo "[$(date +%H:%M:%S)] all runs done"
