@@ -85,6 +85,8 @@ drive() {  # the runs, in the order that matters most first within each lane
   job 0,1 "$S" cp2t "$((4 * L3))" 1
   job 0,1 "$B" cp2t "$L1" 1
   job 0,1 "$B" cp2t "$L2" 1
+  job 0,1 "$B" cp2t "$L3" 1
+  job 0,1 "$B" cp2t "$((2 * L3))" 1
   for L in $LONG_CP; do job 0,1 "$S" cp2t "$L" 1; done
   for L in $LONG_ONE; do job 0 "$S" unsloth1t "$L" 1; done  # after: both GPUs are free
   job 0,1 "$S" cp2t "$L2" 1
