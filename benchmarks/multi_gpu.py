@@ -382,16 +382,24 @@ def mode_figures(
     # offloaded checkpoints: every layer's input, bf16, on the host (both ranks of one host
     # together hold one row's worth under context parallelism too)
     by_host = int((host_gib - 16) * 2**30 / (layers * layer_bytes_per_token)) // 1024 * 1024
+    longest = longest_with_kept_layers(
+        line, gpu_cap, ranks, layers, layer_bytes_per_token, host_gib
+    )
+    ooms = [L for L, r in done.items() if r["status"] == "oom"]
+    smallest_oom = min(ooms) if ooms else None
+    if longest is not None and smallest_oom:  # a run out of memory bounds the line from above
+        longest = min(longest, smallest_oom - 1024)
+    if longest is not None and peaks:  # and one that ran, from below
+        longest = max(longest, max(peaks))
     return {
         "points": points,
         "largest_that_ran": max(peaks) if peaks else None,
+        "smallest_out_of_memory": smallest_oom,
         "gib_per_1k_tokens": round(line[1] * 1024, 4) if line else None,
         "fixed_gib": round(line[0], 2) if line else None,
         "longest_by_gpu_memory": longest_context(peaks, gpu_cap),
         "longest_by_host_ram": by_host,
-        "longest_context": longest_with_kept_layers(
-            line, gpu_cap, ranks, layers, layer_bytes_per_token, host_gib
-        ),
+        "longest_context": longest,
     }
 
 
@@ -415,7 +423,7 @@ def report(
     if gpu_gib is None:
         found = re.search(r"(\d+) MiB", device or "")
         gpu_gib = int(found.group(1)) / 1024 if found else 0.0
-    figures, ratios, by_variant, dims = {}, {}, {}, {}
+    figures, ratios, measured, by_variant, dims = {}, {}, {}, {}, {}
     for shape in shapes:
         config = results / f"config-{shape}" / "config.json"
         if config.is_file():
@@ -433,6 +441,16 @@ def report(
 
         a, b = best(("unsloth1", "unsloth1t")), best(("cp2", "cp2t"))
         ratios[shape] = round(b / a, 3) if a and b else None
+        # from runs alone: the longest two-GPU run over the shortest one-GPU run out of memory
+        ran = [
+            modes[m]["largest_that_ran"] for m in ("cp2", "cp2t") if modes[m]["largest_that_ran"]
+        ]
+        oom = [
+            modes[m]["smallest_out_of_memory"]
+            for m in ("unsloth1", "unsloth1t")
+            if modes[m]["smallest_out_of_memory"]
+        ]
+        measured[shape] = round(max(ran) / min(oom), 3) if ran and oom else None
         for one, two in (("unsloth1", "cp2"), ("unsloth1t", "cp2t")):
             x, y = best((one,)), best((two,))
             by_variant.setdefault(shape, {})[f"{two}/{one}"] = round(y / x, 3) if x and y else None
@@ -475,6 +493,7 @@ def report(
         # the contract's one figure: the smallest over the shapes measured (per shape below)
         "cp_context_ratio": min((r for r in ratios.values() if r), default=None),
         "cp_context_ratio_by_shape": ratios,
+        "cp_context_ratio_measured": measured,
         "cp_context_ratio_by_variant": by_variant,
         "shapes": figures,
         **earlier,
@@ -482,6 +501,10 @@ def report(
             "cp_context_ratio": "the smallest of cp_context_ratio_by_shape over the shapes "
             "measured; a shape without context-parallel runs of the current code is null there "
             "and left out (its earlier runs: the context_parallel_before_* keys)",
+            "cp_context_ratio_measured": "per shape, from runs alone (no extrapolation): the "
+            "longest context a two-GPU run (cp2, cp2t) trained over the shortest at which a "
+            "one-GPU run (unsloth1, unsloth1t) ran out of GPU memory: a lower bound of the "
+            "ratio; null without both runs",
             "cp_context_ratio_by_shape": "per shape: the longest context over 2 GPUs with "
             "--context-parallel 2 (cp2, or cp2t with --tiled-mlp true, whichever is longer) / the "
             "longest on 1 GPU through Unsloth (unsloth1, or unsloth1t with its tiled MLP); bf16 "
@@ -494,7 +517,8 @@ def report(
             "measured peaks (max_memory_allocated, less the checkpoints a run kept on the GPU) "
             "plus the checkpoints the host cannot hold (host_gib less 16 GiB; the first layers "
             "keep theirs on the GPUs, each rank its share, as train.launch plans) stays within "
-            "95% of the GPU's memory",
+            "95% of the GPU's memory; never past a run that ran out of memory "
+            "(smallest_out_of_memory - 1024) nor short of one that ran (largest_that_ran)",
             "longest_by_gpu_memory": "the context at which the line through the two longest "
             "measured peaks (max_memory_allocated) reaches 95% of the GPU's memory, the host "
             "holding every checkpoint",

@@ -254,11 +254,11 @@ def _shape(heads: int = 32, kv: int = 8, model_type: str = "llama"):
 
 
 def test_cp_memory_arithmetic():
-    """Per GPU: fixed + max(tokens/N x per local token, the loss chunk), the per-local-token
-    cost written out by hand from the calibration (22.28 x hidden, 8.13 x intermediate unless
-    tiled, 6 x head_dim x (heads + kv_heads) x 2): 2 GPUs hold twice the context of one on
-    this path (the fixed part aside); the 1B shape's measured peaks on 2 x H200 (11.86 and
-    21.18 GiB at 262,144 and 524,288 tokens, tiled MLP) are met within 1%."""
+    """Per GPU: fixed + max(tokens/N x per local token, the loss chunk + tokens/N x 6 x
+    hidden), the per-local-token cost written out by hand from the calibration (13.4 x hidden,
+    8.13 x intermediate unless tiled, 3.75 x head_dim x (heads + kv_heads) x 2): 2 GPUs hold
+    twice the context of one on this path (the fixed part aside); the measured peaks on 2 x
+    H200 (tiled MLP, commit 74b76d6) are met from above, within 7%: the planner errs high."""
     from train.plan import (
         GIB,
         estimate_cp_peak_bytes,
@@ -271,10 +271,11 @@ def test_cp_memory_arithmetic():
     tokens = 262144
     fixed = fixed_bytes(shape, load_in_4bit=False, lora_r=16, modules=mods)
     assert (shape.hidden_size, shape.intermediate_size, shape.head_dim) == (2048, 8192, 64)
-    local = 22.28 * 2048 + 8.13 * 8192 + 6 * 64 * (32 + 8) * 2
-    by_hand = fixed + max(tokens / 2 * local, 4096 * 128256 * 13)
+    local = 13.4 * 2048 + 8.13 * 8192 + 3.75 * 64 * (32 + 8) * 2
+    loss = 4096 * 128256 * 13
+    by_hand = fixed + max(tokens / 2 * local, loss + tokens / 2 * 6 * 2048)
     assert estimate_cp_peak_bytes(shape, tokens, 2, lora_r=16, modules=mods) == int(by_hand)
-    short = fixed + 4096 * 128256 * 13  # a short row: the loss's chunk of logits is the peak
+    short = fixed + loss + 2048 * 6 * 2048  # a short row: the loss's chunk of logits is the peak
     assert estimate_cp_peak_bytes(shape, 4096, 2, lora_r=16, modules=mods) == int(short)
     one = max_cp_context(shape, 80, 1, lora_r=16, modules=mods)
     two = max_cp_context(shape, 80, 2, lora_r=16, modules=mods)
@@ -283,13 +284,18 @@ def test_cp_memory_arithmetic():
         assert estimate_cp_peak_bytes(shape, fits, n, lora_r=16, modules=mods) <= 0.95 * 80 * GIB
         over = estimate_cp_peak_bytes(shape, fits + 1024, n, lora_r=16, modules=mods)
         assert over > 0.95 * 80 * GIB
-    one_b = read_model_shape(str(REPO / "benchmarks/results/multi_gpu/config-1b"))
     all_modules = [*mods, "k_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    for tokens, measured in ((262144, 11.86), (524288, 21.18)):
-        est = estimate_cp_peak_bytes(
-            one_b, tokens, 2, lora_r=16, modules=all_modules, tiled_mlp=True
-        )
-        assert est / GIB == pytest.approx(measured, rel=0.01)
+    measured = {
+        "1b": {65536: 9.85, 262144: 10.98, 524288: 13.67, 1048576: 24.81},
+        "8b": {65536: 23.24, 131072: 24.01, 262144: 26.79, 524288: 37.89},
+    }
+    for name, peaks in measured.items():
+        config = read_model_shape(str(REPO / f"benchmarks/results/multi_gpu/config-{name}"))
+        for tokens, peak in peaks.items():
+            est = estimate_cp_peak_bytes(
+                config, tokens, 2, lora_r=16, modules=all_modules, tiled_mlp=True
+            )
+            assert peak <= est / GIB <= 1.07 * peak, (name, tokens, est / GIB, peak)
 
 
 def test_heads_that_do_not_divide_are_refused_by_name():
@@ -731,9 +737,11 @@ def test_multi_gpu_longest_context_from_the_two_longest_peaks(tmp_path):
                 }
             )
         )
-    (tmp_path / "unsloth1-1b-524288.json").write_text(json.dumps({"status": "oom"}))
+    (tmp_path / "unsloth1-1b-2097152.json").write_text(json.dumps({"status": "oom"}))
     figures = mode_figures(tmp_path, "1b", "unsloth1", 140.4, 48.0, 16, 2048 * 2)
-    assert figures["largest_that_ran"] == 262144 and figures["points"]["524288"]["status"] == "oom"
+    assert figures["largest_that_ran"] == 262144
+    assert figures["points"]["2097152"]["status"] == "oom"
+    assert figures["smallest_out_of_memory"] == 2097152
     assert figures["longest_by_gpu_memory"] == longest
     # 48 GiB of host RAM less 16 hold (32 GiB / 64 KiB a token) = 524,288 tokens of checkpoints
     assert figures["longest_by_host_ram"] == 524288
@@ -747,6 +755,11 @@ def test_multi_gpu_longest_context_from_the_two_longest_peaks(tmp_path):
         return intercept + slope * tokens + kept * tokens * 4096 / 2**30
 
     assert on_gpu(n) <= 0.95 * 140.4 < on_gpu(n + 1024)
+    # a run out of memory below the line's longest bounds it: the longest is just short of it
+    (tmp_path / "unsloth1-1b-600064.json").write_text(json.dumps({"status": "oom"}))
+    capped = mode_figures(tmp_path, "1b", "unsloth1", 140.4, 48.0, 16, 2048 * 2)
+    assert capped["smallest_out_of_memory"] == 600064
+    assert capped["longest_context"] == 600064 - 1024
 
 
 def test_multi_gpu_synthetic_rows_plan_under_the_launcher(packed, tmp_path, qwen3_dir, capsys):
@@ -929,3 +942,26 @@ def test_the_context_parallel_step_holds_under_a_bound_per_token():
     per_token = (peaks[1024] - peaks[512]) / 512
     hidden_bytes = 256 * 2
     assert per_token / hidden_bytes < 9.6, (per_token / hidden_bytes, peaks)
+
+
+def test_multi_gpu_line_leaves_out_the_checkpoints_a_run_kept_on_the_gpu(tmp_path):
+    """A long context-parallel run that kept 2 layers' checkpoints on the GPUs (each rank its
+    half: 2 x 2,097,152 x 4 KiB = 16 GiB per GPU at 4M tokens of the 1B shape) draws the
+    activations' line through its peak less those 16 GiB (the 1B run of 2 x H200: 107.63 GiB,
+    24.81 at 1M): 0.02175 GiB per 1K tokens, not 0.0270."""
+    from benchmarks.multi_gpu import mode_figures
+
+    for L, peak, kept in ((1048576, 24.81, 0), (4194304, 107.63, 2)):
+        (tmp_path / f"cp2t-1b-{L}.json").write_text(
+            json.dumps(
+                {
+                    "status": "fit", "peak_gib": peak, "peak_reserved_gib": peak,
+                    "host_peak_rss_gib": 1.0, "runtime_s": 10.0, "steps": 1,
+                    "checkpoint_layers_on_gpu": kept,
+                }
+            )
+        )  # fmt: skip
+    figures = mode_figures(tmp_path, "1b", "cp2t", 140.4, 256.0, 16, 2048 * 2)
+    assert figures["gib_per_1k_tokens"] == pytest.approx((107.63 - 16 - 24.81) / 3072, abs=1e-4)
+    assert figures["points"]["4194304"]["checkpoint_layers_on_gpu"] == 2
+    assert figures["largest_that_ran"] == 4194304 <= figures["longest_context"]

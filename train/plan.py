@@ -50,20 +50,27 @@ offloaded checkpoints, lean RMSNorm and bf16 LoRA inputs (``lean_activations``) 
 ``--tiled-mlp``, its own tiled MLP, so it has its own per-token cost, paid per local token
 (tokens/N), and attention's full-row working set for heads/N (the same per local token)::
 
-    per local token = CP_HIDDEN_COEF x hidden                   (22.28)
+    per local token = CP_HIDDEN_COEF x hidden                   (13.4)
                     + CP_MLP_COEF x intermediate, untiled only  (8.13)
-                    + CP_ATTENTION_COEF x head_dim x (heads + kv_heads) x 2   (6)
+                    + CP_ATTENTION_COEF x head_dim x (heads + kv_heads) x 2   (3.75)
                     + 2 x layers x hidden with --gradient-checkpointing true
-    per GPU = fixed + max(tokens/N x per local token, LOSS_CHUNK x vocab x 13 bytes)
+    per GPU = fixed + max(tokens/N x per local token,
+                          LOSS_CHUNK x vocab x 13 bytes + tokens/N x 6 x hidden)
 
 The peak is either the rerun of one layer in the backward pass (long rows) or the loss's chunk
-of logits (bf16 logits, their float32 copy and gradient; short rows). Calibrated on 2 x H200
-with the Llama-3.2-1B shape and the tiled MLP (benchmarks/results/multi_gpu.json): 11.86 /
-21.18 GiB per GPU at 262,144 / 524,288 tokens, estimated +0.5% / +0.3%; the loss term from the
-64K peak (10.1 GiB, the same with and without the tiled MLP). CP_MLP_COEF is what the tiled MLP
-removes, counted with saved-tensor hooks on a 1B layer on a CPU (94.2 vs 27.6 KB a token), not
-measured on a GPU; the 8B shape is not calibrated on this path. Host RAM for offloaded
-checkpoints is the formula below for the whole row (the N processes share the host).
+of logits beside the slice's final hidden states, the last layer's output and their gradient
+(short rows). Calibrated on 2 x H200 with the tiled MLP (benchmarks/results/multi_gpu.json,
+commit 74b76d6: the chunked lean norm, the embeddings and rerun outputs freed): Llama-3.2-1B
+9.85 / 10.98 / 13.67 / 24.81 / 107.63 GiB per GPU at 64K / 256K / 512K / 1M / 4M tokens (the
+last with 2 layers' checkpoints kept on the GPUs), estimated +6.5% / +5.8% / +2.3% / +2.3% /
++1.9%; Llama-3.1-8B 23.24 / 24.01 / 26.79 / 37.89 GiB at 64K / 128K / 256K / 512K, +3.6% /
++3.4% / +1.5% / +1.8%. The two shapes have the same proportions of hidden to head_dim x
+(heads + kv_heads), so the split between the two coefficients is the one a CPU ledger of the
+peak's tensors gives (benchmarks/cp_memory.py: 10 x hidden and 6 x heads x head_dim + 4 x
+kv_heads x head_dim bytes a local token), scaled by 1.25 to the GPUs' peaks. CP_MLP_COEF is
+what the tiled MLP removes, counted with saved-tensor hooks on a 1B layer on a CPU (94.2 vs
+27.6 KB a token), not measured on a GPU since. Host RAM for offloaded checkpoints is the
+formula below for the whole row (the N processes share the host).
 
 **Host memory** for offloaded checkpoints: layers x tokens x hidden x 2 bytes, plus 16 GiB for
 everything else (the 8B run at 409,600 tokens: 100 GiB of checkpoints, 103.6 GiB peak RSS).
@@ -116,12 +123,15 @@ HOST_HEADROOM_BYTES = 16 * GIB
 GC_UNSLOTH_REQUIRED_ABOVE = 32768
 # Context parallel (see the module docstring): the attention's full-sequence working set, in
 # units of tokens x head_dim x (heads + kv_heads)/N x 2 bytes, and the loss's chunk of logits.
-CP_ATTENTION_COEF = 3.0
-CP_HIDDEN_COEF = 10.7  # bytes per hidden unit a local token (module docstring)
+CP_ATTENTION_COEF = 3.75
+CP_HIDDEN_COEF = 13.4  # bytes per hidden unit a local token (module docstring)
 CP_MLP_COEF = 8.13  # bytes per intermediate unit a local token without the tiled MLP
 CP_LOSS_CHUNK = 4096  # = train.context_parallel.LOSS_CHUNK (this module imports no torch)
 CP_MLP_CHUNK = 8192  # = train.context_parallel.MLP_CHUNK: tokens of one tile of the tiled MLP
 CP_LOSS_CHUNK_BYTES_PER_VOCAB = 13
+# Beside the loss's chunk of logits, the slice's final hidden states, the last layer's output
+# (the final norm's input) and their gradient: 3 bf16 tensors of hidden a local token.
+CP_LOSS_HIDDEN_BYTES = 6
 # Model families whose causal-LM head is logits = lm_head(hidden) and whose attention module
 # takes transformers' AttentionInterface (what the context-parallel path relies on).
 CP_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -717,9 +727,10 @@ def estimate_cp_peak_bytes(
     """Peak bytes per GPU of one micro-step of ``tokens`` split over ``cp`` GPUs (bf16 LoRA:
     see the module docstring)."""
     per_gpu = math.ceil(tokens / cp)
+    loss = cp_loss_bytes(shape) + per_gpu * CP_LOSS_HIDDEN_BYTES * shape.hidden_size
     return int(
         fixed_bytes(shape, load_in_4bit=False, lora_r=lora_r, modules=modules)
-        + max(per_gpu * cp_local_token_bytes(shape, gc, tiled_mlp), cp_loss_bytes(shape))
+        + max(per_gpu * cp_local_token_bytes(shape, gc, tiled_mlp), loss)
     )
 
 
@@ -740,5 +751,8 @@ def max_cp_context(
     )
     if room < cp_loss_bytes(shape):
         return 0
-    per_gpu = room / cp_local_token_bytes(shape, gc, tiled_mlp)
+    per_gpu = min(
+        room / cp_local_token_bytes(shape, gc, tiled_mlp),
+        (room - cp_loss_bytes(shape)) / (CP_LOSS_HIDDEN_BYTES * shape.hidden_size),
+    )
     return max(0, int(per_gpu * cp) // 1024 * 1024)
