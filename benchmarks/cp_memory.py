@@ -206,7 +206,8 @@ def _worker(rank: int, port: int, args: dict, out: str) -> None:
     # documents longer than PACK_TOKENS each get an SDPA call of their own (is_causal), as the
     # 32K-token documents of the GPU runs do; a short row keeps the tile small against the row
     cp.PACK_TOKENS = min(cp.PACK_TOKENS, args["doc_tokens"] // 2)
-    cp.NORM_CHUNK = min(cp.NORM_CHUNK, args["mlp_chunk"])
+    width = SHAPES[args["shape"]]["hidden_size"]
+    cp.NORM_CHUNK_ELEMENTS = min(cp.NORM_CHUNK_ELEMENTS, args["mlp_chunk"] * width)
     model = _model(
         args["shape"], args["layers"], args["vocab"], args["tiled"], device, args["mlp_chunk"]
     )

@@ -441,16 +441,21 @@ def report(
 
         a, b = best(("unsloth1", "unsloth1t")), best(("cp2", "cp2t"))
         ratios[shape] = round(b / a, 3) if a and b else None
-        # from runs alone: the longest two-GPU run over the shortest one-GPU run out of memory
+        # from runs alone: the longest two-GPU run over the shortest context at which the
+        # one-GPU mode that goes furthest (by its longest_context) ran out of memory; null
+        # without such a run (an out-of-memory run of another mode bounds only that mode)
         ran = [
             modes[m]["largest_that_ran"] for m in ("cp2", "cp2t") if modes[m]["largest_that_ran"]
         ]
-        oom = [
-            modes[m]["smallest_out_of_memory"]
-            for m in ("unsloth1", "unsloth1t")
-            if modes[m]["smallest_out_of_memory"]
-        ]
-        measured[shape] = round(max(ran) / min(oom), 3) if ran and oom else None
+        ones = [m for m in ("unsloth1", "unsloth1t") if modes[m]["longest_context"]]
+        furthest = max(ones, key=lambda m: modes[m]["longest_context"]) if ones else None
+        oom = modes[furthest]["smallest_out_of_memory"] if furthest else None
+        measured[shape] = (
+            {"ratio": round(max(ran) / oom, 3), "two_gpus_ran": max(ran),
+             "one_gpu_out_of_memory": oom, "one_gpu_mode": furthest}
+            if ran and oom
+            else None
+        )  # fmt: skip
         for one, two in (("unsloth1", "cp2"), ("unsloth1t", "cp2t")):
             x, y = best((one,)), best((two,))
             by_variant.setdefault(shape, {})[f"{two}/{one}"] = round(y / x, 3) if x and y else None
@@ -502,9 +507,10 @@ def report(
             "measured; a shape without context-parallel runs of the current code is null there "
             "and left out (its earlier runs: the context_parallel_before_* keys)",
             "cp_context_ratio_measured": "per shape, from runs alone (no extrapolation): the "
-            "longest context a two-GPU run (cp2, cp2t) trained over the shortest at which a "
-            "one-GPU run (unsloth1, unsloth1t) ran out of GPU memory: a lower bound of the "
-            "ratio; null without both runs",
+            "longest context a two-GPU run (cp2, cp2t) trained over the shortest at which the "
+            "one-GPU mode that goes furthest (one_gpu_mode: unsloth1 or unsloth1t, the longer "
+            "longest_context) ran out of GPU memory: a lower bound of the ratio against that "
+            "mode; null without both runs",
             "cp_context_ratio_by_shape": "per shape: the longest context over 2 GPUs with "
             "--context-parallel 2 (cp2, or cp2t with --tiled-mlp true, whichever is longer) / the "
             "longest on 1 GPU through Unsloth (unsloth1, or unsloth1t with its tiled MLP); bf16 "

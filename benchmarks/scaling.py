@@ -528,6 +528,19 @@ def worker_timeline(folder: Path, t0: float, wall: float) -> dict:
     out: dict = {"processes": procs}
     if both:
         ends = [t["last"] for t in tok]
+        started = [p["process.start"]["first"] for p in both if "process.start" in p]
+        imported = [p["process.imported"]["first"] for p in both if "process.imported" in p]
+        setups = [
+            max(v["last"] for k, v in p.items() if k.endswith(".setup"))
+            for p in both
+            if any(k.endswith(".setup") for k in p)
+        ]
+        if started and imported:  # the start divided: workers launched, imported, set up
+            out.update(
+                workers_started_s=[min(started), max(started)],
+                workers_imported_s=[min(imported), max(imported)],
+                workers_set_up_s=[min(setups), max(setups)] if setups else None,
+            )
         out.update(
             startup_s=min(r["first"] for r in reads),
             stage_end_first_s=min(ends),
@@ -1011,7 +1024,20 @@ def notes(rows: dict, config: dict) -> str:
         if "startup_s" in tl:
             lines.append(
                 f"{label(r['mode'], r['workers'])[0]}, N={r['workers']}, where the wall time "
-                f"went (benchmarks/timeline): first read at {tl['startup_s']:.1f} s; the fused "
+                f"went (benchmarks/timeline): "
+                + (
+                    "worker processes started at {0[0]:.1f}-{0[1]:.1f} s, had Beam and the "
+                    "steps imported at {1[0]:.1f}-{1[1]:.1f} s{2}; ".format(
+                        tl["workers_started_s"],
+                        tl["workers_imported_s"],
+                        ", DoFns set up by {0[0]:.1f}-{0[1]:.1f} s".format(tl["workers_set_up_s"])
+                        if tl.get("workers_set_up_s")
+                        else "",
+                    )
+                    if "workers_started_s" in tl
+                    else ""
+                )
+                + f"first read at {tl['startup_s']:.1f} s; the fused "
                 f"read + tokenize stage ended on its workers between {tl['stage_end_first_s']:.1f}"
                 f" and {tl['stage_end_last_s']:.1f} s; {tl['after_stage_s']:.1f} s after it "
                 "(plan, cut, shards, manifest, report); seconds in read / tokenize per worker "

@@ -277,6 +277,15 @@ def test_cp_memory_arithmetic():
     assert estimate_cp_peak_bytes(shape, tokens, 2, lora_r=16, modules=mods) == int(by_hand)
     short = fixed + loss + 2048 * 6 * 2048  # a short row: the loss's chunk of logits is the peak
     assert estimate_cp_peak_bytes(shape, 4096, 2, lora_r=16, modules=mods) == int(short)
+    # transformers' checkpoints (--gradient-checkpointing true) keep every layer's input on the
+    # GPU while the loss runs too: 2 x 16 layers x 2048 bytes a local token more in both phases
+    held = 2 * 16 * 2048
+    short_gc = fixed + loss + 2048 * (6 * 2048 + held)
+    assert estimate_cp_peak_bytes(shape, 4096, 2, lora_r=16, modules=mods, gc=True) == short_gc
+    for n in (1, 2):
+        fits = max_cp_context(shape, 24, n, lora_r=16, modules=mods, gc=True)
+        est = estimate_cp_peak_bytes(shape, fits, n, lora_r=16, modules=mods, gc=True)
+        assert 0 < est <= 0.95 * 24 * GIB
     one = max_cp_context(shape, 80, 1, lora_r=16, modules=mods)
     two = max_cp_context(shape, 80, 2, lora_r=16, modules=mods)
     assert 2 * one <= two <= 2 * one + 2048
@@ -782,9 +791,10 @@ def test_multi_gpu_synthetic_rows_plan_under_the_launcher(packed, tmp_path, qwen
 
 
 def test_lean_norm_in_chunks_computes_the_whole_norm():
-    """The lean RMSNorm runs NORM_CHUNK rows at a time: the same output as transformers'
-    LlamaRMSNorm to the bit (row-wise arithmetic), and the same gradient in chunks as in one
-    pass; the gradient agrees with autograd through transformers' norm."""
+    """The lean RMSNorm runs NORM_CHUNK_ELEMENTS at a time (whole rows): the same output as
+    transformers' LlamaRMSNorm to the bit (row-wise arithmetic), and the same gradient in chunks
+    as in one pass; the gradient agrees with autograd through transformers' norm. Its output is
+    a tensor of its own, which a later op may change in place."""
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
     from train import context_parallel as cp
@@ -797,24 +807,25 @@ def test_lean_norm_in_chunks_computes_the_whole_norm():
     x = torch.randn(1, 37, 16, generator=g).to(torch.bfloat16)
     grad = torch.randn(1, 37, 16, generator=g).to(torch.bfloat16)
     results = {}
-    for chunk in (5, 1 << 30):
-        cp.NORM_CHUNK, saved = chunk, cp.NORM_CHUNK
+    for chunk in (5 * 16, 1 << 30):  # 5 rows of 16, then all at once
+        cp.NORM_CHUNK_ELEMENTS, saved = chunk, cp.NORM_CHUNK_ELEMENTS
         try:
             xi = x.clone().requires_grad_(True)
             out = cp._RMSNorm.apply(xi, norm.weight, norm.variance_epsilon)
+            out.add_(0)  # in place: allowed on a tensor of its own, not on a view
             out.backward(grad)
             first = cp._norm_rows(x, norm.weight, norm.variance_epsilon)[0]
         finally:
-            cp.NORM_CHUNK = saved
+            cp.NORM_CHUNK_ELEMENTS = saved
         assert torch.equal(first, out.detach())
         results[chunk] = (out.detach(), xi.grad)
-    assert torch.equal(results[5][0], results[1 << 30][0])
-    assert torch.equal(results[5][1], results[1 << 30][1])
+    assert torch.equal(results[80][0], results[1 << 30][0])
+    assert torch.equal(results[80][1], results[1 << 30][1])
     ref_x = x.clone().requires_grad_(True)
     ref = norm(ref_x)
     ref.backward(grad)
-    assert torch.equal(results[5][0], ref.detach())
-    torch.testing.assert_close(results[5][1], ref_x.grad, atol=2e-2, rtol=2e-2)
+    assert torch.equal(results[80][0], ref.detach())
+    torch.testing.assert_close(results[80][1], ref_x.grad, atol=2e-2, rtol=2e-2)
 
 
 def test_free_output_frees_only_what_no_backward_needs():
@@ -833,6 +844,14 @@ def test_free_output_frees_only_what_no_backward_needs():
     view = (a + b)[1:]  # a view: its storage is shared with the whole sum
     cp._free_output(view)
     assert view.untyped_storage().nbytes() == 4 * 3 * 4
+    whole = a + b
+    part = whole[1:]  # another tensor on its storage
+    cp._free_output(whole)
+    assert whole.untyped_storage().nbytes() == 4 * 3 * 4 and part.sum().isfinite()
+    held = a + b
+    kept = [held]  # e.g. a forward hook that keeps the layer's output
+    cp._free_output(held)
+    assert kept[0].untyped_storage().nbytes() == 4 * 3 * 4
 
 
 def _offloaded_cp_model():
@@ -918,11 +937,11 @@ def test_the_context_parallel_step_holds_under_a_bound_per_token():
     cp.lean_activations(model, autocast=True)
     model.train()
     cp.set_group(None, 1, 0)
-    saved = cp.PACK_TOKENS, cp.NORM_CHUNK
-    cp.PACK_TOKENS, cp.NORM_CHUNK = 64, 32
+    saved = cp.PACK_TOKENS, cp.NORM_CHUNK_ELEMENTS
+    cp.PACK_TOKENS, cp.NORM_CHUNK_ELEMENTS = 64, 32 * 256
     peaks = {}
     try:
-        for tokens in (512, 1024):
+        for tokens in (256, 512):
             from train.data import collate_packed
 
             g = torch.Generator().manual_seed(tokens)
@@ -937,9 +956,9 @@ def test_the_context_parallel_step_holds_under_a_bound_per_token():
             peaks[tokens] = ledger.peak
             model.zero_grad(set_to_none=True)
     finally:
-        cp.PACK_TOKENS, cp.NORM_CHUNK = saved
+        cp.PACK_TOKENS, cp.NORM_CHUNK_ELEMENTS = saved
         cp_memory.LEDGER[0] = None
-    per_token = (peaks[1024] - peaks[512]) / 512
+    per_token = (peaks[512] - peaks[256]) / 256
     hidden_bytes = 256 * 2
     assert per_token / hidden_bytes < 9.6, (per_token / hidden_bytes, peaks)
 
@@ -965,3 +984,38 @@ def test_multi_gpu_line_leaves_out_the_checkpoints_a_run_kept_on_the_gpu(tmp_pat
     assert figures["gib_per_1k_tokens"] == pytest.approx((107.63 - 16 - 24.81) / 3072, abs=1e-4)
     assert figures["points"]["4194304"]["checkpoint_layers_on_gpu"] == 2
     assert figures["largest_that_ran"] == 4194304 <= figures["longest_context"]
+
+
+def test_multi_gpu_measured_ratio_is_against_the_one_gpu_mode_that_goes_furthest(tmp_path):
+    """cp_context_ratio_measured divides the longest two-GPU run by the out-of-memory run of the
+    one-GPU mode that reaches furthest (here the tiled one, 0.059 GiB per 1K tokens): the
+    untiled mode running out of memory sooner (1,572,864) bounds only itself, so it must not
+    give 4,194,304 / 1,572,864 = 2.667 (the tiled mode trains 2,097,152)."""
+    from benchmarks.multi_gpu import report
+
+    def put(name, **r):
+        base = {"peak_reserved_gib": 1.0, "host_peak_rss_gib": 1.0, "runtime_s": 1.0, "steps": 1}
+        (tmp_path / f"{name}.json").write_text(json.dumps({**base, **r}))
+
+    (tmp_path / "config-1b").mkdir()
+    (tmp_path / "config-1b" / "config.json").write_text(
+        (REPO / "benchmarks/results/multi_gpu/config-1b/config.json").read_text()
+    )
+    for L, peak in ((131072, 13.86), (262144, 25.17)):
+        put(f"unsloth1-1b-{L}", status="fit", peak_gib=peak)
+    put("unsloth1-1b-1572864", status="oom")
+    for L, peak in ((262144, 17.71), (2097152, 123.88)):
+        put(f"unsloth1t-1b-{L}", status="fit", peak_gib=peak)
+    put("unsloth1t-1b-2236416", status="oom")
+    for L, peak in ((1048576, 24.81), (4194304, 107.63)):
+        put(f"cp2t-1b-{L}", status="fit", peak_gib=peak, checkpoint_layers_on_gpu=2 * (L > 2**21))
+    (tmp_path / "device.txt").write_text("2 x NVIDIA H200, 143771 MiB")
+    data = report(tmp_path, tmp_path / "out.json", ["1b"], 65536)
+    measured = data["cp_context_ratio_measured"]["1b"]
+    assert measured == {
+        "ratio": round(4194304 / 2236416, 3),
+        "two_gpus_ran": 4194304,
+        "one_gpu_out_of_memory": 2236416,
+        "one_gpu_mode": "unsloth1t",
+    }
+    assert data["shapes"]["1b"]["unsloth1t"]["longest_context"] == 2236416 - 1024

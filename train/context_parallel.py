@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property, partial
@@ -339,13 +340,24 @@ _KEEPS_NOTHING = {"AddBackward0", "SubBackward0"}
 
 def _free_output(out: torch.Tensor) -> None:
     """Free the storage of ``out`` (its values are not needed, only its graph) when the op that
-    made it keeps nothing for its backward pass and no other tensor shares the storage."""
+    made it keeps nothing for its backward pass and nothing else holds it: not a view, no other
+    tensor on its storage, no other reference (a forward hook that kept the layer's output would
+    be left with an empty tensor). Called as ``_free_output(out)`` on a local ``out``."""
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
     if (
-        out.grad_fn.name() in _KEEPS_NOTHING
-        and out._base is None
-        and out.untyped_storage().nbytes() == out.numel() * out.element_size()
+        use_count is None
+        or sys.version_info >= (3, 14)  # getrefcount may leave out borrowed references
+        or out.grad_fn.name() not in _KEEPS_NOTHING
+        or out._base is not None
     ):
-        out.untyped_storage().resize_(0)
+        return
+    storage = out.untyped_storage()
+    if (
+        storage.nbytes() == out.numel() * out.element_size()
+        and use_count(storage._cdata) <= 2  # the tensor's and this storage object's
+        and sys.getrefcount(out) <= 3  # the caller's name, this argument, getrefcount's own
+    ):
+        storage.resize_(0)
 
 
 def _layer_checkpoint(run, hidden, more, on_host: bool):
@@ -538,18 +550,24 @@ def tile_mlps(model, chunk: int = MLP_CHUNK) -> int:
 # Leaner activations of the recomputed layer (what Unsloth's kernels save, in plain torch)
 
 
-# Rows (tokens) of the lean RMSNorm's float32 working set at a time: its forward and backward
-# passes run over the sequence in chunks, so that their float32 temporaries (four of the
-# input's size in the backward pass: 16 bytes a hidden unit a token, more than all a layer
-# keeps) exist for one chunk, not the whole slice. Row-wise arithmetic: the same result.
-NORM_CHUNK = 8192
+# Elements of the lean RMSNorm's float32 working set at a time (8,192 tokens of a 2,048-wide
+# hidden state): its forward and backward passes run over the rows in chunks of this many
+# elements, so that their float32 temporaries (four of the input's size in the backward pass: 16
+# bytes a hidden unit a token, more than all a layer keeps) exist for one chunk, not the whole
+# slice; per-head q/k norms (rows of head_dim) take correspondingly more rows a chunk. Row-wise
+# arithmetic: the same result.
+NORM_CHUNK_ELEMENTS = 8192 * 2048
+
+
+def _norm_chunk_rows(d: int) -> int:
+    return max(1, NORM_CHUNK_ELEMENTS // d)
 
 
 class _RMSNorm(torch.autograd.Function):
     """RMSNorm (Llama's: float32 inside, ``weight * normed.to(input dtype)``) that keeps only
     its input and the float32 reciprocal RMS for the backward pass; transformers' keeps the
     float32 copy of the input and its normalised float32 product (12 bytes an element for a
-    bf16 input instead of 2). Both passes run ``NORM_CHUNK`` rows at a time. The weight is
+    bf16 input instead of 2). Both passes run ``NORM_CHUNK_ELEMENTS`` at a time. The weight is
     frozen (LoRA): no gradient for it."""
 
     @staticmethod
@@ -563,29 +581,32 @@ class _RMSNorm(torch.autograd.Function):
         x, weight, rstd = ctx.saved_tensors
         d = x.shape[-1]
         xs, gs, rs = x.reshape(-1, d), grad.reshape(-1, d), rstd.reshape(-1, 1)
-        dx = torch.empty_like(xs)
-        w = weight.float()
-        for i in range(0, xs.shape[0], NORM_CHUNK):
-            part = slice(i, i + NORM_CHUNK)
+        dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        flat, w, step = dx.view(-1, d), weight.float(), _norm_chunk_rows(d)
+        for i in range(0, xs.shape[0], step):
+            part = slice(i, i + step)
             xhat = xs[part].float() * rs[part]
             g = gs[part].float() * w
-            dx[part] = rs[part] * (g - xhat * (g * xhat).mean(-1, keepdim=True))
-        return dx.reshape(x.shape), None, None
+            flat[part] = rs[part] * (g - xhat * (g * xhat).mean(-1, keepdim=True))
+        return dx, None, None
 
 
 def _norm_rows(x: torch.Tensor, weight: torch.Tensor, eps: float):
-    """Llama's RMSNorm of ``x`` over its last dimension, ``NORM_CHUNK`` rows at a time:
-    (output, float32 reciprocal RMS of each row)."""
+    """Llama's RMSNorm of ``x`` over its last dimension, ``NORM_CHUNK_ELEMENTS`` at a time:
+    (output, float32 reciprocal RMS of each row); the output is a tensor of its own (not a
+    view), of ``x``'s shape."""
     d = x.shape[-1]
     xs = x.reshape(-1, d)
-    out = torch.empty(xs.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
-    rstd = torch.empty(xs.shape[0], 1, dtype=torch.float32, device=x.device)
-    for i in range(0, xs.shape[0], NORM_CHUNK):
-        part = slice(i, i + NORM_CHUNK)
+    dtype = torch.promote_types(weight.dtype, x.dtype)
+    out = torch.empty(x.shape, dtype=dtype, device=x.device)
+    rstd = torch.empty(*x.shape[:-1], 1, dtype=torch.float32, device=x.device)
+    flat_out, flat_rstd, step = out.view(-1, d), rstd.view(-1, 1), _norm_chunk_rows(d)
+    for i in range(0, xs.shape[0], step):
+        part = slice(i, i + step)
         x32 = xs[part].float()
-        rstd[part] = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-        out[part] = weight * (x32 * rstd[part]).to(x.dtype)
-    return out.reshape(x.shape), rstd.reshape(*x.shape[:-1], 1)
+        flat_rstd[part] = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+        flat_out[part] = weight * (x32 * flat_rstd[part]).to(x.dtype)
+    return out, rstd
 
 
 def _lean_norm_forward(norm, x):

@@ -55,7 +55,8 @@ offloaded checkpoints, lean RMSNorm and bf16 LoRA inputs (``lean_activations``) 
                     + CP_ATTENTION_COEF x head_dim x (heads + kv_heads) x 2   (3.75)
                     + 2 x layers x hidden with --gradient-checkpointing true
     per GPU = fixed + max(tokens/N x per local token,
-                          LOSS_CHUNK x vocab x 13 bytes + tokens/N x 6 x hidden)
+                          LOSS_CHUNK x vocab x 13 bytes + tokens/N x 6 x hidden
+                          (+ 2 x layers x hidden with --gradient-checkpointing true))
 
 The peak is either the rerun of one layer in the backward pass (long rows) or the loss's chunk
 of logits beside the slice's final hidden states, the last layer's output and their gradient
@@ -714,6 +715,16 @@ def cp_loss_bytes(shape: ModelShape) -> int:
     return CP_LOSS_CHUNK * shape.vocab_size * CP_LOSS_CHUNK_BYTES_PER_VOCAB
 
 
+def cp_loss_token_bytes(shape: ModelShape, gc: str | bool = "unsloth") -> int:
+    """Bytes per local token beside the loss's chunk of logits: the final hidden states, the
+    last layer's output and their gradient, and with ``--gradient-checkpointing true`` every
+    layer's input, kept on the GPU until the backward pass reaches it."""
+    b = CP_LOSS_HIDDEN_BYTES * shape.hidden_size
+    if gc is True:
+        b += 2 * shape.num_hidden_layers * shape.hidden_size
+    return b
+
+
 def estimate_cp_peak_bytes(
     shape: ModelShape,
     tokens: int,
@@ -727,7 +738,7 @@ def estimate_cp_peak_bytes(
     """Peak bytes per GPU of one micro-step of ``tokens`` split over ``cp`` GPUs (bf16 LoRA:
     see the module docstring)."""
     per_gpu = math.ceil(tokens / cp)
-    loss = cp_loss_bytes(shape) + per_gpu * CP_LOSS_HIDDEN_BYTES * shape.hidden_size
+    loss = cp_loss_bytes(shape) + per_gpu * cp_loss_token_bytes(shape, gc)
     return int(
         fixed_bytes(shape, load_in_4bit=False, lora_r=lora_r, modules=modules)
         + max(per_gpu * cp_local_token_bytes(shape, gc, tiled_mlp), loss)
@@ -753,6 +764,6 @@ def max_cp_context(
         return 0
     per_gpu = min(
         room / cp_local_token_bytes(shape, gc, tiled_mlp),
-        (room - cp_loss_bytes(shape)) / (CP_LOSS_HIDDEN_BYTES * shape.hidden_size),
+        (room - cp_loss_bytes(shape)) / cp_loss_token_bytes(shape, gc),
     )
     return max(0, int(per_gpu * cp) // 1024 * 1024)

@@ -3,7 +3,9 @@ Python process that has this folder on PYTHONPATH and BEAM_TIMELINE_DIR set; doe
 otherwise). Each process writes ``BEAM_TIMELINE_DIR/<pid>.json``: for each DoFn method of
 ``pipeline.steps`` (``ReadSourceFn.process``, ``TokenizeFn.process``, ...) the seconds spent in
 it (a generator's own time, not its consumer's), the calls, and the wall-clock times of the first
-call's start and the last call's end. Never raises: a failure to hook only prints a line."""
+call's start and the last call's end; also each DoFn's ``setup`` and the times this process
+started (``process.start``) and had Beam and the steps imported (``process.imported``). Never
+raises: a failure to hook only prints a line."""
 
 import functools
 import inspect
@@ -13,6 +15,7 @@ import time
 
 _DIR = os.environ.get("BEAM_TIMELINE_DIR")
 _ACC: dict = {}
+_STARTED = time.time()  # this module runs as the interpreter starts (site)
 
 
 def _dump() -> None:
@@ -38,6 +41,20 @@ def _note(name: str, start: float, spent: float, final: bool) -> None:
     if final or now - _LAST[0] > 1.0:  # at a bundle's end, else at most once a second
         _LAST[0] = now
         _dump()
+
+
+def _wrap_call(name, fn):
+    """A plain method (``setup``, ``start_bundle``): its seconds and first start / last end."""
+
+    @functools.wraps(fn)
+    def timed(*args, **kwargs):
+        start = time.time()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _note(name, start, time.time() - start, True)
+
+    return timed
 
 
 def _wrap(name, fn, final):
@@ -83,5 +100,10 @@ if _DIR:
                                 f"{cname}.{meth}", vars(cls)[meth], meth == "finish_bundle"
                             )
                             setattr(cls, meth, wrapped)
+                    if "setup" in vars(cls):
+                        cls.setup = _wrap_call(f"{cname}.setup", vars(cls)["setup"])
+        # when this process started, and when Beam and the pipeline's steps were imported
+        _note("process.start", _STARTED, 0.0, False)
+        _note("process.imported", time.time(), 0.0, True)
     except Exception as err:  # noqa: BLE001 - a benchmark aid must not break the run
         print(f"benchmarks/timeline: not hooked: {type(err).__name__}: {err}")
