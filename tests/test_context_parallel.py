@@ -1019,3 +1019,33 @@ def test_multi_gpu_measured_ratio_is_against_the_one_gpu_mode_that_goes_furthest
         "one_gpu_mode": "unsloth1t",
     }
     assert data["shapes"]["1b"]["unsloth1t"]["longest_context"] == 2236416 - 1024
+
+
+def test_longest_context_with_the_host_keeps_checkpoints_on_the_gpus():
+    """The plan's longest context with a host's RAM: past what the host holds, the first layers
+    keep their checkpoints on the GPUs (each rank its half), so the longest is where the
+    estimate plus those layers reach 95% of the GPU: the 1B shape on 2 x 140 GiB with 252 GiB
+    of host RAM stops short of the GPU memory's own bound, and 1,024 tokens more do not fit."""
+    from train.plan import (
+        GIB,
+        estimate_cp_peak_bytes,
+        longest_cp_context,
+        max_cp_context,
+        plan_offload,
+        read_model_shape,
+    )
+
+    shape = read_model_shape(str(REPO / "benchmarks/results/multi_gpu/config-1b"))
+    mods = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    sizes = dict(lora_r=16, modules=mods, tiled_mlp=True)
+    gpu_only = max_cp_context(shape, 140, 2, **sizes)
+    assert longest_cp_context(shape, 140, 2, 0, **sizes) == gpu_only  # the host holds them all
+    n = longest_cp_context(shape, 140, 2, 252 * GIB, **sizes)
+    assert 3_866_624 < n < gpu_only and n % 1024 == 0  # past the host's own bound (no kept layer)
+
+    def total(tokens):  # per GPU: the estimate and the kept layers' halves
+        peak = estimate_cp_peak_bytes(shape, tokens, 2, **sizes)
+        kept = plan_offload(shape, tokens, "unsloth", 252 * GIB, "false", 10**15, 2).gpu_bytes
+        return peak + kept
+
+    assert total(n) <= 0.95 * 140 * GIB < total(n + 1024)

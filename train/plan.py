@@ -767,3 +767,40 @@ def max_cp_context(
         (room - cp_loss_bytes(shape)) / cp_loss_token_bytes(shape, gc),
     )
     return max(0, int(per_gpu * cp) // 1024 * 1024)
+
+
+def longest_cp_context(
+    shape: ModelShape,
+    gpu_gib: float,
+    cp: int,
+    host_bytes: int,
+    *,
+    lora_r: int,
+    modules: list[str],
+    gc: str | bool = "unsloth",
+    headroom: float = 0.95,
+    tiled_mlp: bool = False,
+) -> int:
+    """Largest context (multiple of 1024) that ``cp`` GPUs train with ``host_bytes`` of host RAM
+    (0: the host holds every checkpoint): the per-GPU estimate plus the checkpoints the host
+    cannot hold, kept on the GPUs (:func:`plan_offload`, each rank its 1/cp of a kept layer),
+    within ``headroom`` of the GPU. At most :func:`max_cp_context` (the GPU memory alone)."""
+    sizes = dict(lora_r=lora_r, modules=modules, gc=gc, tiled_mlp=tiled_mlp)
+    cap = gpu_gib * GIB * headroom
+
+    def fits(tokens: int) -> bool:
+        peak = estimate_cp_peak_bytes(shape, tokens, cp, **sizes)
+        try:
+            plan_offload(shape, tokens, gc, host_bytes, "false", int(cap - peak), cp)
+        except PlanError:
+            return False
+        return peak <= cap
+
+    hi = max_cp_context(shape, gpu_gib, cp, headroom=headroom, **sizes)
+    if hi <= 0 or fits(hi):
+        return hi
+    lo = 0  # fits(lo) (a row of no tokens), not fits(hi)
+    while hi - lo > 1024:
+        mid = (lo + hi) // 2 // 1024 * 1024
+        lo, hi = (mid, hi) if mid and fits(mid) else (lo, mid)
+    return lo

@@ -34,6 +34,7 @@ from train.plan import (
     estimate_cp_peak_bytes,
     estimate_peak_bytes,
     host_memory_bytes,
+    longest_cp_context,
     max_context,
     max_cp_context,
     plan_offload,
@@ -270,6 +271,18 @@ def plan_context_parallel(
     offload = _plan_host(cfg, shape, tokens, gc, peak, "false", cp, dry_run, warnings)
     if offload:
         peak += offload.gpu_bytes
+    # the longest with this host's RAM too (a dry run without --host-memory-gib: as if the host
+    # held every checkpoint, as the offload plan above)
+    host = (
+        int(cfg.host_memory_gib * GIB)
+        if cfg.host_memory_gib > 0
+        else (0 if dry_run else host_memory_bytes())
+    )
+    longest = (
+        longest_cp_context(shape, cfg.gpu_memory_gib, cp, host, **sizes)
+        if gc == "unsloth"
+        else fits
+    )
     split = {
         "size": cp,
         "tokens_per_gpu": -(-tokens // cp),
@@ -280,7 +293,8 @@ def plan_context_parallel(
     memory = {
         "estimated_peak_gib": round(peak / GIB, 2),
         "gpu_memory_gib": cfg.gpu_memory_gib,
-        "max_context_that_fits": fits,
+        "max_context_that_fits": longest,
+        "max_context_gpu_memory": fits,
         "max_context_one_gpu": one,
         "quantization": "bf16 LoRA",
         "lora_r": cfg.lora_r,
@@ -515,9 +529,17 @@ def _context_parallel_lines(plan: dict) -> list[str]:
         f"{plan['gradient_checkpointing']!r} ({CP_CHECKPOINTING[plan['gradient_checkpointing']]})"
         f"{'; tiled MLP' if mem['tiled_mlp'] else ''}: "
         f"~{mem['estimated_peak_gib']} GiB peak per GPU of {mem['gpu_memory_gib']} GiB; largest "
-        f"context that fits ~{mem['max_context_that_fits']} over {n} GPUs "
-        f"(~{mem['max_context_one_gpu']} on one); calibrated on 2 x H200 with the 1B shape and "
-        "the tiled MLP (within 0.5%), not yet for larger shapes or without the tiled MLP",
+        f"context that fits ~{mem['max_context_that_fits']} over {n} GPUs"
+        + (
+            f" (host RAM and GPU memory: the checkpoints the host cannot hold kept on the GPUs; "
+            f"GPU memory alone ~{mem['max_context_gpu_memory']})"
+            if mem.get("max_context_gpu_memory", mem["max_context_that_fits"])
+            != mem["max_context_that_fits"]
+            else ""
+        )
+        + f" (~{mem['max_context_one_gpu']} on one GPU's memory); calibrated "
+        "on 2 x H200 with the 1B and 8B shapes and the tiled MLP (estimates 1.5-6.5% above the "
+        "measured peaks), not measured without the tiled MLP",
         *_offload_lines(mem),
     ]
 
