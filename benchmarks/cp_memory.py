@@ -33,30 +33,23 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-SHAPES = {  # Llama-3.2-1B and Llama-3.1-8B proportions (random weights); "1b/4": the 1B
-    # shape at a quarter of its width (the same ratios: per-token bytes are 1/4 of the 1B's)
-    "1b/4": dict(
-        hidden_size=512,
-        intermediate_size=2048,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        head_dim=64,
-    ),
-    "1b": dict(
-        hidden_size=2048,
-        intermediate_size=8192,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=64,
-    ),
-    "8b": dict(
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=128,
-    ),
+from train.random_model import SHAPES as RANDOM_SHAPES  # noqa: E402
+
+# the width of train/random_model.py's shapes (the layers and vocabulary are flags here);
+# "1b/4": the 1B shape at a quarter of its width, head_dim kept (the same ratios: per-token
+# bytes are 1/4 of the 1B's)
+WIDTH = (
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+)
+SHAPES = {
+    short: {k: RANDOM_SHAPES[name][k] for k in WIDTH}
+    for short, name in (("1b", "llama-3.2-1b"), ("8b", "llama-3.1-8b"))
 }
+SHAPES["1b/4"] = {k: v if k == "head_dim" else v // 4 for k, v in SHAPES["1b"].items()}
 MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -153,7 +146,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _model(shape: str, layers: int, vocab: int, tiled: bool, device, mlp_chunk: int):
+def build_model(dims: dict, layers: int, vocab: int, tiled: bool, device, mlp_chunk: int,
+                lora_r: int = 16):  # fmt: skip
+    """A random Llama of width ``dims`` set up as ``train.launch --context-parallel N
+    --tiled-mlp true`` sets up its model (bf16 weights, offloaded checkpoints, the tiled MLP,
+    LoRA on all seven projections, lean activations under bf16 autocast); on a CPU each layer's
+    input counts as the host copy it is on a GPU (:func:`_host_marked`)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -165,7 +163,7 @@ def _model(shape: str, layers: int, vocab: int, tiled: bool, device, mlp_chunk: 
         num_hidden_layers=layers,
         use_cache=False,
         max_position_embeddings=1 << 22,
-        **SHAPES[shape],
+        **dims,
     )
     torch.manual_seed(0)
     with torch.device(device):
@@ -180,11 +178,62 @@ def _model(shape: str, layers: int, vocab: int, tiled: bool, device, mlp_chunk: 
     if tiled:
         cp.tile_mlps(model, chunk=mlp_chunk)
     model = get_peft_model(
-        model, LoraConfig(r=16, lora_alpha=16, target_modules=MODULES, task_type="CAUSAL_LM")
+        model,
+        LoraConfig(r=lora_r, lora_alpha=lora_r, target_modules=MODULES, task_type="CAUSAL_LM"),
     )
     cp.lean_activations(model, autocast=True)
     model.train()
     return model
+
+
+def measure_step(model, tokens: int, doc_tokens: int, vocab: int, device, ledger: bool = True):
+    """One forward + backward of ``forward_loss`` on a row of ``tokens`` random ids packed from
+    ``doc_tokens``-token documents: its loss and, with ``ledger``, the live bytes at the peak
+    (``ledger_peak_bytes``) and by op there (``at_peak_bytes``); on a GPU its CUDA peaks."""
+    import torch
+
+    from train import context_parallel as cp
+    from train.data import collate_packed
+
+    gpu = device.type == "cuda"
+    docs = [doc_tokens] * (tokens // doc_tokens)
+    if tokens % doc_tokens:
+        docs.append(tokens % doc_tokens)
+    g = torch.Generator().manual_seed(tokens)
+    row = {
+        "input_ids": torch.randint(0, vocab, (tokens,), generator=g).tolist(),
+        "seq_lengths": docs,
+    }
+    batch = collate_packed(
+        [row], max_seq_length=tokens, with_packed_lengths=False, attention="per-document"
+    )
+    batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+    model.zero_grad(set_to_none=True)
+    counted = LEDGER[0] = Ledger() if ledger else None
+    if gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    try:
+        if counted:
+            with counted.mode:
+                loss = cp.forward_loss(model, batch)
+                counted.phase = "backward"
+                loss.backward()
+        else:
+            loss = cp.forward_loss(model, batch)
+            loss.backward()
+    finally:
+        LEDGER[0] = None
+    result = {"tokens": tokens, "loss": float(loss.detach())}
+    if gpu:
+        torch.cuda.synchronize()
+        result["cuda_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        result["cuda_step_gib"] = (torch.cuda.max_memory_allocated() - base) / 2**30
+    if counted:
+        result["ledger_peak_bytes"] = counted.peak
+        result["at_peak_bytes"] = dict(counted.at_peak.most_common())
+    return result
 
 
 def _worker(rank: int, port: int, args: dict, out: str) -> None:
@@ -192,7 +241,6 @@ def _worker(rank: int, port: int, args: dict, out: str) -> None:
     import torch.distributed as dist
 
     from train import context_parallel as cp
-    from train.data import collate_packed
 
     gpu = args["device"] == "cuda"
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -208,47 +256,17 @@ def _worker(rank: int, port: int, args: dict, out: str) -> None:
     cp.PACK_TOKENS = min(cp.PACK_TOKENS, args["doc_tokens"] // 2)
     width = SHAPES[args["shape"]]["hidden_size"]
     cp.NORM_CHUNK_ELEMENTS = min(cp.NORM_CHUNK_ELEMENTS, args["mlp_chunk"] * width)
-    model = _model(
-        args["shape"], args["layers"], args["vocab"], args["tiled"], device, args["mlp_chunk"]
-    )
+    model = build_model(
+        SHAPES[args["shape"]], args["layers"], args["vocab"], args["tiled"], device,
+        args["mlp_chunk"],
+    )  # fmt: skip
     results = []
     for tokens in args["tokens"]:
-        docs = [args["doc_tokens"]] * (tokens // args["doc_tokens"])
-        if tokens % args["doc_tokens"]:
-            docs.append(tokens % args["doc_tokens"])
-        g = torch.Generator().manual_seed(tokens)
-        row = {
-            "input_ids": torch.randint(0, args["vocab"], (tokens,), generator=g).tolist(),
-            "seq_lengths": docs,
-        }
-        batch = collate_packed(
-            [row], max_seq_length=tokens, with_packed_lengths=False, attention="per-document"
-        )
-        batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
-        model.zero_grad(set_to_none=True)
-        ledger = LEDGER[0] = Ledger() if args["ledger"] else None
-        if gpu:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        if ledger:
-            with ledger.mode:
-                loss = cp.forward_loss(model, batch)
-                ledger.phase = "backward"
-                loss.backward()
-        else:
-            loss = cp.forward_loss(model, batch)
-            loss.backward()
-        row_out = {"tokens": tokens, "local": tokens // 2, "loss": float(loss.detach())}
-        if gpu:
-            torch.cuda.synchronize()
-            row_out["cuda_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-            row_out["cuda_step_gib"] = (torch.cuda.max_memory_allocated() - base) / 2**30
-        if ledger:
-            row_out["ledger_peak_gib"] = ledger.peak / 2**30
-            row_out["at_peak_bytes"] = dict(ledger.at_peak.most_common())
-        results.append(row_out)
-        del loss, batch
+        r = measure_step(model, tokens, args["doc_tokens"], args["vocab"], device, args["ledger"])
+        r["local"] = tokens // 2
+        if "ledger_peak_bytes" in r:
+            r["ledger_peak_gib"] = r.pop("ledger_peak_bytes") / 2**30
+        results.append(r)
     if rank == 0:
         Path(out).write_text(json.dumps(results, indent=1))
     dist.barrier()

@@ -913,51 +913,23 @@ def test_the_context_parallel_step_holds_under_a_bound_per_token():
     backward pass, 17.2 with the norm in one pass. The bound, 9.6, fails for either undone.
     (The ledger counts each layer's input as the host copy it is on a GPU, so the embeddings
     held on the device are checked by the test above, not here.)"""
-    from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from benchmarks import cp_memory
     from train import context_parallel as cp
 
-    cfg = LlamaConfig(
-        vocab_size=64, hidden_size=256, intermediate_size=1024, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=1, head_dim=64, use_cache=False,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
-    model.set_attn_implementation(cp.register_attention())
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.enable_input_require_grads()
-    cp.offload_checkpoints(model)
-    for layer in cp._checkpointed_layers(model):  # on a CPU the "host copy" is the tensor
-        layer._gradient_checkpointing_func = cp_memory._host_marked
-    cp.tile_mlps(model, chunk=32)
-    modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    model = get_peft_model(model, LoraConfig(r=8, target_modules=modules))
-    cp.lean_activations(model, autocast=True)
-    model.train()
+    dims = dict(hidden_size=256, intermediate_size=1024, num_attention_heads=4,
+                num_key_value_heads=1, head_dim=64)  # fmt: skip
+    cpu = torch.device("cpu")
+    model = cp_memory.build_model(dims, 2, 64, True, cpu, 32, lora_r=8)
     cp.set_group(None, 1, 0)
     saved = cp.PACK_TOKENS, cp.NORM_CHUNK_ELEMENTS
     cp.PACK_TOKENS, cp.NORM_CHUNK_ELEMENTS = 64, 32 * 256
-    peaks = {}
     try:
-        for tokens in (256, 512):
-            from train.data import collate_packed
-
-            g = torch.Generator().manual_seed(tokens)
-            row = {"input_ids": torch.randint(0, 64, (tokens,), generator=g).tolist(),
-                   "seq_lengths": [128] * (tokens // 128)}  # fmt: skip
-            batch = collate_packed([row], max_seq_length=tokens, with_packed_lengths=False)
-            ledger = cp_memory.LEDGER[0] = cp_memory.Ledger()
-            with ledger.mode:
-                loss = cp.forward_loss(model, batch)
-                ledger.phase = "backward"
-                loss.backward()
-            peaks[tokens] = ledger.peak
-            model.zero_grad(set_to_none=True)
+        peaks = {
+            tokens: cp_memory.measure_step(model, tokens, 128, 64, cpu)["ledger_peak_bytes"]
+            for tokens in (256, 512)
+        }
     finally:
         cp.PACK_TOKENS, cp.NORM_CHUNK_ELEMENTS = saved
-        cp_memory.LEDGER[0] = None
     per_token = (peaks[512] - peaks[256]) / 256
     hidden_bytes = 256 * 2
     assert per_token / hidden_bytes < 9.6, (per_token / hidden_bytes, peaks)

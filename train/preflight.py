@@ -271,16 +271,11 @@ def plan_context_parallel(
     offload = _plan_host(cfg, shape, tokens, gc, peak, "false", cp, dry_run, warnings)
     if offload:
         peak += offload.gpu_bytes
-    # the longest with this host's RAM too (a dry run without --host-memory-gib: as if the host
-    # held every checkpoint, as the offload plan above)
-    host = (
-        int(cfg.host_memory_gib * GIB)
-        if cfg.host_memory_gib > 0
-        else (0 if dry_run else host_memory_bytes())
-    )
+    # the longest with the host RAM the offload plan above sized by (0 in a dry run without
+    # --host-memory-gib: as if the host held every checkpoint)
     longest = (
-        longest_cp_context(shape, cfg.gpu_memory_gib, cp, host, **sizes)
-        if gc == "unsloth"
+        longest_cp_context(shape, cfg.gpu_memory_gib, cp, offload.host_memory_bytes, **sizes)
+        if offload
         else fits
     )
     split = {
