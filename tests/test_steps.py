@@ -390,3 +390,34 @@ def test_tokenize_step_batches_short_documents_and_loses_none(tmp_path, qwen3_di
     for doc in docs[::37] + docs[-3:]:
         stored = np.fromfile(token_store.path_for(staging, doc.doc_id), dtype="<i4")
         np.testing.assert_array_equal(stored, encode_document(doc, tok))
+
+
+def test_windows_of_a_long_book_are_scored_by_the_tokenize_step(tmp_path, books_dir, qwen3_dir):
+    """Issue 20: the shard writer (one process per shard, after every worker is done) scored
+    every window of a long document again (1.25 of its 1.5 s on 23M tokens). The tokenize step,
+    spread over the workers, now scores each window beside the whole document, and the cut
+    hands that score on: every segment within the score's reach carries its window's score."""
+    from transforms.code.dependency_score import MIN_TOKENS, dependency_score
+
+    seq_len = 50_000
+    config = BuildConfig(tokenizer=str(qwen3_dir), seq_len=seq_len, output=str(tmp_path / "out"))
+    sources, _ = discover(books=[str(books_dir / "austen-pride-and-prejudice.txt")])
+    staging = str(tmp_path / "staging")
+    ids_path = token_store.path_for(staging, sources[0].doc_id)
+
+    def check(got):
+        ids = np.fromfile(ids_path, dtype="<i4")
+        assert len(ids) > 3 * seq_len and sum(n for _, n, _ in got) == len(ids)
+        scored = [(start, n, score) for start, n, score in got if n >= MIN_TOKENS]
+        assert len(scored) >= 3
+        for start, n, score in scored:
+            assert score is not None and score == dependency_score(ids[start : start + n])
+
+    with _pipeline() as p:
+        read = p | beam.Create(sources) | ReadDocuments(ReadSettings(), dedup=False)
+        tokenized = read[MAIN] | Tokenize(config, staging)
+        planned = tokenized | PlanSamples(PlanSettings(seq_len=seq_len, samples_per_shard=8))
+        keyed = tokenized | beam.Map(lambda d: (d.doc_id, d))
+        cut = {"doc": keyed, "plan": planned[MAIN]} | CutSegments()
+        refs = cut[MAIN] | beam.Map(lambda kv: (kv[1].start, kv[1].length, kv[1].score))
+        assert_that(refs, check)

@@ -90,6 +90,7 @@ class TokenizedDocument:
     starts: np.ndarray | None = None  # the document's windows (see transforms/samples/windowing.py)
     lengths: np.ndarray | None = None
     score: float | None = None  # long-dependency score (transforms/code/dependency_score.py)
+    window_scores: np.ndarray | None = None  # each window's score (NaN: too short to score)
     cache_key: str | None = None  # --incremental: the cache entry it came from or went to
     reused: bool = False  # --incremental: loaded from the cache instead of tokenized
 
@@ -105,11 +106,29 @@ class TokenizedDocument:
         values.update(tokenized)  # e.g. chapters: character offsets -> token offsets
         return cls(**values)
 
+    def segment_score(self, start: int, length: int) -> float | None:
+        """The dependency score of ``length`` tokens from ``start`` where this record knows it
+        (the whole document, or one of its windows as the tokenize step scored them); None
+        where it does not (the shard writer scores such a segment) or the window is too short
+        to score."""
+        import numpy as np
+
+        if start == 0 and length == self.n_tokens:
+            return self.score
+        if self.window_scores is None or self.starts is None or self.lengths is None:
+            return None
+        i = int(np.searchsorted(self.starts, start))
+        if i == len(self.starts) or self.starts[i] != start or self.lengths[i] != length:
+            return None
+        score = float(self.window_scores[i])
+        return None if np.isnan(score) else score
+
 
 class SegmentRef(NamedTuple):
     """Where one segment of a sample comes from: ``length`` ids of document ``doc_id`` from
-    ``start``, read from the token store file ``tokens_path``; ``score`` is the document's
-    dependency score when the segment is the whole document (else the writer scores it);
+    ``start``, read from the token store file ``tokens_path``; ``score`` is its dependency score
+    where the tokenize step computed it (the whole document, or one of its windows; else
+    None and the writer scores it);
     ``context``: its first tokens that repeat the previous window's (``--overlap``)."""
 
     sample: int

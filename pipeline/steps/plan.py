@@ -87,8 +87,8 @@ class CutSegmentsFn(beam.DoFn):
             return
         doc, (shards, assignments) = docs[0], plans[0]
         for a in assignments:
-            # a reference only: the shard writer reads the ids (and scores a partial piece)
-            score = doc.score if a.length == doc.n_tokens else None
+            # a reference only: the shard writer reads the ids (and scores a piece not scored)
+            score = doc.segment_score(a.start, a.length)
             ref = SegmentRef(
                 a.sample, a.slot, doc_id, a.start, a.length, doc.tokens_path, score, a.context
             )

@@ -15,7 +15,7 @@ from apache_beam.metrics import Metrics
 from pipeline import token_store
 from pipeline.steps import early
 from pipeline.steps.common import NAMESPACE
-from transforms.code.dependency_score import dependency_score
+from transforms.code.dependency_score import dependency_score, window_scores
 from transforms.documents import TextDocument, TokenizedDocument
 
 _LOG = logging.getLogger("longctx")
@@ -133,6 +133,7 @@ class TokenizeFn(beam.DoFn):
             starts=entry["starts"],
             lengths=entry["lengths"],
             score=entry["score"],
+            window_scores=entry.get("window_scores"),
             cache_key=key,
             reused=reused,
         )
@@ -183,21 +184,25 @@ class TokenizeFn(beam.DoFn):
 
 
 def tokenize_entries(docs: list[TextDocument], tok, config) -> list[dict]:
-    """Each document's ids, chapter offsets, windows and long-dependency score: what the token
-    store and the ``--incremental`` cache hold. One tokenizer call for the whole list."""
+    """Each document's ids, chapter offsets, windows and long-dependency score (of the whole
+    document and of each window: the shard writer, one process per shard, would otherwise
+    score the windows after every worker is done): what the token store and the
+    ``--incremental`` cache hold. One tokenizer call for the whole list."""
     from transforms.samples.tokenize import encode_and_window_many
 
     out = []
     for enc, starts, lengths in encode_and_window_many(
         docs, tok, seq_len=config.seq_len, overlap=config.overlap, slack=config.slack
     ):
+        score = dependency_score(enc.tokens)
         out.append(
             {
                 "tokens": enc.tokens,
                 "chapters": enc.chapters,
                 "starts": starts,
                 "lengths": lengths,
-                "score": dependency_score(enc.tokens),
+                "score": score,
+                "window_scores": window_scores(enc.tokens, starts, lengths, whole=score),
             }
         )
     return out

@@ -59,3 +59,21 @@ def dependency_score(tokens: np.ndarray) -> float | None:
         return int(np.count_nonzero(found))
 
     return (hits(*NEAR) - hits(*FAR)) / query.size
+
+
+def window_scores(
+    tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray, whole: float | None = None
+) -> np.ndarray:
+    """The score of each window ``tokens[start : start + length]`` of a document, as float64,
+    NaN where a window is shorter than ``MIN_TOKENS``. ``whole``: the document's own score,
+    used for a window that covers the whole document instead of scoring it twice."""
+    out = np.full(len(starts), np.nan)
+    n = int(tokens.shape[0])
+    for i, (start, length) in enumerate(zip(starts.tolist(), lengths.tolist(), strict=True)):
+        if start == 0 and length == n:
+            score = whole
+        else:
+            score = dependency_score(tokens[start : start + length])
+        if score is not None:
+            out[i] = score
+    return out
