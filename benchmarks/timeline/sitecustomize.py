@@ -7,6 +7,7 @@ call's start and the last call's end; also each DoFn's ``setup`` and the times t
 started (``process.start``) and had Beam and the steps imported (``process.imported``). Never
 raises: a failure to hook only prints a line."""
 
+import atexit
 import functools
 import inspect
 import json
@@ -81,6 +82,7 @@ def _wrap(name, fn, final):
 
 
 if _DIR:
+    atexit.register(_dump)  # the last notes of a process (dumps are at most once a second)
     try:
         import importlib
 
