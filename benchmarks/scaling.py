@@ -556,6 +556,8 @@ def worker_timeline(folder: Path, t0: float, wall: float) -> dict:
 def run_pipeline(mode: str, n: int, corpus: Path, tokenizer: str, seq_len: int, work: Path,
                  timeout: float | None) -> dict:  # fmt: skip
     rayon = rayon_for(n) if mode.endswith("_rayon") else None
+    if os.environ.get("SCALING_RAYON_THREADS") and mode.startswith("multi_processing"):
+        rayon = int(os.environ["SCALING_RAYON_THREADS"])  # an A/B of the pipeline's C//N
     env = pipeline_env(rayon)
     out = work / "out"
     shutil.rmtree(out, ignore_errors=True)
