@@ -161,9 +161,15 @@ def machine() -> str:
 
 
 def commit() -> str:
+    """The checkout's commit, ``-dirty`` where tracked files differ from it (a device machine
+    runs a copy of the working tree over the last landed commit: its bare hash would name code
+    that was not the code measured)."""
     try:
         return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+            ["git", "describe", "--always", "--dirty", "--abbrev=7"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
     except OSError:
         return "?"
