@@ -263,19 +263,28 @@ class BuildConfig:
     # -- construction ------------------------------------------------------------------------
 
     @classmethod
-    def from_options(cls, opts) -> BuildConfig:
+    def from_options(cls, opts, *, check_output: bool = True) -> BuildConfig:
         """From parsed options (a ``LongctxOptions`` view, or any object with the fields as
-        attributes); validated. Raises UsageError naming the flag."""
+        attributes); validated (without ``check_output``: the values only, no look at
+        ``--output``, so no Beam import). Raises UsageError naming the flag."""
         values = {}
         for f in fields(cls):
             value = getattr(opts, f.name)
             values[f.name] = tuple(value) if isinstance(value, list) else value
         config = cls(**values)
-        config.validate()
+        config.check_values()
+        if check_output:
+            config._check_output()
         return config
 
     def validate(self) -> None:
         """Check every value before any work; raises UsageError naming the flag or path."""
+        self.check_values()
+        self._check_output()
+
+    def check_values(self) -> None:
+        """The checks of :meth:`validate` that need neither Beam nor ``--output``: the values
+        and how they combine (the command line makes them before Beam is imported)."""
         from transforms.samples.mixture import MixError, parse_mix
 
         checks = (
@@ -334,7 +343,6 @@ class BuildConfig:
         for path in self.repos_root:
             if not remote.is_remote(path) and os.path.lexists(path) and not os.path.isdir(path):
                 raise UsageError(f"--repos-root {path}: not a folder")
-        self._check_output()
 
     def _check_output(self) -> None:
         from apache_beam.io.filesystems import FileSystems

@@ -51,8 +51,10 @@ def _parser():
 
 
 def check_values(argv: list[str]) -> None:
-    """A bad value (``--seq-len abc``, ``--format csv``) is one error line naming the flag,
-    before Beam's parser would print its usage under the name ``run.py``."""
+    """A bad value (``--seq-len abc``, ``--format csv``, ``--seq-len 10``, ``--overlap`` past
+    ``--seq-len``) is one error line naming the flag, before Beam is imported and before Beam's
+    parser would print its usage under the name ``run.py``. ``--output`` is checked later,
+    with Beam's filesystems."""
     import argparse
 
     parser = argparse.ArgumentParser(
@@ -60,9 +62,10 @@ def check_values(argv: list[str]) -> None:
     )
     add_arguments(parser, BuildConfig, groups=GROUPS)
     try:
-        parser.parse_known_args(argv)
+        values, _ = parser.parse_known_args(argv)
     except argparse.ArgumentError as err:
         raise UsageError(f"{err} (python -m pipeline.run --help)") from None
+    BuildConfig.from_options(values, check_output=False)
 
 
 def check_arguments(argv: list[str]) -> None:

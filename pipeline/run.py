@@ -7,7 +7,7 @@
 
 A run is prepare -> execute -> finalize (``pipeline/job.py``). This module is the command
 line: ``--help``, ``--config`` expansion and the flags' values are checked before Apache Beam is
-imported (about 0.9 s), so a typo costs no Beam start-up.
+imported (about 0.9 s), so a typo or a bad value costs no Beam start-up.
 
 Exit status (``pipeline/errors.py``): 0 output complete (rejected inputs are listed in
 rejects.jsonl), 2 an unusable flag, 3 an input yields nothing usable, 4 an ``--incremental`` run

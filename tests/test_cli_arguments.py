@@ -159,10 +159,23 @@ def test_unreachable_hub_tokenizer_fails_at_once_with_what_to_do(tmp_path):
     assert "pass a local path" in proc.stderr and "HF_HUB_OFFLINE=1" in proc.stderr
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--seq-len", "abc"], ["--format", "csv"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["--seq-len", "abc"],
+        ["--format", "csv"],
+        ["--seq-len", "10"],
+        ["--seq-len", "64", "--overlap", "64"],
+        ["--mix", "book=1,poetry=1"],
+        ["--eval-fraction", "1"],
+    ],
+)
 def test_help_and_bad_values_import_no_beam(args):
     """``--help`` and a bad value answer before Apache Beam is imported (about 0.9 s of the
-    start-up, issue 20): a top-level Beam import in the command line's modules fails this."""
+    start-up, issue 20): a top-level Beam import in the command line's modules fails this, and
+    so does a value check (``--seq-len 10``, ``--overlap`` past ``--seq-len``, an unknown
+    ``--mix`` kind) left behind the Beam import."""
     code = (
         "import sys\n"
         "from pipeline.run import run\n"
