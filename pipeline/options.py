@@ -62,9 +62,15 @@ def check_values(argv: list[str]) -> None:
     )
     add_arguments(parser, BuildConfig, groups=GROUPS)
     try:
-        values, _ = parser.parse_known_args(argv)
+        values, unknown = parser.parse_known_args(argv)
     except argparse.ArgumentError as err:
         raise UsageError(f"{err} (python -m pipeline.run --help)") from None
+    ours = [o for a in parser._actions for o in a.option_strings]
+    if any(a.startswith("-") and did_you_mean(a.split("=", 1)[0], ours) for a in unknown):
+        # perhaps a misspelt project flag (--seq_len): its value is not in ``values``, so a
+        # check against the default would name the wrong flag; check_arguments, with Beam's
+        # own flags known, names it first
+        return
     BuildConfig.from_options(values, check_output=False)
 
 

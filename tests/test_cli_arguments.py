@@ -32,6 +32,8 @@ from tests.conftest import REPO, run_cli
         (["--seq-lenn", "4096"], "unknown flag --seq-lenn"),
         (["--seq", "8192"], "unknown flag --seq (did you mean --seq-len?)"),
         (["--seq_len", "4096"], "unknown flag --seq_len"),
+        # the misspelt flag is named, not --overlap against the default --seq-len it left
+        (["--seq_len", "131072", "--overlap", "65536"], "unknown flag --seq_len"),
         (["--books", "a.txt", "b.txt"], "unexpected argument 'b.txt'"),
     ],
 )
