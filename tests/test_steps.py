@@ -413,11 +413,24 @@ def test_windows_of_a_long_book_are_scored_by_the_tokenize_step(tmp_path, books_
         for start, n, score in scored:
             assert score is not None and score == dependency_score(ids[start : start + n])
 
-    with _pipeline() as p:
-        read = p | beam.Create(sources) | ReadDocuments(ReadSettings(), dedup=False)
-        tokenized = read[MAIN] | Tokenize(config, staging)
-        planned = tokenized | PlanSamples(PlanSettings(seq_len=seq_len, samples_per_shard=8))
-        keyed = tokenized | beam.Map(lambda d: (d.doc_id, d))
-        cut = {"doc": keyed, "plan": planned[MAIN]} | CutSegments()
-        refs = cut[MAIN] | beam.Map(lambda kv: (kv[1].start, kv[1].length, kv[1].score))
-        assert_that(refs, check)
+    def cut_and_check():
+        with _pipeline() as p:
+            read = p | beam.Create(sources) | ReadDocuments(ReadSettings(), dedup=False)
+            tokenized = read[MAIN] | Tokenize(config, staging, cache_dir=cache_dir)
+            planned = tokenized | PlanSamples(PlanSettings(seq_len=seq_len, samples_per_shard=8))
+            keyed = tokenized | beam.Map(lambda d: (d.doc_id, d))
+            cut = {"doc": keyed, "plan": planned[MAIN]} | CutSegments()
+            refs = cut[MAIN] | beam.Map(lambda kv: (kv[1].start, kv[1].length, kv[1].score))
+            assert_that(refs, check)
+
+    cache_dir = str(tmp_path / "cache")
+    cut_and_check()
+    # an --incremental cache entry written before the windows were scored here (no
+    # window_scores): its windows are scored when it is reused, and the entry gains them
+    (entry,) = (tmp_path / "cache").glob("*.npz")
+    with np.load(entry) as data:
+        kept = {k: data[k] for k in data.files if k != "window_scores"}
+    np.savez(entry, **kept)
+    cut_and_check()
+    with np.load(entry) as data:
+        assert "window_scores" in data.files

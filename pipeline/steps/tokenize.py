@@ -146,7 +146,15 @@ class TokenizeFn(beam.DoFn):
         from pipeline import cache
 
         key = cache.document_key(sha, self.tok, self.config)
-        return key, cache.load(self.cache_dir, key)
+        entry = cache.load(self.cache_dir, key)
+        if entry is not None and "window_scores" not in entry:
+            # an entry from before the tokenize step scored the windows: scored and stored
+            # once now, instead of by the shard writer on every run that reuses it
+            entry["window_scores"] = window_scores(
+                entry["tokens"], entry["starts"], entry["lengths"], whole=entry["score"]
+            )
+            cache.store(self.cache_dir, key, **entry)
+        return key, entry
 
     def _early(self, doc: TextDocument, sha: str, key: str | None) -> dict | None:
         """The entry the read step made early for this text, if it did (``early.py``); ``key``:
