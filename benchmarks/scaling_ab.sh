@@ -11,7 +11,7 @@
 # Or one tree under two settings: without .carry/scaling/base.tar (or with SCALING_AB_SAME=1)
 # both sides run the working tree, with SCALING_AB_BASE_ENV and SCALING_AB_HEAD_ENV (e.g.
 # "SCALING_RAYON_THREADS=2": each worker's tokenizer threads instead of the pipeline's C//N).
-# Prints each run's wall seconds and writes $OUT/scaling_ab.json (base ref, rounds, walls, each
+# Prints each run's wall seconds and writes $OUT/scaling_ab.json (SCALING_AB_NAME; base ref, rounds, walls, each
 # run's row with its worker timeline); the corpus is scaling.sh's (SCALING_CORPUS_MB, 300).
 # Before the rounds it imports matplotlib twice and logs both times: the report's plot helpers
 # build matplotlib's font cache on a fresh machine, once, which no later run pays.
@@ -34,6 +34,7 @@ N=${SCALING_AB_WORKERS:-16}
 ROUNDS=${SCALING_AB_ROUNDS:-3}
 BASE_ENV=${SCALING_AB_BASE_ENV:-}
 HEAD_ENV=${SCALING_AB_HEAD_ENV:-}
+NAME=${SCALING_AB_NAME:-scaling_ab}  # $OUT/NAME.json: two comparisons in one call keep both
 if [ -f .carry/scaling/base.tar ] && [ -z "${SCALING_AB_SAME:-}" ]; then
   BASE=/tmp/scaling-ab-base
   REF=$(cat .carry/scaling/base.ref 2>/dev/null)
@@ -61,7 +62,7 @@ for r in $(seq 1 "$ROUNDS"); do
     log "round $r $side: $($PY -c "import json,sys; r=json.load(open(sys.argv[1]))['rows']['multi_processing|$N']; print(f\"wall {r['wall_s']:.1f} s, rc {r['rc']}\")" "$RES/$side-$r.json" 2>&1 | tail -1)"
   done
 done
-$PY - "$RES" "$N" "$ROUNDS" "$REF" "${OUT:-}" "$BASE_ENV" "$HEAD_ENV" <<'EOF'
+$PY - "$RES" "$N" "$ROUNDS" "$REF" "${OUT:-}" "$BASE_ENV" "$HEAD_ENV" "$NAME" <<'EOF'
 import json, statistics, sys
 from pathlib import Path
 res, n, rounds, base_ref, out = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
@@ -87,5 +88,5 @@ if all(walls.values()):
 print(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=1))
 if out:
     Path(out).mkdir(parents=True, exist_ok=True)
-    Path(out, "scaling_ab.json").write_text(json.dumps(summary, indent=1) + "\n")
+    Path(out, sys.argv[8] + ".json").write_text(json.dumps(summary, indent=1) + "\n")
 EOF

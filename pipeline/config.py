@@ -31,6 +31,12 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 MIN_SEQ_LEN = 64
 
 
+def console_log_level(quiet: bool, log_level: str) -> str:
+    """The logging level of the run's processes: --log-level, or ERROR under --quiet (Beam's
+    warnings included) unless a level was asked for."""
+    return "ERROR" if quiet and log_level == "WARNING" else log_level
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     # inputs
@@ -398,6 +404,10 @@ class BuildConfig:
         return not (
             self.books or self.repos or self.repos_root or self.documents or self.hf_dataset
         )
+
+    @property
+    def console_log_level(self) -> str:
+        return console_log_level(self.quiet, self.log_level)
 
     @property
     def slack(self) -> int:

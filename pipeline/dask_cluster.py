@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from pipeline.runners import TOKENIZER_THREADS, tokenizer_threads
+    from pipeline.worker_pool import TOKENIZER_THREADS, tokenizer_threads
 
     # the workers inherit it: one tokenizer thread pool per worker, not one thread per core each
     os.environ.setdefault(

@@ -22,7 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import __version__, cache, remote
-from pipeline.config import FIELD_NAMES, BuildConfig
+from pipeline.config import FIELD_NAMES, BuildConfig, console_log_level
 from pipeline.demo import demo_repositories
 from pipeline.discover import HF, discover
 from pipeline.errors import NoSpace, UsageError
@@ -55,6 +55,7 @@ from pipeline.runners import (
 )
 from pipeline.steps import BuildDataset
 from pipeline.steps.tokenize import Progress
+from pipeline.worker_pool import WorkerPool
 from schemas.layout import (
     DOCUMENTS,
     MANIFEST,
@@ -91,6 +92,7 @@ class Job:
     sources: list
     discovery_rejects: list
     plotter: PlotRenderer
+    workers: WorkerPool | None  # multi_processing: the worker processes started at the outset
     input_bytes: int  # bytes of the local inputs: the disk-space check and the progress ETA
     source_bytes: list[int]  # the same per source (0: remote), to spread them over workers
 
@@ -99,15 +101,13 @@ class Job:
             print(*args)
 
 
-def prepare(argv: list[str]) -> Job:
+def prepare(argv: list[str], workers: WorkerPool | None = None) -> Job:
     """Parse and check everything that can be checked before anything is written; raises
     :class:`RunRefused` (bad flag: 2, unusable input: 3, no disk space: 6). ``argv`` is already
     expanded from ``--config`` and its values checked (``pipeline.run``)."""
     options = PipelineOptions(argv)
     lc = options.view_as(LongctxOptions)
-    # --quiet: errors only from the logs too (Beam's warnings included), unless a level is asked
-    quiet_default = lc.quiet and lc.log_level == "WARNING"
-    logging.getLogger().setLevel("ERROR" if quiet_default else lc.log_level)
+    logging.getLogger().setLevel(console_log_level(lc.quiet, lc.log_level))
     check_runner(options)
     check_arguments(argv)  # after check_runner: it imports the runner and its option classes
     config = BuildConfig.from_options(lc)
@@ -145,7 +145,9 @@ def prepare(argv: list[str]) -> Job:
     except BaseException:
         plotter.close()
         raise
-    return Job(options, config, tok, sources, discovery_rejects, plotter, n_input, source_bytes)
+    return Job(
+        options, config, tok, sources, discovery_rejects, plotter, workers, n_input, source_bytes
+    )
 
 
 def _loaded(future):
@@ -169,7 +171,7 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
     if workers and len(job.sources) > 1 and known:
         bins = lpt_bins(job.source_bytes, workers)
         spread = {s.doc_id: b for s, b in zip(job.sources, bins, strict=True)}
-    pipeline = beam.Pipeline(runner=make_runner(job.options), options=job.options)
+    pipeline = beam.Pipeline(runner=make_runner(job.options, job.workers), options=job.options)
     _ = pipeline | "BuildDataset" >> BuildDataset(
         config=config,
         sources=job.sources,

@@ -50,11 +50,12 @@ def _parser():
     return parser
 
 
-def check_values(argv: list[str]) -> None:
+def check_values(argv: list[str]) -> BuildConfig | None:
     """A bad value (``--seq-len abc``, ``--format csv``, ``--seq-len 10``, ``--overlap`` past
     ``--seq-len``) is one error line naming the flag, before Beam is imported and before Beam's
     parser would print its usage under the name ``run.py``. ``--output`` is checked later,
-    with Beam's filesystems."""
+    with Beam's filesystems. Returns the settings so read (None where a flag looks misspelt:
+    ``check_arguments`` reports it once Beam's flags are known)."""
     import argparse
 
     parser = argparse.ArgumentParser(
@@ -70,8 +71,8 @@ def check_values(argv: list[str]) -> None:
         # perhaps a misspelt project flag (--seq_len): its value is not in ``values``, so a
         # check against the default would name the wrong flag; check_arguments, with Beam's
         # own flags known, names it first
-        return
-    BuildConfig.from_options(values, check_output=False)
+        return None
+    return BuildConfig.from_options(values, check_output=False)
 
 
 def check_arguments(argv: list[str]) -> None:

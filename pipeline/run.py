@@ -27,6 +27,7 @@ from pipeline.config_file import expand_config
 from pipeline.errors import FAILURE, OK, RunRefused
 from pipeline.lock import OutputLock
 from pipeline.options import check_values, help_text
+from pipeline.worker_pool import WorkerPool
 
 _LOG = logging.getLogger("longctx")
 
@@ -39,10 +40,24 @@ def run(argv: list[str] | None = None) -> int:
         return OK
     try:
         argv = expand_config(argv)
-        check_values(argv)
+        config = check_values(argv)
+    except RunRefused as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.status
+    # multi_processing: the worker processes start importing Beam now, beside the driver
+    workers = WorkerPool.for_run(argv, config) if config else None
+    try:
+        return _run(argv, workers)
+    finally:
+        if workers:
+            workers.close()
+
+
+def _run(argv: list[str], workers: WorkerPool | None) -> int:
+    try:
         from pipeline.job import build_and_publish, prepare, summary
 
-        job = prepare(argv)
+        job = prepare(argv, workers)
     except RunRefused as err:
         print(f"error: {err}", file=sys.stderr)
         return err.status

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline.errors import UsageError
+from pipeline.worker_pool import TOKENIZER_THREADS, WorkerPool, serve_workers, tokenizer_threads
 
 DASK = "apache_beam.runners.dask.dask_runner.DaskRunner"
 _ALIASES = {"DaskRunner": DASK}
@@ -87,8 +88,9 @@ def check_runner(options: PipelineOptions) -> None:
             )
 
 
-def make_runner(options: PipelineOptions):
-    """``DirectRunner`` without its Prism attempt.
+def make_runner(options: PipelineOptions, workers: WorkerPool | None = None):
+    """``DirectRunner`` without its Prism attempt; under ``multi_processing`` its worker
+    processes come from ``workers`` where given (``pipeline/worker_pool.py``).
 
     Beam 2.77's DirectRunner first tries Prism, which downloads a Go binary; offline that fails
     (after network timeouts) and it falls back to the FnApiRunner. We go to the FnApiRunner
@@ -107,6 +109,7 @@ def make_runner(options: PipelineOptions):
         beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
     )
     stop_workers_together()
+    serve_workers(workers)
     return fn_runner.FnApiRunner(provision_info=info)
 
 
@@ -145,14 +148,6 @@ def stop_workers_together() -> None:
     manager.close_all = close_all
 
 
-TOKENIZER_THREADS = "RAYON_NUM_THREADS"  # the Rust tokenizer's thread pool (rayon) reads it
-
-
-def tokenizer_threads(cores: int, workers: int) -> int:
-    """Threads for each worker process's tokenizer: the cores shared out (at least 1)."""
-    return max(1, cores // max(1, workers))
-
-
 def share_cores(options: PipelineOptions, environ=os.environ) -> int | None:
     """With ``--direct_running_mode multi_processing`` and N workers, give each worker's tokenizer
     cores // N threads (``RAYON_NUM_THREADS`` in the environment the workers inherit), instead
@@ -168,7 +163,7 @@ def share_cores(options: PipelineOptions, environ=os.environ) -> int | None:
     workers = direct.direct_num_workers or cores  # 0: one per core (Beam's rule)
     if workers <= 1:
         return None
-    threads = tokenizer_threads(cores, workers)
+    threads = tokenizer_threads(cores, workers)  # the rule the pooled workers start with
     environ[TOKENIZER_THREADS] = str(threads)
     return threads
 

@@ -66,6 +66,9 @@ def test_multi_processing_direct_runner_is_byte_identical(
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     _outputs_equal(out, direct_out)
+    # the workers (started by pipeline.worker_pool) log at the run's level: Beam's own worker
+    # printed ~12 INFO lines and 2 warnings about nothing the run can change, each
+    assert proc.stderr == "", proc.stderr[-3000:]
 
 
 def test_portable_runner_is_byte_identical(tmp_path, direct_out, books_dir, qwen3_dir):
@@ -211,3 +214,100 @@ def test_multi_processing_workers_are_stopped_together(monkeypatch):
         assert_that(doubled, equal_to([2 * x for x in range(30)]))
     assert len(closes) == 3
     assert max(start for start, _ in closes) < min(end for _, end in closes), closes
+
+
+def _run_facts(argv, pool, folder) -> list[tuple[int, int, str]]:
+    """Run a small multi_processing pipeline through ``make_runner(options, pool)``; returns,
+    for each worker process that ran an element, (pid, tokenizers it had loaded when its first
+    element came, the control address it was given), as the workers wrote them to ``folder``."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.runners import make_runner
+
+    options = PipelineOptions(["--runner", "DirectRunner", *argv])
+
+    def note(x, folder=str(folder)):  # travels by value: workers cannot import this module
+        import json
+        import os
+        import sys
+
+        path = os.path.join(folder, f"{os.getpid()}.json")
+        if not os.path.exists(path):
+            tok = sys.modules.get("transforms.samples.tokenize")
+            control = os.environ.get("CONTROL_API_SERVICE_DESCRIPTOR", "")
+            with open(path, "w") as f:
+                json.dump([os.getpid(), len(tok._LOADED) if tok else 0, control], f)
+        return x
+
+    with beam.Pipeline(runner=make_runner(options, pool), options=options) as p:
+        _ = p | beam.Create(range(64)) | beam.Reshuffle() | beam.Map(note)
+    return [tuple(json.loads(f.read_text())) for f in sorted(Path(folder).glob("*.json"))]
+
+
+def test_multi_processing_workers_are_the_processes_started_before_beam(qwen3_dir, tmp_path):
+    """Issue 20: the runner started its N workers ~3.5 s into a 16-worker run, and each spent
+    3-5 s importing Beam and parsing the tokenizer before its first file. The pool's processes,
+    started before the driver imports Beam, are the runner's workers: the elements run in them,
+    with the tokenizer already loaded and Beam's own control address."""
+    from pipeline.worker_pool import WorkerPool
+
+    argv = ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]
+    with WorkerPool(2, str(qwen3_dir)) as pool:
+        started = set(pool.pids)
+        facts = _run_facts(argv, pool, tmp_path)
+        assert {pid for pid, _, _ in facts} == started == set(pool.handed)
+        assert all(loaded == 1 for _, loaded, _ in facts), facts
+        assert all("localhost:" in control for _, _, control in facts), facts
+
+
+def test_a_pooled_worker_that_died_is_replaced_by_beams_own(qwen3_dir, tmp_path):
+    """A pooled process that is gone when the runner asks for a worker is passed over: Beam
+    starts its own, and the run completes."""
+    from pipeline.worker_pool import WorkerPool
+
+    argv = ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]
+    with WorkerPool(2, str(qwen3_dir)) as pool:
+        dead, alive = pool.pids
+        os.kill(dead, 9)
+        next(p for p in pool._idle if p.pid == dead).wait()
+        facts = _run_facts(argv, pool, tmp_path)
+        pids = {pid for pid, _, _ in facts}
+        assert alive in pids and dead not in pids and len(pids) == 2, (facts, dead, alive)
+        assert pool.handed == [alive]
+
+
+def test_unused_pooled_workers_stop_with_the_run_or_their_driver(qwen3_dir):
+    """Processes nobody took are stopped when the run ends (``close``), and one whose driver
+    is gone (its stdin closed) exits by itself: nothing is left running."""
+    from pipeline.worker_pool import WorkerPool
+
+    pool = WorkerPool(2, str(qwen3_dir))
+    first, second = list(pool._idle)
+    first.stdin.close()  # as when the driver dies: the pipe's far end closes
+    assert first.wait(timeout=120) == 0
+    pool.close()
+    assert second.poll() is not None
+    assert pool.take({}) is None
+
+
+@pytest.mark.parametrize(
+    "argv, want",
+    [
+        ([], 0),
+        (["--direct_running_mode", "multi_processing"], 1),
+        (["--direct_running_mode=multi_processing", "--direct_num_workers=3"], 3),
+        (
+            ["--direct_running_mode", "multi_processing", "--direct_num_workers", "0"],
+            os.cpu_count(),
+        ),
+        (["--direct_running_mode", "multi_threading", "--direct_num_workers", "4"], 0),
+        (["--runner", "PortableRunner", "--direct_running_mode", "multi_processing"], 0),
+        (["--direct_running_mode", "multi_processing", "--direct_num_workers", "x"], 0),
+        (["--direct_running_mod", "multi_processing"], 0),  # Beam takes no abbreviations
+    ],
+)
+def test_the_pool_is_sized_as_beam_reads_the_flags(argv, want):
+    from pipeline.worker_pool import planned_workers
+
+    assert planned_workers(argv) == want
