@@ -39,6 +39,9 @@ if [ -f .carry/scaling/base.tar ] && [ -z "${SCALING_AB_SAME:-}" ]; then
   BASE=/tmp/scaling-ab-base
   REF=$(cat .carry/scaling/base.ref 2>/dev/null)
   rm -rf "$BASE" && mkdir -p "$BASE" && tar xf .carry/scaling/base.tar -C "$BASE"
+  # the benchmark's own scripts (and benchmarks/timeline) are the working tree's on both sides:
+  # only the pipeline differs
+  cp -r "$ROOT/benchmarks/." "$BASE/benchmarks/"
   mkdir -p "$BASE/.carry" && ln -sfn "$ROOT/.carry/ablation" "$BASE/.carry/ablation"
   ln -sfn "$ROOT/.carry/scaling" "$BASE/.carry/scaling"
 else
