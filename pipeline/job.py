@@ -21,10 +21,10 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import __version__, cache, remote
+from pipeline import __version__, cache
 from pipeline.config import FIELD_NAMES, BuildConfig, console_log_level
 from pipeline.demo import demo_repositories
-from pipeline.discover import HF, discover
+from pipeline.discover import discover
 from pipeline.errors import NoSpace, UsageError
 from pipeline.guard import (
     check_free_space,
@@ -53,6 +53,7 @@ from pipeline.runners import (
     share_cores,
     static_workers,
 )
+from pipeline.source_queue import SourceQueue
 from pipeline.steps import BuildDataset
 from pipeline.steps.tokenize import Progress
 from pipeline.worker_pool import WorkerPool
@@ -66,7 +67,6 @@ from schemas.layout import (
     SHARD_STATS,
 )
 from schemas.manifest import Manifest, build_manifest, parse_manifest
-from transforms.balance import lpt_bins
 from transforms.samples.tokenize import TokenizerError, load_tokenizer
 
 _LOG = logging.getLogger("longctx")
@@ -164,25 +164,28 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
     progress = None if config.quiet else Progress(job.input_bytes, tty)
     share_cores(job.options)  # multi_processing: one tokenizer thread pool per worker, sized
     workers = static_workers(job.options)
-    spread = None
-    # the sources by size over the runner's fixed workers, where every size is known (a remote
-    # file or a Hub dataset counts 0 bytes here: those keep the Reshuffle's spread by count)
-    known = all(s.kind != HF and not remote.is_remote(s.path) for s in job.sources)
-    if workers and len(job.sources) > 1 and known:
-        bins = lpt_bins(job.source_bytes, workers)
-        spread = {s.doc_id: b for s, b in zip(job.sources, bins, strict=True)}
-    pipeline = beam.Pipeline(runner=make_runner(job.options, job.workers), options=job.options)
-    _ = pipeline | "BuildDataset" >> BuildDataset(
-        config=config,
-        sources=job.sources,
-        discovery_rejects=job.discovery_rejects,
-        staging=staging,
-        cache_dir=tokens_cache,
-        progress=progress,
-        batch_tokenize=emits_from_finish_bundle(job.options),
-        spread=spread,
-    )
-    pipeline.run().wait_until_finish()
+    # the sources taken by the runner's fixed workers as each is free, largest first (a remote
+    # file or a Hub dataset counts 0 bytes here: taken last, in their order)
+    queue = None
+    if workers and len(job.sources) > 1:
+        ids = [s.doc_id for s in job.sources]
+        queue = SourceQueue.create(ids, job.source_bytes, workers)
+    try:
+        pipeline = beam.Pipeline(runner=make_runner(job.options, job.workers), options=job.options)
+        _ = pipeline | "BuildDataset" >> BuildDataset(
+            config=config,
+            sources=job.sources,
+            discovery_rejects=job.discovery_rejects,
+            staging=staging,
+            cache_dir=tokens_cache,
+            progress=progress,
+            batch_tokenize=emits_from_finish_bundle(job.options),
+            queue=queue,
+        )
+        pipeline.run().wait_until_finish()
+    finally:
+        if queue:
+            queue.remove()
     if progress and progress.tty:
         print("\r\033[K", end="", file=sys.stderr, flush=True)  # clear the progress line
 

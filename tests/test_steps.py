@@ -3,6 +3,8 @@ assert_that (the real runner, the real Qwen3 tokenizer, real Arrow files)."""
 
 from __future__ import annotations
 
+import os
+
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
@@ -59,45 +61,88 @@ def test_read_documents_keeps_books_and_rejects_empty_and_duplicate(tmp_path):
         )
 
 
-def test_lpt_bins_balance_sizes_over_workers():
-    from transforms.balance import lpt_bins
+def _claim_all(queue_args, ticket, pause, out):
+    """One worker process taking sources from a queue, ``pause`` seconds of 'work' each."""
+    import time
 
-    sizes = [90, 10, 80, 10, 70, 10, 60, 10]  # by count every other one: 300 against 40
-    bins = lpt_bins(sizes, 2)
-    loads = [sum(s for s, b in zip(sizes, bins, strict=True) if b == k) for k in (0, 1)]
-    assert sorted(loads) == [170, 170]
-    assert lpt_bins(sizes, 2) == bins  # the same inputs, the same bins
-    assert lpt_bins([5], 4) == [0] and lpt_bins([], 3) == []
-    assert lpt_bins([0] * 6, 3) == [0, 1, 2, 0, 1, 2]  # unknown or empty: dealt out by count
-    with pytest.raises(ValueError, match="at least 1"):
-        lpt_bins(sizes, 0)
+    from pipeline.source_queue import SourceQueue
+
+    taken = []
+    for doc_id in SourceQueue(*queue_args).claims(ticket):
+        taken.append(doc_id)
+        time.sleep(pause)
+    out.put((ticket, taken))
 
 
-def test_sources_go_to_multi_processing_workers_by_size(tmp_path):
-    """Issue 20: DirectRunner multi_processing deals a grouped input's keys round-robin over its
-    workers, so after a Reshuffle every other source (by document id) went to one worker: here
-    all four large books to one and the four small ones to the other. With ``spread`` (the
-    LPT bins, as pipeline.job computes them) each worker reads one bin: the sources that share a
-    worker process are exactly the bins', and the two workers' bytes are equal."""
-    import os
+def test_a_free_worker_takes_the_next_source_largest_first(tmp_path):
+    """Issue 20: fixed shares (by count, then by size) ended the 16 workers' read + tokenize
+    stage 4-7 s apart; now each worker takes the next source when it is free. Three real
+    processes, one of them 20x slower per source: every source is taken exactly once, the
+    slow one takes few, and each takes its sources largest first."""
+    import multiprocessing
+
+    from pipeline.source_queue import SourceQueue
+
+    ids = [f"book/{i:02d}" for i in range(40)]
+    sizes = [(i * 37) % 41 for i in range(40)]  # all different, not in id order
+    queue = SourceQueue.create(ids, sizes, 3)
+    try:
+        assert queue.order == tuple(sorted(ids, key=lambda d: -sizes[ids.index(d)]))
+        ctx = multiprocessing.get_context("spawn")
+        out = ctx.Queue()
+        args = (queue.folder, queue.order, queue.tickets)
+        procs = [
+            ctx.Process(target=_claim_all, args=(args, t, 0.2 if t == 0 else 0.01, out))
+            for t in range(3)
+        ]
+        for p in procs:
+            p.start()
+        taken = dict(out.get(timeout=120) for _ in procs)
+        for p in procs:
+            p.join(timeout=60)
+        everything = [d for t in taken.values() for d in t]
+        assert sorted(everything) == sorted(ids)  # exactly once each
+        assert len(taken[0]) < min(len(taken[1]), len(taken[2])), taken
+        for t in taken.values():  # each worker's in the queue's order: largest first
+            assert t == sorted(t, key=queue.order.index)
+        assert queue.claimed() == {d: t for t, ds in taken.items() for d in ds}
+    finally:
+        queue.remove()
+    assert not os.path.exists(queue.folder)
+
+
+def test_a_ticket_run_again_takes_back_its_own_sources_first(tmp_path):
+    """A bundle that failed and is run again (its outputs discarded by the runner) must read
+    the sources its first run had taken: no other ticket will."""
+    from pipeline.source_queue import SourceQueue
+
+    queue = SourceQueue.create(["a", "b", "c", "d", "e"], [5, 4, 3, 2, 1], 2)
+    try:
+        first = queue.claims(0)
+        assert [next(first), next(first)] == ["a", "b"]
+        first.close()  # the failed attempt
+        assert list(queue.claims(1)) == ["c", "d", "e"]
+        assert list(queue.claims(0)) == ["a", "b"]  # taken back; nothing else is left
+        with pytest.raises(ValueError, match="at least 1"):
+            SourceQueue.create(["a"], [1], 0)
+    finally:
+        queue.remove()
+
+
+def test_multi_processing_workers_read_the_sources_they_took(tmp_path):
+    """The wiring: with a ``SourceQueue`` each of the 2 workers of DirectRunner
+    ``multi_processing`` reads exactly the sources its ticket took, every source once."""
+    import json
 
     from pipeline.runners import static_workers
-    from transforms.balance import lpt_bins
+    from pipeline.source_queue import SourceQueue
 
     books = tmp_path / "books"
     books.mkdir()
-    for i in range(8):  # b0, b1, ... sorted by id: large, small, large, small ...
-        body = "\n\n".join(f"Paragraph {j} of book {i}, with some words." for j in range(1, 2000))
-        (books / f"b{i}.txt").write_text(body if i % 2 == 0 else body[: 2000 + i])
+    for i in range(8):
+        body = "\n\n".join(f"Paragraph {j} of book {i}, with some words." for j in range(1, 200))
+        (books / f"b{i}.txt").write_text(body[: 1000 * (i + 1)])
     sources, _ = discover(books=[str(books)])
-    sizes = [os.path.getsize(s.path) for s in sources]
-    bins = lpt_bins(sizes, 2)
-    spread = {s.doc_id: b for s, b in zip(sources, bins, strict=True)}
-    want = sorted(
-        sorted(s.doc_id for s, b in zip(sources, bins, strict=True) if b == k) for k in (0, 1)
-    )
-    by_count = sorted(sorted(s.doc_id for s in sources[k::2]) for k in (0, 1))
-    assert want != by_count  # the test can tell the two apart
     options = PipelineOptions(
         ["--runner", "DirectRunner", "--direct_running_mode", "multi_processing",
          "--direct_num_workers", "2"]
@@ -106,16 +151,30 @@ def test_sources_go_to_multi_processing_workers_by_size(tmp_path):
     assert static_workers(PipelineOptions(["--runner", "DirectRunner"])) is None
     assert static_workers(PipelineOptions(["--runner", "SwitchingDirectRunner",
         "--direct_running_mode", "multi_processing", "--direct_num_workers", "2"])) == 2  # fmt: skip
-    with BeamTestPipeline(runner=make_runner(options), options=options) as p:
-        read = p | beam.Create(sources) | ReadDocuments(ReadSettings(), dedup=False, spread=spread)
-        groups = (
-            read[MAIN]
-            # a lambda travels by value (the workers cannot import this test module)
-            | beam.Map(lambda d: (__import__("os").getpid(), d.doc_id))
-            | beam.GroupByKey()
-            | beam.Map(lambda kv: sorted(kv[1]))
-        )
-        assert_that(groups, equal_to(want))
+    queue = SourceQueue.create([s.doc_id for s in sources], [1] * len(sources), 2)
+    seen = tmp_path / "seen"
+    seen.mkdir()
+
+    def note(doc, folder=str(seen)):  # travels by value: workers cannot import this module
+        import os
+
+        with open(os.path.join(folder, str(os.getpid())), "a") as f:
+            f.write(doc.doc_id + "\n")
+        return doc.doc_id
+
+    try:
+        with BeamTestPipeline(runner=make_runner(options), options=options) as p:
+            read = (
+                p | beam.Create(sources) | ReadDocuments(ReadSettings(), dedup=False, queue=queue)
+            )
+            assert_that(read[MAIN] | beam.Map(note), equal_to([s.doc_id for s in sources]))
+        by_worker = sorted(sorted(f.read_text().split()) for f in seen.iterdir())
+        claimed = queue.claimed()
+        by_ticket = sorted(sorted(d for d, t in claimed.items() if t == k) for k in (0, 1))
+        assert by_worker == [t for t in by_ticket if t], json.dumps(claimed)
+        assert len(claimed) == len(sources)
+    finally:
+        queue.remove()
 
 
 def test_tokenize_stores_ids_that_decode_to_the_text(tmp_path, qwen3_dir, qwen3):

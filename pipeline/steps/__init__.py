@@ -50,13 +50,13 @@ class BuildDataset(beam.PTransform):
         cache_dir=None,
         progress=None,
         batch_tokenize=True,
-        spread=None,
+        queue=None,
     ):
         super().__init__()
         self.config, self.sources, self.discovery_rejects = config, sources, discovery_rejects
         self.staging, self.cache_dir, self.progress = staging, cache_dir, progress
         self.batch_tokenize = batch_tokenize  # False where finish_bundle outputs are dropped
-        self.spread = spread  # {doc_id: worker} (ReadDocuments), or None: Reshuffle
+        self.queue = queue  # SourceQueue (ReadDocuments), or None: Reshuffle
 
     def expand(self, pbegin):
         config, staging = self.config, self.staging
@@ -70,7 +70,7 @@ class BuildDataset(beam.PTransform):
                 dedup=config.dedup,
                 within_repository=config.dedup_within_repository,
                 early=(config, staging, self.cache_dir) if tokenize_early else None,
-                spread=self.spread,
+                queue=self.queue,
             )
         )
         docs = read[MAIN] | "Tokenize" >> Tokenize(

@@ -12,6 +12,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from pipeline.discover import Source, read_source
+from pipeline.source_queue import SourceQueue
 from pipeline.steps import early
 from pipeline.steps.common import MAIN, NAMESPACE, REJECTS, SplitTagged
 from transforms.code.dedup import band_keys, duplicates_in_bucket, remove_items, signatures
@@ -78,6 +79,20 @@ class RemoveDuplicatesFn(beam.DoFn):
             yield MAIN, kept
 
 
+class ClaimSourcesFn(beam.DoFn):
+    """A worker's ticket -> the sources it takes from the run's ``SourceQueue``, one at a time
+    (``pipeline/source_queue.py``): the next is taken when the read and tokenize steps fused
+    after this one are done with the last."""
+
+    def __init__(self, queue: SourceQueue):
+        self.queue = queue
+
+    def process(self, ticket, sources: list[Source]):
+        by_id = {s.doc_id: s for s in sources}
+        for doc_id in self.queue.claims(ticket[0]):
+            yield by_id[doc_id]
+
+
 class ReadDocuments(beam.PTransform):
     """``Source`` s -> ``{MAIN: TextDocument s, REJECTS: Reject s}`` (dedup unless off)."""
 
@@ -87,25 +102,25 @@ class ReadDocuments(beam.PTransform):
         dedup: bool = True,
         within_repository="off",
         early=None,
-        spread: dict | None = None,
+        queue: SourceQueue | None = None,
     ):
         super().__init__()
         self.settings, self.dedup = settings, dedup
         self.within_repository = within_repository  # off | exact | near
         self.early = early  # (config, staging, cache_dir): tokenize while reading goes on
-        # {doc_id: worker}: on a runner that splits a step's input over a fixed set of workers
-        # (DirectRunner multi_processing), the sources go to workers by size (one group each)
-        # instead of by count (Reshuffle): the read and the tokenizer fused after it end
-        # together, not when the worker that drew the largest inputs does
-        self.spread = spread
+        # on a runner that splits a step's input over a fixed set of workers (DirectRunner
+        # multi_processing), one ticket a worker, each taking sources from the queue as it is
+        # free; elsewhere a Reshuffle (those runners rebalance their work themselves)
+        self.queue = queue
 
     def expand(self, sources):
-        if self.spread:
+        if self.queue:
             spread = (
-                sources
-                | "KeyByWorker" >> beam.Map(lambda s, bins: (bins[s.doc_id], s), self.spread)
-                | "SpreadSources" >> beam.GroupByKey()
-                | "Ungroup" >> beam.FlatMap(lambda kv: kv[1])
+                sources.pipeline
+                | "Tickets" >> beam.Create([(t, t) for t in range(self.queue.tickets)])
+                | "SpreadTickets" >> beam.GroupByKey()
+                | "ClaimSources"
+                >> beam.ParDo(ClaimSourcesFn(self.queue), beam.pvalue.AsList(sources))
             )
         else:
             spread = sources | "SpreadSources" >> beam.Reshuffle()

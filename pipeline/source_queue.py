@@ -1,0 +1,79 @@
+"""Sources handed to DirectRunner ``multi_processing`` workers one at a time, as each is free.
+
+Beam 2.77's FnApiRunner splits a step's input over its N worker processes once, in fixed
+shares, and never rebalances. Fixed shares by size (Graham's LPT rule, until this module) still
+left the 16 workers of a 300 MB run ending their read + tokenize stage 4-7 s apart on
+nvidia-h200's CPUs: the same bytes cost different time (code against prose, one core against
+another), and the stage ends with its slowest worker. Here each worker is given one ticket, and
+a ticket's worker takes the next source nobody has taken, largest first, each time it has
+finished the last one (list scheduling, as a runner with dynamic work rebalancing does).
+
+A claim is a file named by the source's place in the order, made in one step (a hard link to a
+file that holds the ticket), so that no two workers take the same source; the queue's folder
+is a local temporary folder of the driver's machine, which every ``multi_processing`` worker
+shares. A ticket run again (a bundle retried after a failure, whose outputs Beam discarded)
+first takes back what it had claimed, so every source is read exactly once in the outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SourceQueue:
+    folder: str  # local, seen by every worker process of the run
+    order: tuple[str, ...]  # document ids, largest source first
+    tickets: int  # one per worker
+
+    @classmethod
+    def create(cls, doc_ids: Sequence[str], sizes: Sequence[int], tickets: int) -> SourceQueue:
+        """A queue of ``doc_ids``, largest first (ties, and sizes unknown as 0: as given)."""
+        if tickets < 1:
+            raise ValueError(f"tickets must be at least 1, got {tickets}")
+        if len(doc_ids) != len(sizes):
+            raise ValueError("one size per source")
+        order = sorted(range(len(doc_ids)), key=lambda i: (-sizes[i], i))
+        folder = tempfile.mkdtemp(prefix="longctx-sources-")
+        return cls(folder, tuple(doc_ids[i] for i in order), tickets)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def claimed(self) -> dict[str, int]:
+        """Each claimed source's document id -> the ticket that took it."""
+        return {self.order[i]: t for i, t in self._claims().items()}
+
+    def _claims(self) -> dict[int, int]:
+        out = {}
+        for name in os.listdir(self.folder):
+            if name.isdigit():
+                with open(os.path.join(self.folder, name)) as f:
+                    out[int(name)] = int(f.read())
+        return out
+
+    def claims(self, ticket: int) -> Iterator[str]:
+        """The document ids ``ticket`` takes, one at a time: first those it took in an earlier
+        run of the same ticket, then each source nobody has taken yet, in order. Taken as the
+        consumer asks for the next one, so a busy worker leaves the rest to the others."""
+        mine = sorted(i for i, t in self._claims().items() if t == ticket)
+        yield from (self.order[i] for i in mine)
+        token = os.path.join(self.folder, f".ticket-{ticket}-{os.getpid()}")
+        with open(token, "w") as f:
+            f.write(str(ticket))
+        try:
+            for i, doc_id in enumerate(self.order):
+                path = os.path.join(self.folder, str(i))
+                if os.path.exists(path):
+                    continue
+                try:
+                    os.link(token, path)  # the claim appears whole, or not at all
+                except FileExistsError:
+                    continue  # another worker took it first
+                yield doc_id
+        finally:
+            os.unlink(token)
