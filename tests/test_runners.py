@@ -216,10 +216,11 @@ def test_multi_processing_workers_are_stopped_together(monkeypatch):
     assert max(start for start, _ in closes) < min(end for _, end in closes), closes
 
 
-def _run_facts(argv, pool, folder) -> list[tuple[int, int, str]]:
+def _run_facts(argv, pool, folder) -> list[tuple[int, int, str, int]]:
     """Run a small multi_processing pipeline through ``make_runner(options, pool)``; returns,
     for each worker process that ran an element, (pid, tokenizers it had loaded when its first
-    element came, the control address it was given), as the workers wrote them to ``folder``."""
+    element came, the control address it was given, its niceness), as the workers wrote them
+    to ``folder``."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -237,7 +238,8 @@ def _run_facts(argv, pool, folder) -> list[tuple[int, int, str]]:
             tok = sys.modules.get("transforms.samples.tokenize")
             control = os.environ.get("CONTROL_API_SERVICE_DESCRIPTOR", "")
             with open(path, "w") as f:
-                json.dump([os.getpid(), len(tok._LOADED) if tok else 0, control], f)
+                loaded = len(tok._LOADED) if tok else 0
+                json.dump([os.getpid(), loaded, control, os.nice(0)], f)
         return x
 
     with beam.Pipeline(runner=make_runner(options, pool), options=options) as p:
@@ -249,16 +251,18 @@ def test_multi_processing_workers_are_the_processes_started_before_beam(qwen3_di
     """Issue 20: the runner started its N workers ~3.5 s into a 16-worker run, and each spent
     3-5 s importing Beam and parsing the tokenizer before its first file. The pool's processes,
     started before the driver imports Beam, are the runner's workers: the elements run in them,
-    with the tokenizer already loaded and Beam's own control address."""
+    with the tokenizer already loaded and Beam's own control address, below the driver's
+    priority (their imports took the driver's cores)."""
     from pipeline.worker_pool import WorkerPool
 
     argv = ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]
     with WorkerPool(2, str(qwen3_dir)) as pool:
         started = set(pool.pids)
         facts = _run_facts(argv, pool, tmp_path)
-        assert {pid for pid, _, _ in facts} == started == set(pool.handed)
-        assert all(loaded == 1 for _, loaded, _ in facts), facts
-        assert all("localhost:" in control for _, _, control in facts), facts
+        assert {pid for pid, *_ in facts} == started == set(pool.handed)
+        assert all(loaded == 1 for _, loaded, *_ in facts), facts
+        assert all("localhost:" in control for _, _, control, _ in facts), facts
+        assert all(nice > os.nice(0) for *_, nice in facts), facts
 
 
 def test_a_pooled_worker_that_died_is_replaced_by_beams_own(qwen3_dir, tmp_path):
@@ -272,7 +276,7 @@ def test_a_pooled_worker_that_died_is_replaced_by_beams_own(qwen3_dir, tmp_path)
         os.kill(dead, 9)
         next(p for p in pool._idle if p.pid == dead).wait()
         facts = _run_facts(argv, pool, tmp_path)
-        pids = {pid for pid, _, _ in facts}
+        pids = {pid for pid, *_ in facts}
         assert alive in pids and dead not in pids and len(pids) == 2, (facts, dead, alive)
         assert pool.handed == [alive]
 
