@@ -1,33 +1,42 @@
-"""DirectRunner ``multi_processing`` workers started before the driver imports Beam.
+"""DirectRunner ``multi_processing`` workers forked from a process started before the driver
+imports Beam.
 
 Beam 2.77's FnApiRunner starts its N worker processes only when it runs the first stage, ~3.5 s
 into a run (the driver's own Beam import, flags, discovery, the graph), and each then spends
 2.4-4.6 s importing Beam and the pipeline and 0.6-0.8 s parsing the tokenizer before it reads a
 file (16 workers on nvidia-h200's CPUs, docs/benchmarks.md). A :class:`WorkerPool` made by
-``pipeline.run`` as soon as the flags are checked starts those N processes at once; each imports
-Beam's worker harness and the pipeline's steps, loads the tokenizer (local files only) and
-waits. When the runner starts a worker, :func:`serve_workers` hands it one of them: the
-environment Beam would give its own worker process (the control and logging addresses, the
-pipeline options) goes down the process's stdin and it runs Beam's harness,
-``apache_beam.runners.worker.sdk_worker_main``, exactly as Beam's worker would.
+``pipeline.run`` as soon as the flags are checked starts one server process, which imports
+Beam's worker harness and the pipeline's steps and loads the tokenizer (local files only), once,
+beside the driver's own start. When the runner starts a worker, :func:`serve_workers` asks the
+server instead: it forks a worker that already has all of that (a few milliseconds; the pages
+are shared until written), sets the environment Beam would give its own worker process (the
+control and logging addresses, the pipeline options) and runs Beam's harness,
+``apache_beam.runners.worker.sdk_worker_main``, exactly as Beam's worker would. The runner gets a
+stand-in for the process (:class:`ForkedWorker`: ``wait``, ``poll``, ``kill``, ``returncode``,
+what Beam uses of a ``Popen``); the server reports each worker's exit.
 
-Nothing depends on it: a pooled process that died or was never used is passed over, and Beam
-starts its own. Unused processes are stopped when the run ends; one whose driver is gone sees
-its stdin close and exits.
+Nothing depends on it: if the server is gone or does not answer, Beam starts its own workers.
+The server exits when the driver closes its stdin (at the end of the run, or when the driver
+dies) and its workers have exited.
 
-Run as ``python -m pipeline.worker_pool TOKENIZER TRUST``: the pooled process itself.
+Run as ``python -m pipeline.worker_pool TOKENIZER TRUST LEVEL FD``: the server itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import logging
 import os
+import queue
+import select
+import signal
 import subprocess
 import sys
 import threading
+import time
 
 HARNESS = "apache_beam.runners.worker.sdk_worker_main"
 BUNDLED = "-"  # argv for "no --tokenizer given": the bundled tokenizer
@@ -85,8 +94,52 @@ def _tokenizer_arg(spec: str | None) -> str | None:
     return None
 
 
+class ForkedWorker:
+    """What Beam's ``SubprocessSdkWorker`` uses of the ``Popen`` of its worker, for a worker
+    forked by the pool's server (not a child of the driver: its exit comes from the server)."""
+
+    def __init__(self, pid: int, server: subprocess.Popen):
+        self.pid, self._server = pid, server
+        self.returncode: int | None = None
+        self._done = threading.Event()
+
+    def _exited(self, code: int) -> None:
+        self.returncode = code
+        self._done.set()
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._done.wait(0.2):
+            if self._server.poll() is not None and not _alive(self.pid):
+                self._exited(-1)  # the server died first: the exit status is lost
+            elif deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout)
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class WorkerPool:
-    """N pooled worker processes, started now; :meth:`take` hands one to the runner."""
+    """Up to N workers, forked on demand from a server started now; :meth:`take` hands one to
+    the runner."""
+
+    ANSWER_S = 120  # the longest a take waits for the server (it may still be importing)
 
     def __init__(
         self,
@@ -95,18 +148,29 @@ class WorkerPool:
         trust_remote_code: bool = False,
         log_level: str = "WARNING",
     ):
-        env = worker_environment(count)
         tok = _tokenizer_arg(tokenizer) or ""
         trust = "1" if trust_remote_code else "0"
-        command = [sys.executable, "-m", __name__, tok, trust, log_level]
         self._lock = threading.Lock()
-        self._idle: list[subprocess.Popen] = []
+        self._left = count
+        self._started: queue.Queue = queue.Queue()
+        self._workers: dict[int, ForkedWorker] = {}
         self.handed: list[int] = []  # pids handed to the runner, in order
-        for _ in range(count):
-            try:
-                self._idle.append(subprocess.Popen(command, stdin=subprocess.PIPE, env=env))
-            except OSError:
-                break  # out of processes: Beam starts the rest itself
+        read_end, write_end = os.pipe()
+        try:
+            self.server: subprocess.Popen | None = subprocess.Popen(
+                [sys.executable, "-m", __name__, tok, trust, log_level, str(write_end)],
+                stdin=subprocess.PIPE,
+                pass_fds=(write_end,),
+                env=worker_environment(count),
+            )
+        except OSError:
+            self.server = None  # Beam starts its own workers
+            os.close(read_end)
+        finally:
+            os.close(write_end)
+        if self.server is not None:
+            self._answers = os.fdopen(read_end, "rb")
+            threading.Thread(target=self._read, name="longctx-pool", daemon=True).start()
 
     @classmethod
     def for_run(cls, argv: list[str], config) -> WorkerPool | None:
@@ -117,40 +181,56 @@ class WorkerPool:
             return None
         return cls(count, config.tokenizer, config.trust_remote_code, config.console_log_level)
 
-    @property
-    def pids(self) -> list[int]:
-        with self._lock:
-            return [p.pid for p in self._idle] + list(self.handed)
+    def _read(self) -> None:
+        """The server's answers: ``started PID``, ``exited PID CODE``."""
+        for line in self._answers:
+            what, *rest = line.split()
+            if what == b"started":
+                worker = ForkedWorker(int(rest[0]), self.server)
+                with self._lock:
+                    self._workers[worker.pid] = worker
+                self._started.put(worker)
+            elif what == b"exited":
+                with self._lock:
+                    worker = self._workers.get(int(rest[0]))
+                if worker is not None:
+                    worker._exited(int(rest[1]))
+        self._started.put(None)  # the server is gone: no more workers from it
 
-    def take(self, env: dict) -> subprocess.Popen | None:
-        """A waiting process, started as Beam's worker with ``env``; None when none is left."""
-        while True:
+    def take(self, env: dict) -> ForkedWorker | None:
+        """A worker forked with ``env`` and running Beam's harness; None when the pool is
+        spent, its server is gone, or it does not answer in time (Beam starts its own)."""
+        with self._lock:
+            if self.server is None or self._left <= 0 or self.server.poll() is not None:
+                return None
+            self._left -= 1
+        try:
+            self.server.stdin.write(json.dumps(dict(env)).encode() + b"\n")
+            self.server.stdin.flush()
+            worker = self._started.get(timeout=self.ANSWER_S)
+        except (OSError, queue.Empty):
+            worker = None
+        if worker is None:
             with self._lock:
-                if not self._idle:
-                    return None
-                proc = self._idle.pop(0)
-            if proc.poll() is not None:
-                continue  # died while waiting: the next one
-            try:
-                proc.stdin.write(json.dumps(dict(env)).encode() + b"\n")
-                proc.stdin.close()
-            except OSError:
-                proc.kill()
-                proc.wait()
-                continue
-            with self._lock:
-                self.handed.append(proc.pid)
-            return proc
+                self._left = 0  # a server that failed once is not asked again
+            return None
+        with self._lock:
+            self.handed.append(worker.pid)
+        return worker
 
     def close(self) -> None:
-        """Stop the processes nobody took (those handed to Beam are Beam's to stop)."""
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for proc in idle:
-            proc.kill()
-        for proc in idle:
-            proc.wait()
-            proc.stdin.close()
+        """No more workers: the server exits once those it forked have exited (Beam stops
+        them at the end of its run); one that does not within 10 s is killed."""
+        server, self.server = self.server, None
+        if server is None:
+            return
+        with contextlib.suppress(OSError):
+            server.stdin.close()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
     def __enter__(self):
         return self
@@ -207,15 +287,16 @@ def _not_expected(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith(_EXPECTED.get(record.name, "\0"))
 
 
-def _serve(tokenizer: str, trust_remote_code: bool, log_level: str) -> int:
-    """The pooled process: import, load, wait for Beam's environment, run Beam's harness."""
+def _serve(tokenizer: str, trust_remote_code: bool, log_level: str, answers_fd: int) -> int:
+    """The pool's server: import and load once, then fork one worker for each environment
+    that comes down stdin, answering ``started PID`` and, when it ends, ``exited PID CODE``
+    on ``answers_fd``; returns once stdin is closed and every worker has exited."""
     # Below the driver: N processes importing Beam at once took the driver's cores while it
-    # imported Beam and built the graph, which is what the workers then wait for (the first
-    # work came 1.6 s later at N = 16 than at N = 1 on 16 cores). The workers all run at the
-    # same priority as each other, and the driver is idle while they work.
+    # imported Beam and built the graph, which is what the workers then wait for. The workers
+    # forked from here all run at this priority, and the driver is idle while they work.
     with contextlib.suppress(OSError):
         os.nice(10)
-    # What the worker logs goes to the runner (Beam's logging service); on the terminal it shows
+    # What a worker logs goes to the runner (Beam's logging service); on the terminal it shows
     # at the run's own level. Set before any import: a module's logging.warning() would
     # otherwise give the root logger a handler that prints every INFO line of the harness
     # (about 12 a worker, under --quiet as well).
@@ -236,25 +317,65 @@ def _serve(tokenizer: str, trust_remote_code: bool, log_level: str) -> int:
         # --tokenizer is the driver's to report, by flag
         with contextlib.suppress(Exception):
             load_tokenizer(None if tokenizer == BUNDLED else tokenizer, trust_remote_code)
-    try:
-        line = sys.stdin.buffer.readline()
-    except KeyboardInterrupt:
-        return 0
-    if not line.strip():
-        return 0  # the run ended, or its driver is gone, before this process was needed
-    env = json.loads(line)
-    os.environ.clear()
-    os.environ.update(env)
-    sdk_worker_main.main(sys.argv)
+
+    answers = os.fdopen(answers_fd, "wb", buffering=0)
+    children: set[int] = set()
+    pending, reading = b"", True
+    while reading or children:
+        ready = select.select([0] if reading else [], [], [], 0.05)[0]
+        if ready:
+            chunk = os.read(0, 1 << 20)
+            reading = bool(chunk)
+            pending += chunk
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                pid = _fork_worker(json.loads(line), answers_fd, sdk_worker_main)
+                children.add(pid)
+                answers.write(b"started %d\n" % pid)
+        while children:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if not pid:
+                break
+            children.discard(pid)
+            answers.write(b"exited %d %d\n" % (pid, os.waitstatus_to_exitcode(status)))
     return 0
 
 
+def _fork_worker(env: dict, answers_fd: int, harness) -> int:
+    """Fork one worker: in the child, Beam's environment and Beam's harness, then exit."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        os.close(answers_fd)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)  # the server's stdin is the pool's line from the driver
+        os.close(devnull)
+        os.environ.clear()
+        os.environ.update(env)
+        harness.main(sys.argv)
+        code = 0
+    except SystemExit as err:
+        code = err.code if isinstance(err.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            atexit._run_exitfuncs()  # as an interpreter's exit would (logging's flush, ...)
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[2] not in ("0", "1"):
+    if len(sys.argv) != 5 or sys.argv[2] not in ("0", "1"):
         sys.exit(
-            "usage: python -m pipeline.worker_pool TOKENIZER 0|1 LEVEL (pipeline.run starts it)"
+            "usage: python -m pipeline.worker_pool TOKENIZER 0|1 LEVEL FD (pipeline.run starts it)"
         )
     try:
-        sys.exit(_serve(sys.argv[1], sys.argv[2] == "1", sys.argv[3]))
+        sys.exit(_serve(sys.argv[1], sys.argv[2] == "1", sys.argv[3], int(sys.argv[4])))
     except KeyboardInterrupt:
         sys.exit(130)

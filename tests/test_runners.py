@@ -216,11 +216,11 @@ def test_multi_processing_workers_are_stopped_together(monkeypatch):
     assert max(start for start, _ in closes) < min(end for _, end in closes), closes
 
 
-def _run_facts(argv, pool, folder) -> list[tuple[int, int, str, int]]:
+def _run_facts(argv, pool, folder) -> list[tuple[int, int, str, int, int]]:
     """Run a small multi_processing pipeline through ``make_runner(options, pool)``; returns,
     for each worker process that ran an element, (pid, tokenizers it had loaded when its first
-    element came, the control address it was given, its niceness), as the workers wrote them
-    to ``folder``."""
+    element came, the control address it was given, its niceness, its parent's pid), as the
+    workers wrote them to ``folder``."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -239,7 +239,7 @@ def _run_facts(argv, pool, folder) -> list[tuple[int, int, str, int]]:
             control = os.environ.get("CONTROL_API_SERVICE_DESCRIPTOR", "")
             with open(path, "w") as f:
                 loaded = len(tok._LOADED) if tok else 0
-                json.dump([os.getpid(), loaded, control, os.nice(0)], f)
+                json.dump([os.getpid(), loaded, control, os.nice(0), os.getppid()], f)
         return x
 
     with beam.Pipeline(runner=make_runner(options, pool), options=options) as p:
@@ -247,52 +247,57 @@ def _run_facts(argv, pool, folder) -> list[tuple[int, int, str, int]]:
     return [tuple(json.loads(f.read_text())) for f in sorted(Path(folder).glob("*.json"))]
 
 
-def test_multi_processing_workers_are_the_processes_started_before_beam(qwen3_dir, tmp_path):
+def test_multi_processing_workers_are_forked_from_the_process_started_before_beam(
+    qwen3_dir, tmp_path
+):
     """Issue 20: the runner started its N workers ~3.5 s into a 16-worker run, and each spent
-    3-5 s importing Beam and parsing the tokenizer before its first file. The pool's processes,
-    started before the driver imports Beam, are the runner's workers: the elements run in them,
-    with the tokenizer already loaded and Beam's own control address, below the driver's
-    priority (their imports took the driver's cores)."""
+    3-5 s importing Beam and parsing the tokenizer before its first file. Now they are forked
+    from the pool's server, started before the driver imports Beam: the elements run in those
+    forks, with the tokenizer already loaded, Beam's own control address, and below the
+    driver's priority (16 imports at once took the driver's cores); their exits reach the
+    runner."""
     from pipeline.worker_pool import WorkerPool
 
     argv = ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]
     with WorkerPool(2, str(qwen3_dir)) as pool:
-        started = set(pool.pids)
         facts = _run_facts(argv, pool, tmp_path)
-        assert {pid for pid, *_ in facts} == started == set(pool.handed)
+        assert {pid for pid, *_ in facts} == set(pool.handed) and len(pool.handed) == 2
+        assert all(parent == pool.server.pid for *_, parent in facts), facts
         assert all(loaded == 1 for _, loaded, *_ in facts), facts
-        assert all("localhost:" in control for _, _, control, _ in facts), facts
-        assert all(nice > os.nice(0) for *_, nice in facts), facts
+        assert all("localhost:" in control for _, _, control, *_ in facts), facts
+        assert all(nice > os.nice(0) for *_, nice, _ in facts), facts
+        assert [w.returncode for w in pool._workers.values()] == [0, 0]
+        server = pool.server
+    assert server.poll() == 0  # the server left with its workers
 
 
-def test_a_pooled_worker_that_died_is_replaced_by_beams_own(qwen3_dir, tmp_path):
-    """A pooled process that is gone when the runner asks for a worker is passed over: Beam
-    starts its own, and the run completes."""
+def test_without_the_pool_server_beam_starts_its_own_workers(qwen3_dir, tmp_path):
+    """A pool whose server is gone (killed, or never started) hands out nothing: Beam starts
+    its own workers, and the run completes."""
     from pipeline.worker_pool import WorkerPool
 
     argv = ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]
     with WorkerPool(2, str(qwen3_dir)) as pool:
-        dead, alive = pool.pids
-        os.kill(dead, 9)
-        next(p for p in pool._idle if p.pid == dead).wait()
+        pool.server.kill()
+        pool.server.wait()
         facts = _run_facts(argv, pool, tmp_path)
-        pids = {pid for pid, *_ in facts}
-        assert alive in pids and dead not in pids and len(pids) == 2, (facts, dead, alive)
-        assert pool.handed == [alive]
+        assert len({pid for pid, *_ in facts}) == 2 and pool.handed == []
 
 
-def test_unused_pooled_workers_stop_with_the_run_or_their_driver(qwen3_dir):
-    """Processes nobody took are stopped when the run ends (``close``), and one whose driver
-    is gone (its stdin closed) exits by itself: nothing is left running."""
+def test_the_pool_server_stops_with_the_run_or_its_driver(qwen3_dir):
+    """The server exits when the run closes the pool, or when its driver is gone (its stdin
+    closed), having forked nothing: nothing is left running."""
     from pipeline.worker_pool import WorkerPool
 
     pool = WorkerPool(2, str(qwen3_dir))
-    first, second = list(pool._idle)
-    first.stdin.close()  # as when the driver dies: the pipe's far end closes
-    assert first.wait(timeout=120) == 0
+    pool.server.stdin.close()  # as when the driver dies: the pipe's far end closes
+    assert pool.server.wait(timeout=120) == 0
     pool.close()
-    assert second.poll() is not None
     assert pool.take({}) is None
+    other = WorkerPool(1, str(qwen3_dir))
+    server = other.server
+    other.close()
+    assert server.poll() == 0
 
 
 @pytest.mark.parametrize(
