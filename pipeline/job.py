@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -56,6 +55,7 @@ from pipeline.runners import (
 from pipeline.source_queue import SourceQueue
 from pipeline.steps import BuildDataset
 from pipeline.steps.tokenize import Progress
+from pipeline.tokenizer_probe import TokenizerProbe
 from pipeline.worker_pool import WorkerPool
 from schemas.layout import (
     DOCUMENTS,
@@ -67,7 +67,7 @@ from schemas.layout import (
     SHARD_STATS,
 )
 from schemas.manifest import Manifest, build_manifest, parse_manifest
-from transforms.samples.tokenize import TokenizerError, load_tokenizer
+from transforms.samples.tokenize import TokenizerError
 
 _LOG = logging.getLogger("longctx")
 
@@ -88,7 +88,7 @@ class Job:
 
     options: PipelineOptions
     config: BuildConfig
-    tok: object
+    tokenizer: dict  # LoadedTokenizer.describe(), for the manifest
     sources: list
     discovery_rejects: list
     plotter: PlotRenderer
@@ -101,10 +101,15 @@ class Job:
             print(*args)
 
 
-def prepare(argv: list[str], workers: WorkerPool | None = None) -> Job:
+def prepare(
+    argv: list[str],
+    workers: WorkerPool | None = None,
+    tokenizer: TokenizerProbe | None = None,
+) -> Job:
     """Parse and check everything that can be checked before anything is written; raises
     :class:`RunRefused` (bad flag: 2, unusable input: 3, no disk space: 6). ``argv`` is already
-    expanded from ``--config`` and its values checked (``pipeline.run``)."""
+    expanded from ``--config`` and its values checked (``pipeline.run``, which also starts the
+    worker pool and the tokenizer's check; made here where not given)."""
     options = PipelineOptions(argv)
     lc = options.view_as(LongctxOptions)
     logging.getLogger().setLevel(console_log_level(lc.quiet, lc.log_level))
@@ -113,11 +118,9 @@ def prepare(argv: list[str], workers: WorkerPool | None = None) -> Job:
     config = BuildConfig.from_options(lc)
     # the report's plots: helper processes import matplotlib while the pipeline runs
     plotter = PlotRenderer()
-    # The tokenizer loads (a hub download, or parsing tokenizer.json) while the inputs are
-    # probed and listed (remote listings wait on the network): one thread each way.
-    loading = ThreadPoolExecutor(max_workers=1, thread_name_prefix="longctx-tokenizer")
-    tok_future = loading.submit(load_tokenizer, config.tokenizer, config.trust_remote_code)
-    loading.shutdown(wait=False)
+    # The tokenizer loads (a hub download, or parsing tokenizer.json) in a helper process
+    # while the inputs are probed and listed (remote listings wait on the network)
+    probe = tokenizer or TokenizerProbe(config.tokenizer, config.trust_remote_code)
     try:
         try:
             check_inputs(config, config.read_settings)
@@ -130,7 +133,7 @@ def prepare(argv: list[str], workers: WorkerPool | None = None) -> Job:
                 output=config.output,
             )
         finally:
-            tok = _loaded(tok_future)  # a bad --tokenizer is reported before an input error
+            described = _described(probe)  # a bad --tokenizer is reported before an input error
         check_mix_against_sources(config.mix_weights, sources)
         source_bytes = [input_bytes([s.path]) for s in sources]
         n_input = sum(source_bytes)
@@ -146,13 +149,21 @@ def prepare(argv: list[str], workers: WorkerPool | None = None) -> Job:
         plotter.close()
         raise
     return Job(
-        options, config, tok, sources, discovery_rejects, plotter, workers, n_input, source_bytes
+        options,
+        config,
+        described,
+        sources,
+        discovery_rejects,
+        plotter,
+        workers,
+        n_input,
+        source_bytes,
     )
 
 
-def _loaded(future):
+def _described(probe: TokenizerProbe) -> dict:
     try:
-        return future.result()
+        return probe.description()
     except TokenizerError as err:
         raise UsageError(str(err)) from None
 
@@ -214,7 +225,7 @@ def finalize(job: Job, staging: str, tokens_cache: str | None) -> Manifest:
         version=__version__,
         seq_len=config.seq_len,
         overlap=config.overlap,
-        tokenizer=job.tok.describe(),
+        tokenizer=job.tokenizer,
         config=config.effective(_beam_options(job.options)),
         docs=docs,
         shard_stats=shard_stats,

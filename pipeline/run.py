@@ -27,6 +27,7 @@ from pipeline.config_file import expand_config
 from pipeline.errors import FAILURE, OK, RunRefused
 from pipeline.lock import OutputLock
 from pipeline.options import check_values, help_text
+from pipeline.tokenizer_probe import TokenizerProbe
 from pipeline.worker_pool import WorkerPool
 
 _LOG = logging.getLogger("longctx")
@@ -46,18 +47,22 @@ def run(argv: list[str] | None = None) -> int:
         return err.status
     # multi_processing: the worker processes start importing Beam now, beside the driver
     workers = WorkerPool.for_run(argv, config) if config else None
+    # and the tokenizer is checked in a helper process, beside the driver's Beam import
+    tokenizer = TokenizerProbe(config.tokenizer, config.trust_remote_code) if config else None
     try:
-        return _run(argv, workers)
+        return _run(argv, workers, tokenizer)
     finally:
         if workers:
             workers.close()
+        if tokenizer:
+            tokenizer.close()
 
 
-def _run(argv: list[str], workers: WorkerPool | None) -> int:
+def _run(argv: list[str], workers: WorkerPool | None, tokenizer: TokenizerProbe | None) -> int:
     try:
         from pipeline.job import build_and_publish, prepare, summary
 
-        job = prepare(argv, workers)
+        job = prepare(argv, workers, tokenizer)
     except RunRefused as err:
         print(f"error: {err}", file=sys.stderr)
         return err.status

@@ -127,3 +127,51 @@ def test_a_bos_adding_tokenizer_gets_bos_at_every_document_start(tmp_path, qwen3
                 pos += n
     assert firsts == {d: bos_id for d in plain}
     assert run_cli("pipeline.validate", outs["bos"]).returncode == 0
+
+
+def test_the_driver_checks_the_tokenizer_in_a_helper_process(qwen3_dir, qwen3, tmp_path):
+    """Issue 20: parsing tokenizer.json (~0.5 s, holding the GIL) sat on the driver's path to
+    the first read; a helper process started with the run does it. Its answer is the
+    tokenizer's own description and its error the same message, and where the helper fails
+    the driver loads the tokenizer itself."""
+    from pipeline.tokenizer_probe import TokenizerProbe
+
+    assert TokenizerProbe(str(qwen3_dir)).description() == qwen3.describe()
+    bad = tmp_path / "tokenizer.json"
+    bad.write_text("{not json")
+    with pytest.raises(TokenizerError) as helper_says:
+        TokenizerProbe(str(bad)).description()
+    with pytest.raises(TokenizerError) as here:
+        load_tokenizer(str(bad))
+    assert str(helper_says.value) == str(here.value)
+    broken = TokenizerProbe(str(qwen3_dir))
+    broken._proc.kill()  # the helper fails: the driver loads it
+    assert broken.description() == qwen3.describe()
+
+
+def test_a_multi_processing_run_never_parses_the_tokenizer_in_the_driver(qwen3_dir, tmp_path):
+    """The whole run: the driver's manifest describes the tokenizer, and the driver process
+    has parsed none (the helper checked it, the pooled workers load their own)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, STDLIB
+
+    out = tmp_path / "out"
+    argv = ["--runner", "DirectRunner", "--direct_running_mode", "multi_processing",
+            "--direct_num_workers", "2", "--repos", str(STDLIB / "json"), "--tokenizer",
+            str(qwen3_dir), "--seq-len", "4096", "--output", str(out), "--quiet"]  # fmt: skip
+    code = (
+        "import sys\n"
+        "from pipeline.run import run\n"
+        f"status = run({argv!r})\n"
+        "import transforms.samples.tokenize as t\n"
+        "print(status, len(t._LOADED))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+    assert proc.stdout.split()[-2:] == ["0", "0"], proc.stdout + proc.stderr
+    described = json.loads((out / "manifest.json").read_text())["tokenizer"]
+    assert described == load_tokenizer(str(qwen3_dir)).describe()

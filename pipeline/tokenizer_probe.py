@@ -1,0 +1,74 @@
+"""``--tokenizer`` checked in a helper process started with the run, beside the driver's start.
+
+The driver needs the tokenizer only to refuse a bad ``--tokenizer`` up front and to describe it
+in the manifest; the workers load their own. Parsing a tokenizer.json takes ~0.5 s and holds
+the GIL (a thread does not overlap it with the driver's work), and it sat on the driver's path
+to the first read: ``pipeline.run`` now starts :class:`TokenizerProbe` as soon as the flags are
+checked, so it runs beside the driver's Beam import, and ``prepare`` takes its answer. The
+answer is what ``LoadedTokenizer.describe()`` gives, or the ``TokenizerError`` message. If the
+helper cannot run or fails for any other reason, the driver loads the tokenizer itself, as
+before: same answer, same error.
+
+Run as ``python -m pipeline.tokenizer_probe SPEC TRUST``: the helper (prints one JSON line).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+NO_SPEC = "-"  # argv for "no --tokenizer given": the bundled tokenizer
+
+
+class TokenizerProbe:
+    """``load_tokenizer(spec, trust_remote_code)`` in a helper process, started now."""
+
+    def __init__(self, spec: str | None, trust_remote_code: bool = False):
+        self.spec, self.trust_remote_code = spec, trust_remote_code
+        command = [sys.executable, "-m", __name__, spec or NO_SPEC, str(int(trust_remote_code))]
+        try:  # the helper's stderr is the run's: a Hub download shows its progress as before
+            self._proc: subprocess.Popen | None = subprocess.Popen(command, stdout=subprocess.PIPE)
+        except OSError:
+            self._proc = None
+
+    def description(self) -> dict:
+        """``LoadedTokenizer.describe()``; raises :class:`TokenizerError` for a bad tokenizer."""
+        from transforms.samples.tokenize import TokenizerError, load_tokenizer
+
+        answer: dict = {}
+        if self._proc is not None:
+            out, _ = self._proc.communicate()
+            lines = out.decode("utf-8", "replace").strip().splitlines()
+            if self._proc.returncode == 0 and lines:
+                answer = json.loads(lines[-1])
+        if "error" in answer:
+            raise TokenizerError(answer["error"])
+        if "tokenizer" in answer:
+            return answer["tokenizer"]
+        # the helper could not answer, or failed otherwise (a network error, say): load here,
+        # where the same failure is raised as it always was
+        return load_tokenizer(self.spec, self.trust_remote_code).describe()
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
+
+def _probe(spec: str, trust_remote_code: bool) -> dict:
+    from transforms.samples.tokenize import TokenizerError, load_tokenizer
+
+    try:
+        tok = load_tokenizer(None if spec == NO_SPEC else spec, trust_remote_code)
+    except TokenizerError as err:
+        return {"error": str(err)}
+    except Exception as err:  # noqa: BLE001 (the driver loads it again and raises it there)
+        return {"failed": f"{type(err).__name__}: {err}"}
+    return {"tokenizer": tok.describe()}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[2] not in ("0", "1"):
+        sys.exit("usage: python -m pipeline.tokenizer_probe SPEC 0|1 (pipeline.run starts it)")
+    print(json.dumps(_probe(sys.argv[1], sys.argv[2] == "1")))
