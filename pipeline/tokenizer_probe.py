@@ -14,23 +14,32 @@ Run as ``python -m pipeline.tokenizer_probe SPEC TRUST``: the helper (prints one
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 
 NO_SPEC = "-"  # argv for "no --tokenizer given": the bundled tokenizer
 
 
-class TokenizerProbe:
-    """``load_tokenizer(spec, trust_remote_code)`` in a helper process, started now."""
+MIN_CORES = 4  # below this the helper's own start costs more than it saves
 
-    def __init__(self, spec: str | None, trust_remote_code: bool = False):
+
+class TokenizerProbe:
+    """``load_tokenizer(spec, trust_remote_code)`` in a helper process, started now; on a
+    machine of fewer than :data:`MIN_CORES` cores, in this process when the answer is asked
+    for (on 2 cores the helper competed with the driver and the workers for the cores:
+    a 2-worker run took 1.05x as long with it)."""
+
+    def __init__(self, spec: str | None, trust_remote_code: bool = False, cores: int | None = None):
         self.spec, self.trust_remote_code = spec, trust_remote_code
+        self._proc: subprocess.Popen | None = None
+        if ((os.cpu_count() or 1) if cores is None else cores) < MIN_CORES:
+            return
         command = [sys.executable, "-m", __name__, spec or NO_SPEC, str(int(trust_remote_code))]
-        try:  # the helper's stderr is the run's: a Hub download shows its progress as before
-            self._proc: subprocess.Popen | None = subprocess.Popen(command, stdout=subprocess.PIPE)
-        except OSError:
-            self._proc = None
+        with contextlib.suppress(OSError):  # its stderr is the run's: a Hub download shows
+            self._proc = subprocess.Popen(command, stdout=subprocess.PIPE)
 
     def description(self) -> dict:
         """``LoadedTokenizer.describe()``; raises :class:`TokenizerError` for a bad tokenizer."""

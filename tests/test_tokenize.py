@@ -133,25 +133,29 @@ def test_the_driver_checks_the_tokenizer_in_a_helper_process(qwen3_dir, qwen3, t
     """Issue 20: parsing tokenizer.json (~0.5 s, holding the GIL) sat on the driver's path to
     the first read; a helper process started with the run does it. Its answer is the
     tokenizer's own description and its error the same message, and where the helper fails
-    the driver loads the tokenizer itself."""
+    the driver loads the tokenizer itself (as it does on fewer than 4 cores)."""
     from pipeline.tokenizer_probe import TokenizerProbe
 
-    assert TokenizerProbe(str(qwen3_dir)).description() == qwen3.describe()
+    probe = TokenizerProbe(str(qwen3_dir), cores=16)
+    assert probe._proc is not None and probe.description() == qwen3.describe()
     bad = tmp_path / "tokenizer.json"
     bad.write_text("{not json")
     with pytest.raises(TokenizerError) as helper_says:
-        TokenizerProbe(str(bad)).description()
+        TokenizerProbe(str(bad), cores=16).description()
     with pytest.raises(TokenizerError) as here:
         load_tokenizer(str(bad))
     assert str(helper_says.value) == str(here.value)
-    broken = TokenizerProbe(str(qwen3_dir))
+    broken = TokenizerProbe(str(qwen3_dir), cores=16)
     broken._proc.kill()  # the helper fails: the driver loads it
     assert broken.description() == qwen3.describe()
+    here_only = TokenizerProbe(str(qwen3_dir), cores=2)
+    assert here_only._proc is None and here_only.description() == qwen3.describe()
 
 
 def test_a_multi_processing_run_never_parses_the_tokenizer_in_the_driver(qwen3_dir, tmp_path):
-    """The whole run: the driver's manifest describes the tokenizer, and the driver process
-    has parsed none (the helper checked it, the pooled workers load their own)."""
+    """The whole run on a machine of 16 cores (as the run sees it): the driver's manifest
+    describes the tokenizer, and the driver process has parsed none (the helper checked it,
+    the pooled workers load their own)."""
     import json
     import subprocess
     import sys
@@ -163,7 +167,8 @@ def test_a_multi_processing_run_never_parses_the_tokenizer_in_the_driver(qwen3_d
             "--direct_num_workers", "2", "--repos", str(STDLIB / "json"), "--tokenizer",
             str(qwen3_dir), "--seq-len", "4096", "--output", str(out), "--quiet"]  # fmt: skip
     code = (
-        "import sys\n"
+        "import os, sys\n"
+        "os.cpu_count = lambda: 16\n"
         "from pipeline.run import run\n"
         f"status = run({argv!r})\n"
         "import transforms.samples.tokenize as t\n"
