@@ -151,6 +151,7 @@ class WorkerPool:
         tok = _tokenizer_arg(tokenizer) or ""
         trust = "1" if trust_remote_code else "0"
         self._lock = threading.Lock()
+        self._take = threading.Lock()  # one question to the server at a time: answers in order
         self._left = count
         self._started: queue.Queue = queue.Queue()
         self._workers: dict[int, ForkedWorker] = {}
@@ -200,16 +201,18 @@ class WorkerPool:
     def take(self, env: dict) -> ForkedWorker | None:
         """A worker forked with ``env`` and running Beam's harness; None when the pool is
         spent, its server is gone, or it does not answer in time (Beam starts its own)."""
-        with self._lock:
-            if self.server is None or self._left <= 0 or self.server.poll() is not None:
-                return None
-            self._left -= 1
-        try:
-            self.server.stdin.write(json.dumps(dict(env)).encode() + b"\n")
-            self.server.stdin.flush()
-            worker = self._started.get(timeout=self.ANSWER_S)
-        except (OSError, queue.Empty):
-            worker = None
+        with self._take:
+            server = self.server
+            with self._lock:
+                if server is None or self._left <= 0 or server.poll() is not None:
+                    return None
+                self._left -= 1
+            try:
+                server.stdin.write(json.dumps(dict(env)).encode() + b"\n")
+                server.stdin.flush()
+                worker = self._started.get(timeout=self.ANSWER_S)
+            except (OSError, ValueError, queue.Empty):  # ValueError: closed meanwhile
+                worker = None
         if worker is None:
             with self._lock:
                 self._left = 0  # a server that failed once is not asked again
@@ -219,13 +222,18 @@ class WorkerPool:
         return worker
 
     def close(self) -> None:
-        """No more workers: the server exits once those it forked have exited (Beam stops
-        them at the end of its run); one that does not within 10 s is killed."""
-        server, self.server = self.server, None
+        """No more workers. A server that forked none is stopped at once (a run refused
+        before it started does not wait for its imports); otherwise it exits once the workers
+        it forked have exited (Beam stops them at the end of its run), or is killed after
+        10 s."""
+        with self._take:
+            server, self.server = self.server, None
         if server is None:
             return
         with contextlib.suppress(OSError):
             server.stdin.close()
+        if not self.handed:
+            server.kill()
         try:
             server.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -319,6 +327,11 @@ def _serve(tokenizer: str, trust_remote_code: bool, log_level: str, answers_fd: 
             load_tokenizer(None if tokenizer == BUNDLED else tokenizer, trust_remote_code)
 
     answers = os.fdopen(answers_fd, "wb", buffering=0)
+
+    def answer(line: bytes) -> None:
+        with contextlib.suppress(OSError):  # the driver is gone: its workers end by themselves
+            answers.write(line)
+
     children: set[int] = set()
     pending, reading = b"", True
     while reading or children:
@@ -331,13 +344,13 @@ def _serve(tokenizer: str, trust_remote_code: bool, log_level: str, answers_fd: 
                 line, pending = pending.split(b"\n", 1)
                 pid = _fork_worker(json.loads(line), answers_fd, sdk_worker_main)
                 children.add(pid)
-                answers.write(b"started %d\n" % pid)
+                answer(b"started %d\n" % pid)
         while children:
             pid, status = os.waitpid(-1, os.WNOHANG)
             if not pid:
                 break
             children.discard(pid)
-            answers.write(b"exited %d %d\n" % (pid, os.waitstatus_to_exitcode(status)))
+            answer(b"exited %d %d\n" % (pid, os.waitstatus_to_exitcode(status)))
     return 0
 
 
@@ -363,10 +376,9 @@ def _fork_worker(env: dict, answers_fd: int, harness) -> int:
 
         traceback.print_exc()
     finally:
-        with contextlib.suppress(Exception):
-            atexit._run_exitfuncs()  # as an interpreter's exit would (logging's flush, ...)
-            sys.stdout.flush()
-            sys.stderr.flush()
+        for finish in (atexit._run_exitfuncs, sys.stdout.flush, sys.stderr.flush):
+            with contextlib.suppress(Exception):  # as an interpreter's exit would
+                finish()
         os._exit(code)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -285,8 +286,9 @@ def test_without_the_pool_server_beam_starts_its_own_workers(qwen3_dir, tmp_path
 
 
 def test_the_pool_server_stops_with_the_run_or_its_driver(qwen3_dir):
-    """The server exits when the run closes the pool, or when its driver is gone (its stdin
-    closed), having forked nothing: nothing is left running."""
+    """The server exits when its driver is gone (its stdin closed), and a run that ends
+    before any worker was forked (a refused run) stops it at once rather than waiting for its
+    imports: nothing is left running."""
     from pipeline.worker_pool import WorkerPool
 
     pool = WorkerPool(2, str(qwen3_dir))
@@ -297,7 +299,7 @@ def test_the_pool_server_stops_with_the_run_or_its_driver(qwen3_dir):
     other = WorkerPool(1, str(qwen3_dir))
     server = other.server
     other.close()
-    assert server.poll() == 0
+    assert server.returncode == -signal.SIGKILL  # stopped, not waited for
 
 
 @pytest.mark.parametrize(
