@@ -94,7 +94,7 @@ class Job:
     plotter: PlotRenderer
     workers: WorkerPool | None  # multi_processing: the worker processes started at the outset
     input_bytes: int  # bytes of the local inputs: the disk-space check and the progress ETA
-    source_bytes: list[int]  # the same per source (0: remote), to spread them over workers
+    source_bytes: list[int]  # the same per source (0: remote): the order workers take them in
 
     def say(self, *args) -> None:
         if not self.config.quiet:

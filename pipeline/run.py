@@ -45,7 +45,8 @@ def run(argv: list[str] | None = None) -> int:
     except RunRefused as err:
         print(f"error: {err}", file=sys.stderr)
         return err.status
-    # multi_processing: the worker processes start importing Beam now, beside the driver
+    # multi_processing: the process the workers are forked from starts importing Beam now,
+    # beside the driver
     workers = WorkerPool.for_run(argv, config) if config else None
     # and the tokenizer is checked in a helper process, beside the driver's Beam import
     tokenizer = TokenizerProbe(config.tokenizer, config.trust_remote_code) if config else None

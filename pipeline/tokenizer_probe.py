@@ -19,6 +19,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from concurrent.futures import Future
 
 NO_SPEC = "-"  # argv for "no --tokenizer given": the bundled tokenizer
 
@@ -28,23 +30,36 @@ MIN_CORES = 4  # below this the helper's own start costs more than it saves
 
 class TokenizerProbe:
     """``load_tokenizer(spec, trust_remote_code)`` in a helper process, started now; on a
-    machine of fewer than :data:`MIN_CORES` cores, in this process when the answer is asked
-    for (on 2 cores the helper competed with the driver and the workers for the cores:
-    a 2-worker run took 1.05x as long with it)."""
+    machine of fewer than :data:`MIN_CORES` cores in a thread of this process, as before (on
+    2 cores the helper competed with the driver and the workers for the cores: a 2-worker run
+    took 1.05x as long with it)."""
 
     def __init__(self, spec: str | None, trust_remote_code: bool = False, cores: int | None = None):
         self.spec, self.trust_remote_code = spec, trust_remote_code
         self._proc: subprocess.Popen | None = None
-        if ((os.cpu_count() or 1) if cores is None else cores) < MIN_CORES:
-            return
-        command = [sys.executable, "-m", __name__, spec or NO_SPEC, str(int(trust_remote_code))]
-        with contextlib.suppress(OSError):  # its stderr is the run's: a Hub download shows
-            self._proc = subprocess.Popen(command, stdout=subprocess.PIPE)
+        self._here: Future | None = None
+        if ((os.cpu_count() or 1) if cores is None else cores) >= MIN_CORES:
+            command = [sys.executable, "-m", __name__, spec or NO_SPEC, str(int(trust_remote_code))]
+            with contextlib.suppress(OSError):  # its stderr is the run's: a Hub download shows
+                self._proc = subprocess.Popen(command, stdout=subprocess.PIPE)
+        if self._proc is None:  # in a thread of this process, beside the listing of the inputs
+            self._here = Future()
+            threading.Thread(target=self._load, name="longctx-tokenizer", daemon=True).start()
+
+    def _load(self) -> None:
+        from transforms.samples.tokenize import load_tokenizer
+
+        try:
+            self._here.set_result(load_tokenizer(self.spec, self.trust_remote_code).describe())
+        except BaseException as err:  # noqa: BLE001 (raised where the answer is asked for)
+            self._here.set_exception(err)
 
     def description(self) -> dict:
         """``LoadedTokenizer.describe()``; raises :class:`TokenizerError` for a bad tokenizer."""
         from transforms.samples.tokenize import TokenizerError, load_tokenizer
 
+        if self._here is not None:
+            return self._here.result()
         answer: dict = {}
         if self._proc is not None:
             out, _ = self._proc.communicate()
