@@ -239,9 +239,6 @@ class PlotRenderer:
 
 
 def _worker() -> None:
-    import os
-
-    os.nice(10)  # importing matplotlib is off the critical path: the driver's cores come first
     import matplotlib
 
     matplotlib.use("Agg")

@@ -299,11 +299,6 @@ def _serve(tokenizer: str, trust_remote_code: bool, log_level: str, answers_fd: 
     """The pool's server: import and load once, then fork one worker for each environment
     that comes down stdin, answering ``started PID`` and, when it ends, ``exited PID CODE``
     on ``answers_fd``; returns once stdin is closed and every worker has exited."""
-    # Below the driver: N processes importing Beam at once took the driver's cores while it
-    # imported Beam and built the graph, which is what the workers then wait for. The workers
-    # forked from here all run at this priority, and the driver is idle while they work.
-    with contextlib.suppress(OSError):
-        os.nice(10)
     # What a worker logs goes to the runner (Beam's logging service); on the terminal it shows
     # at the run's own level. Set before any import: a module's logging.warning() would
     # otherwise give the root logger a handler that prints every INFO line of the harness

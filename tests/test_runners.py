@@ -217,10 +217,10 @@ def test_multi_processing_workers_are_stopped_together(monkeypatch):
     assert max(start for start, _ in closes) < min(end for _, end in closes), closes
 
 
-def _run_facts(argv, pool, folder) -> list[tuple[int, int, str, int, int]]:
+def _run_facts(argv, pool, folder) -> list[tuple[int, int, str, int]]:
     """Run a small multi_processing pipeline through ``make_runner(options, pool)``; returns,
     for each worker process that ran an element, (pid, tokenizers it had loaded when its first
-    element came, the control address it was given, its niceness, its parent's pid), as the
+    element came, the control address it was given, its parent's pid), as the
     workers wrote them to ``folder``."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -240,7 +240,7 @@ def _run_facts(argv, pool, folder) -> list[tuple[int, int, str, int, int]]:
             control = os.environ.get("CONTROL_API_SERVICE_DESCRIPTOR", "")
             with open(path, "w") as f:
                 loaded = len(tok._LOADED) if tok else 0
-                json.dump([os.getpid(), loaded, control, os.nice(0), os.getppid()], f)
+                json.dump([os.getpid(), loaded, control, os.getppid()], f)
         return x
 
     with beam.Pipeline(runner=make_runner(options, pool), options=options) as p:
@@ -254,9 +254,8 @@ def test_multi_processing_workers_are_forked_from_the_process_started_before_bea
     """Issue 20: the runner started its N workers ~3.5 s into a 16-worker run, and each spent
     3-5 s importing Beam and parsing the tokenizer before its first file. Now they are forked
     from the pool's server, started before the driver imports Beam: the elements run in those
-    forks, with the tokenizer already loaded, Beam's own control address, and below the
-    driver's priority (16 imports at once took the driver's cores); their exits reach the
-    runner."""
+    forks, with the tokenizer already loaded and Beam's own control address; their exits
+    reach the runner."""
     from pipeline.worker_pool import WorkerPool
 
     argv = ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]
@@ -266,7 +265,6 @@ def test_multi_processing_workers_are_forked_from_the_process_started_before_bea
         assert all(parent == pool.server.pid for *_, parent in facts), facts
         assert all(loaded == 1 for _, loaded, *_ in facts), facts
         assert all("localhost:" in control for _, _, control, *_ in facts), facts
-        assert all(nice > os.nice(0) for *_, nice, _ in facts), facts
         assert [w.returncode for w in pool._workers.values()] == [0, 0]
         server = pool.server
     assert server.poll() == 0  # the server left with its workers
