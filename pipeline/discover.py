@@ -67,12 +67,24 @@ def _one_per_path(sources: list[Source], rejects: list[Reject]) -> list[Source]:
 
 
 def _unique(sources: list[Source]) -> list[Source]:
-    seen: dict[str, int] = {}
+    """Ids made unique: the first (in path order) of a clash keeps its id, the others take the
+    next ``~N`` that no source holds, so a file named ``a~2`` beside a clash of ``a`` keeps
+    its own id and the clash's second gets ``a~3``."""
+    taken = {src.doc_id for src in sources}
+    first: set[str] = set()
+    last: dict[str, int] = {}
     out = []
     for src in sorted(sources, key=lambda s: (s.doc_id, s.path)):
-        n = seen.get(src.doc_id, 0) + 1
-        seen[src.doc_id] = n
-        out.append(src if n == 1 else replace(src, doc_id=f"{src.doc_id}~{n}"))
+        if src.doc_id not in first:
+            first.add(src.doc_id)
+            out.append(src)
+            continue
+        n = last.get(src.doc_id, 1) + 1
+        while f"{src.doc_id}~{n}" in taken:
+            n += 1
+        last[src.doc_id] = n
+        taken.add(f"{src.doc_id}~{n}")
+        out.append(replace(src, doc_id=f"{src.doc_id}~{n}"))
     return sorted(out, key=lambda s: s.doc_id)
 
 
