@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline.errors import UsageError
-from pipeline.worker_pool import TOKENIZER_THREADS, WorkerPool, serve_workers, tokenizer_threads
+from pipeline.worker_pool import TOKENIZER_THREADS, WorkerPool, serve_workers, worker_environment
 
 DASK = "apache_beam.runners.dask.dask_runner.DaskRunner"
 _ALIASES = {"DaskRunner": DASK}
@@ -159,13 +159,12 @@ def share_cores(options: PipelineOptions, environ=os.environ) -> int | None:
     direct = options.view_as(DirectOptions)
     if direct.direct_running_mode != "multi_processing" or TOKENIZER_THREADS in environ:
         return None
-    cores = os.cpu_count() or 1
-    workers = direct.direct_num_workers or cores  # 0: one per core (Beam's rule)
-    if workers <= 1:
+    workers = direct.direct_num_workers or os.cpu_count() or 1  # 0: one per core (Beam's rule)
+    threads = worker_environment(workers, environ).get(TOKENIZER_THREADS)  # the pool's rule
+    if threads is None:  # one worker: its tokenizer has every core
         return None
-    threads = tokenizer_threads(cores, workers)  # the rule the pooled workers start with
-    environ[TOKENIZER_THREADS] = str(threads)
-    return threads
+    environ[TOKENIZER_THREADS] = threads
+    return int(threads)
 
 
 def static_workers(options: PipelineOptions) -> int | None:

@@ -22,7 +22,7 @@ import sys
 import threading
 from concurrent.futures import Future
 
-NO_SPEC = "-"  # argv for "no --tokenizer given": the bundled tokenizer
+NO_SPEC = "-"  # argv for "no --tokenizer given": the bundled tokenizer (the pool's too)
 
 
 MIN_CORES = 4  # below this the helper's own start costs more than it saves
@@ -95,4 +95,7 @@ def _probe(spec: str, trust_remote_code: bool) -> dict:
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[2] not in ("0", "1"):
         sys.exit("usage: python -m pipeline.tokenizer_probe SPEC 0|1 (pipeline.run starts it)")
-    print(json.dumps(_probe(sys.argv[1], sys.argv[2] == "1")))
+    try:
+        print(json.dumps(_probe(sys.argv[1], sys.argv[2] == "1")))
+    except KeyboardInterrupt:  # Ctrl-C at the run's start: the run reports it, once
+        sys.exit(130)

@@ -38,8 +38,9 @@ import sys
 import threading
 import time
 
+from pipeline.tokenizer_probe import NO_SPEC
+
 HARNESS = "apache_beam.runners.worker.sdk_worker_main"
-BUNDLED = "-"  # argv for "no --tokenizer given": the bundled tokenizer
 _ACTIVE: WorkerPool | None = None  # the pool the runner's next workers come from
 TOKENIZER_THREADS = "RAYON_NUM_THREADS"  # the Rust tokenizer's thread pool (rayon) reads it
 
@@ -85,7 +86,7 @@ def _tokenizer_arg(spec: str | None) -> str | None:
     (file or folder). A Hub id or a folder that needs ``transformers`` is left to the worker's
     own setup (no network or repository code in a process that may never be used)."""
     if not spec:
-        return BUNDLED
+        return NO_SPEC
     from pathlib import Path
 
     path = Path(spec).expanduser()
@@ -96,10 +97,11 @@ def _tokenizer_arg(spec: str | None) -> str | None:
 
 class ForkedWorker:
     """What Beam's ``SubprocessSdkWorker`` uses of the ``Popen`` of its worker, for a worker
-    forked by the pool's server (not a child of the driver: its exit comes from the server)."""
+    forked by the pool's server (not a child of the driver: its exit comes from the server,
+    or, once the server is gone, from :func:`_orphan_exit`)."""
 
-    def __init__(self, pid: int, server: subprocess.Popen):
-        self.pid, self._server = pid, server
+    def __init__(self, pid: int, server_gone: threading.Event):
+        self.pid, self._server_gone = pid, server_gone
         self.returncode: int | None = None
         self._done = threading.Event()
 
@@ -113,9 +115,12 @@ class ForkedWorker:
     def wait(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._done.wait(0.2):
-            if self._server.poll() is not None and not _alive(self.pid):
-                self._exited(-1)  # the server died first: the exit status is lost
-            elif deadline is not None and time.monotonic() > deadline:
+            if self._server_gone.is_set():  # every answer it sent has been read
+                code = _orphan_exit(self.pid)
+                if code is not None:
+                    self._exited(code)
+                    break
+            if deadline is not None and time.monotonic() > deadline:
                 raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout)
         return self.returncode
 
@@ -125,14 +130,35 @@ class ForkedWorker:
                 os.kill(self.pid, signal.SIGKILL)
 
 
-def _alive(pid: int) -> bool:
+def _orphan_exit(pid: int) -> int | None:
+    """The exit code of a worker whose server died before it (killed: the OOM killer, a
+    pkill), or None while it runs. Orphaned, the worker is reaped by init, or becomes the
+    driver's own child where the driver is PID 1 (a container without an init) or a
+    subreaper: then it is reaped here, with its real code. Reaped elsewhere, its code is lost
+    and counts as 0: a worker that failed has already failed the run through Beam's control
+    channel, and a made-up failure would print a false traceback for each worker."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        got, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not the driver's: reaped by init, or soon to be
+        return None if _running(pid) else 0
+    return os.waitstatus_to_exitcode(status) if got else None
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs: a zombie (exited, not yet reaped by its parent) does not."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
         return False
-    except PermissionError:
+    except OSError:  # no /proc (macOS): a signal 0 reaches a zombie too, the best there is
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
         return True
-    return True
 
 
 class WorkerPool:
@@ -154,6 +180,7 @@ class WorkerPool:
         self._take = threading.Lock()  # one question to the server at a time: answers in order
         self._left = count
         self._started: queue.Queue = queue.Queue()
+        self._gone = threading.Event()  # the server has exited and all it said has been read
         self._workers: dict[int, ForkedWorker] = {}
         self.handed: list[int] = []  # pids handed to the runner, in order
         read_end, write_end = os.pipe()
@@ -187,7 +214,7 @@ class WorkerPool:
         for line in self._answers:
             what, *rest = line.split()
             if what == b"started":
-                worker = ForkedWorker(int(rest[0]), self.server)
+                worker = ForkedWorker(int(rest[0]), self._gone)
                 with self._lock:
                     self._workers[worker.pid] = worker
                 self._started.put(worker)
@@ -196,6 +223,7 @@ class WorkerPool:
                     worker = self._workers.get(int(rest[0]))
                 if worker is not None:
                     worker._exited(int(rest[1]))
+        self._gone.set()  # end of the pipe: the server has exited (its workers do not hold it)
         self._started.put(None)  # the server is gone: no more workers from it
 
     def take(self, env: dict) -> ForkedWorker | None:
@@ -319,7 +347,7 @@ def _serve(tokenizer: str, trust_remote_code: bool, log_level: str, answers_fd: 
         # kept in the module's cache, where the tokenize step's setup finds it; a bad
         # --tokenizer is the driver's to report, by flag
         with contextlib.suppress(Exception):
-            load_tokenizer(None if tokenizer == BUNDLED else tokenizer, trust_remote_code)
+            load_tokenizer(None if tokenizer == NO_SPEC else tokenizer, trust_remote_code)
 
     answers = os.fdopen(answers_fd, "wb", buffering=0)
 

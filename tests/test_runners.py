@@ -283,6 +283,56 @@ def test_without_the_pool_server_beam_starts_its_own_workers(qwen3_dir, tmp_path
         assert len({pid for pid, *_ in facts}) == 2 and pool.handed == []
 
 
+_SERVER_KILLED_MID_RUN = """
+import ctypes, json, os, signal, sys
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+from pipeline.runners import make_runner
+from pipeline.worker_pool import WorkerPool
+
+folder, reaper = sys.argv[1], sys.argv[2] == "1"
+if reaper:  # orphans become this process's children, as when the driver is PID 1
+    assert ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # CHILD_SUBREAPER
+
+def kill_server(x, folder=folder):
+    try:
+        os.close(os.open(os.path.join(folder, "killed"), os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return x
+    os.kill(os.getppid(), signal.SIGKILL)  # this worker's parent: the pool's server
+    return x
+
+argv = ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]
+options = PipelineOptions(["--runner", "DirectRunner", *argv])
+with WorkerPool(2) as pool:
+    with beam.Pipeline(runner=make_runner(options, pool), options=options) as p:
+        _ = p | beam.Create(range(64)) | beam.Reshuffle() | beam.Map(kill_server)
+    codes = [w.returncode for w in pool._workers.values()]
+    print(json.dumps({"handed": len(pool.handed), "codes": codes}))
+"""
+
+
+@pytest.mark.parametrize("reaper", [False, True], ids=["orphans-to-init", "driver-reaps"])
+def test_a_pool_server_killed_mid_run_leaves_no_false_failure_and_no_hang(tmp_path, reaper):
+    """The review of session 11: with the server killed mid-run (the OOM killer, a pkill) its
+    workers' exits were no longer reported. ``ForkedWorker.wait`` then took a worker reaped by
+    init for a failure (return code -1: Beam printed a RuntimeError traceback per worker
+    under --quiet), and where the orphans became the driver's own children (the driver as
+    PID 1 in a container, or a subreaper) it waited for those zombies forever."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _SERVER_KILLED_MID_RUN, str(tmp_path), "1" if reaper else "0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,  # a hang fails here
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "killed").exists()
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["handed"] >= 1 and result["codes"] == [0] * len(result["codes"]), result
+    assert "Worker subprocess exited" not in proc.stderr, proc.stderr[-3000:]
+
+
 def test_the_pool_server_stops_with_the_run_or_its_driver(qwen3_dir):
     """The server exits when its driver is gone (its stdin closed), and a run that ends
     before any worker was forked (a refused run) stops it at once rather than waiting for its

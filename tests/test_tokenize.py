@@ -180,3 +180,43 @@ def test_a_multi_processing_run_never_parses_the_tokenizer_in_the_driver(qwen3_d
     assert proc.stdout.split()[-2:] == ["0", "0"], proc.stdout + proc.stderr
     described = json.loads((out / "manifest.json").read_text())["tokenizer"]
     assert described == load_tokenizer(str(qwen3_dir)).describe()
+
+
+def _tokenizers_loaded(pid: int) -> bool:
+    """Whether the process has loaded the tokenizers library (its main code is running and
+    about to parse the tokenizer, ~0.5 s)."""
+    with open(f"/proc/{pid}/maps") as f:
+        return "tokenizers" in f.read()
+
+
+@pytest.mark.parametrize("helper", ["pipeline.tokenizer_probe", "pipeline.worker_pool"])
+def test_ctrl_c_while_a_helper_loads_the_tokenizer_ends_it_without_a_traceback(helper, qwen3_dir):
+    """Ctrl-C at a run's start reaches the helpers started with it (the same process group):
+    the tokenizer check printed a KeyboardInterrupt traceback of its own under the run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    read_end, write_end = os.pipe()
+    args = [str(qwen3_dir), "0"] + (["WARNING", str(write_end)] if "pool" in helper else [])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", helper, *args],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        pass_fds=(write_end,),
+    )
+    os.close(write_end)
+    deadline = time.monotonic() + 30
+    while not _tokenizers_loaded(proc.pid):
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    os.close(read_end)
+    assert (proc.returncode, err.decode()) == (130, "")
