@@ -197,6 +197,8 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
     finally:
         if queue:
             queue.remove()
+        if job.workers:  # its server and workers wind down while the run is finalized
+            job.workers.release()
     if progress and progress.tty:
         print("\r\033[K", end="", file=sys.stderr, flush=True)  # clear the progress line
 

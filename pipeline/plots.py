@@ -10,6 +10,7 @@ cannot be started or fails, the plots are drawn in the driver: the output is the
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import subprocess
 import sys
@@ -187,10 +188,20 @@ def plots(
     return out
 
 
-class PlotRenderer:
-    """Draws :data:`PLOTS` in ``workers`` helper processes (0: in this process)."""
+def helper_count(cores: int) -> int:
+    """Helper processes for a machine of ``cores`` cores: one per plot where the cores are
+    many (the run waits for the slowest helper at its end: two plots each took ~0.5 s more),
+    two on a small machine, where the helpers' imports compete with the run for the cores."""
+    return len(PLOTS) if cores >= 8 else 2
 
-    def __init__(self, workers: int = 2):
+
+class PlotRenderer:
+    """Draws :data:`PLOTS` in ``workers`` helper processes (0: in this process; None: as many
+    as :func:`helper_count` gives for this machine)."""
+
+    def __init__(self, workers: int | None = None):
+        if workers is None:
+            workers = helper_count(os.cpu_count() or 1)
         self.procs: list[subprocess.Popen] = []
         for _ in range(workers):
             try:

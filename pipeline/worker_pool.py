@@ -249,6 +249,16 @@ class WorkerPool:
             self.handed.append(worker.pid)
         return worker
 
+    def release(self) -> None:
+        """No more workers (the pipeline is done): the server exits once the workers it forked
+        have exited, while the driver goes on (the manifest, the report); :meth:`close`
+        then finds it gone."""
+        with self._take:
+            self._left = 0
+            if self.server is not None and self.handed:
+                with contextlib.suppress(OSError):
+                    self.server.stdin.close()
+
     def close(self) -> None:
         """No more workers. A server that forked none is stopped at once (a run refused
         before it started does not wait for its imports); otherwise it exits once the workers

@@ -350,6 +350,34 @@ def test_the_pool_server_stops_with_the_run_or_its_driver(qwen3_dir):
     assert server.returncode == -signal.SIGKILL  # stopped, not waited for
 
 
+def test_the_pool_server_ends_while_the_run_is_finalized(qwen3_dir, tmp_path):
+    """The pool's server and its workers wind down once the pipeline is done, beside the
+    manifest, report and publish, not after them: the run's end waited ~0.4 s for them on
+    2 workers (more with 16)."""
+    out = tmp_path / "out"
+    argv = ["--runner", "DirectRunner", "--direct_running_mode", "multi_processing",
+            "--direct_num_workers", "2", "--repos", str(STDLIB / "json"), "--tokenizer",
+            str(qwen3_dir), "--seq-len", "4096", "--output", str(out), "--quiet"]  # fmt: skip
+    code = (
+        "import time\n"
+        "import pipeline.job as job\n"
+        "finalize, seen = job.finalize, []\n"
+        "def watched(j, *a):\n"
+        "    deadline = time.monotonic() + 30\n"
+        "    while j.workers.server.poll() is None and time.monotonic() < deadline:\n"
+        "        time.sleep(0.05)\n"
+        "    seen.append(j.workers.server.poll())\n"
+        "    return finalize(j, *a)\n"
+        "job.finalize = watched\n"
+        "from pipeline.run import run\n"
+        f"print(run({argv!r}), seen)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+    assert proc.stdout.split()[-2:] == ["0", "[0]"], proc.stdout + proc.stderr[-3000:]
+
+
 @pytest.mark.parametrize(
     "argv, want",
     [
