@@ -15,15 +15,13 @@ successful run the driver deletes the entries that run did not use.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
 import logging
 import uuid
 
-import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import __version__
+from pipeline import entries
+from pipeline.entries import document_key, entry_key  # noqa: F401  (the cache's keys)
 from schemas.layout import CACHE_DIR, TOKENS_DIR
 
 _LOG = logging.getLogger(__name__)
@@ -33,21 +31,8 @@ def cache_dir(out: str) -> str:
     return FileSystems.join(out, CACHE_DIR, TOKENS_DIR)
 
 
-def entry_key(
-    content_sha256: str, tokenizer_sha256: str, seq_len: int, overlap: int, slack: int
-) -> str:
-    spec = f"{content_sha256}|{tokenizer_sha256}|{seq_len}|{overlap}|{slack}|{__version__}"
-    return hashlib.sha256(spec.encode()).hexdigest()
-
-
-def document_key(content_sha256: str, tok, config) -> str:
-    """:func:`entry_key` of a document under a run's tokenizer and settings (the tokenize step
-    and the early tokenizer key their entries the same way)."""
-    return entry_key(content_sha256, tok.sha256, config.seq_len, config.overlap, config.slack)
-
-
 def _path(directory: str, key: str) -> str:
-    return FileSystems.join(directory, f"{key}.npz")
+    return FileSystems.join(directory, entries.file_name(key))
 
 
 def has(directory: str, key: str) -> bool:
@@ -60,27 +45,20 @@ def load(directory: str, key: str) -> dict | None:
         if not FileSystems.exists(path):
             return None
         with FileSystems.open(path) as fh:
-            data = np.load(io.BytesIO(fh.read()), allow_pickle=False)
-            entry = {k: data[k] for k in data.files}
+            return entries.decode(fh.read())
     except Exception as err:  # a damaged entry is a miss, never a failure
         _LOG.warning("ignoring damaged cache entry %s: %s", path, err)
         return None
-    score = float(entry["score"])
-    entry["score"] = None if np.isnan(score) else score
-    return entry
 
 
-def store(directory: str, key: str, **arrays) -> None:
-    score = arrays.pop("score")
-    buf = io.BytesIO()
-    np.savez(buf, score=np.float64(np.nan if score is None else score), **arrays)
+def store(directory: str, key: str, **entry) -> None:
     path = _path(directory, key)
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     if not FileSystems.exists(directory):
         with contextlib.suppress(OSError):  # another worker made it first
             FileSystems.mkdirs(directory)
     with FileSystems.create(tmp) as fh:
-        fh.write(buf.getvalue())
+        fh.write(entries.encode(entry))
     FileSystems.rename([tmp], [path])
 
 

@@ -32,6 +32,7 @@ from pipeline.guard import (
     input_bytes,
     is_no_space,
 )
+from pipeline.head_start import HeadStart
 from pipeline.options import LongctxOptions, check_arguments
 from pipeline.output import (
     discard_staging,
@@ -95,6 +96,7 @@ class Job:
     workers: WorkerPool | None  # multi_processing: the worker processes started at the outset
     input_bytes: int  # bytes of the local inputs: the disk-space check and the progress ETA
     source_bytes: list[int]  # the same per source (0: remote): the order workers take them in
+    head_start: HeadStart | None = None  # multi_processing: tokenizing before the workers begin
 
     def say(self, *args) -> None:
         if not self.config.quiet:
@@ -105,6 +107,7 @@ def prepare(
     argv: list[str],
     workers: WorkerPool | None = None,
     tokenizer: TokenizerProbe | None = None,
+    head_start: HeadStart | None = None,
 ) -> Job:
     """Parse and check everything that can be checked before anything is written; raises
     :class:`RunRefused` (bad flag: 2, unusable input: 3, no disk space: 6). ``argv`` is already
@@ -158,6 +161,7 @@ def prepare(
         workers,
         n_input,
         source_bytes,
+        head_start,
     )
 
 
@@ -192,6 +196,7 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
             progress=progress,
             batch_tokenize=emits_from_finish_bundle(job.options),
             queue=queue,
+            head_start=job.head_start.folder if job.head_start else None,
         )
         pipeline.run().wait_until_finish()
     finally:

@@ -25,10 +25,11 @@ import time
 
 from pipeline.config_file import expand_config
 from pipeline.errors import FAILURE, OK, RunRefused
+from pipeline.head_start import HeadStart
 from pipeline.lock import OutputLock
 from pipeline.options import check_values, help_text
 from pipeline.tokenizer_probe import TokenizerProbe
-from pipeline.worker_pool import WorkerPool
+from pipeline.worker_pool import WorkerPool, planned_workers
 
 _LOG = logging.getLogger("longctx")
 
@@ -50,20 +51,29 @@ def run(argv: list[str] | None = None) -> int:
     workers = WorkerPool.for_run(argv, config) if config else None
     # and the tokenizer is checked in a helper process, beside the driver's Beam import
     tokenizer = TokenizerProbe(config.tokenizer, config.trust_remote_code) if config else None
+    # and the idle cores tokenize the largest sources until the workers begin
+    ahead = HeadStart.for_run(config, planned_workers(argv)) if config else None
     try:
-        return _run(argv, workers, tokenizer)
+        return _run(argv, workers, tokenizer, ahead)
     finally:
+        if ahead:
+            ahead.close()
         if workers:
             workers.close()
         if tokenizer:
             tokenizer.close()
 
 
-def _run(argv: list[str], workers: WorkerPool | None, tokenizer: TokenizerProbe | None) -> int:
+def _run(
+    argv: list[str],
+    workers: WorkerPool | None,
+    tokenizer: TokenizerProbe | None,
+    ahead: HeadStart | None = None,
+) -> int:
     try:
         from pipeline.job import build_and_publish, prepare, summary
 
-        job = prepare(argv, workers, tokenizer)
+        job = prepare(argv, workers, tokenizer, ahead)
     except RunRefused as err:
         print(f"error: {err}", file=sys.stderr)
         return err.status

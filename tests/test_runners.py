@@ -378,6 +378,98 @@ def test_the_pool_server_ends_while_the_run_is_finalized(qwen3_dir, tmp_path):
     assert proc.stdout.split()[-2:] == ["0", "[0]"], proc.stdout + proc.stderr[-3000:]
 
 
+_HEAD_START_RUN = """
+import json, os, sys, time
+os.cpu_count = lambda: 16  # the head start runs on 8 cores or more
+import pipeline.head_start as head_start
+import pipeline.job as job
+reports, execute = [], job.execute
+def after_the_head_start(j, *a):  # the run's workers begin once 2 sources are tokenized ahead
+    done, deadline = os.path.join(j.head_start.folder, head_start.DONE), time.monotonic() + 120
+    while len(os.listdir(done) if os.path.isdir(done) else []) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return execute(j, *a)
+job.execute = after_the_head_start
+close = head_start.HeadStart.close
+def closed(self):
+    close(self)
+    reports.append(dict(self.report, folder=self.folder))
+head_start.HeadStart.close = closed
+from pipeline.run import run
+status = run(sys.argv[1:])
+print(json.dumps({"status": status, "reports": reports}))
+"""
+
+
+def test_the_head_start_tokenizes_ahead_and_the_output_is_byte_identical(
+    tmp_path, direct_out, books_dir, qwen3_dir
+):
+    """Issue 20: on a machine of 8 cores or more, the cores idle while the driver and the
+    workers import Beam tokenize the largest sources ahead (``pipeline/head_start.py``); the
+    run's steps take those entries instead of tokenizing again, and the output is the bytes of
+    an in_memory run."""
+    out = tmp_path / "out"
+    argv = ["--runner", "DirectRunner", "--direct_running_mode", "multi_processing",
+            "--direct_num_workers", "4", "--output", str(out), "--quiet",
+            *map(str, _inputs(books_dir, qwen3_dir))]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", _HEAD_START_RUN, *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["status"] == 0
+    [report] = result["reports"]
+    # 4 workers on 16 cores: 2 helpers, each had finished a source when the workers began
+    assert report["sources"] >= 2 and report["tokens"] > 100_000, report
+    assert report["untaken"] == 0, report  # every entry made ahead was used by the run
+    _outputs_equal(direct_out, out)
+    assert not os.path.exists(report["folder"])  # removed with the run
+
+
+def test_a_source_a_helper_holds_is_waited_for_until_the_helper_ends_or_dies(tmp_path):
+    """The run's read step waits for a source a head-start helper is tokenizing (its entries
+    come next), and no longer than the helper lives: a helper that dies lets the run read and
+    tokenize the source itself."""
+    from pipeline import head_start
+
+    (tmp_path / head_start.HELD).mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pipeline.head_start import _take\n"
+         "fd = _take(sys.argv[1], 'book/a'); print('held', flush=True); time.sleep(600)",
+         str(tmp_path)],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    head_start.wait_for(str(tmp_path), "book/b")  # not taken: no wait
+    assert holder.poll() is None
+    threading_timer = __import__("threading").Timer(1.0, holder.kill)
+    threading_timer.start()
+    head_start.wait_for(str(tmp_path), "book/a")  # returns when the holder is gone
+    assert holder.wait(timeout=5) == -signal.SIGKILL
+    assert head_start._take(str(tmp_path), "book/a") is None  # taken once, by the helper
+
+
+def test_head_start_helpers_take_nothing_once_told_to_stop(tmp_path, qwen3):
+    from pipeline import head_start
+    from pipeline.config import BuildConfig
+    from pipeline.discover import discover
+
+    sources, _ = discover(repos=[str(STDLIB / "json")])
+    for sub in (head_start.HELD, head_start.DONE, head_start.ENTRIES):
+        (tmp_path / sub).mkdir()
+    head_start.stop(str(tmp_path))
+    head_start._work(str(tmp_path), sources, BuildConfig(), qwen3)
+    assert os.listdir(tmp_path / head_start.HELD) == []
+    (tmp_path / head_start.STOP).unlink()
+    head_start._work(str(tmp_path), sources, BuildConfig(), qwen3)
+    assert len(os.listdir(tmp_path / head_start.DONE)) == len(sources) == 1
+
+
 @pytest.mark.parametrize(
     "argv, want",
     [

@@ -342,7 +342,7 @@ def test_read_step_tokenizes_long_documents_early_and_the_tokenize_step_uses_the
     thread; the tokenize step takes those entries (none made twice) and stores the same ids a
     direct tokenization gives; a short document goes the usual way."""
     from pipeline.steps import early
-    from pipeline.steps.tokenize import tokenize_entry
+    from transforms.samples.entries import tokenize_entry
     from transforms.samples.tokenize import load_tokenizer
 
     books = tmp_path / "books"
@@ -358,7 +358,7 @@ def test_read_step_tokenizes_long_documents_early_and_the_tokenize_step_uses_the
     read = (
         p
         | beam.Create(sources)
-        | ReadDocuments(config.read_settings, dedup=True, early=(config, staging, None))
+        | ReadDocuments(config.read_settings, dedup=True, early=(config, staging, None, None))
     )
     docs = read[MAIN] | Tokenize(config, staging, early=True)
     assert_that(
@@ -409,7 +409,7 @@ def test_early_tokenizer_skips_documents_the_incremental_cache_holds(
     spend the work the cache saves)."""
     from pipeline import cache
     from pipeline.steps import early
-    from pipeline.steps.tokenize import content_sha256, tokenize_entry
+    from transforms.samples.entries import content_sha256, tokenize_entry
 
     text = (books_dir / "carroll-alices-adventures-in-wonderland.txt").read_text(encoding="utf-8")
     cached = TextDocument("book/a", "book", "a.txt", [text])

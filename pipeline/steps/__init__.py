@@ -51,16 +51,19 @@ class BuildDataset(beam.PTransform):
         progress=None,
         batch_tokenize=True,
         queue=None,
+        head_start=None,
     ):
         super().__init__()
         self.config, self.sources, self.discovery_rejects = config, sources, discovery_rejects
         self.staging, self.cache_dir, self.progress = staging, cache_dir, progress
         self.batch_tokenize = batch_tokenize  # False where finish_bundle outputs are dropped
         self.queue = queue  # SourceQueue (ReadDocuments), or None: Reshuffle
+        self.head_start = head_start  # the head start's folder (pipeline/head_start.py), or None
 
     def expand(self, pbegin):
         config, staging = self.config, self.staging
         tokenize_early = early.enabled(config, staging)
+        ahead = self.head_start if tokenize_early else None  # its entries are found as early's
         read = (
             pbegin
             | "CreateSources" >> beam.Create(self.sources)
@@ -69,7 +72,7 @@ class BuildDataset(beam.PTransform):
                 config.read_settings,
                 dedup=config.dedup,
                 within_repository=config.dedup_within_repository,
-                early=(config, staging, self.cache_dir) if tokenize_early else None,
+                early=(config, staging, self.cache_dir, ahead) if tokenize_early else None,
                 queue=self.queue,
             )
         )
@@ -80,6 +83,7 @@ class BuildDataset(beam.PTransform):
             progress=self.progress,
             early=tokenize_early,
             batch=self.batch_tokenize,
+            head_start=ahead,
         )
         planned = docs | "PlanSamples" >> PlanSamples(config.plan_settings)
         wrote_plan = planned[SUMMARY] | "WritePlanSummary" >> beam.Map(

@@ -8,9 +8,10 @@ thread gets it going on the cores the read step leaves idle.
 
 How, without changing a byte of the output:
 
-- The read step hands each document of at least ``MIN_CHARS`` characters to :func:`submit`
+- The read step hands each document of at least ``EARLY_MIN_CHARS`` characters
+  (``transforms/samples/entries.py``) to :func:`submit`
   (``EarlyTokenizer`` is one per worker process, made on first use). The background thread runs
-  the tokenize step's own function (:func:`pipeline.steps.tokenize.tokenize_entry`) and writes
+  the tokenize step's own function (``transforms.samples.entries.tokenize_entry``) and writes
   the entry (ids, chapters, windows, score) to ``STAGING/early/`` in the ``--incremental``
   cache's format, keyed the same way (content SHA-256 + tokenizer + settings).
 - The tokenize step asks :func:`take` first: an entry for the same key, waited for if it is
@@ -35,14 +36,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import cache
+from pipeline import cache, head_start
 from pipeline.remote import is_remote
 from schemas.layout import EARLY_DIR
 from transforms.documents import TextDocument
+from transforms.samples.entries import content_sha256, tokenize_entry, worth_tokenizing_early
 
 _LOG = logging.getLogger("longctx")
 
-MIN_CHARS = 64 * 1024  # smaller documents: the hand-off costs more than the overlap gains
 DEPTH = 2  # documents queued for the background thread at most
 
 
@@ -53,10 +54,13 @@ def enabled(config, staging: str) -> bool:
 class EarlyTokenizer:
     """One per process: a single background thread that tokenizes what the read step read."""
 
-    def __init__(self, config, staging: str, cache_dir: str | None = None):
+    def __init__(
+        self, config, staging: str, cache_dir: str | None = None, head_start: str | None = None
+    ):
         from transforms.samples.tokenize import load_tokenizer
 
         self.config, self.staging, self.cache_dir = config, staging, cache_dir
+        self.head_start = head_start  # the head start's folder (pipeline/head_start.py)
         self.directory = FileSystems.join(staging, EARLY_DIR)
         self.tok = load_tokenizer(config.tokenizer, config.trust_remote_code)
         self._pool: ThreadPoolExecutor | None = None  # made on submit, ended by drain
@@ -69,11 +73,11 @@ class EarlyTokenizer:
 
     def submit(self, doc: TextDocument) -> None:
         """Start tokenizing ``doc`` (blocks while ``DEPTH`` documents wait)."""
-        from pipeline.steps.tokenize import content_sha256
-
         key = self.key(content_sha256(doc))
         if self.cache_dir and cache.has(self.cache_dir, key):
             return  # --incremental: the tokenize step loads it from the cache
+        if self.head_start and head_start.has_entry(self.head_start, key):
+            return  # tokenized before the run's workers began: the tokenize step takes it
         with self._lock:
             if key in self._pending:
                 return
@@ -86,8 +90,6 @@ class EarlyTokenizer:
         fut.add_done_callback(lambda _: self._slots.release())
 
     def _make(self, doc: TextDocument, key: str) -> bool:
-        from pipeline.steps.tokenize import tokenize_entry
-
         try:
             cache.store(self.directory, key, **tokenize_entry(doc, self.tok, self.config))
             return True
@@ -120,20 +122,18 @@ _INSTANCES: dict[str, EarlyTokenizer] = {}  # staging folder (one per run) -> it
 _INSTANCES_LOCK = threading.Lock()
 
 
-def worth_it(doc: TextDocument) -> bool:
-    """Documents of at least MIN_CHARS characters go early (the same test on both sides)."""
-    return sum(len(t) for t in doc.texts) >= MIN_CHARS
-
-
-def submit(config, staging: str, cache_dir: str | None, doc: TextDocument) -> None:
+def submit(
+    config, staging: str, cache_dir: str | None, head_start: str | None, doc: TextDocument
+) -> None:
     """Hand ``doc`` to this process's background tokenizer for the run (made on first use);
-    ``cache_dir``: the ``--incremental`` cache, whose entries need no early tokenization."""
-    if not worth_it(doc):
+    ``cache_dir``: the ``--incremental`` cache, ``head_start``: the head start's folder, whose
+    entries need no early tokenization."""
+    if not worth_tokenizing_early(doc):
         return
     with _INSTANCES_LOCK:
         found = _INSTANCES.get(staging)
         if found is None:
-            found = _INSTANCES[staging] = EarlyTokenizer(config, staging, cache_dir)
+            found = _INSTANCES[staging] = EarlyTokenizer(config, staging, cache_dir, head_start)
     found.submit(doc)
 
 
@@ -144,14 +144,19 @@ def drain(staging: str) -> None:
         found.drain()
 
 
-def take(staging: str, key: str) -> dict | None:
+def take(staging: str, key: str, head_start_folder: str | None = None) -> dict | None:
     """The early entry for cache key ``key``: waited for if this process is making it, else
-    read from disk (another worker's), else ``None``."""
+    read from disk (another worker's, or the head start's), else ``None``."""
     with _INSTANCES_LOCK:
         found = _INSTANCES.get(staging)
-    if found is not None:
-        return found.take(key)
-    return _load_and_remove(FileSystems.join(staging, EARLY_DIR), key)
+    entry = (
+        found.take(key)
+        if found is not None
+        else _load_and_remove(FileSystems.join(staging, EARLY_DIR), key)
+    )
+    if entry is None and head_start_folder:
+        entry = _load_and_remove(head_start.entries(head_start_folder), key)
+    return entry
 
 
 def _load_and_remove(directory: str, key: str) -> dict | None:

@@ -11,6 +11,7 @@ import logging
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from pipeline import head_start
 from pipeline.discover import Source, read_source
 from pipeline.source_queue import SourceQueue
 from pipeline.steps import early
@@ -25,13 +26,20 @@ _LOG = logging.getLogger(__name__)
 class ReadSourceFn(beam.DoFn):
     """A source -> TextDocument(s); every file not used goes to the ``rejects`` output.
 
-    With ``early`` (``(config, staging, cache_dir)``), each document read is handed to the background
-    tokenizer of ``pipeline/steps/early.py`` before it goes on."""
+    With ``early`` (``(config, staging, cache_dir, head_start)``), each document read is handed
+    to the background tokenizer of ``pipeline/steps/early.py`` before it goes on. With a head
+    start (``pipeline/head_start.py``: its folder, the 4th of ``early``), the first source read
+    stops its helpers, and a source one of them holds is waited for (its entries are then
+    taken, not made again)."""
 
     def __init__(self, settings: ReadSettings, early=None):
         self.settings, self.early = settings, early
 
     def process(self, src: Source):
+        ahead = self.early[3] if self.early else None
+        if ahead:
+            head_start.stop(ahead)  # the run's workers have begun: the helpers take no more
+            head_start.wait_for(ahead, src.doc_id)
         try:
             for item in read_source(src, self.settings):
                 if isinstance(item, Reject):
@@ -107,7 +115,7 @@ class ReadDocuments(beam.PTransform):
         super().__init__()
         self.settings, self.dedup = settings, dedup
         self.within_repository = within_repository  # off | exact | near
-        self.early = early  # (config, staging, cache_dir): tokenize while reading goes on
+        self.early = early  # (config, staging, cache_dir, head_start): tokenize while reading
         # on a runner that splits a step's input over a fixed set of workers (DirectRunner
         # multi_processing), one ticket a worker, each taking sources from the queue as it is
         # free; elsewhere a Reshuffle (those runners rebalance their work themselves)

@@ -3,7 +3,6 @@ long-dependency score), reusing the ``--incremental`` cache where the text is un
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import sys
 import time
@@ -15,8 +14,9 @@ from apache_beam.metrics import Metrics
 from pipeline import token_store
 from pipeline.steps import early
 from pipeline.steps.common import NAMESPACE
-from transforms.code.dependency_score import dependency_score, window_scores
+from transforms.code.dependency_score import window_scores
 from transforms.documents import TextDocument, TokenizedDocument
+from transforms.samples.entries import content_sha256, tokenize_entries, worth_tokenizing_early
 
 _LOG = logging.getLogger("longctx")
 
@@ -25,15 +25,6 @@ _LOG = logging.getLogger("longctx")
 # instead of one each (4,000 records of 2 KB: 0.55 s in 4,000 calls, 0.20 s in batches of 256).
 BATCH_DOCS = 256
 BATCH_CHARS = 1 << 20
-
-
-def content_sha256(doc: TextDocument) -> str:
-    h = hashlib.sha256()
-    for name, text in zip(doc.files or [""] * len(doc.texts), doc.texts, strict=True):
-        h.update(
-            name.encode("utf-8", "replace") + b"\0" + text.encode("utf-8", "surrogatepass") + b"\0"
-        )
-    return h.hexdigest()
 
 
 class TokenizeFn(beam.DoFn):
@@ -50,8 +41,10 @@ class TokenizeFn(beam.DoFn):
         progress=None,
         early=False,
         batch=True,
+        head_start: str | None = None,
     ):
         self.config, self.staging, self.cache_dir = config, staging, cache_dir
+        self.head_start = head_start  # the head start's folder (pipeline/head_start.py)
         self.progress = progress  # None, or Progress(total_bytes, tty)
         self.early = early  # the read step tokenizes early (pipeline/steps/early.py)
         # batch documents across process() calls, the last batch emitted by finish_bundle;
@@ -159,12 +152,12 @@ class TokenizeFn(beam.DoFn):
     def _early(self, doc: TextDocument, sha: str, key: str | None) -> dict | None:
         """The entry the read step made early for this text, if it did (``early.py``); ``key``:
         the cache key when ``_cached`` made one already."""
-        if not (self.early and early.worth_it(doc)):
+        if not (self.early and worth_tokenizing_early(doc)):
             return None
         from pipeline import cache
 
         key = key or cache.document_key(sha, self.tok, self.config)
-        entry = early.take(self.staging, key)
+        entry = early.take(self.staging, key, self.head_start)
         Metrics.counter(NAMESPACE, "documents_early" if entry else "documents_not_early").inc()
         return entry
 
@@ -191,36 +184,6 @@ class TokenizeFn(beam.DoFn):
             _LOG.info("%s", line)
 
 
-def tokenize_entries(docs: list[TextDocument], tok, config) -> list[dict]:
-    """Each document's ids, chapter offsets, windows and long-dependency score (of the whole
-    document and of each window: the shard writer, one process per shard, would otherwise
-    score the windows after every worker is done): what the token store and the
-    ``--incremental`` cache hold. One tokenizer call for the whole list."""
-    from transforms.samples.tokenize import encode_and_window_many
-
-    out = []
-    for enc, starts, lengths in encode_and_window_many(
-        docs, tok, seq_len=config.seq_len, overlap=config.overlap, slack=config.slack
-    ):
-        score = dependency_score(enc.tokens)
-        out.append(
-            {
-                "tokens": enc.tokens,
-                "chapters": enc.chapters,
-                "starts": starts,
-                "lengths": lengths,
-                "score": score,
-                "window_scores": window_scores(enc.tokens, starts, lengths, whole=score),
-            }
-        )
-    return out
-
-
-def tokenize_entry(doc: TextDocument, tok, config) -> dict:
-    """:func:`tokenize_entries` of one document (the early tokenizer runs this)."""
-    return tokenize_entries([doc], tok, config)[0]
-
-
 @dataclass(frozen=True)
 class Progress:
     total_bytes: int  # input bytes of the run (0: unknown, no ETA)
@@ -243,7 +206,8 @@ class Tokenize(beam.PTransform):
     """TextDocument s -> TokenizedDocument s (one ParDo; the composite names the step)."""
 
     def __init__(self, config, staging: str, **options):
-        """``options``: those of :class:`TokenizeFn` (cache_dir, progress, early, batch)."""
+        """``options``: those of :class:`TokenizeFn` (cache_dir, progress, early, batch,
+        head_start)."""
         super().__init__()
         self.fn = TokenizeFn(config, staging, **options)
 

@@ -1,0 +1,275 @@
+"""Tokenization started before Beam: the cores of a ``multi_processing`` run, idle while the
+driver and the workers import Beam and the runner starts, tokenize the largest sources ahead.
+
+On nvidia-h200's 16 cores a 16-worker run reads its first file 4-5.5 s after it starts: the
+driver's Beam import (~1.9 s), its graph and ``to_runner_api`` (~1.4 s), the runner's first
+stages; the workers, forked from ``pipeline.worker_pool``'s server, are ready at ~2.4 s and wait.
+Beam's fixed start cannot be made shorter from here, so this module fills it with the run's
+own work. :class:`HeadStart`, made by ``pipeline.run`` as soon as the flags are checked, starts
+one helper process (no Beam: the tokenizer, the inputs' listing and the read and tokenize
+functions only), which lists the inputs as the driver will (``pipeline.discover``), loads the
+tokenizer and forks up to ``processes`` tokenizers. Each takes the next source nobody has taken,
+largest first (the order the run's workers take them in), reads it with the read step's own
+function and stores each document's entry (ids, chapters, windows, scores: the tokenize step's
+own function, ``transforms.samples.entries.tokenize_entries``) under its cache key, as the read
+step's early tokenizer does
+(``pipeline/steps/early.py``).
+
+When the run's workers begin to read, the first of them writes ``STOP``: each helper finishes
+the source in hand and exits. The run's steps read every source as always; a source the head
+start holds is waited for (a lock the helper holds while it works: a helper that dies releases
+it), its documents' entries are taken from here instead of tokenized, and anything missing
+(a helper gone, a document that duplicate removal changed) is tokenized as before. The output
+is byte-identical; only where the work ran changes.
+
+Where: DirectRunner ``multi_processing`` with at least :data:`MIN_CORES` cores, with the early
+tokenizer's conditions (duplicate removal on, a local output: the entries are found where the
+early tokenizer's are) and without ``--incremental`` (its cache decides what is tokenized).
+
+Run as ``python -m pipeline.head_start FOLDER PROCESSES`` (the run's settings come on stdin).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from pipeline import remote
+
+_LOG = logging.getLogger("longctx")
+
+MIN_CORES = 8  # below this the driver's and the server's imports keep the cores busy
+SPARE_CORES = 2  # left to the driver and the worker pool's server, which import Beam meanwhile
+STOP = "STOP"
+ENTRIES = "entries"  # FOLDER/entries/KEY.npz: the early tokenizer's entries (cache format)
+HELD = "held"  # FOLDER/held/ID: a source taken, locked while it is worked on
+DONE = "done"  # FOLDER/done/ID: "documents tokens" of a source finished
+
+
+def processes_for(workers: int, cores: int) -> int:
+    """Helper tokenizers for a run of ``workers`` workers on ``cores`` cores (0: none)."""
+    if cores < MIN_CORES:
+        return 0
+    return max(0, min(workers, cores) - SPARE_CORES)
+
+
+def source_mark(doc_id: str) -> str:
+    """A source's file name in ``held/`` and ``done/`` (ids hold ``/``)."""
+    return hashlib.sha1(doc_id.encode("utf-8")).hexdigest()
+
+
+class HeadStart:
+    """The helper of one run; :attr:`folder` is handed to the steps (``BuildDataset``)."""
+
+    def __init__(self, config, processes: int):
+        self.folder = tempfile.mkdtemp(prefix="longctx-head-start-")
+        self.processes = processes
+        self.report: dict | None = None  # after close(): what the helper did
+        command = [sys.executable, "-m", __name__, self.folder, str(processes)]
+        self._proc: subprocess.Popen | None = None
+        with contextlib.suppress(OSError):  # no helper: the run tokenizes everything itself
+            self._proc = subprocess.Popen(command, stdin=subprocess.PIPE)
+            self._proc.stdin.write(pickle.dumps(config))
+            self._proc.stdin.close()
+
+    @classmethod
+    def for_run(cls, config, workers: int, cores: int | None = None) -> HeadStart | None:
+        """The head start of a run of ``workers`` multi_processing workers (0: another mode)
+        with settings ``config`` (a ``BuildConfig``), or None where it does not apply."""
+        cores = (os.cpu_count() or 1) if cores is None else cores
+        n = processes_for(workers, cores)
+        if not n or not config.dedup or config.incremental or remote.is_remote(config.output):
+            return None
+        return cls(config, n)
+
+    def close(self) -> None:
+        """Stop the helper, keep its :attr:`report`, remove the folder."""
+        stop(self.folder)
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self.report = _report(self.folder)
+        if self.report["sources"]:
+            _LOG.info(
+                "head start: %d sources, %d documents, %d tokens tokenized before the "
+                "workers began",
+                self.report["sources"],
+                self.report["documents"],
+                self.report["tokens"],
+            )
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def stop(folder: str) -> None:
+    """Tell the helpers to take no more sources (the run's workers have begun)."""
+    with contextlib.suppress(OSError):
+        if not os.path.exists(os.path.join(folder, STOP)):
+            with open(os.path.join(folder, STOP), "w"):
+                pass
+
+
+def wait_for(folder: str, doc_id: str) -> None:
+    """Return once no helper works on source ``doc_id`` (at once if none took it)."""
+    try:
+        fd = os.open(os.path.join(folder, HELD, source_mark(doc_id)), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # granted when the helper ends it, or dies
+    finally:
+        os.close(fd)
+
+
+def entries(folder: str) -> str:
+    return os.path.join(folder, ENTRIES)
+
+
+def has_entry(folder: str, key: str) -> bool:
+    from pipeline.entries import file_name
+
+    return os.path.exists(os.path.join(entries(folder), file_name(key)))
+
+
+def _report(folder: str) -> dict:
+    """What the helpers did: sources, documents and tokens they finished, and the entries
+    nobody took (a document that duplicate removal changed, or left out)."""
+    sources = documents = tokens = 0
+    with contextlib.suppress(OSError):
+        for name in os.listdir(os.path.join(folder, DONE)):
+            with contextlib.suppress(OSError, ValueError):
+                with open(os.path.join(folder, DONE, name)) as f:
+                    d, t = (int(x) for x in f.read().split())
+                sources, documents, tokens = sources + 1, documents + d, tokens + t
+    try:
+        left = sum(n.endswith(".npz") for n in os.listdir(entries(folder)))
+    except OSError:
+        left = 0
+    return {"sources": sources, "documents": documents, "tokens": tokens, "untaken": left}
+
+
+def _take(folder: str, doc_id: str) -> int | None:
+    """Take source ``doc_id`` (a file made in one step, then locked); its descriptor, or None
+    if another helper took it."""
+    try:
+        fd = os.open(
+            os.path.join(folder, HELD, source_mark(doc_id)), os.O_CREAT | os.O_EXCL | os.O_RDWR
+        )
+    except FileExistsError:
+        return None
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _work(folder: str, sources: list, config, tok) -> None:
+    """One helper: sources taken one at a time, largest first, until ``STOP``, its parent
+    gone, or the end."""
+    from pipeline.discover import read_source
+    from pipeline.entries import document_key, store_local
+    from transforms.documents import TextDocument
+    from transforms.samples.entries import (
+        content_sha256,
+        tokenize_entries,
+        worth_tokenizing_early,
+    )
+
+    parent = os.getppid()
+    for src in sources:
+        if os.path.exists(os.path.join(folder, STOP)) or os.getppid() != parent:
+            return
+        fd = _take(folder, src.doc_id)
+        if fd is None:
+            continue
+        try:
+            docs = [
+                d
+                for d in read_source(src, config.read_settings)
+                if isinstance(d, TextDocument) and worth_tokenizing_early(d)
+            ]
+            n_tokens = 0
+            for doc, entry in zip(docs, tokenize_entries(docs, tok, config), strict=True):
+                store_local(entries(folder), document_key(content_sha256(doc), tok, config), entry)
+                n_tokens += int(entry["tokens"].shape[0])
+            with open(os.path.join(folder, DONE, source_mark(src.doc_id)), "w") as f:
+                f.write(f"{len(docs)} {n_tokens}")
+        except Exception as err:  # noqa: BLE001 - the run's own steps read and report it
+            _LOG.debug("head start: %s left to the run: %s", src.doc_id, err)
+        finally:
+            os.close(fd)  # the lock goes with it
+
+
+def _serve(folder: str, processes: int) -> int:
+    config = pickle.loads(sys.stdin.buffer.read())
+    os.environ.setdefault("RAYON_NUM_THREADS", "1")  # one core each: they run side by side
+    from pipeline.demo import demo_repositories
+    from pipeline.discover import discover
+    from pipeline.guard import input_bytes
+    from transforms.samples.tokenize import load_tokenizer
+
+    try:
+        tok = load_tokenizer(config.tokenizer, config.trust_remote_code)
+    except Exception:  # noqa: BLE001 - the driver reports a bad --tokenizer, by flag
+        return 0
+    sources, _ = discover(
+        books=config.books,
+        repos=demo_repositories() if config.demo else config.repos,
+        repos_root=config.repos_root,
+        documents=config.documents,
+        hf_dataset=config.hf_dataset,
+        output=config.output,
+    )
+    local = [s for s in sources if s.kind != "hf" and not remote.is_remote(s.path)]
+    sizes = {s.doc_id: input_bytes([s.path]) for s in local}
+    local.sort(key=lambda s: -sizes[s.doc_id])  # the run's workers' order (SourceQueue)
+    for sub in (HELD, DONE, ENTRIES):
+        os.makedirs(os.path.join(folder, sub), exist_ok=True)
+    driver = os.getppid()
+    children = set()
+    for _ in range(processes):
+        if os.path.exists(os.path.join(folder, STOP)):
+            break
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                _work(folder, local, config, tok)
+            except BaseException:  # noqa: BLE001 - never a traceback of its own
+                code = 1
+            finally:
+                os._exit(code)
+        children.add(pid)
+    while children:
+        pid, _ = os.waitpid(-1, os.WNOHANG)
+        if pid:
+            children.discard(pid)
+            continue
+        if os.getppid() != driver:  # the driver is gone: its helpers take nothing more
+            stop(folder)
+        time.sleep(0.05)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m pipeline.head_start FOLDER PROCESSES (pipeline.run starts it)")
+    try:
+        sys.exit(_serve(sys.argv[1], int(sys.argv[2])))
+    except KeyboardInterrupt:
+        sys.exit(130)
