@@ -12,8 +12,7 @@ tokenizer and forks up to ``processes`` tokenizers. Each takes the next source n
 largest first (the order the run's workers take them in), reads it with the read step's own
 function and stores each document's entry (ids, chapters, windows, scores: the tokenize step's
 own function, ``transforms.samples.entries.tokenize_entries``) under its cache key, as the read
-step's early tokenizer does
-(``pipeline/steps/early.py``).
+step's early tokenizer does (``pipeline/steps/early.py``).
 
 When the run's workers begin to read, the first of them writes ``STOP``: each helper finishes
 the source in hand and exits. The run's steps read every source as always; a source the head
@@ -22,9 +21,8 @@ it), its documents' entries are taken from here instead of tokenized, and anythi
 (a helper gone, a document that duplicate removal changed) is tokenized as before. The output
 is byte-identical; only where the work ran changes.
 
-Where: DirectRunner ``multi_processing`` with at least :data:`MIN_CORES` cores, with the early
-tokenizer's conditions (duplicate removal on, a local output: the entries are found where the
-early tokenizer's are) and without ``--incremental`` (its cache decides what is tokenized).
+Where: DirectRunner ``multi_processing`` with at least :data:`MIN_CORES` cores and a local
+output, without ``--incremental`` (its cache decides what is tokenized).
 
 Run as ``python -m pipeline.head_start FOLDER PROCESSES`` (the run's settings come on stdin).
 """
@@ -87,7 +85,7 @@ class HeadStart:
         with settings ``config`` (a ``BuildConfig``), or None where it does not apply."""
         cores = (os.cpu_count() or 1) if cores is None else cores
         n = processes_for(workers, cores)
-        if not n or not config.dedup or config.incremental or remote.is_remote(config.output):
+        if not n or config.incremental or remote.is_remote(config.output):
             return None
         return cls(config, n)
 

@@ -401,17 +401,23 @@ print(json.dumps({"status": status, "reports": reports}))
 """
 
 
+@pytest.mark.parametrize("dedup", [True, False], ids=["dedup", "no-dedup"])
 def test_the_head_start_tokenizes_ahead_and_the_output_is_byte_identical(
-    tmp_path, direct_out, books_dir, qwen3_dir
+    tmp_path, direct_out, books_dir, qwen3_dir, dedup
 ):
     """Issue 20: on a machine of 8 cores or more, the cores idle while the driver and the
     workers import Beam tokenize the largest sources ahead (``pipeline/head_start.py``); the
     run's steps take those entries instead of tokenizing again, and the output is the bytes of
-    an in_memory run."""
+    an in_memory run (with duplicate removal, where the read and tokenize steps are two
+    stages, and without, where they are one)."""
     out = tmp_path / "out"
+    inputs = [*map(str, _inputs(books_dir, qwen3_dir)), *([] if dedup else ["--no-dedup"])]
+    if not dedup:
+        direct_out = tmp_path / "in_memory"
+        ref = run_cli("pipeline.run", "--runner", "DirectRunner", "--output", direct_out, *inputs)
+        assert ref.returncode == 0, ref.stderr[-3000:]
     argv = ["--runner", "DirectRunner", "--direct_running_mode", "multi_processing",
-            "--direct_num_workers", "4", "--output", str(out), "--quiet",
-            *map(str, _inputs(books_dir, qwen3_dir))]  # fmt: skip
+            "--direct_num_workers", "4", "--output", str(out), "--quiet", *inputs]  # fmt: skip
     proc = subprocess.run(
         [sys.executable, "-c", _HEAD_START_RUN, *argv],
         cwd=REPO,

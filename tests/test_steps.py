@@ -358,7 +358,7 @@ def test_read_step_tokenizes_long_documents_early_and_the_tokenize_step_uses_the
     read = (
         p
         | beam.Create(sources)
-        | ReadDocuments(config.read_settings, dedup=True, early=(config, staging, None, None))
+        | ReadDocuments(config.read_settings, dedup=True, early=(config, staging, None))
     )
     docs = read[MAIN] | Tokenize(config, staging, early=True)
     assert_that(

@@ -63,7 +63,6 @@ class BuildDataset(beam.PTransform):
     def expand(self, pbegin):
         config, staging = self.config, self.staging
         tokenize_early = early.enabled(config, staging)
-        ahead = self.head_start if tokenize_early else None  # its entries are found as early's
         read = (
             pbegin
             | "CreateSources" >> beam.Create(self.sources)
@@ -72,8 +71,9 @@ class BuildDataset(beam.PTransform):
                 config.read_settings,
                 dedup=config.dedup,
                 within_repository=config.dedup_within_repository,
-                early=(config, staging, self.cache_dir, ahead) if tokenize_early else None,
+                early=(config, staging, self.cache_dir) if tokenize_early else None,
                 queue=self.queue,
+                head_start=self.head_start,
             )
         )
         docs = read[MAIN] | "Tokenize" >> Tokenize(
@@ -83,7 +83,7 @@ class BuildDataset(beam.PTransform):
             progress=self.progress,
             early=tokenize_early,
             batch=self.batch_tokenize,
-            head_start=ahead,
+            head_start=self.head_start,
         )
         planned = docs | "PlanSamples" >> PlanSamples(config.plan_settings)
         wrote_plan = planned[SUMMARY] | "WritePlanSummary" >> beam.Map(

@@ -26,20 +26,18 @@ _LOG = logging.getLogger(__name__)
 class ReadSourceFn(beam.DoFn):
     """A source -> TextDocument(s); every file not used goes to the ``rejects`` output.
 
-    With ``early`` (``(config, staging, cache_dir, head_start)``), each document read is handed
-    to the background tokenizer of ``pipeline/steps/early.py`` before it goes on. With a head
-    start (``pipeline/head_start.py``: its folder, the 4th of ``early``), the first source read
-    stops its helpers, and a source one of them holds is waited for (its entries are then
-    taken, not made again)."""
+    With ``early`` (``(config, staging, cache_dir)``), each document read is handed to the
+    background tokenizer of ``pipeline/steps/early.py`` before it goes on. With ``head_start``
+    (the folder of ``pipeline/head_start.py``), the first source read stops its helpers, and a
+    source one of them holds is waited for (its entries are then taken, not made again)."""
 
-    def __init__(self, settings: ReadSettings, early=None):
-        self.settings, self.early = settings, early
+    def __init__(self, settings: ReadSettings, early=None, head_start: str | None = None):
+        self.settings, self.early, self.head_start = settings, early, head_start
 
     def process(self, src: Source):
-        ahead = self.early[3] if self.early else None
-        if ahead:
-            head_start.stop(ahead)  # the run's workers have begun: the helpers take no more
-            head_start.wait_for(ahead, src.doc_id)
+        if self.head_start:
+            head_start.stop(self.head_start)  # the run's workers have begun: no more taken
+            head_start.wait_for(self.head_start, src.doc_id)
         try:
             for item in read_source(src, self.settings):
                 if isinstance(item, Reject):
@@ -47,7 +45,7 @@ class ReadSourceFn(beam.DoFn):
                     yield REJECTS, item
                 else:
                     if self.early:
-                        early.submit(*self.early, item)
+                        early.submit(*self.early, self.head_start, item)
                     yield MAIN, item
         except RejectError as err:
             Metrics.counter(NAMESPACE, f"rejects_{err.reason}").inc()
@@ -111,11 +109,13 @@ class ReadDocuments(beam.PTransform):
         within_repository="off",
         early=None,
         queue: SourceQueue | None = None,
+        head_start: str | None = None,
     ):
         super().__init__()
         self.settings, self.dedup = settings, dedup
         self.within_repository = within_repository  # off | exact | near
-        self.early = early  # (config, staging, cache_dir, head_start): tokenize while reading
+        self.early = early  # (config, staging, cache_dir): tokenize while reading goes on
+        self.head_start = head_start  # pipeline/head_start.py's folder: tokenized before Beam
         # on a runner that splits a step's input over a fixed set of workers (DirectRunner
         # multi_processing), one ticket a worker, each taking sources from the queue as it is
         # free; elsewhere a Reshuffle (those runners rebalance their work themselves)
@@ -134,7 +134,7 @@ class ReadDocuments(beam.PTransform):
             spread = sources | "SpreadSources" >> beam.Reshuffle()
         read = (
             spread
-            | "ReadSources" >> beam.ParDo(ReadSourceFn(self.settings, self.early))
+            | "ReadSources" >> beam.ParDo(ReadSourceFn(self.settings, self.early, self.head_start))
             | "SplitRead" >> SplitTagged(MAIN, REJECTS)
         )
         if not self.dedup:

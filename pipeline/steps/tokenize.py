@@ -152,7 +152,7 @@ class TokenizeFn(beam.DoFn):
     def _early(self, doc: TextDocument, sha: str, key: str | None) -> dict | None:
         """The entry the read step made early for this text, if it did (``early.py``); ``key``:
         the cache key when ``_cached`` made one already."""
-        if not (self.early and worth_tokenizing_early(doc)):
+        if not ((self.early or self.head_start) and worth_tokenizing_early(doc)):
             return None
         from pipeline import cache
 
