@@ -22,7 +22,8 @@ it), its documents' entries are taken from here instead of tokenized, and anythi
 is byte-identical; only where the work ran changes.
 
 Where: DirectRunner ``multi_processing`` with at least :data:`MIN_CORES` cores and a local
-output, without ``--incremental`` (its cache decides what is tokenized).
+output, without ``--incremental`` (its cache decides what is tokenized), unless the environment
+sets ``LONGCTX_HEAD_START=0``.
 
 Run as ``python -m pipeline.head_start FOLDER PROCESSES`` (the run's settings come on stdin).
 """
@@ -46,7 +47,8 @@ from pipeline import remote
 _LOG = logging.getLogger("longctx")
 
 MIN_CORES = 8  # below this the driver's and the server's imports keep the cores busy
-SPARE_CORES = 2  # left to the driver and the worker pool's server, which import Beam meanwhile
+SPARE_CORES = 4  # left to the driver, the worker pool's server and the plot helpers' imports
+SWITCH = "LONGCTX_HEAD_START"  # "0" in the environment: no head start
 STOP = "STOP"
 ENTRIES = "entries"  # FOLDER/entries/KEY.npz: the early tokenizer's entries (cache format)
 HELD = "held"  # FOLDER/held/ID: a source taken, locked while it is worked on
@@ -84,7 +86,7 @@ class HeadStart:
         """The head start of a run of ``workers`` multi_processing workers (0: another mode)
         with settings ``config`` (a ``BuildConfig``), or None where it does not apply."""
         cores = (os.cpu_count() or 1) if cores is None else cores
-        n = processes_for(workers, cores)
+        n = processes_for(workers, cores) if os.environ.get(SWITCH) != "0" else 0
         if not n or config.incremental or remote.is_remote(config.output):
             return None
         return cls(config, n)
