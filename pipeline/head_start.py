@@ -59,7 +59,7 @@ def processes_for(workers: int, cores: int) -> int:
     """Helper tokenizers for a run of ``workers`` workers on ``cores`` cores (0: none)."""
     if cores < MIN_CORES:
         return 0
-    return max(0, min(workers, cores) - SPARE_CORES)
+    return max(0, min(workers, cores - SPARE_CORES))
 
 
 def source_mark(doc_id: str) -> str:

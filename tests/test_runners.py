@@ -417,7 +417,7 @@ def test_the_head_start_tokenizes_ahead_and_the_output_is_byte_identical(
         ref = run_cli("pipeline.run", "--runner", "DirectRunner", "--output", direct_out, *inputs)
         assert ref.returncode == 0, ref.stderr[-3000:]
     argv = ["--runner", "DirectRunner", "--direct_running_mode", "multi_processing",
-            "--direct_num_workers", "4", "--output", str(out), "--quiet", *inputs]  # fmt: skip
+            "--direct_num_workers", "2", "--output", str(out), "--quiet", *inputs]  # fmt: skip
     proc = subprocess.run(
         [sys.executable, "-c", _HEAD_START_RUN, *argv],
         cwd=REPO,
@@ -429,7 +429,7 @@ def test_the_head_start_tokenizes_ahead_and_the_output_is_byte_identical(
     result = json.loads(proc.stdout.splitlines()[-1])
     assert result["status"] == 0
     [report] = result["reports"]
-    # 4 workers on 16 cores: 2 helpers, each had finished a source when the workers began
+    # 2 workers on 16 cores: 2 helpers, each had finished a source when the workers began
     assert report["sources"] >= 2 and report["tokens"] > 100_000, report
     assert report["untaken"] == 0, report  # every entry made ahead was used by the run
     _outputs_equal(direct_out, out)
@@ -477,6 +477,17 @@ def test_head_start_helpers_take_nothing_once_told_to_stop(tmp_path, qwen3):
 
 
 @pytest.mark.parametrize(
+    "workers, cores, want", [(16, 16, 12), (2, 16, 2), (16, 8, 4), (16, 4, 0), (1, 16, 1)]
+)
+def test_the_head_start_uses_the_cores_the_run_leaves_idle(workers, cores, want):
+    """As many helpers as the run has workers, on the cores the driver and the worker pool's
+    server (importing Beam meanwhile) leave; none below 8 cores."""
+    from pipeline.head_start import processes_for
+
+    assert processes_for(workers, cores) == want
+
+
+@pytest.mark.parametrize(
     "argv, want",
     [
         ([], 0),
@@ -496,3 +507,16 @@ def test_the_pool_is_sized_as_beam_reads_the_flags(argv, want):
     from pipeline.worker_pool import planned_workers
 
     assert planned_workers(argv) == want
+
+
+def test_the_head_start_is_turned_off_by_its_environment_switch(monkeypatch, tmp_path):
+    from pipeline.config import BuildConfig
+    from pipeline.head_start import SWITCH, HeadStart
+
+    config = BuildConfig(output=str(tmp_path / "out"))
+    monkeypatch.setenv(SWITCH, "0")
+    assert HeadStart.for_run(config, 16, cores=16) is None
+    monkeypatch.delenv(SWITCH)
+    with HeadStart.for_run(config, 16, cores=16) as ahead:
+        assert ahead.processes == 12 and os.path.isdir(ahead.folder)
+    assert not os.path.exists(ahead.folder)
