@@ -15,11 +15,12 @@ own function, ``transforms.samples.entries.tokenize_entries``) under its cache k
 step's early tokenizer does (``pipeline/steps/early.py``).
 
 When the run's workers begin to read, the first of them writes ``STOP``: each helper finishes
-the source in hand and exits. The run's steps read every source as always; a source the head
-start holds is waited for (a lock the helper holds while it works: a helper that dies releases
-it), its documents' entries are taken from here instead of tokenized, and anything missing
-(a helper gone, a document that duplicate removal changed) is tokenized as before. The output
-is byte-identical; only where the work ran changes.
+the source in hand and exits. The run's read step takes every source as always; a source the
+head start holds is waited for (a lock the helper holds while it works: a helper that dies
+releases it); what the helper read is taken from here instead of read again (the same
+function's output: code is parsed once), and its documents' entries instead of tokenized.
+Anything missing (a helper gone, a document that duplicate removal changed) is read or
+tokenized as before. The output is byte-identical; only where the work ran changes.
 
 Where: DirectRunner ``multi_processing`` with at least :data:`MIN_CORES` cores and a local
 output, without ``--incremental`` (its cache decides what is tokenized), unless the environment
@@ -53,6 +54,7 @@ STOP = "STOP"
 ENTRIES = "entries"  # FOLDER/entries/KEY.npz: the early tokenizer's entries (cache format)
 HELD = "held"  # FOLDER/held/ID: a source taken, locked while it is worked on
 DONE = "done"  # FOLDER/done/ID: "documents tokens" of a source finished
+READ = "read"  # FOLDER/read/ID: what reading the source gave (pickled), for the read step
 
 
 def processes_for(workers: int, cores: int) -> int:
@@ -138,6 +140,20 @@ def wait_for(folder: str, doc_id: str) -> None:
         os.close(fd)
 
 
+def read_items(folder: str, doc_id: str) -> list | None:
+    """What a helper's reading of source ``doc_id`` gave (documents and rejects, in order), or
+    None (not read ahead: the read step reads it); removed once taken."""
+    path = os.path.join(folder, READ, source_mark(doc_id))
+    try:
+        with open(path, "rb") as f:
+            items = pickle.load(f)
+    except (OSError, EOFError, pickle.UnpicklingError):
+        return None
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    return items
+
+
 def entries(folder: str) -> str:
     return os.path.join(folder, ENTRIES)
 
@@ -149,8 +165,9 @@ def has_entry(folder: str, key: str) -> bool:
 
 
 def _report(folder: str) -> dict:
-    """What the helpers did: sources, documents and tokens they finished, and the entries
-    nobody took (a document that duplicate removal changed, or left out)."""
+    """What the helpers did: sources, documents and tokens they finished; the entries nobody
+    took (a document that duplicate removal changed, or left out) and the sources read ahead
+    that the read step did not take (none, unless the run failed)."""
     sources = documents = tokens = 0
     with contextlib.suppress(OSError):
         for name in os.listdir(os.path.join(folder, DONE)):
@@ -158,11 +175,20 @@ def _report(folder: str) -> dict:
                 with open(os.path.join(folder, DONE, name)) as f:
                     d, t = (int(x) for x in f.read().split())
                 sources, documents, tokens = sources + 1, documents + d, tokens + t
-    try:
-        left = sum(n.endswith(".npz") for n in os.listdir(entries(folder)))
-    except OSError:
-        left = 0
-    return {"sources": sources, "documents": documents, "tokens": tokens, "untaken": left}
+    left = {}
+    for sub, suffix in ((ENTRIES, ".npz"), (READ, "")):
+        try:
+            names = os.listdir(os.path.join(folder, sub))
+        except OSError:
+            names = []
+        left[sub] = sum(n.endswith(suffix) and ".tmp-" not in n for n in names)
+    return {
+        "sources": sources,
+        "documents": documents,
+        "tokens": tokens,
+        "untaken": left[ENTRIES],
+        "unread": left[READ],
+    }
 
 
 def _take(folder: str, doc_id: str) -> int | None:
@@ -198,21 +224,31 @@ def _work(folder: str, sources: list, config, tok) -> None:
         if fd is None:
             continue
         try:
-            docs = [
-                d
-                for d in read_source(src, config.read_settings)
-                if isinstance(d, TextDocument) and worth_tokenizing_early(d)
-            ]
+            items = list(read_source(src, config.read_settings))
+            docs = [d for d in items if isinstance(d, TextDocument) and worth_tokenizing_early(d)]
             n_tokens = 0
             for doc, entry in zip(docs, tokenize_entries(docs, tok, config), strict=True):
                 store_local(entries(folder), document_key(content_sha256(doc), tok, config), entry)
                 n_tokens += int(entry["tokens"].shape[0])
+            _write_whole(os.path.join(folder, READ, source_mark(src.doc_id)), pickle.dumps(items))
             with open(os.path.join(folder, DONE, source_mark(src.doc_id)), "w") as f:
                 f.write(f"{len(docs)} {n_tokens}")
         except Exception as err:  # noqa: BLE001 - the run's own steps read and report it
             _LOG.debug("head start: %s left to the run: %s", src.doc_id, err)
         finally:
             os.close(fd)  # the lock goes with it
+
+
+def make_folders(folder: str) -> None:
+    for sub in (HELD, DONE, ENTRIES, READ):
+        os.makedirs(os.path.join(folder, sub), exist_ok=True)
+
+
+def _write_whole(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
 
 
 def _serve(folder: str, processes: int) -> int:
@@ -238,8 +274,7 @@ def _serve(folder: str, processes: int) -> int:
     local = [s for s in sources if s.kind != "hf" and not remote.is_remote(s.path)]
     sizes = {s.doc_id: input_bytes([s.path]) for s in local}
     local.sort(key=lambda s: -sizes[s.doc_id])  # the run's workers' order (SourceQueue)
-    for sub in (HELD, DONE, ENTRIES):
-        os.makedirs(os.path.join(folder, sub), exist_ok=True)
+    make_folders(folder)
     driver = os.getppid()
     children = set()
     for _ in range(processes):

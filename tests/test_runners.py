@@ -431,7 +431,8 @@ def test_the_head_start_tokenizes_ahead_and_the_output_is_byte_identical(
     [report] = result["reports"]
     # 2 workers on 16 cores: 2 helpers, each had finished a source when the workers began
     assert report["sources"] >= 2 and report["tokens"] > 100_000, report
-    assert report["untaken"] == 0, report  # every entry made ahead was used by the run
+    # every source read ahead and every entry made ahead was used by the run
+    assert report["untaken"] == 0 and report["unread"] == 0, report
     _outputs_equal(direct_out, out)
     assert not os.path.exists(report["folder"])  # removed with the run
 
@@ -463,17 +464,19 @@ def test_a_source_a_helper_holds_is_waited_for_until_the_helper_ends_or_dies(tmp
 def test_head_start_helpers_take_nothing_once_told_to_stop(tmp_path, qwen3):
     from pipeline import head_start
     from pipeline.config import BuildConfig
-    from pipeline.discover import discover
+    from pipeline.discover import discover, read_source
 
     sources, _ = discover(repos=[str(STDLIB / "json")])
-    for sub in (head_start.HELD, head_start.DONE, head_start.ENTRIES):
-        (tmp_path / sub).mkdir()
+    head_start.make_folders(str(tmp_path))
     head_start.stop(str(tmp_path))
     head_start._work(str(tmp_path), sources, BuildConfig(), qwen3)
     assert os.listdir(tmp_path / head_start.HELD) == []
     (tmp_path / head_start.STOP).unlink()
     head_start._work(str(tmp_path), sources, BuildConfig(), qwen3)
     assert len(os.listdir(tmp_path / head_start.DONE)) == len(sources) == 1
+    assert head_start.read_items(str(tmp_path), sources[0].doc_id) == read_source(
+        sources[0], BuildConfig().read_settings
+    )
 
 
 @pytest.mark.parametrize(

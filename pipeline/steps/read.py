@@ -29,17 +29,20 @@ class ReadSourceFn(beam.DoFn):
     With ``early`` (``(config, staging, cache_dir)``), each document read is handed to the
     background tokenizer of ``pipeline/steps/early.py`` before it goes on. With ``head_start``
     (the folder of ``pipeline/head_start.py``), the first source read stops its helpers, and a
-    source one of them holds is waited for (its entries are then taken, not made again)."""
+    source one of them holds is waited for (what it read and tokenized is then taken, not made
+    again)."""
 
     def __init__(self, settings: ReadSettings, early=None, head_start: str | None = None):
         self.settings, self.early, self.head_start = settings, early, head_start
 
     def process(self, src: Source):
+        items = None
         if self.head_start:
             head_start.stop(self.head_start)  # the run's workers have begun: no more taken
             head_start.wait_for(self.head_start, src.doc_id)
+            items = head_start.read_items(self.head_start, src.doc_id)
         try:
-            for item in read_source(src, self.settings):
+            for item in read_source(src, self.settings) if items is None else items:
                 if isinstance(item, Reject):
                     Metrics.counter(NAMESPACE, f"rejects_{item.reason}").inc()
                     yield REJECTS, item
