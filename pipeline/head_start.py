@@ -38,6 +38,7 @@ import logging
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -79,7 +80,8 @@ class HeadStart:
         command = [sys.executable, "-m", __name__, self.folder, str(processes)]
         self._proc: subprocess.Popen | None = None
         with contextlib.suppress(OSError):  # no helper: the run tokenizes everything itself
-            self._proc = subprocess.Popen(command, stdin=subprocess.PIPE)
+            # its own process group: stopped whole at the run's end (close)
+            self._proc = subprocess.Popen(command, stdin=subprocess.PIPE, process_group=0)
             self._proc.stdin.write(pickle.dumps(config))
             self._proc.stdin.close()
 
@@ -94,14 +96,13 @@ class HeadStart:
         return cls(config, n)
 
     def close(self) -> None:
-        """Stop the helper, keep its :attr:`report`, remove the folder."""
+        """At the run's end (done, failed or refused: nothing waits for the helpers any more):
+        stop them at once, keep their :attr:`report`, remove the folder."""
         stop(self.folder)
         if self._proc is not None:
-            try:
-                self._proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
         self.report = _report(self.folder)
         if self.report["sources"]:
             _LOG.info(
@@ -298,6 +299,8 @@ def _serve(folder: str, processes: int) -> int:
         if os.getppid() != driver:  # the driver is gone: its helpers take nothing more
             stop(folder)
         time.sleep(0.05)
+    if os.getppid() != driver:  # nobody else will remove what they made
+        shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 

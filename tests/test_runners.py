@@ -523,3 +523,34 @@ def test_the_head_start_is_turned_off_by_its_environment_switch(monkeypatch, tmp
     with HeadStart.for_run(config, 16, cores=16) as ahead:
         assert ahead.processes == 12 and os.path.isdir(ahead.folder)
     assert not os.path.exists(ahead.folder)
+
+
+def test_a_killed_driver_leaves_no_head_start_running_and_no_folder(tmp_path, books_dir):
+    """The driver killed (SIGKILL: no cleanup of its own) while its helpers tokenize: they
+    take nothing more, end, and their folder (entries of the whole corpus, possibly) goes."""
+    code = (
+        "import sys, time\n"
+        "from pipeline.config import BuildConfig\n"
+        "from pipeline.head_start import HeadStart\n"
+        "config = BuildConfig(books=[sys.argv[1]], output=sys.argv[2])\n"
+        "ahead = HeadStart.for_run(config, 16, cores=16)\n"
+        "print(ahead.folder, ahead._proc.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    driver = subprocess.Popen(
+        [sys.executable, "-c", code, str(books_dir), str(tmp_path / "out")],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    folder, helper = driver.stdout.readline().split()
+    deadline = time.monotonic() + 60
+    held = Path(folder) / "held"
+    while not (held.is_dir() and any(held.iterdir())):  # the helpers are at work
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    driver.kill()
+    driver.wait()
+    while Path(folder).exists() or Path(f"/proc/{helper}").exists():
+        assert time.monotonic() < deadline + 60, "the head start outlived its driver"
+        time.sleep(0.1)
