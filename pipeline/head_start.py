@@ -49,6 +49,12 @@ from pipeline import remote
 _LOG = logging.getLogger("longctx")
 
 MIN_CORES = 8  # below this the driver's and the server's imports keep the cores busy
+# What the helpers may take: sources up to SOURCE_CAP bytes each (a larger one would hold the
+# worker that waits for it behind one single-threaded helper), BUDGET bytes in all (or a
+# quarter of the temporary folder's free space): their read output and entries are kept on
+# local disk until the run takes them, and the driver's listing of a huge input may take long.
+SOURCE_CAP = 64 << 20
+BUDGET = 2 << 30
 SPARE_CORES = 4  # left to the driver, the worker pool's server and the plot helpers' imports
 SWITCH = "LONGCTX_HEAD_START"  # "0" in the environment: no head start
 STOP = "STOP"
@@ -81,7 +87,13 @@ class HeadStart:
         self._proc: subprocess.Popen | None = None
         with contextlib.suppress(OSError):  # no helper: the run tokenizes everything itself
             # its own process group: stopped whole at the run's end (close)
-            self._proc = subprocess.Popen(command, stdin=subprocess.PIPE, process_group=0)
+            self._proc = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,  # says nothing: what it leaves, the run redoes
+                stderr=subprocess.DEVNULL,
+                process_group=0,
+            )
             self._proc.stdin.write(pickle.dumps(config))
             self._proc.stdin.close()
 
@@ -89,9 +101,13 @@ class HeadStart:
     def for_run(cls, config, workers: int, cores: int | None = None) -> HeadStart | None:
         """The head start of a run of ``workers`` multi_processing workers (0: another mode)
         with settings ``config`` (a ``BuildConfig``), or None where it does not apply."""
+        from pipeline.worker_pool import local_tokenizer
+
         cores = (os.cpu_count() or 1) if cores is None else cores
         n = processes_for(workers, cores) if os.environ.get(SWITCH) != "0" else 0
         if not n or config.incremental or remote.is_remote(config.output):
+            return None
+        if local_tokenizer(config.tokenizer) is None:  # a Hub id, repository code: not ahead
             return None
         return cls(config, n)
 
@@ -141,18 +157,19 @@ def wait_for(folder: str, doc_id: str) -> None:
         os.close(fd)
 
 
-def read_items(folder: str, doc_id: str) -> list | None:
-    """What a helper's reading of source ``doc_id`` gave (documents and rejects, in order), or
-    None (not read ahead: the read step reads it); removed once taken."""
-    path = os.path.join(folder, READ, source_mark(doc_id))
+def read_items(folder: str, src) -> list | None:
+    """What a helper's reading of source ``src`` gave (documents and rejects, in order), or
+    None (not read ahead, or read as another source: the helper listed the inputs itself, and
+    a file added meanwhile can shift an id's ``~N``); removed once taken."""
+    path = os.path.join(folder, READ, source_mark(src.doc_id))
     try:
         with open(path, "rb") as f:
-            items = pickle.load(f)
-    except (OSError, EOFError, pickle.UnpicklingError):
+            read_as, items = pickle.load(f)
+    except (OSError, EOFError, ValueError, pickle.UnpicklingError):
         return None
     with contextlib.suppress(OSError):
         os.unlink(path)
-    return items
+    return items if read_as == src else None
 
 
 def entries(folder: str) -> str:
@@ -231,7 +248,9 @@ def _work(folder: str, sources: list, config, tok) -> None:
             for doc, entry in zip(docs, tokenize_entries(docs, tok, config), strict=True):
                 store_local(entries(folder), document_key(content_sha256(doc), tok, config), entry)
                 n_tokens += int(entry["tokens"].shape[0])
-            _write_whole(os.path.join(folder, READ, source_mark(src.doc_id)), pickle.dumps(items))
+            _write_whole(
+                os.path.join(folder, READ, source_mark(src.doc_id)), pickle.dumps((src, items))
+            )
             with open(os.path.join(folder, DONE, source_mark(src.doc_id)), "w") as f:
                 f.write(f"{len(docs)} {n_tokens}")
         except Exception as err:  # noqa: BLE001 - the run's own steps read and report it
@@ -252,18 +271,14 @@ def _write_whole(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _serve(folder: str, processes: int) -> int:
-    config = pickle.loads(sys.stdin.buffer.read())
-    os.environ.setdefault("RAYON_NUM_THREADS", "1")  # one core each: they run side by side
+def _sources(config, folder: str) -> list:
+    """The sources the helpers may take, in the order the run's workers take them (largest
+    first, as ``SourceQueue``): local books and repositories of at most SOURCE_CAP bytes, up to
+    the budget (records files: many short documents, nothing to tokenize ahead)."""
     from pipeline.demo import demo_repositories
-    from pipeline.discover import discover
+    from pipeline.discover import BOOK, REPO, discover
     from pipeline.guard import input_bytes
-    from transforms.samples.tokenize import load_tokenizer
 
-    try:
-        tok = load_tokenizer(config.tokenizer, config.trust_remote_code)
-    except Exception:  # noqa: BLE001 - the driver reports a bad --tokenizer, by flag
-        return 0
     sources, _ = discover(
         books=config.books,
         repos=demo_repositories() if config.demo else config.repos,
@@ -272,11 +287,33 @@ def _serve(folder: str, processes: int) -> int:
         hf_dataset=config.hf_dataset,
         output=config.output,
     )
-    local = [s for s in sources if s.kind != "hf" and not remote.is_remote(s.path)]
-    sizes = {s.doc_id: input_bytes([s.path]) for s in local}
-    local.sort(key=lambda s: -sizes[s.doc_id])  # the run's workers' order (SourceQueue)
-    make_folders(folder)
+    sizes = [input_bytes([s.path]) for s in sources]
+    order = sorted(range(len(sources)), key=lambda i: (-sizes[i], i))
+    budget = min(BUDGET, shutil.disk_usage(folder).free // 4)
+    out = []
+    for i in order:
+        src = sources[i]
+        if src.kind not in (BOOK, REPO) or remote.is_remote(src.path) or sizes[i] > SOURCE_CAP:
+            continue
+        if sizes[i] > budget:
+            continue
+        budget -= sizes[i]
+        out.append(src)
+    return out
+
+
+def _serve(folder: str, processes: int) -> int:
+    config = pickle.loads(sys.stdin.buffer.read())
+    os.environ.setdefault("RAYON_NUM_THREADS", "1")  # one core each: they run side by side
+    from transforms.samples.tokenize import load_tokenizer
+
     driver = os.getppid()
+    try:
+        tok = load_tokenizer(config.tokenizer, config.trust_remote_code)
+        local = _sources(config, folder)
+        make_folders(folder)
+    except Exception:  # noqa: BLE001 - the driver reports a bad flag or input, by name
+        local = []
     children = set()
     for _ in range(processes):
         if os.path.exists(os.path.join(folder, STOP)):
@@ -299,8 +336,11 @@ def _serve(folder: str, processes: int) -> int:
         if os.getppid() != driver:  # the driver is gone: its helpers take nothing more
             stop(folder)
         time.sleep(0.05)
-    if os.getppid() != driver:  # nobody else will remove what they made
-        shutil.rmtree(folder, ignore_errors=True)
+    # The folder is the run's until it ends: HeadStart.close removes it (and stops this
+    # process). A driver that dies without closing (SIGKILL, the OOM killer) leaves it to us.
+    while os.getppid() == driver:
+        time.sleep(0.2)
+    shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 

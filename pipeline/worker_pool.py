@@ -81,7 +81,7 @@ def planned_workers(argv: list[str]) -> int:
     return args.direct_num_workers or os.cpu_count() or 1
 
 
-def _tokenizer_arg(spec: str | None) -> str | None:
+def local_tokenizer(spec: str | None) -> str | None:
     """What a pooled process may load ahead: the bundled tokenizer or a local tokenizer.json
     (file or folder). A Hub id or a folder that needs ``transformers`` is left to the worker's
     own setup (no network or repository code in a process that may never be used)."""
@@ -174,7 +174,7 @@ class WorkerPool:
         trust_remote_code: bool = False,
         log_level: str = "WARNING",
     ):
-        tok = _tokenizer_arg(tokenizer) or ""
+        tok = local_tokenizer(tokenizer) or ""
         trust = "1" if trust_remote_code else "0"
         self._lock = threading.Lock()
         self._take = threading.Lock()  # one question to the server at a time: answers in order

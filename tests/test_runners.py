@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -474,9 +475,44 @@ def test_head_start_helpers_take_nothing_once_told_to_stop(tmp_path, qwen3):
     (tmp_path / head_start.STOP).unlink()
     head_start._work(str(tmp_path), sources, BuildConfig(), qwen3)
     assert len(os.listdir(tmp_path / head_start.DONE)) == len(sources) == 1
-    assert head_start.read_items(str(tmp_path), sources[0].doc_id) == read_source(
-        sources[0], BuildConfig().read_settings
+    [src] = sources
+    [kept] = (tmp_path / head_start.READ).iterdir()
+    data = kept.read_bytes()
+    # read as another source (the helper listed the inputs itself): not taken
+    assert head_start.read_items(str(tmp_path), replace(src, path=src.path + "x")) is None
+    kept.write_bytes(data)
+    taken = head_start.read_items(str(tmp_path), src)
+    assert taken == read_source(src, BuildConfig().read_settings) and not kept.exists()
+
+
+def test_the_head_start_takes_only_local_books_and_repositories_within_its_caps(
+    tmp_path, books_dir, monkeypatch, qwen3_dir
+):
+    """What one single-threaded helper would hold the run back on (a source over the cap),
+    records files (short documents: nothing ahead), and more than the budget are left to the
+    run; a Hub tokenizer (network, repository code) gets no head start at all."""
+    from pipeline import head_start
+    from pipeline.config import BuildConfig
+
+    records = tmp_path / "rows.jsonl"
+    records.write_text('{"text": "a short record"}\n')
+    big, small = books_dir / "melville-moby-dick.txt", books_dir / "kafka-metamorphosis.txt"
+    config = BuildConfig(
+        books=[str(big), str(small)], documents=[str(records)], output=str(tmp_path / "o")
     )
+    names = lambda: [Path(s.path).name for s in head_start._sources(config, str(tmp_path))]  # noqa: E731
+    assert names() == [big.name, small.name]  # largest first, the records file left out
+    monkeypatch.setattr(head_start, "SOURCE_CAP", big.stat().st_size - 1)
+    assert names() == [small.name]
+    monkeypatch.setattr(head_start, "SOURCE_CAP", 1 << 30)
+    monkeypatch.setattr(head_start, "BUDGET", small.stat().st_size)
+    assert names() == [small.name]  # the big one does not fit; the next does
+    hub = BuildConfig(tokenizer="Qwen/Qwen3-8B", output=str(tmp_path / "o"))
+    assert head_start.HeadStart.for_run(hub, 16, cores=16) is None
+    with head_start.HeadStart.for_run(
+        BuildConfig(tokenizer=str(qwen3_dir), output=str(tmp_path / "o")), 16, cores=16
+    ) as local:
+        assert local.processes == 12
 
 
 @pytest.mark.parametrize(
@@ -525,9 +561,12 @@ def test_the_head_start_is_turned_off_by_its_environment_switch(monkeypatch, tmp
     assert not os.path.exists(ahead.folder)
 
 
-def test_a_killed_driver_leaves_no_head_start_running_and_no_folder(tmp_path, books_dir):
-    """The driver killed (SIGKILL: no cleanup of its own) while its helpers tokenize: they
-    take nothing more, end, and their folder (entries of the whole corpus, possibly) goes."""
+@pytest.mark.parametrize("when", ["working", "done"])
+def test_a_killed_driver_leaves_no_head_start_running_and_no_folder(tmp_path, books_dir, when):
+    """The driver killed (SIGKILL: no cleanup of its own) while its helpers tokenize, or
+    after they have taken everything: they take nothing more, end, and their folder (read
+    texts and entries of the corpus, possibly) goes."""
+    books = books_dir if when == "working" else books_dir / "kafka-metamorphosis.txt"
     code = (
         "import sys, time\n"
         "from pipeline.config import BuildConfig\n"
@@ -538,15 +577,15 @@ def test_a_killed_driver_leaves_no_head_start_running_and_no_folder(tmp_path, bo
         "time.sleep(600)\n"
     )
     driver = subprocess.Popen(
-        [sys.executable, "-c", code, str(books_dir), str(tmp_path / "out")],
+        [sys.executable, "-c", code, str(books), str(tmp_path / "out")],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,
     )
     folder, helper = driver.stdout.readline().split()
     deadline = time.monotonic() + 60
-    held = Path(folder) / "held"
-    while not (held.is_dir() and any(held.iterdir())):  # the helpers are at work
+    held = Path(folder) / ("held" if when == "working" else "done")
+    while not (held.is_dir() and any(held.iterdir())):  # at work / done
         assert time.monotonic() < deadline
         time.sleep(0.05)
     driver.kill()

@@ -40,7 +40,7 @@ class ReadSourceFn(beam.DoFn):
         if self.head_start:
             head_start.stop(self.head_start)  # the run's workers have begun: no more taken
             head_start.wait_for(self.head_start, src.doc_id)
-            items = head_start.read_items(self.head_start, src.doc_id)
+            items = head_start.read_items(self.head_start, src)
         try:
             for item in read_source(src, self.settings) if items is None else items:
                 if isinstance(item, Reject):
