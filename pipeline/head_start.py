@@ -22,9 +22,11 @@ function's output: code is parsed once), and its documents' entries instead of t
 Anything missing (a helper gone, a document that duplicate removal changed) is read or
 tokenized as before. The output is byte-identical; only where the work ran changes.
 
-Where: DirectRunner ``multi_processing`` with at least :data:`MIN_CORES` cores and a local
-output, without ``--incremental`` (its cache decides what is tokenized), unless the environment
-sets ``LONGCTX_HEAD_START=0``.
+Where: DirectRunner ``multi_processing`` with at least :data:`MIN_CORES` cores, a local
+output and the bundled or a local tokenizer.json (no Hub download or repository code in a
+helper the run may not need), without ``--incremental`` (its cache decides what is tokenized),
+unless the environment sets ``LONGCTX_HEAD_START=0``. What: local books and repositories of
+at most :data:`SOURCE_CAP` bytes each, :data:`BUDGET` in all.
 
 Run as ``python -m pipeline.head_start FOLDER PROCESSES`` (the run's settings come on stdin).
 """
