@@ -52,9 +52,10 @@ _LOG = logging.getLogger("longctx")
 
 MIN_CORES = 8  # below this the driver's and the server's imports keep the cores busy
 # What the helpers may take: sources up to SOURCE_CAP bytes each (a larger one would hold the
-# worker that waits for it behind one single-threaded helper), BUDGET bytes in all (or a
-# quarter of the temporary folder's free space): their read output and entries are kept on
-# local disk until the run takes them, and the driver's listing of a huge input may take long.
+# worker that waits for it behind one single-threaded helper), BUDGET bytes in all (or an
+# eighth of the temporary folder's free space): their read output and entries, about twice
+# the input's bytes, wait on local disk until the run takes them, and the driver's listing of
+# a huge input may take long.
 SOURCE_CAP = 64 << 20
 BUDGET = 2 << 30
 SPARE_CORES = 4  # left to the driver, the worker pool's server and the plot helpers' imports
@@ -291,7 +292,7 @@ def _sources(config, folder: str) -> list:
     )
     sizes = [input_bytes([s.path]) for s in sources]
     order = sorted(range(len(sources)), key=lambda i: (-sizes[i], i))
-    budget = min(BUDGET, shutil.disk_usage(folder).free // 4)
+    budget = min(BUDGET, shutil.disk_usage(folder).free // 8)
     out = []
     for i in order:
         src = sources[i]
