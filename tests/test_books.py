@@ -158,3 +158,23 @@ def test_language_without_a_gutenberg_header_is_detected(books_dir):
     assert detect_language("Et Dieu dit: Que la lumière soit! Et la lumière fut.") == "french"
     assert detect_language("def f(x):\n    return x + 1\n") == ""
     assert detect_language("") == ""
+
+
+def test_a_book_name_in_two_folders_beside_its_suffixed_id_gets_ids_of_its_own(tmp_path, books_dir):
+    """``a.txt`` in two --books folders and an ``a~2.txt`` beside one of them: the clash's
+    ``~2`` was the id of the third file too, and the run stopped on "duplicate document id"."""
+    from pipeline.discover import discover
+
+    text = (books_dir / "shelley-frankenstein.txt").read_text()
+    d1, d2 = tmp_path / "d1", tmp_path / "d2"
+    d1.mkdir()
+    d2.mkdir()
+    (d1 / "a.txt").write_text(text[:20000])
+    (d2 / "a.txt").write_text(text[20000:40000])
+    (d1 / "a~2.txt").write_text(text[40000:60000])
+    sources, rejects = discover(books=[str(d1), str(d2)])
+    ids = {s.doc_id: s.path for s in sources}
+    assert rejects == [] and sorted(ids) == ["book/a", "book/a~2", "book/a~3"]
+    # the file named a~2 keeps its own name's id; the clash takes the next free one
+    assert ids["book/a"] == str(d1 / "a.txt") and ids["book/a~2"] == str(d1 / "a~2.txt")
+    assert ids["book/a~3"] == str(d2 / "a.txt")

@@ -229,26 +229,3 @@ def test_caches_in_a_repos_root_are_one_quiet_line(tmp_path):
     assert [(r["reason"], r["detail"]) for r in rejects] == [
         ("skipped_dir", "1 folders that are no repositories: __pycache__ (bytecode cache)")
     ]
-
-
-def test_a_book_name_in_two_folders_beside_its_suffixed_id_gets_ids_of_its_own(tmp_path):
-    """``a.txt`` in two --books folders and an ``a~2.txt`` beside one of them: the clash's
-    ``~2`` was the id of the third file too, and the run stopped on "duplicate document id"."""
-    text = (SHARED_BOOKS / "shelley-frankenstein.txt").read_text()
-    d1, d2 = tmp_path / "d1", tmp_path / "d2"
-    d1.mkdir()
-    d2.mkdir()
-    (d1 / "a.txt").write_text(text[:20000])
-    (d2 / "a.txt").write_text(text[20000:40000])
-    (d1 / "a~2.txt").write_text(text[40000:60000])
-    out = tmp_path / "out"
-    proc = run_cli(
-        "pipeline.run", "--runner", "DirectRunner", "--books", d1, "--books", d2,
-        "--seq-len", "4096", "--output", out,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    docs = {d["doc_id"]: d for d in _docs(out)}
-    assert sorted(docs) == ["book/a", "book/a~2", "book/a~3"]
-    # the file named a~2 keeps its own name's id; the clash takes the next free one
-    assert docs["book/a~2"]["origin"].endswith("d1/a~2.txt")
-    assert docs["book/a~3"]["origin"].endswith("d2/a.txt")

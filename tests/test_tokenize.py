@@ -219,4 +219,5 @@ def test_ctrl_c_while_a_helper_loads_the_tokenizer_ends_it_without_a_traceback(h
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     os.close(read_end)
-    assert (proc.returncode, err.decode()) == (130, "")
+    assert err.decode() == ""  # no traceback of its own under the run's
+    assert proc.returncode in (130, -signal.SIGINT)  # ended by the interrupt
