@@ -61,12 +61,15 @@ def test_read_documents_keeps_books_and_rejects_empty_and_duplicate(tmp_path):
         )
 
 
-def _claim_all(queue_args, ticket, pause, out):
-    """One worker process taking sources from a queue, ``pause`` seconds of 'work' each."""
+def _claim_all(queue_args, ticket, pause, out, start):
+    """One worker process taking sources from a queue, ``pause`` seconds of 'work' each, once
+    every worker has started (``start``: a barrier; a spawned process takes ~1 s to start on a
+    busy machine, and the first one up would otherwise take everything)."""
     import time
 
     from pipeline.source_queue import SourceQueue
 
+    start.wait(timeout=120)
     taken = []
     for doc_id in SourceQueue(*queue_args).claims(ticket):
         taken.append(doc_id)
@@ -77,7 +80,7 @@ def _claim_all(queue_args, ticket, pause, out):
 def test_a_free_worker_takes_the_next_source_largest_first(tmp_path):
     """Issue 20: fixed shares (by count, then by size) ended the 16 workers' read + tokenize
     stage 4-7 s apart; now each worker takes the next source when it is free. Three real
-    processes, one of them 20x slower per source: every source is taken exactly once, the
+    processes, one of them 10x slower per source: every source is taken exactly once, the
     slow one takes few, and each takes its sources largest first."""
     import multiprocessing
 
@@ -89,10 +92,10 @@ def test_a_free_worker_takes_the_next_source_largest_first(tmp_path):
     try:
         assert queue.order == tuple(sorted(ids, key=lambda d: -sizes[ids.index(d)]))
         ctx = multiprocessing.get_context("spawn")
-        out = ctx.Queue()
+        out, start = ctx.Queue(), ctx.Barrier(3)
         args = (queue.folder, queue.order, queue.tickets)
         procs = [
-            ctx.Process(target=_claim_all, args=(args, t, 0.2 if t == 0 else 0.01, out))
+            ctx.Process(target=_claim_all, args=(args, t, 0.5 if t == 0 else 0.05, out, start))
             for t in range(3)
         ]
         for p in procs:
