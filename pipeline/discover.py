@@ -246,6 +246,22 @@ def discover(
     return _unique(_one_per_path(sources, rejects)), rejects
 
 
+def discover_inputs(config) -> tuple[list[Source], list[Reject]]:
+    """:func:`discover` of a run's input flags (``config``: a ``BuildConfig``; no input flag:
+    the embedded demo corpus). The driver lists the inputs with it, and so does the head start
+    (``pipeline/head_start.py``), which must see the same sources under the same ids."""
+    from pipeline.demo import demo_repositories
+
+    return discover(
+        books=config.books,
+        repos=demo_repositories() if config.demo else config.repos,
+        repos_root=config.repos_root,
+        documents=config.documents,
+        hf_dataset=config.hf_dataset,
+        output=config.output,
+    )
+
+
 def _remote_records(src: Source, limits: ReadSettings):
     """A records file on gs:// / s3://: read into a local temporary copy, then as usual."""
     import tempfile

@@ -278,20 +278,13 @@ def _sources(config, folder: str) -> list:
     """The sources the helpers may take, in the order the run's workers take them (largest
     first, as ``SourceQueue``): local books and repositories of at most SOURCE_CAP bytes, up to
     the budget (records files: many short documents, nothing to tokenize ahead)."""
-    from pipeline.demo import demo_repositories
-    from pipeline.discover import BOOK, REPO, discover
+    from pipeline.discover import BOOK, REPO, discover_inputs
     from pipeline.guard import input_bytes
+    from pipeline.source_queue import largest_first
 
-    sources, _ = discover(
-        books=config.books,
-        repos=demo_repositories() if config.demo else config.repos,
-        repos_root=config.repos_root,
-        documents=config.documents,
-        hf_dataset=config.hf_dataset,
-        output=config.output,
-    )
-    sizes = [input_bytes([s.path]) for s in sources]
-    order = sorted(range(len(sources)), key=lambda i: (-sizes[i], i))
+    sources, _ = discover_inputs(config)
+    sizes = [input_bytes([s.path]) for s in sources]  # as the driver's (Job.source_bytes)
+    order = largest_first(sizes)
     budget = min(BUDGET, shutil.disk_usage(folder).free // 8)
     out = []
     for i in order:

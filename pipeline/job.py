@@ -22,8 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import __version__, cache
 from pipeline.config import FIELD_NAMES, BuildConfig, console_log_level
-from pipeline.demo import demo_repositories
-from pipeline.discover import discover
+from pipeline.discover import discover_inputs
 from pipeline.errors import NoSpace, UsageError
 from pipeline.guard import (
     check_free_space,
@@ -127,14 +126,7 @@ def prepare(
     try:
         try:
             check_inputs(config, config.read_settings)
-            sources, discovery_rejects = discover(
-                books=config.books,
-                repos=demo_repositories() if config.demo else config.repos,
-                repos_root=config.repos_root,
-                documents=config.documents,
-                hf_dataset=config.hf_dataset,
-                output=config.output,
-            )
+            sources, discovery_rejects = discover_inputs(config)
         finally:
             described = _described(probe)  # a bad --tokenizer is reported before an input error
         check_mix_against_sources(config.mix_weights, sources)

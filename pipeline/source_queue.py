@@ -24,6 +24,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 
+def largest_first(sizes: Sequence[int]) -> list[int]:
+    """The order sources are taken in: indexes of ``sizes``, largest first (ties, and sizes
+    unknown as 0: as given). The run's workers take them so, and the head start
+    (``pipeline/head_start.py``) too, so that what it takes ahead is what they take first."""
+    return sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
+
+
 @dataclass(frozen=True)
 class SourceQueue:
     folder: str  # local, seen by every worker process of the run
@@ -37,7 +44,7 @@ class SourceQueue:
             raise ValueError(f"tickets must be at least 1, got {tickets}")
         if len(doc_ids) != len(sizes):
             raise ValueError("one size per source")
-        order = sorted(range(len(doc_ids)), key=lambda i: (-sizes[i], i))
+        order = largest_first(sizes)
         folder = tempfile.mkdtemp(prefix="longctx-sources-")
         return cls(folder, tuple(doc_ids[i] for i in order), tickets)
 
