@@ -522,10 +522,20 @@ def worker_timeline(folder: Path, t0: float, wall: float) -> dict:
                     for name, v in sorted(data.items())
                 }
             )
+    drivers = [p for p in procs if any(k.startswith("stage:") for k in p)]
+    if drivers:  # the driver's stages in the order they ran, and pipeline.job's parts
+        d = drivers[0]
+        out_driver = sorted(
+            ([k, v["first"], v["last"], v["s"], v["calls"]] for k, v in d.items()
+             if k.startswith(("stage:", "job."))),
+            key=lambda row: row[1],
+        )  # fmt: skip
     both = [p for p in procs if "TokenizeFn.process" in p and "ReadSourceFn.process" in p]
     tok = [p["TokenizeFn.process"] for p in both]  # the fused stage's workers, pairwise
     reads = [p["ReadSourceFn.process"] for p in both]
     out: dict = {"processes": procs}
+    if drivers:
+        out["driver"] = out_driver
     if both:
         ends = [t["last"] for t in tok]
         started = [p["process.start"]["first"] for p in both if "process.start" in p]

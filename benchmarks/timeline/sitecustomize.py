@@ -4,8 +4,10 @@ otherwise). Each process writes ``BEAM_TIMELINE_DIR/<pid>.json``: for each DoFn 
 ``pipeline.steps`` (``ReadSourceFn.process``, ``TokenizeFn.process``, ...) the seconds spent in
 it (a generator's own time, not its consumer's), the calls, and the wall-clock times of the first
 call's start and the last call's end; also each DoFn's ``setup`` and the times this process
-started (``process.start``) and had Beam and the steps imported (``process.imported``). Never
-raises: a failure to hook only prints a line."""
+started (``process.start``) and had Beam and the steps imported (``process.imported``). In the
+driver, each stage's bundles as the runner executes them (``stage:<name>``) and the parts of
+``pipeline.job`` (``job.execute``, ``job.finalize``, ...). Never raises: a failure to hook only
+prints a line."""
 
 import atexit
 import functools
@@ -98,13 +100,46 @@ def _hook(mod) -> None:
                 cls.setup = _wrap_call(f"{cname}.setup", vars(cls)["setup"])
 
 
+def _hook_runner(mod) -> None:
+    """The driver: each bundle the runner executes, as ``stage:<name>`` (its seconds, its first
+    start and last end), so that the stages after the fused read + tokenize one are told apart."""
+    cls = mod.FnApiRunner
+    run = cls._execute_bundle
+
+    @functools.wraps(run)
+    def timed(self, context, manager, *args, **kwargs):
+        start = time.time()
+        try:
+            return run(self, context, manager, *args, **kwargs)
+        finally:
+            name = manager.stage.name
+            _note(f"stage:{name[:80]}", start, time.time() - start, True)
+
+    cls._execute_bundle = timed
+
+
+def _hook_job(mod) -> None:
+    """The driver: ``pipeline.job``'s run and finalize, and the parts of finalize."""
+    for name in ("prepare", "execute", "finalize", "build_manifest", "write_report", "publish",
+                 "read_table", "summary"):  # fmt: skip
+        if callable(getattr(mod, name, None)):
+            setattr(mod, name, _wrap_call(f"job.{name}", getattr(mod, name)))
+
+
+_DRIVER = {
+    "apache_beam.runners.portability.fn_api_runner.fn_runner": _hook_runner,
+    "pipeline.job": _hook_job,
+}
+
+
 class _AfterImport:
     """Hooks each step module as it is imported, so that this aid imports nothing itself: a
     process pays for Beam when and where the pipeline does (importing Beam here, at the
     interpreter's start, delayed the driver by ~2 s and hid what happens before that)."""
 
     def find_spec(self, name, path=None, target=None):
-        if not name.startswith("pipeline.steps.") or name.rsplit(".", 1)[1] not in _STEPS:
+        step = name.startswith("pipeline.steps.") and name.rsplit(".", 1)[1] in _STEPS
+        if not step and name not in _DRIVER:
             return None
         import importlib.machinery
 
@@ -116,6 +151,9 @@ class _AfterImport:
         def exec_module(module):
             loader_exec(module)
             try:
+                if not step:
+                    _DRIVER[name](module)
+                    return
                 _hook(module)
                 _DONE.add(name)
                 if len(_DONE) == len(_STEPS):  # the pipeline's steps (and Beam) imported

@@ -25,6 +25,7 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline import beam_memo
 from pipeline.steps import early
 from pipeline.steps.common import DOCUMENTS, MAIN, REJECTS, SUMMARY, write_json
 from pipeline.steps.plan import CutSegments, PlanSamples
@@ -34,6 +35,10 @@ from pipeline.steps.write import WriteDocuments, WriteRejects, WriteShards
 from schemas.layout import PLAN_SUMMARY
 
 __all__ = ["BuildDataset"]
+
+# Every process that builds or runs this graph imports this package (the driver for
+# BuildDataset, each worker as it unpickles a step's DoFn): Beam's graph construction memoized
+beam_memo.install()
 
 
 class BuildDataset(beam.PTransform):
