@@ -16,6 +16,13 @@ really shrank; look, then pass --allow-shrink" (4) from "try again later" (5, 6)
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import os
+import sys
+import threading
+from typing import NoReturn
+
 OK = 0
 FAILURE = 1
 USAGE = 2
@@ -60,3 +67,22 @@ class NoSpace(RunRefused):
     """Not enough free disk space for the output."""
 
     status = NO_SPACE
+
+
+def exit_now(status: int, wait_for_threads: bool = True) -> NoReturn:
+    """End this process with ``status`` as the interpreter's own exit would, up to the point
+    where it tears down every module and object (~0.25 s once Beam is imported, ~0.3 s for a
+    pipeline worker), which is skipped: the other threads are waited for (``threading``'s own
+    shutdown, which also stops idle executors), the exit handlers run, the standard streams
+    are flushed, then ``os._exit``. For a process whose work is done and written: the driver
+    after its summary, a helper whose answer was sent, a pooled worker (which does not wait
+    for the threads of Beam's harness: ``wait_for_threads=False``)."""
+    shutdown = getattr(threading, "_shutdown", None)
+    if wait_for_threads and shutdown is None:  # a Python without the hook: the plain exit
+        sys.exit(status)
+    if wait_for_threads:
+        shutdown()
+    for finish in (atexit._run_exitfuncs, sys.stdout.flush, sys.stderr.flush):
+        with contextlib.suppress(Exception):  # as an interpreter's exit would
+            finish()
+    os._exit(status)

@@ -24,7 +24,7 @@ import sys
 import time
 
 from pipeline.config_file import expand_config
-from pipeline.errors import FAILURE, OK, RunRefused
+from pipeline.errors import FAILURE, OK, RunRefused, exit_now
 from pipeline.head_start import HeadStart
 from pipeline.lock import OutputLock
 from pipeline.options import check_values, help_text
@@ -102,7 +102,9 @@ def _run(
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(run())
+    # the run's work is written and its summary printed: the interpreter's teardown of Beam and
+    # every other module (~0.25 s) is skipped
+    exit_now(run())
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import sys
 import threading
 from concurrent.futures import Future
 
+from pipeline.errors import exit_now
+
 NO_SPEC = "-"  # argv for "no --tokenizer given": the bundled tokenizer (the pool's too)
 
 
@@ -99,3 +101,4 @@ if __name__ == "__main__":
         print(json.dumps(_probe(sys.argv[1], sys.argv[2] == "1")))
     except KeyboardInterrupt:  # Ctrl-C at the run's start: the run reports it, once
         sys.exit(130)
+    exit_now(0)  # the driver waits for this process's end: no teardown of the tokenizer

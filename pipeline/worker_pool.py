@@ -25,7 +25,6 @@ Run as ``python -m pipeline.worker_pool TOKENIZER TRUST LEVEL FD``: the server i
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import json
 import logging
@@ -38,6 +37,7 @@ import sys
 import threading
 import time
 
+from pipeline.errors import exit_now
 from pipeline.tokenizer_probe import NO_SPEC
 
 HARNESS = "apache_beam.runners.worker.sdk_worker_main"
@@ -409,10 +409,7 @@ def _fork_worker(env: dict, answers_fd: int, harness) -> int:
 
         traceback.print_exc()
     finally:
-        for finish in (atexit._run_exitfuncs, sys.stdout.flush, sys.stderr.flush):
-            with contextlib.suppress(Exception):  # as an interpreter's exit would
-                finish()
-        os._exit(code)
+        exit_now(code, wait_for_threads=False)
 
 
 if __name__ == "__main__":

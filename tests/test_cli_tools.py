@@ -274,7 +274,7 @@ def test_plots_from_helper_processes_equal_plots_drawn_here(pipeline_out):
     fill = np.array([16000, 9000, 16384])
     here = plots(docs, fill, 16384)
     assert PlotRenderer(workers=2).render(docs, fill, 16384) == here
-    one_each = PlotRenderer(workers=len(PLOTS))  # a machine of 8 cores or more
+    one_each = PlotRenderer(workers=len(PLOTS), warm_up=True)  # a machine of 8 cores or more
     assert len(one_each.procs) == len(PLOTS) and one_each.render(docs, fill, 16384) == here
     dead = PlotRenderer()
     for proc in dead.procs:
