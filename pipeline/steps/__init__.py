@@ -70,7 +70,9 @@ class BuildDataset(beam.PTransform):
         tokenize_early = early.enabled(config, staging)
         read = (
             pbegin
-            | "CreateSources" >> beam.Create(self.sources)
+            # no reshuffle of its own: ReadDocuments spreads the sources (a Reshuffle, or the
+            # queue's tickets, which take them as a side input); one stage fewer
+            | "CreateSources" >> beam.Create(self.sources, reshuffle=False)
             | "ReadDocuments"
             >> ReadDocuments(
                 config.read_settings,
@@ -100,7 +102,9 @@ class BuildDataset(beam.PTransform):
             staging, config.shard_format, config.seq_len
         )
         wrote_docs = cut[DOCUMENTS] | "WriteDocuments" >> WriteDocuments(staging)
-        discovery = pbegin | "DiscoveryRejects" >> beam.Create(self.discovery_rejects)
+        discovery = pbegin | "DiscoveryRejects" >> beam.Create(
+            self.discovery_rejects, reshuffle=False
+        )
         wrote_rejects = (
             (read[REJECTS], planned[REJECTS], discovery)
             | "AllRejects" >> beam.Flatten()

@@ -128,7 +128,9 @@ class ReadDocuments(beam.PTransform):
         if self.queue:
             spread = (
                 sources.pipeline
-                | "Tickets" >> beam.Create([(t, t) for t in range(self.queue.tickets)])
+                # spread by the GroupByKey below: no reshuffle of the Create's own
+                | "Tickets"
+                >> beam.Create([(t, t) for t in range(self.queue.tickets)], reshuffle=False)
                 | "SpreadTickets" >> beam.GroupByKey()
                 | "ClaimSources"
                 >> beam.ParDo(ClaimSourcesFn(self.queue), beam.pvalue.AsList(sources))
