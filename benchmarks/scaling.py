@@ -545,6 +545,13 @@ def worker_timeline(folder: Path, t0: float, wall: float) -> dict:
             for p in both
             if any(k.endswith(".setup") for k in p)
         ]
+        harness = [p["harness.main"]["first"] for p in both if "harness.main" in p]
+        serving = [p["harness.run"]["first"] for p in both if "harness.run" in p]
+        if harness and serving:  # a worker's harness: begun (after the fork), serving
+            out.update(
+                workers_harness_s=[min(harness), max(harness)],
+                workers_serving_s=[min(serving), max(serving)],
+            )
         if started and imported:  # the start divided: workers launched, imported, set up
             out.update(
                 workers_started_s=[min(started), max(started)],

@@ -126,8 +126,40 @@ def _hook_job(mod) -> None:
             setattr(mod, name, _wrap_call(f"job.{name}", getattr(mod, name)))
 
 
+def _note_start(name, fn):
+    """A call that lasts as long as the process (a worker's harness): when it began only."""
+
+    @functools.wraps(fn)
+    def noted(*args, **kwargs):
+        _note(name, time.time(), 0.0, True)
+        return fn(*args, **kwargs)
+
+    return noted
+
+
+def _hook_harness_main(mod) -> None:
+    """A worker: when Beam's harness began (after the fork, for a pooled worker) and how long
+    it took to make the harness (options, logging, SdkHarness)."""
+    mod.main = _note_start("harness.main", mod.main)
+    mod.create_harness = _wrap_call("harness.create", mod.create_harness)
+
+
+def _hook_harness(mod) -> None:
+    """A worker: when the harness began serving the runner (its control channel)."""
+    mod.SdkHarness.run = _note_start("harness.run", mod.SdkHarness.run)
+
+
+def _hook_handlers(mod) -> None:
+    """The driver: the time spent getting (starting) the workers for each stage."""
+    cls = mod.WorkerHandlerManager
+    cls.get_worker_handlers = _wrap_call("workers.get", cls.get_worker_handlers)
+
+
 _DRIVER = {
     "apache_beam.runners.portability.fn_api_runner.fn_runner": _hook_runner,
+    "apache_beam.runners.portability.fn_api_runner.worker_handlers": _hook_handlers,
+    "apache_beam.runners.worker.sdk_worker_main": _hook_harness_main,
+    "apache_beam.runners.worker.sdk_worker": _hook_harness,
     "pipeline.job": _hook_job,
 }
 
