@@ -73,16 +73,29 @@ def exit_now(status: int, wait_for_threads: bool = True) -> NoReturn:
     """End this process with ``status`` as the interpreter's own exit would, up to the point
     where it tears down every module and object (~0.25 s once Beam is imported, ~0.3 s for a
     pipeline worker), which is skipped: the other threads are waited for (``threading``'s own
-    shutdown, which also stops idle executors), the exit handlers run, the standard streams
-    are flushed, then ``os._exit``. For a process whose work is done and written: the driver
-    after its summary, a helper whose answer was sent, a pooled worker (which does not wait
-    for the threads of Beam's harness: ``wait_for_threads=False``)."""
+    shutdown, which also stops idle executors), the exit handlers run (``logging``'s flushes
+    its handlers), the standard streams are flushed, then ``os._exit``. A standard stream that
+    cannot be flushed (its reader gone: ``| head``, a closed log pipe) is said on stderr and
+    makes a successful status 120, as the interpreter's exit does.
+
+    For a process whose work is done and written: the driver after its summary, a helper
+    whose answer was sent, a pooled worker (which does not wait for the threads of Beam's
+    harness: ``wait_for_threads=False``). A file opened and never closed is not flushed here:
+    every file the pipeline writes is closed by a ``with``. Under a profiler or a tracer
+    (``python -m cProfile``, ``trace``, ``pdb``), which write their results at the
+    interpreter's exit, this is the plain ``sys.exit``."""
     shutdown = getattr(threading, "_shutdown", None)
-    if wait_for_threads and shutdown is None:  # a Python without the hook: the plain exit
+    if sys.getprofile() or sys.gettrace() or (wait_for_threads and shutdown is None):
         sys.exit(status)
     if wait_for_threads:
         shutdown()
-    for finish in (atexit._run_exitfuncs, sys.stdout.flush, sys.stderr.flush):
-        with contextlib.suppress(Exception):  # as an interpreter's exit would
-            finish()
+    with contextlib.suppress(Exception):  # as an interpreter's exit would
+        atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception as err:  # noqa: BLE001 - reported, as the interpreter's exit does
+            with contextlib.suppress(Exception):
+                os.write(2, f"Exception ignored on flushing {stream.name}: {err!r}\n".encode())
+            status = status or 120
     os._exit(status)

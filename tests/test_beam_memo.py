@@ -117,3 +117,25 @@ def test_dofn_specs_are_beams_answer_and_a_stateful_dofn_still_runs():
     with BeamTestPipeline() as p:
         got = p | beam.Create([("a", 1), ("a", 2), ("b", 3)]) | beam.ParDo(_Stateful())
         assert_that(got, equal_to([("a", 1), ("a", 2), ("b", 1)]))
+
+
+class _Plain(beam.DoFn):
+    def process(self, element):
+        yield element
+
+
+def test_a_new_dofn_at_a_dead_ones_address_gets_its_own_specs():
+    """The memo is per object, not per address: CPython hands a new object the address of one
+    just freed, and a plain DoFn must not inherit a stateful one's state spec."""
+    reused = 0
+    for _ in range(2000):
+        stateful = _Stateful()
+        assert userstate.is_stateful_dofn(stateful)
+        address = id(stateful)
+        del stateful
+        plain = _Plain()
+        if id(plain) == address:
+            reused += 1
+            assert not userstate.is_stateful_dofn(plain)
+            assert userstate.get_dofn_specs(plain) == (set(), set())
+    assert reused > 0  # the case this test is about did happen

@@ -1,6 +1,7 @@
 """Bad arguments stop before any work with exit status 2 and a message naming the flag."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -210,16 +211,18 @@ def late_writer():
 
 threading.Thread(target=late_writer).start()  # not a daemon: the exit waits for it
 sys.stdout.write("summary line, no newline")  # buffered in a pipe
-exit_now(7)
+exit_now(int(sys.argv[2]))
 """
 
 
 def test_exit_now_keeps_the_exit_status_output_threads_and_handlers_but_skips_teardown(tmp_path):
     """The driver's fast exit (``pipeline.errors.exit_now``): what the interpreter's exit does
     before its teardown still happens, the teardown (0.25 s once Beam is loaded) does not."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout buffered
     proc = subprocess.run(
-        [sys.executable, "-c", EXIT_NOW, str(tmp_path)],
+        [sys.executable, "-c", EXIT_NOW, str(tmp_path), "7"],
         cwd=REPO,
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
@@ -228,3 +231,23 @@ def test_exit_now_keeps_the_exit_status_output_threads_and_handlers_but_skips_te
     assert proc.stdout == "summary line, no newline"
     assert (tmp_path / "thread").exists() and (tmp_path / "atexit").exists()
     assert not (tmp_path / "teardown").exists()
+
+
+def test_exit_now_says_when_the_summary_could_not_be_written(tmp_path):
+    """A reader gone from stdout (``| head``, a closed log pipe): the interpreter's exit prints
+    the error and exits 120, not 0; so does the fast exit."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    read, write = os.pipe()
+    os.close(read)  # nobody will read what the process writes
+    proc = subprocess.run(
+        [sys.executable, "-c", EXIT_NOW, str(tmp_path), "0"],
+        cwd=REPO,
+        env=env,
+        stdout=write,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
+    os.close(write)
+    assert proc.returncode == 120, proc.stderr
+    assert "Broken pipe" in proc.stderr or "BrokenPipeError" in proc.stderr, proc.stderr
