@@ -69,7 +69,7 @@ class NoSpace(RunRefused):
     status = NO_SPACE
 
 
-def exit_now(status: int, wait_for_threads: bool = True) -> NoReturn:
+def exit_now(status: int, forked: bool = False) -> NoReturn:
     """End this process with ``status`` as the interpreter's own exit would, up to the point
     where it tears down every module and object (~0.25 s once Beam is imported, ~0.3 s for a
     pipeline worker), which is skipped: the other threads are waited for (``threading``'s own
@@ -79,15 +79,18 @@ def exit_now(status: int, wait_for_threads: bool = True) -> NoReturn:
     makes a successful status 120, as the interpreter's exit does.
 
     For a process whose work is done and written: the driver after its summary, a helper
-    whose answer was sent, a pooled worker (which does not wait for the threads of Beam's
-    harness: ``wait_for_threads=False``). A file opened and never closed is not flushed here:
-    every file the pipeline writes is closed by a ``with``. Under a profiler or a tracer
-    (``python -m cProfile``, ``trace``, ``pdb``), which write their results at the
-    interpreter's exit, this is the plain ``sys.exit``."""
+    whose answer was sent. A file opened and never closed is not flushed here: every file the
+    pipeline writes is closed by a ``with``. Under a profiler or a tracer (``python -m
+    cProfile``, ``coverage``, ``pdb``), which write their results at the interpreter's exit,
+    this is the plain ``sys.exit``.
+
+    ``forked``: a process forked from another that must never return into the code it was
+    forked from (a pooled worker): it always ends here, and does not wait for the threads of
+    Beam's harness."""
     shutdown = getattr(threading, "_shutdown", None)
-    if sys.getprofile() or sys.gettrace() or (wait_for_threads and shutdown is None):
-        sys.exit(status)
-    if wait_for_threads:
+    if not forked:
+        if sys.getprofile() or sys.gettrace() or shutdown is None:
+            sys.exit(status)
         shutdown()
     with contextlib.suppress(Exception):  # as an interpreter's exit would
         atexit._run_exitfuncs()

@@ -409,7 +409,7 @@ def _fork_worker(env: dict, answers_fd: int, harness) -> int:
 
         traceback.print_exc()
     finally:
-        exit_now(code, wait_for_threads=False)
+        exit_now(code, forked=True)
 
 
 if __name__ == "__main__":

@@ -251,3 +251,35 @@ def test_exit_now_says_when_the_summary_could_not_be_written(tmp_path):
     os.close(write)
     assert proc.returncode == 120, proc.stderr
     assert "Broken pipe" in proc.stderr or "BrokenPipeError" in proc.stderr, proc.stderr
+
+
+FORKED = """
+import os, sys
+from pipeline.errors import exit_now
+
+folder = sys.argv[1]
+sys.settrace(lambda *args: None)  # as under coverage or a debugger
+pid = os.fork()
+if pid == 0:
+    try:
+        exit_now(3, forked=True)
+    finally:
+        open(folder + "/unwound", "w").close()  # the parent's code: never run by the child
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_forked_worker_ends_where_it_exits_even_under_a_tracer(tmp_path):
+    """A pooled worker is forked from the pool's server: under a tracer the plain exit would
+    raise SystemExit into the server's own code in the child; ``forked=True`` never does."""
+    proc = subprocess.run(
+        [sys.executable, "-c", FORKED, str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "3"
+    assert not (tmp_path / "unwound").exists()
