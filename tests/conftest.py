@@ -57,6 +57,37 @@ def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: int = 900
     )
 
 
+def run_patched(prepare: str, argv, report: str, timeout: int = 600, **env: str):
+    """``pipeline.run.run(argv)``, a whole run as a user's, in a new interpreter after
+    ``prepare`` (code that patches what the test watches); ``report`` runs once it returns,
+    with ``status`` bound, and prints what the test reads from stdout. ``env``: variables set
+    for it. Returns the CompletedProcess."""
+    code = "\n".join(
+        [
+            "import sys",
+            prepare,
+            "from pipeline.run import run",
+            "status = run(sys.argv[1:])",
+            report,
+        ]
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, argv)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO), **env),
+        timeout=timeout,
+    )
+
+
+def two_workers_on_json(tokenizer, out) -> list[str]:
+    """Flags of a small multi_processing run: 2 workers, the standard library's json."""
+    return ["--runner", "DirectRunner", "--direct_running_mode", "multi_processing",
+            "--direct_num_workers", "2", "--repos", str(STDLIB / "json"), "--tokenizer",
+            str(tokenizer), "--seq-len", "4096", "--output", str(out), "--quiet"]  # fmt: skip
+
+
 def cpu_train_args(out, model, run, steps: int, *extra: str, accumulation: int = 1) -> list:
     """``train.launch`` flags of a short CPU run (transformers backend, no warmup) of ``steps``
     optimizer steps of ``accumulation`` rows from ``out`` into ``run``, then ``extra``."""

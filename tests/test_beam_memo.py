@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import (
@@ -23,7 +20,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 import pipeline.steps  # noqa: F401 - installs the memos, as in every pipeline process
 from pipeline import beam_memo
-from tests.conftest import REPO
+from tests.conftest import run_patched
 
 # A whole in_memory run with Beam's two introspections counted where Beam calls them
 # (installed before the pipeline's modules, so the memos wrap the counters).
@@ -42,24 +39,14 @@ def counted_parse(self, *args, **kwargs):
     calls["parse_known_args"] += 1
     return parse(self, *args, **kwargs)
 argparse.ArgumentParser.parse_known_args = counted_parse
-from pipeline.run import run
-status = run(sys.argv[1:])
-print(json.dumps({"status": status, **calls}))
 """
 
 
 def _counted_run(tmp_path, books_dir, qwen3_dir, memo: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(REPO), LONGCTX_BEAM_MEMO=memo)
     args = ["--books", str(books_dir / "kafka-metamorphosis.txt"), "--runner", "DirectRunner"]
     args += ["--tokenizer", str(qwen3_dir), "--output", str(tmp_path / f"out{memo}"), "--quiet"]
-    proc = subprocess.run(
-        [sys.executable, "-c", COUNT_RUN, *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    report = 'print(json.dumps({"status": status, **calls}))'
+    proc = run_patched(COUNT_RUN, args, report, LONGCTX_BEAM_MEMO=memo)
     assert proc.returncode == 0, proc.stderr[-3000:]
     counts = json.loads(proc.stdout.strip().splitlines()[-1])
     assert counts["status"] == 0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, STDLIB, run_cli
+from tests.conftest import REPO, STDLIB, run_cli, run_patched, two_workers_on_json
 
 pytestmark = pytest.mark.slow
 BOOKS = ("kafka-metamorphosis.txt", "gilman-the-yellow-wallpaper.txt", "shelley-frankenstein.txt")
@@ -356,11 +356,7 @@ def test_the_pool_server_ends_while_the_run_is_finalized(qwen3_dir, tmp_path):
     """The pool's server and its workers wind down once the pipeline is done, beside the
     manifest, report and publish, not after them: the run's end waited ~0.4 s for them on
     2 workers (more with 16)."""
-    out = tmp_path / "out"
-    argv = ["--runner", "DirectRunner", "--direct_running_mode", "multi_processing",
-            "--direct_num_workers", "2", "--repos", str(STDLIB / "json"), "--tokenizer",
-            str(qwen3_dir), "--seq-len", "4096", "--output", str(out), "--quiet"]  # fmt: skip
-    code = (
+    watch = (
         "import time\n"
         "import pipeline.job as job\n"
         "finalize, seen = job.finalize, []\n"
@@ -371,12 +367,9 @@ def test_the_pool_server_ends_while_the_run_is_finalized(qwen3_dir, tmp_path):
         "    seen.append(j.workers.server.poll())\n"
         "    return finalize(j, *a)\n"
         "job.finalize = watched\n"
-        "from pipeline.run import run\n"
-        f"print(run({argv!r}), seen)\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300
-    )
+    argv = two_workers_on_json(qwen3_dir, tmp_path / "out")
+    proc = run_patched(watch, argv, "print(status, seen)", timeout=300)
     assert proc.stdout.split()[-2:] == ["0", "[0]"], proc.stdout + proc.stderr[-3000:]
 
 
@@ -397,9 +390,6 @@ def closed(self):
     close(self)
     reports.append(dict(self.report, folder=self.folder))
 head_start.HeadStart.close = closed
-from pipeline.run import run
-status = run(sys.argv[1:])
-print(json.dumps({"status": status, "reports": reports}))
 """
 
 
@@ -420,13 +410,8 @@ def test_the_head_start_tokenizes_ahead_and_the_output_is_byte_identical(
         assert ref.returncode == 0, ref.stderr[-3000:]
     argv = ["--runner", "DirectRunner", "--direct_running_mode", "multi_processing",
             "--direct_num_workers", "2", "--output", str(out), "--quiet", *inputs]  # fmt: skip
-    proc = subprocess.run(
-        [sys.executable, "-c", _HEAD_START_RUN, *argv],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    report = 'print(json.dumps({"status": status, "reports": reports}))'
+    proc = run_patched(_HEAD_START_RUN, argv, report)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.splitlines()[-1])
     assert result["status"] == 0

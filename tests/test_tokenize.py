@@ -157,25 +157,15 @@ def test_a_multi_processing_run_never_parses_the_tokenizer_in_the_driver(qwen3_d
     describes the tokenizer, and the driver process has parsed none (the helper checked it,
     the pooled workers load their own)."""
     import json
-    import subprocess
-    import sys
 
-    from tests.conftest import REPO, STDLIB
+    from tests.conftest import run_patched, two_workers_on_json
 
     out = tmp_path / "out"
-    argv = ["--runner", "DirectRunner", "--direct_running_mode", "multi_processing",
-            "--direct_num_workers", "2", "--repos", str(STDLIB / "json"), "--tokenizer",
-            str(qwen3_dir), "--seq-len", "4096", "--output", str(out), "--quiet"]  # fmt: skip
-    code = (
-        "import os, sys\n"
-        "os.cpu_count = lambda: 16\n"
-        "from pipeline.run import run\n"
-        f"status = run({argv!r})\n"
-        "import transforms.samples.tokenize as t\n"
-        "print(status, len(t._LOADED))\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300
+    proc = run_patched(
+        "import os\nos.cpu_count = lambda: 16",
+        two_workers_on_json(qwen3_dir, out),
+        "import transforms.samples.tokenize as t\nprint(status, len(t._LOADED))",
+        timeout=300,
     )
     assert proc.stdout.split()[-2:] == ["0", "0"], proc.stdout + proc.stderr
     described = json.loads((out / "manifest.json").read_text())["tokenizer"]
