@@ -53,10 +53,15 @@ def decode(data: bytes) -> dict:
     return entry
 
 
-def store_local(directory: str, key: str, entry: dict) -> None:
-    """Write an entry to a local folder: under a temporary name, then renamed (never half)."""
-    path = os.path.join(directory, file_name(key))
+def write_whole(path: str, data: bytes) -> None:
+    """Write a local file under a temporary name (``PATH.tmp-...``), then rename it: a reader
+    never sees half of it (an entry here, the head start's read output too)."""
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     with open(tmp, "wb") as f:
-        f.write(encode(entry))
+        f.write(data)
     os.replace(tmp, path)
+
+
+def store_local(directory: str, key: str, entry: dict) -> None:
+    """Write an entry to a local folder, whole (:func:`write_whole`)."""
+    write_whole(os.path.join(directory, file_name(key)), encode(entry))

@@ -229,7 +229,7 @@ def _work(folder: str, sources: list, config, tok) -> None:
     """One helper: sources taken one at a time, largest first, until ``STOP``, its parent
     gone, or the end."""
     from pipeline.discover import read_source
-    from pipeline.entries import document_key, store_local
+    from pipeline.entries import document_key, store_local, write_whole
     from transforms.documents import TextDocument
     from transforms.samples.entries import (
         content_sha256,
@@ -251,7 +251,7 @@ def _work(folder: str, sources: list, config, tok) -> None:
             for doc, entry in zip(docs, tokenize_entries(docs, tok, config), strict=True):
                 store_local(entries(folder), document_key(content_sha256(doc), tok, config), entry)
                 n_tokens += int(entry["tokens"].shape[0])
-            _write_whole(
+            write_whole(
                 os.path.join(folder, READ, source_mark(src.doc_id)), pickle.dumps((src, items))
             )
             with open(os.path.join(folder, DONE, source_mark(src.doc_id)), "w") as f:
@@ -265,13 +265,6 @@ def _work(folder: str, sources: list, config, tok) -> None:
 def make_folders(folder: str) -> None:
     for sub in (HELD, DONE, ENTRIES, READ):
         os.makedirs(os.path.join(folder, sub), exist_ok=True)
-
-
-def _write_whole(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _sources(config, folder: str) -> list:
