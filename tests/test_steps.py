@@ -3,6 +3,7 @@ assert_that (the real runner, the real Qwen3 tokenizer, real Arrow files)."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import apache_beam as beam
@@ -17,12 +18,12 @@ from pipeline import token_store
 from pipeline.config import BuildConfig
 from pipeline.discover import discover, read_source
 from pipeline.runners import make_runner
-from pipeline.steps.common import DOCUMENTS, MAIN, REJECTS, SUMMARY
+from pipeline.steps.common import DOCUMENTS, MAIN, REJECTS, STATS, SUMMARY
 from pipeline.steps.plan import CutSegments, PlanSamples
 from pipeline.steps.read import ReadDocuments
 from pipeline.steps.tokenize import Tokenize
-from pipeline.steps.write import WriteShards
-from transforms.documents import TextDocument, TokenizedDocument
+from pipeline.steps.write import WriteRunFiles, WriteShards
+from transforms.documents import Reject, TextDocument, TokenizedDocument
 from transforms.inputs.reading import ReadSettings
 from transforms.samples.plan import PlanSettings
 
@@ -263,8 +264,12 @@ def test_cut_and_write_shards_put_each_token_in_its_sample(tmp_path):
         planned = tokenized | PlanSamples(settings)
         keyed = tokenized | beam.Map(lambda d: (d.doc_id, d))
         cut = {"doc": keyed, "plan": planned[MAIN]} | CutSegments()
-        stats_path = cut[MAIN] | WriteShards(staging, "arrow", 4)
-        assert_that(stats_path, equal_to([f"{staging}/shards.json"]), label="Stats")
+        stats = cut[MAIN] | WriteShards(staging, "arrow", 4)
+        assert_that(
+            stats | beam.Map(lambda s: (s["path"], s["split"], s["rows"], s["tokens"])),
+            equal_to([("shards/train-00000-of-00001.arrow", "train", 3, 9)]),
+            label="Stats",
+        )
         assert_that(
             cut[DOCUMENTS] | beam.Map(lambda r: (r["doc_id"], r["n_segments"])),
             equal_to([("a", 2), ("b", 1)]),
@@ -281,6 +286,54 @@ def test_cut_and_write_shards_put_each_token_in_its_sample(tmp_path):
             ([200, 201, 202], [3], ["b"], [0]),
         ]
     )
+
+
+def test_write_run_files_writes_the_four_files_sorted_from_one_collect(tmp_path):
+    """The run's whole-corpus files from one last step: every part lands in its own file,
+    sorted, rejects from several producers together, and a part with no element still gets
+    its (empty) file: the finalize step reads all four."""
+    from pipeline.output import read_table
+
+    staging = str(tmp_path / "staging")
+    os.makedirs(staging)
+    stats = [
+        {"path": "shards/validation-00000-of-00001.arrow", "rows": 1},
+        {"path": "shards/train-00000-of-00001.arrow", "rows": 2},
+    ]
+    summary = {"packing": "best-fit", "cache_keys": []}
+    with _pipeline() as p:
+        written = {
+            STATS: p | "Stats" >> beam.Create(stats),
+            DOCUMENTS: p | "Documents" >> beam.Create([], reshuffle=False),
+            REJECTS: (
+                p | "ReadRejects" >> beam.Create([Reject("/in/z.bin", "binary", "NUL bytes")]),
+                p | "PlanRejects" >> beam.Create([Reject("/in/a.txt", "mix", "left out")]),
+            ),
+            SUMMARY: p | "Summary" >> beam.Create([summary]),
+        } | WriteRunFiles(staging)
+        assert_that(written | beam.Map(len), equal_to([4]))
+    files = sorted(os.listdir(staging))
+    assert files == ["documents.arrow", "plan.json", "rejects.jsonl", "shards.json"]
+    with open(os.path.join(staging, "shards.json")) as f:
+        assert [s["path"] for s in json.load(f)] == sorted(s["path"] for s in stats)
+    with open(os.path.join(staging, "plan.json")) as f:
+        assert json.load(f) == summary
+    with open(os.path.join(staging, "rejects.jsonl")) as f:
+        assert [json.loads(line)["path"] for line in f] == ["/in/a.txt", "/in/z.bin"]
+    assert read_table(os.path.join(staging, "documents.arrow")).num_rows == 0
+
+
+def test_write_run_files_refuses_a_missing_part_and_a_second_summary(tmp_path):
+    staging = str(tmp_path)
+    with pytest.raises(ValueError, match="WriteRunFiles takes"), _pipeline() as p:
+        _ = {STATS: p | beam.Create([])} | WriteRunFiles(staging)
+    with pytest.raises(Exception, match="2 summaries, not one"), _pipeline() as p:
+        _ = {
+            STATS: p | "Stats" >> beam.Create([]),
+            DOCUMENTS: p | "Documents" >> beam.Create([]),
+            REJECTS: p | "Rejects" >> beam.Create([]),
+            SUMMARY: p | "Summary" >> beam.Create([{"a": 1}, {"a": 2}]),
+        } | WriteRunFiles(staging)
 
 
 @pytest.mark.parametrize("order", ["dependency", "path", "shuffled"])

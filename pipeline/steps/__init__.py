@@ -2,15 +2,17 @@
 
 Graph (labels as they appear in the runner)::
 
-    CreateSources -> ReadDocuments (read, dedup) -----------------------> rejects -> WriteRejects
-                         | texts                                              ^
-                     Tokenize (ids -> token store, windows, score)            |
-                         |                                                    |
-                         +-> PlanSamples (one whole-corpus plan) --- left out +
-                         |        | assignments                | summary -> WritePlanSummary
-                         +--------+-> CutSegments (CoGroupByKey)
-                                       | segment refs by shard   | documents
-                                   WriteShards                 WriteDocuments
+    CreateSources -> ReadDocuments (read, dedup) --------------------------> rejects ---+
+                         | texts                                              ^          |
+                     Tokenize (ids -> token store, windows, score)            |          |
+                         |                                                    |          |
+                         +-> PlanSamples (one whole-corpus plan) --- left out +          |
+                         |        | assignments                | summary ----------------+
+                         +--------+-> CutSegments (CoGroupByKey)                         |
+                                       | segment refs by shard   | documents ------------+
+                                   WriteShards -> shard stats -----------------------------+
+                                                                                         v
+                 WriteRunFiles: rejects.jsonl, documents.arrow, shard stats, plan summary
 
 Token ids do not travel through the graph: Tokenize writes each document's ids to the token
 store (``pipeline/token_store.py``, in the staging folder) and passes on only its length,
@@ -23,16 +25,14 @@ corpus size.
 from __future__ import annotations
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 
 from pipeline import beam_memo
 from pipeline.steps import early
-from pipeline.steps.common import DOCUMENTS, MAIN, REJECTS, SUMMARY, write_json
+from pipeline.steps.common import DOCUMENTS, MAIN, REJECTS, STATS, SUMMARY
 from pipeline.steps.plan import CutSegments, PlanSamples
 from pipeline.steps.read import ReadDocuments
 from pipeline.steps.tokenize import Tokenize
-from pipeline.steps.write import WriteDocuments, WriteRejects, WriteShards
-from schemas.layout import PLAN_SUMMARY
+from pipeline.steps.write import WriteRunFiles, WriteShards
 
 __all__ = ["BuildDataset"]
 
@@ -93,27 +93,18 @@ class BuildDataset(beam.PTransform):
             head_start=self.head_start,
         )
         planned = docs | "PlanSamples" >> PlanSamples(config.plan_settings)
-        wrote_plan = planned[SUMMARY] | "WritePlanSummary" >> beam.Map(
-            write_json, FileSystems.join(staging, PLAN_SUMMARY)
-        )
         keyed_docs = docs | "KeyDocs" >> beam.Map(lambda d: (d.doc_id, d))
         cut = {"doc": keyed_docs, "plan": planned[MAIN]} | "CutSegments" >> CutSegments()
-        wrote_shards = cut[MAIN] | "WriteShards" >> WriteShards(
+        shard_stats = cut[MAIN] | "WriteShards" >> WriteShards(
             staging, config.shard_format, config.seq_len
         )
-        wrote_docs = cut[DOCUMENTS] | "WriteDocuments" >> WriteDocuments(staging)
         discovery = pbegin | "DiscoveryRejects" >> beam.Create(
             self.discovery_rejects, reshuffle=False
         )
-        wrote_rejects = (
-            (read[REJECTS], planned[REJECTS], discovery)
-            | "AllRejects" >> beam.Flatten()
-            | "WriteRejects" >> WriteRejects(staging)
-        )
-        # One last step that depends on every sink. Beam 2.77's DaskRunner computes only the
-        # graph of the pipeline's last transform, so without this join it would skip sinks.
-        return (
-            (wrote_plan, wrote_shards, wrote_docs, wrote_rejects)
-            | "AllWritten" >> beam.Flatten()
-            | "Done" >> beam.combiners.Count.Globally()
-        )
+        # The last step, which depends on every other: the whole-corpus files in one collect
+        return {
+            STATS: shard_stats,
+            DOCUMENTS: cut[DOCUMENTS],
+            REJECTS: (read[REJECTS], planned[REJECTS], discovery),
+            SUMMARY: planned[SUMMARY],
+        } | "WriteRunFiles" >> WriteRunFiles(staging)

@@ -11,6 +11,7 @@ MAIN = "main"
 REJECTS = "rejects"
 DOCUMENTS = "documents"
 SUMMARY = "summary"
+STATS = "stats"  # a shard's stats, from the shard writer
 NAMESPACE = "longctx"
 
 
