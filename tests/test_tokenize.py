@@ -28,6 +28,40 @@ def test_chunked_encoding_equals_whole_encoding_on_a_real_book(books_dir, qwen3)
     assert qwen3.tokenizer.decode(ids[:-1].tolist()) == doc.texts[0]
 
 
+class _CallSizes:
+    """The real tokenizer, with the number of texts of each ``encode_batch_fast`` call noted."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.calls = tokenizer, []
+
+    def encode_batch_fast(self, texts, **kw):
+        self.calls.append(len(texts))
+        return self.tokenizer.encode_batch_fast(texts, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_many_long_books_are_encoded_a_bounded_group_of_chunks_a_call(books_dir, qwen3):
+    """A worker's memory at its peak is the Encodings of one call (~50 bytes a token beside
+    the ids): a long document (or a batch of them) goes ENCODE_GROUP chunks a call, never all
+    its chunks at once, and the ids are still those of each whole text."""
+    import dataclasses
+
+    from transforms.samples.tokenize import ENCODE_GROUP, encode_documents_full
+
+    paths = sorted(books_dir.glob("*.txt"))
+    docs = [read_book(str(p), f"book/{p.stem}", ReadSettings()) for p in paths]
+    chunks = sum(len(chunk_text(d.texts[0])) for d in docs)
+    assert chunks > ENCODE_GROUP
+    spy = _CallSizes(qwen3.tokenizer)
+    encoded = encode_documents_full(docs, dataclasses.replace(qwen3, tokenizer=spy))
+    assert max(spy.calls) == ENCODE_GROUP and len(spy.calls) > 1
+    whole = qwen3.tokenizer.encode_batch_fast([d.texts[0] for d in docs], add_special_tokens=False)
+    for enc, ids in zip(encoded, whole, strict=True):
+        assert enc.tokens[:-1].tolist() == ids.ids and enc.tokens[-1] == qwen3.end_of_text_id
+
+
 def test_special_token_text_in_a_file_stays_text(qwen3):
     doc = TextDocument("code/r", CODE, "/r", ["s = '<|endoftext|>'\n"], files=["a.py"], title="r")
     ids = encode_document(doc, qwen3).tolist()
