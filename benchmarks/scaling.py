@@ -138,7 +138,8 @@ def now_utc() -> str:
 class TreeSampler:
     """Every 0.1 s, the processes under ``roots``: peak RSS of the whole tree and of each
     process, CPU seconds per process (less what it had spent at :meth:`mark_baseline`), and the
-    most threads seen in each."""
+    most threads seen in each; also when the tree's peak came (seconds after the sampling
+    began) and what made it up then (MB and processes by command, :func:`_kind`)."""
 
     def __init__(self, roots: list[int], interval: float = 0.1):
         import psutil
@@ -150,6 +151,9 @@ class TreeSampler:
                 self.roots.append(psutil.Process(pid))
         self.interval = interval
         self.peak_total = 0
+        self.peak_at = 0.0
+        self.peak_parts: dict[str, list] = {}
+        self.started = time.monotonic()
         self.info: dict[int, dict] = {}
         self.baseline: dict[int, float] = {}
         self._lock = threading.Lock()
@@ -165,6 +169,7 @@ class TreeSampler:
 
     def _sample(self) -> None:
         total = 0
+        parts: dict[str, list] = {}
         for p in self._procs():
             try:
                 with p.oneshot():
@@ -185,7 +190,12 @@ class TreeSampler:
                 i["rss"] = max(i["rss"], rss)
                 i["cpu"] = t.user + t.system
                 i["threads"] = max(i["threads"], threads)
-        self.peak_total = max(self.peak_total, total)
+                part = parts.setdefault(_kind(i["cmd"]), [0, 0])
+                part[0] += 1
+                part[1] += rss
+        if total > self.peak_total:
+            self.peak_total, self.peak_at = total, time.monotonic() - self.started
+            self.peak_parts = parts
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -221,11 +231,25 @@ class TreeSampler:
             )
         return {
             "peak_rss_mb": round(self.peak_total / 2**20, 1),
+            "peak_at_s": round(self.peak_at, 1),
+            "peak_parts": {
+                kind: {"processes": n, "rss_mb": round(rss / 2**20, 1)}
+                for kind, (n, rss) in sorted(self.peak_parts.items(), key=lambda kv: -kv[1][1])
+            },
             "largest_process_mb": max((i["rss_mb"] for i in procs), default=0.0),
             "processes": len(procs),
             "max_threads_per_process": max((i["threads"] for i in procs), default=0),
             "per_process": procs,
         }
+
+
+def _kind(cmd: str) -> str:
+    """What a process is, for the peak's parts: the module a ``python -m`` runs, else its
+    short command (``pipeline driver``, ``beam sdk worker``, ...)."""
+    words = cmd.split()
+    if "-m" in words[:-1]:
+        return words[words.index("-m") + 1]
+    return cmd[:40]
 
 
 def _short_cmd(cmd: str) -> str:
