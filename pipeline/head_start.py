@@ -327,10 +327,23 @@ def _serve(folder: str, processes: int) -> int:
         time.sleep(0.05)
     # The folder is the run's until it ends: HeadStart.close removes it (and stops this
     # process). A driver that dies without closing (SIGKILL, the OOM killer) leaves it to us.
-    while os.getppid() == driver:
-        time.sleep(0.2)
-    shutil.rmtree(folder, ignore_errors=True)
+    # What waits for that is a fresh interpreter in this process: this one holds the tokenizer
+    # and the inputs' listing (~250 MB) for nothing while the run's workers need the memory.
+    argv = ["-c", folder, str(driver)]  # sys.argv of `python -S -c _WATCH folder driver`
+    with contextlib.suppress(OSError):
+        os.execv(sys.executable, [sys.executable, "-S", "-c", _WATCH, *argv[1:]])
+    sys.argv = argv  # no exec: the same wait here
+    exec(_WATCH, {"__name__": "__watch__"})
     return 0
+
+
+# The head start's last part, alone in a fresh interpreter (no site: nothing but os, shutil)
+_WATCH = """import os, shutil, sys, time
+folder, driver = sys.argv[1], int(sys.argv[2])
+while os.getppid() == driver:
+    time.sleep(0.2)
+shutil.rmtree(folder, ignore_errors=True)
+"""
 
 
 if __name__ == "__main__":

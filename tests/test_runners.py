@@ -424,6 +424,54 @@ def test_the_head_start_tokenizes_ahead_and_the_output_is_byte_identical(
     assert not os.path.exists(report["folder"])  # removed with the run
 
 
+_HEAD_START_DRIVER = """
+import os, sys, time
+from pipeline.config import BuildConfig
+from pipeline.head_start import DONE, HeadStart
+config = BuildConfig(books=(sys.argv[1],), tokenizer=sys.argv[2], output=sys.argv[3])
+hs = HeadStart(config, 1)
+done, deadline = os.path.join(hs.folder, DONE), time.monotonic() + 120
+while not (os.path.isdir(done) and os.listdir(done)) and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(hs.folder, hs._proc.pid, flush=True)
+time.sleep(600)  # killed by the test: a driver that never closes its head start
+"""
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def test_a_finished_head_start_keeps_no_tokenizer_and_cleans_up_after_a_killed_driver(
+    tmp_path, books_dir, qwen3_dir
+):
+    """Once its helpers are done the head start only waits for the run's end, to remove its
+    folder should the driver die without doing it: it does that in a fresh interpreter (the
+    tokenizer it loaded, ~250 MB, is not held through the run beside the workers), and still
+    removes the folder when the driver is SIGKILLed."""
+    book = books_dir / "melville-moby-dick.txt"
+    driver = subprocess.Popen(
+        [sys.executable, "-c", _HEAD_START_DRIVER, str(book), str(qwen3_dir), str(tmp_path / "o")],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        folder, pid = driver.stdout.readline().split()
+        deadline = time.monotonic() + 30
+        while "-S" not in Path(f"/proc/{pid}/cmdline").read_text().split("\0"):
+            assert time.monotonic() < deadline, "the head start never became its watcher"
+            time.sleep(0.05)
+        assert _rss_mb(int(pid)) < 64
+        assert os.path.isdir(folder)
+    finally:
+        driver.kill()
+        driver.wait()
+    deadline = time.monotonic() + 10
+    while os.path.exists(folder) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(folder)
+
+
 def test_a_source_a_helper_holds_is_waited_for_until_the_helper_ends_or_dies(tmp_path):
     """The run's read step waits for a source a head-start helper is tokenizing (its entries
     come next), and no longer than the helper lives: a helper that dies lets the run read and
