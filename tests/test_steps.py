@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import apache_beam as beam
 import numpy as np
@@ -286,6 +287,44 @@ def test_cut_and_write_shards_put_each_token_in_its_sample(tmp_path):
             ([200, 201, 202], [3], ["b"], [0]),
         ]
     )
+
+
+def test_ahead_makes_one_item_ahead_in_order_and_raises_where_it_is_used():
+    """The shard writer's read-ahead: items in order, at most one made before it is asked
+    for (two batches in memory, not the shard), a failure raised at the item that failed,
+    and the thread gone when the block is left early."""
+    import threading
+
+    from pipeline.steps.write import ahead
+
+    made, used = [], []
+
+    def items():
+        for i in range(5):
+            made.append(i)
+            yield i
+
+    with ahead(items()) as it:
+        for i in it:
+            time.sleep(0.05)  # the thread has had time to run as far ahead as it may
+            assert len(made) <= i + 2, (i, made)
+            used.append(i)
+    assert used == [0, 1, 2, 3, 4]
+
+    def failing():
+        yield 0
+        raise OSError("token store gone")
+
+    got = []
+    with pytest.raises(OSError, match="token store gone"), ahead(failing()) as it:
+        for i in it:
+            got.append(i)
+    assert got == [0]
+
+    before = threading.active_count()
+    with ahead(iter(range(1000))) as it:
+        next(it)
+    assert threading.active_count() == before
 
 
 def test_write_run_files_writes_the_four_files_sorted_from_one_collect(tmp_path):

@@ -5,6 +5,8 @@ into the run's staging folder."""
 from __future__ import annotations
 
 import json
+import queue
+import threading
 
 import apache_beam as beam
 import numpy as np
@@ -24,10 +26,60 @@ from transforms.samples.tables import (
 )
 
 
+class ahead:  # noqa: N801 - used as a context manager, like open()
+    """``with ahead(items) as it:`` the items of an iterator, each made in a thread while the
+    one before is used: the next is begun when the last is taken, so two are in memory at
+    most. An exception raised making one is raised where it would have been used; leaving the
+    block early stops the thread."""
+
+    _END = object()
+
+    def __init__(self, items):
+        self._items = iter(items)
+        self._made: queue.Queue = queue.Queue()
+        self._may_make = threading.Semaphore(1)  # one item ahead of the one in use
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._make, daemon=True)
+
+    def _make(self) -> None:
+        try:
+            while True:
+                while not self._may_make.acquire(timeout=0.05):
+                    if self._stop.is_set():
+                        return
+                if self._stop.is_set():
+                    return
+                item = next(self._items, self._END)
+                self._made.put((True, item))
+                if item is self._END:
+                    return
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            self._made.put((False, err))
+
+    def __iter__(self):
+        while True:
+            ok, item = self._made.get()
+            self._may_make.release()  # taken: the next may be made while this one is used
+            if not ok:
+                raise item
+            if item is self._END:
+                return
+            yield item
+
+    def __enter__(self):
+        self._thread.start()
+        return iter(self)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
 class WriteShardFn(beam.DoFn):
     """((split, shard, n_shards), segment references) -> one shard file in the staging folder,
-    written one record batch (about 64 MiB of ids) at a time from the token store; yields its
-    stats (path, split, rows, tokens, sha256, sample_tokens)."""
+    written one record batch (about 64 MiB of ids) at a time from the token store, the next
+    batch made while the last is written; yields its stats (path, split, rows, tokens, sha256,
+    sample_tokens)."""
 
     def __init__(self, staging: str, fmt: str, seq_len: int):
         self.staging, self.fmt, self.seq_len = staging, fmt, seq_len
@@ -54,7 +106,9 @@ class WriteShardFn(beam.DoFn):
                 yield table
 
         path = shard_path(split, shard, n_shards, self.fmt)
-        sha = write_tables(tables(), SAMPLE_SCHEMA, FileSystems.join(self.staging, path), self.fmt)
+        # the next record batch is read and built while the last is written and hashed
+        with ahead(tables()) as made:
+            sha = write_tables(made, SAMPLE_SCHEMA, FileSystems.join(self.staging, path), self.fmt)
         yield {
             "path": path,
             "split": split,
