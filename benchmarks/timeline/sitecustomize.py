@@ -84,6 +84,8 @@ def _wrap(name, fn, final):
 
 
 _STEPS = ("read", "tokenize", "plan", "write")
+# Step functions that run as a Map / FlatMap (not a DoFn's method), hooked by name
+_FUNCTIONS = {"plan": ("plan_to_assignments",), "write": ("write_run_files",)}  # called once a run
 
 
 def _hook(mod) -> None:
@@ -98,6 +100,11 @@ def _hook(mod) -> None:
                     setattr(cls, meth, wrapped)
             if "setup" in vars(cls):
                 cls.setup = _wrap_call(f"{cname}.setup", vars(cls)["setup"])
+    for fname in _FUNCTIONS.get(mod.__name__.rsplit(".", 1)[1], ()):
+        fn = getattr(mod, fname, None)
+        if fn is not None:
+            wrap = _wrap if inspect.isgeneratorfunction(fn) else _wrap_call
+            setattr(mod, fname, wrap(fname, fn, True) if wrap is _wrap else wrap(fname, fn))
 
 
 def _hook_runner(mod) -> None:
