@@ -20,7 +20,7 @@ Limits. It needs 176 chunks (45,056 tokens: 36K of reach plus 32 scored chunks);
 documents and segments get no score (null). It sees only exact token-id reuse, not
 paraphrase or meaning; a document whose rare words are spread evenly over its whole length
 (a dictionary, a log) scores ~0 even if it is coherent. Cost: one sort of ``n`` int64 keys,
-about 0.4 s per million tokens.
+~0.03 s per million tokens (2-core machine, NumPy 2.4).
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ def dependency_score(tokens: np.ndarray) -> float | None:
     ids = np.asarray(tokens[: m * CHUNK], dtype=np.int64)
     chunk = np.arange(m * CHUNK, dtype=np.int64) // CHUNK
     key = ids * m + chunk
-    key.sort(kind="stable")  # radix sort for int64: faster than np.unique's quicksort
+    # NumPy's default sort (SIMD quicksort) on int64 keys: 10x its stable sort (timsort here),
+    # and equal keys are equal values, so the order it gives is the same
+    key.sort()
     key = key[np.r_[True, key[1:] != key[:-1]]]  # (id, chunk) pairs, sorted by id then chunk
     types = key // m
     starts = np.flatnonzero(np.r_[True, types[1:] != types[:-1]])
