@@ -189,6 +189,7 @@ class TreeSampler:
                 )
                 i["rss"] = max(i["rss"], rss)
                 i["cpu"] = t.user + t.system
+                i["sys"] = t.system
                 i["threads"] = max(i["threads"], threads)
                 part = parts.setdefault(_kind(i["cmd"]), [0, 0])
                 part[0] += 1
@@ -224,6 +225,7 @@ class TreeSampler:
                     "pid": i["pid"],
                     "cmd": i["cmd"],
                     "cpu_s": round(i.get("cpu", 0.0) - self.baseline.get(i["pid"], 0.0), 2),
+                    "system_s": round(i.get("sys", 0.0), 2),  # of cpu_s: in the kernel
                     "rss_mb": round(i["rss"] / 2**20, 1),
                     "threads": i["threads"],
                     "RAYON_NUM_THREADS": i["env"],  # as the process started (environment)
@@ -231,6 +233,9 @@ class TreeSampler:
             )
         return {
             "peak_rss_mb": round(self.peak_total / 2**20, 1),
+            # in the kernel (page faults, I/O, ...), all processes (those alive at the
+            # baseline: all their time)
+            "system_cpu_s": round(sum(p["system_s"] for p in procs), 1),
             "peak_at_s": round(self.peak_at, 1),
             "peak_parts": {
                 kind: {"processes": n, "rss_mb": round(rss / 2**20, 1)}
