@@ -299,6 +299,7 @@ def _serve(folder: str, processes: int) -> int:
     driver = os.getppid()
     try:
         tok = load_tokenizer(config.tokenizer, config.trust_remote_code)
+        tok.newline_tables()  # built once before the fork, not in every helper
         local = _sources(config, folder)
         make_folders(folder)
     except Exception:  # noqa: BLE001 - the driver reports a bad flag or input, by name

@@ -354,10 +354,12 @@ def _serve(tokenizer: str, trust_remote_code: bool, log_level: str, answers_fd: 
     if tokenizer:
         from transforms.samples.tokenize import load_tokenizer
 
-        # kept in the module's cache, where the tokenize step's setup finds it; a bad
-        # --tokenizer is the driver's to report, by flag
+        # kept in the module's cache, where the tokenize step's setup finds it, with the
+        # per-token lookup tables that windowing needs (0.2-0.4 s: built once here, not in
+        # every worker); a bad --tokenizer is the driver's to report, by flag
         with contextlib.suppress(Exception):
-            load_tokenizer(None if tokenizer == NO_SPEC else tokenizer, trust_remote_code)
+            tok = load_tokenizer(None if tokenizer == NO_SPEC else tokenizer, trust_remote_code)
+            tok.newline_tables()
 
     answers = os.fdopen(answers_fd, "wb", buffering=0)
 

@@ -219,11 +219,11 @@ def test_multi_processing_workers_are_stopped_together(monkeypatch):
     assert max(start for start, _ in closes) < min(end for _, end in closes), closes
 
 
-def _run_facts(argv, pool, folder) -> list[tuple[int, int, str, int]]:
+def _run_facts(argv, pool, folder) -> list[tuple[int, int, str, int, int]]:
     """Run a small multi_processing pipeline through ``make_runner(options, pool)``; returns,
     for each worker process that ran an element, (pid, tokenizers it had loaded when its first
-    element came, the control address it was given, its parent's pid), as the
-    workers wrote them to ``folder``."""
+    element came, the control address it was given, its parent's pid, how many of those
+    tokenizers had their newline tables built), as the workers wrote them to ``folder``."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -241,8 +241,9 @@ def _run_facts(argv, pool, folder) -> list[tuple[int, int, str, int]]:
             tok = sys.modules.get("transforms.samples.tokenize")
             control = os.environ.get("CONTROL_API_SERVICE_DESCRIPTOR", "")
             with open(path, "w") as f:
-                loaded = len(tok._LOADED) if tok else 0
-                json.dump([os.getpid(), loaded, control, os.getppid()], f)
+                loaded = list(tok._LOADED.values()) if tok else []
+                tables = sum(t._newline is not None for t in loaded)
+                json.dump([os.getpid(), len(loaded), control, os.getppid(), tables], f)
         return x
 
     with beam.Pipeline(runner=make_runner(options, pool), options=options) as p:
@@ -264,8 +265,10 @@ def test_multi_processing_workers_are_forked_from_the_process_started_before_bea
     with WorkerPool(2, str(qwen3_dir)) as pool:
         facts = _run_facts(argv, pool, tmp_path)
         assert {pid for pid, *_ in facts} == set(pool.handed) and len(pool.handed) == 2
-        assert all(parent == pool.server.pid for *_, parent in facts), facts
+        assert all(parent == pool.server.pid for *_, parent, _ in facts), facts
+        # the tokenizer loaded, its newline tables built: by the server, once, before the fork
         assert all(loaded == 1 for _, loaded, *_ in facts), facts
+        assert all(tables == 1 for *_, tables in facts), facts
         assert all("localhost:" in control for _, _, control, *_ in facts), facts
         assert [w.returncode for w in pool._workers.values()] == [0, 0]
         server = pool.server
