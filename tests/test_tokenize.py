@@ -62,6 +62,36 @@ def test_many_long_books_are_encoded_a_bounded_group_of_chunks_a_call(books_dir,
         assert enc.tokens[:-1].tolist() == ids.ids and enc.tokens[-1] == qwen3.end_of_text_id
 
 
+def test_a_local_tokenizer_loaded_again_is_not_read_again_unless_its_files_changed(
+    tmp_path, qwen3_dir, monkeypatch
+):
+    """Each worker's tokenize step loads the tokenizer its pool server had loaded: found by
+    its files' identity on disk, without reading and hashing the 11 MB again; a file changed
+    on disk is read again (and gives a tokenizer of its own)."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    folder = tmp_path / "tok"
+    shutil.copytree(qwen3_dir, folder)
+    first = load_tokenizer(str(folder))
+    reads = []
+    read_text = Path.read_text
+
+    def counted(self, *a, **kw):
+        reads.append(self.name)
+        return read_text(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "read_text", counted)
+    assert load_tokenizer(str(folder)) is first
+    assert "tokenizer.json" not in reads
+    data = json.loads((folder / "tokenizer.json").read_text("utf-8"))
+    (folder / "tokenizer.json").write_text(json.dumps(data, indent=1), "utf-8")
+    changed = load_tokenizer(str(folder))
+    assert changed is not first and changed.sha256 != first.sha256
+    assert changed.end_of_text_id == first.end_of_text_id
+
+
 def test_special_token_text_in_a_file_stays_text(qwen3):
     doc = TextDocument("code/r", CODE, "/r", ["s = '<|endoftext|>'\n"], files=["a.py"], title="r")
     ids = encode_document(doc, qwen3).tolist()
