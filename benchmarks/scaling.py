@@ -156,6 +156,7 @@ class TreeSampler:
         self.started = time.monotonic()
         self.info: dict[int, dict] = {}
         self.baseline: dict[int, float] = {}
+        self.baseline_sys: dict[int, float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -208,6 +209,7 @@ class TreeSampler:
         self._sample()
         with self._lock:
             self.baseline = {pid: i.get("cpu", 0.0) for pid, i in self.info.items()}
+            self.baseline_sys = {pid: i.get("sys", 0.0) for pid, i in self.info.items()}
 
     def __enter__(self):
         self._thread.start()
@@ -225,7 +227,8 @@ class TreeSampler:
                     "pid": i["pid"],
                     "cmd": i["cmd"],
                     "cpu_s": round(i.get("cpu", 0.0) - self.baseline.get(i["pid"], 0.0), 2),
-                    "system_s": round(i.get("sys", 0.0), 2),  # of cpu_s: in the kernel
+                    # of cpu_s: in the kernel
+                    "system_s": round(i.get("sys", 0.0) - self.baseline_sys.get(i["pid"], 0.0), 2),
                     "rss_mb": round(i["rss"] / 2**20, 1),
                     "threads": i["threads"],
                     "RAYON_NUM_THREADS": i["env"],  # as the process started (environment)
@@ -233,8 +236,7 @@ class TreeSampler:
             )
         return {
             "peak_rss_mb": round(self.peak_total / 2**20, 1),
-            # in the kernel (page faults, I/O, ...), all processes (those alive at the
-            # baseline: all their time)
+            # of cpu_s, in the kernel (page faults, I/O, ...)
             "system_cpu_s": round(sum(p["system_s"] for p in procs), 1),
             "peak_at_s": round(self.peak_at, 1),
             "peak_parts": {

@@ -92,6 +92,44 @@ def test_a_local_tokenizer_loaded_again_is_not_read_again_unless_its_files_chang
     assert changed.end_of_text_id == first.end_of_text_id
 
 
+_FORK_AFTER_TABLES = """
+import os, sys
+from transforms.samples.tokenize import load_tokenizer
+tok = load_tokenizer(sys.argv[1])
+tok.newline_tables()  # as the pool's server and the head start do, before they fork
+pid = os.fork()
+if pid == 0:
+    tok.tokenizer.encode_batch_fast(["a line of text\\n" * 200] * 64)
+    print("threads", len(os.listdir("/proc/self/task")), flush=True)  # the pool's, if used
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.parametrize("parallelism", ["unset", "true"])
+def test_children_forked_after_the_newline_tables_encode_in_parallel(qwen3_dir, parallelism):
+    """The review of session 14: built with decode_batch, the tables used the tokenizer's
+    thread pool before the fork, so every pooled worker and head-start helper encoded on one
+    thread (tokenizers turns its parallelism off in a child forked after it was used), and
+    with TOKENIZERS_PARALLELISM=true hung."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"}
+    env["RAYON_NUM_THREADS"] = "3"
+    if parallelism == "true":
+        env["TOKENIZERS_PARALLELISM"] = "true"
+    proc = subprocess.run(
+        [sys.executable, "-c", _FORK_AFTER_TABLES, str(qwen3_dir)],
+        capture_output=True, text=True, env=env, timeout=60,  # a hang fails here
+    )  # fmt: skip
+    out = proc.stdout.split()
+    assert out[0] == "threads" and out[2:] == ["child", "0"], proc.stdout + proc.stderr[-2000:]
+    assert int(out[1]) > 1, "the forked child encoded on one thread"
+
+
 def test_special_token_text_in_a_file_stays_text(qwen3):
     doc = TextDocument("code/r", CODE, "/r", ["s = '<|endoftext|>'\n"], files=["a.py"], title="r")
     ids = encode_document(doc, qwen3).tolist()
@@ -116,7 +154,7 @@ def test_book_gets_exactly_one_end_of_text(qwen3):
 
 
 @pytest.mark.parametrize(
-    "spec", ["/no/such/tokenizer.json", "./nope", "definitely not a tokenizer"]
+    "spec", ["/no/such/tokenizer.json", "./nope", "definitely not a tokenizer", "tok\0x"]
 )
 def test_unknown_tokenizer(spec):
     with pytest.raises(TokenizerError, match="--tokenizer"):
