@@ -102,9 +102,10 @@ def _hook(mod) -> None:
                 cls.setup = _wrap_call(f"{cname}.setup", vars(cls)["setup"])
     for fname in _FUNCTIONS.get(mod.__name__.rsplit(".", 1)[1], ()):
         fn = getattr(mod, fname, None)
-        if fn is not None:
-            wrap = _wrap if inspect.isgeneratorfunction(fn) else _wrap_call
-            setattr(mod, fname, wrap(fname, fn, True) if wrap is _wrap else wrap(fname, fn))
+        if fn is not None and inspect.isgeneratorfunction(fn):
+            setattr(mod, fname, _wrap(fname, fn, True))
+        elif fn is not None:
+            setattr(mod, fname, _wrap_call(fname, fn))
 
 
 def _hook_runner(mod) -> None:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 
 MAIN = "main"
 REJECTS = "rejects"
@@ -33,10 +30,3 @@ class SplitTagged(beam.PTransform):
             | f"Untag{tag.capitalize()}" >> beam.Map(lambda kv: kv[1])
             for tag in self.tags
         }
-
-
-def write_json(obj, path: str) -> str:
-    """Driver-side bookkeeping (shard stats, plan summary) as JSON; returns the path."""
-    with FileSystems.create(path) as fh:
-        fh.write(json.dumps(obj, indent=1, sort_keys=True).encode("utf-8"))
-    return path

@@ -13,7 +13,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import token_store
-from pipeline.steps.common import DOCUMENTS, REJECTS, STATS, SUMMARY, write_json
+from pipeline.steps.common import DOCUMENTS, REJECTS, STATS, SUMMARY
 from schemas import layout
 from schemas.columns import DOCUMENT_SCHEMA, SAMPLE_SCHEMA
 from schemas.layout import shard_path
@@ -119,18 +119,9 @@ class WriteShardFn(beam.DoFn):
         }
 
 
-def _write_documents(rows, path: str) -> str:
-    from pipeline.output import write_tables
-
-    write_tables([build_document_table(rows)], DOCUMENT_SCHEMA, path, "arrow")
-    return path
-
-
-def _write_rejects(rejects, path: str) -> str:
-    lines = sorted(json.dumps(r.to_json_dict(), ensure_ascii=False) for r in rejects)
-    with FileSystems.create(path) as fh:
-        fh.write("".join(line + "\n" for line in lines).encode("utf-8"))
-    return path
+def _json_bytes(obj) -> bytes:
+    """The driver's bookkeeping files (shard stats, plan summary), as JSON."""
+    return json.dumps(obj, indent=1, sort_keys=True).encode("utf-8")
 
 
 class WriteShards(beam.PTransform):
@@ -168,11 +159,15 @@ def write_run_files(tagged: list[tuple[str, object]], staging: str) -> list[str]
         parts[tag].append(element)  # an unknown tag: KeyError, a wiring error
     if len(parts[SUMMARY]) != 1:
         raise RuntimeError(f"the plan step gave {len(parts[SUMMARY])} summaries, not one")
+    from pipeline.output import write_bytes, write_tables
+
     paths = {tag: FileSystems.join(staging, name) for tag, name in RUN_FILES.items()}
-    write_json(sorted(parts[STATS], key=lambda s: s["path"]), paths[STATS])
-    _write_documents(parts[DOCUMENTS], paths[DOCUMENTS])
-    _write_rejects(parts[REJECTS], paths[REJECTS])
-    write_json(parts[SUMMARY][0], paths[SUMMARY])
+    write_bytes(paths[STATS], _json_bytes(sorted(parts[STATS], key=lambda s: s["path"])))
+    documents = build_document_table(parts[DOCUMENTS])
+    write_tables([documents], DOCUMENT_SCHEMA, paths[DOCUMENTS], "arrow")
+    lines = sorted(json.dumps(r.to_json_dict(), ensure_ascii=False) for r in parts[REJECTS])
+    write_bytes(paths[REJECTS], "".join(line + "\n" for line in lines).encode("utf-8"))
+    write_bytes(paths[SUMMARY], _json_bytes(parts[SUMMARY][0]))
     return list(paths.values())
 
 
