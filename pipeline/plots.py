@@ -1,10 +1,11 @@
 """The report's PNG plots (matplotlib), drawn in helper processes while the pipeline runs.
 
 Importing matplotlib and drawing four figures costs about 1.3 s of one core per run. A
-:class:`PlotRenderer` made at the start of a run starts helper processes (plain Python: numpy,
-pyarrow and matplotlib, no Beam) that import matplotlib while the driver builds and runs the
-pipeline, then draw their share of the plots in parallel when the data is there. If a helper
-cannot be started or fails, the plots are drawn in the driver: the output is the same.
+:class:`PlotRenderer` made at the start of a run starts one helper process (plain Python:
+numpy, pyarrow and matplotlib, no Beam) that imports matplotlib while the driver builds and
+runs the pipeline; when the data is there it forks processes that draw their share of the
+plots in parallel. If the helper cannot be started or fails, or a share's process does, the
+plots it did not draw are drawn in the driver: the output is the same.
 """
 
 from __future__ import annotations
@@ -193,16 +194,20 @@ def plots(
 
 
 def helper_count(cores: int) -> int:
-    """Helper processes for a machine of ``cores`` cores: one per plot where the cores are
-    many (the run waits for the slowest helper at its end: two plots each took ~0.5 s more),
-    two on a small machine, where the helpers' imports compete with the run for the cores."""
+    """Processes that draw the plots on a machine of ``cores`` cores: one per plot where the
+    cores are many (the run waits for the slowest at its end: two plots each took ~0.5 s
+    more), two on a small machine."""
     return len(PLOTS) if cores >= MANY_CORES else 2
 
 
 class PlotRenderer:
-    """Draws :data:`PLOTS` in ``workers`` helper processes (0: in this process; None: as many
-    as :func:`helper_count` gives for this machine), each warmed up first where ``warm_up``
-    (None: on :data:`MANY_CORES` cores or more; on 2 it cost the run 2% in an A/B)."""
+    """Draws :data:`PLOTS` in ``workers`` processes (0: in this process; None: as many as
+    :func:`helper_count` gives for this machine). One helper process imports matplotlib while
+    the run goes on (and draws a first figure where ``warm_up``; None: on :data:`MANY_CORES`
+    cores or more, on 2 it cost the run 2% in an A/B); when the data is there it forks the
+    ``workers`` drawers, which share what it imported. One helper per plot, each importing
+    matplotlib, cost ~3 s of CPU each on 16 busy cores (session 14's rows: 11.8 s for four).
+    """
 
     def __init__(self, workers: int | None = None, warm_up: bool | None = None):
         cores = os.cpu_count() or 1
@@ -210,38 +215,34 @@ class PlotRenderer:
             workers = helper_count(cores)
         if warm_up is None:
             warm_up = cores >= MANY_CORES
-        command = [sys.executable, "-m", "pipeline.plots", *(["--warm-up"] if warm_up else [])]
-        self.procs: list[subprocess.Popen] = []
-        for _ in range(workers):
+        self.shares = [PLOTS[i::workers] for i in range(min(workers, len(PLOTS)))]
+        self.drawers: list[int] = []  # after render(): the pids of the helper's drawers
+        self.proc: subprocess.Popen | None = None
+        if self.shares:
+            command = [sys.executable, "-m", "pipeline.plots", *(["--warm-up"] if warm_up else [])]
             try:
-                self.procs.append(
-                    subprocess.Popen(
-                        command,
-                        stdin=subprocess.PIPE,
-                        stdout=subprocess.PIPE,
-                        stderr=subprocess.DEVNULL,
-                    )
+                self.proc = subprocess.Popen(
+                    command,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
                 )
-            except OSError:
-                break
+            except OSError:  # drawn here
+                self.proc = None
 
     def render(self, docs: pa.Table, sample_tokens: np.ndarray, seq_len: int) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
         try:
-            if self.procs:  # the documents go to the helpers as one Arrow stream
+            if self.proc is not None:  # the documents go to the helper as one Arrow stream
                 sink = pa.BufferOutputStream()
                 with pa.ipc.new_stream(sink, docs.schema) as writer:
                     writer.write_table(docs)
                 payload = sink.getvalue().to_pybytes()
-            shares = [PLOTS[i :: len(self.procs)] for i in range(len(self.procs))]
-            for proc, names in zip(self.procs, shares, strict=True):
-                proc.stdin.write(pickle.dumps((payload, sample_tokens, seq_len, names)))
-                proc.stdin.close()
-                proc.stdin = None  # communicate() below only reads
-            for proc in self.procs:
-                data, _ = proc.communicate(timeout=300)
-                out.update(pickle.loads(data))
-        except Exception:  # a helper died: draw what is missing here
+                task = pickle.dumps((payload, sample_tokens, seq_len, self.shares))
+                data, _ = self.proc.communicate(task, timeout=300)
+                pngs, self.drawers = pickle.loads(data)
+                out.update(pngs)
+        except Exception:  # the helper died: draw what is missing here
             pass
         finally:
             self.close()
@@ -251,11 +252,47 @@ class PlotRenderer:
         return {n: out[n] for n in PLOTS}
 
     def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        self.procs = []
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+def _draw_forked(payload: bytes, sample_tokens, seq_len: int, shares) -> tuple[dict, list[int]]:
+    """Each share of plots drawn in a process forked from this one, all at once: (the PNGs of
+    the drawers that finished, their pids). A share whose drawer could not be forked or failed
+    is left out: the run draws it."""
+    children = []
+    for names in shares:
+        r, w = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(r)
+            os.close(w)
+            continue
+        if pid == 0:  # the drawer: one share, then out without any teardown
+            code = 1
+            try:
+                os.close(r)
+                docs = pa.ipc.open_stream(payload).read_all()
+                with os.fdopen(w, "wb") as f:
+                    f.write(pickle.dumps(plots(docs, sample_tokens, seq_len, names)))
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        children.append((pid, r))
+    out: dict[str, bytes] = {}
+    drawers = []
+    for pid, r in children:
+        with os.fdopen(r, "rb") as f:
+            data = f.read()
+        _, status = os.waitpid(pid, 0)
+        if status == 0:
+            out.update(pickle.loads(data))
+            drawers.append(pid)
+    return out, drawers
 
 
 def _warm_up() -> None:
@@ -290,9 +327,8 @@ def _worker(warm_up: bool) -> None:
     _prime_arrow()
     if warm_up:
         _warm_up()
-    payload, sample_tokens, seq_len, names = pickle.loads(sys.stdin.buffer.read())
-    docs = pa.ipc.open_stream(payload).read_all()
-    sys.stdout.buffer.write(pickle.dumps(plots(docs, sample_tokens, seq_len, names)))
+    payload, sample_tokens, seq_len, shares = pickle.loads(sys.stdin.buffer.read())
+    sys.stdout.buffer.write(pickle.dumps(_draw_forked(payload, sample_tokens, seq_len, shares)))
     sys.stdout.buffer.flush()
 
 

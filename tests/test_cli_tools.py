@@ -264,8 +264,9 @@ def test_output_loads_with_datasets_load_dataset(pipeline_out):
 
 
 def test_plots_from_helper_processes_equal_plots_drawn_here(pipeline_out):
-    """The report's PNGs come from helper processes started with the run; a helper that died
-    is replaced by drawing in the driver, with the same bytes."""
+    """The report's PNGs come from one helper process started with the run, which forks a
+    drawer per share of the plots (matplotlib imported once, not once per share); a helper
+    that died is replaced by drawing in the driver, with the same bytes."""
     import numpy as np
 
     from pipeline.plots import PLOTS, PlotRenderer, plots
@@ -273,16 +274,34 @@ def test_plots_from_helper_processes_equal_plots_drawn_here(pipeline_out):
     docs = pa.ipc.open_stream((pipeline_out / "documents.arrow").read_bytes()).read_all()
     fill = np.array([16000, 9000, 16384])
     here = plots(docs, fill, 16384)
-    assert PlotRenderer(workers=2).render(docs, fill, 16384) == here
+    two = PlotRenderer(workers=2)
+    assert two.render(docs, fill, 16384) == here and len(set(two.drawers)) == 2
     one_each = PlotRenderer(workers=len(PLOTS), warm_up=True)  # a machine of 8 cores or more
-    assert len(one_each.procs) == len(PLOTS) and one_each.render(docs, fill, 16384) == here
+    helper = one_each.proc.pid
+    assert one_each.render(docs, fill, 16384) == here
+    assert len(set(one_each.drawers)) == len(PLOTS) and helper not in one_each.drawers
     dead = PlotRenderer()
-    for proc in dead.procs:
-        proc.kill()
-        proc.wait()
+    dead.proc.kill()
+    dead.proc.wait()
     assert dead.render(docs, fill, 16384) == here and sorted(here) == sorted(PLOTS)
     # the run's own report holds the same plots (same documents, the run's sample lengths)
     assert (pipeline_out / "report" / "doc_lengths.png").read_bytes() == here["doc_lengths.png"]
+
+
+def test_a_plot_drawer_that_fails_leaves_its_share_to_the_driver(pipeline_out):
+    """A drawer forked by the plot helper that fails gives nothing for its share (its exit
+    status says so), and the others' plots still come back."""
+    import numpy as np
+
+    from pipeline.plots import _draw_forked, plots
+
+    payload = (pipeline_out / "documents.arrow").read_bytes()
+    docs = pa.ipc.open_stream(payload).read_all()
+    fill = np.array([16000, 9000])
+    shares = [("doc_lengths.png",), ("no_such_plot.png",), ("sample_fill.png",)]
+    out, drawers = _draw_forked(payload, fill, 16384, shares)
+    assert out == plots(docs, fill, 16384, ("doc_lengths.png", "sample_fill.png"))
+    assert len(set(drawers)) == 2 and os.getpid() not in drawers
 
 
 def test_count_tokens_reads_a_books_folder_with_a_catalogue_as_books(tmp_path, qwen3_dir):
