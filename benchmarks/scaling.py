@@ -157,6 +157,7 @@ class TreeSampler:
         self.info: dict[int, dict] = {}
         self.baseline: dict[int, float] = {}
         self.baseline_sys: dict[int, float] = {}
+        self.busy: list[tuple[float, float, float]] = []  # (t, machine's busy CPU s, tree's)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -198,6 +199,23 @@ class TreeSampler:
         if total > self.peak_total:
             self.peak_total, self.peak_at = total, time.monotonic() - self.started
             self.peak_parts = parts
+        with self._lock:  # the tree's CPU: every process seen, at its last sample
+            tree = sum(i.get("cpu", 0.0) for i in self.info.values())
+        self.busy.append((time.monotonic() - self.started, _busy_s(), tree))
+
+    def busy_timeline(self, step: float = 0.5) -> dict:
+        """Cores busy between samples about ``step`` seconds apart, from the sampling's start:
+        ``[end s, the whole machine's (every process, exited ones included), the tree's (a
+        process that exited between two samples loses its last interval)]``."""
+        rows, prev = [], self.busy[0] if self.busy else None
+        for t, b, c in self.busy[1:]:
+            if t - prev[0] >= step * 0.95:
+                dt = t - prev[0]
+                rows.append(
+                    [round(t, 2), round((b - prev[1]) / dt, 1), round((c - prev[2]) / dt, 1)]
+                )
+                prev = (t, b, c)
+        return {"columns": ["end_s", "machine_cores", "tree_cores"], "rows": rows}
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -246,6 +264,7 @@ class TreeSampler:
             "largest_process_mb": max((i["rss_mb"] for i in procs), default=0.0),
             "processes": len(procs),
             "max_threads_per_process": max((i["threads"] for i in procs), default=0),
+            "busy_timeline": self.busy_timeline(),
             "per_process": procs,
         }
 
