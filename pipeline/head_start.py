@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import pickle
@@ -65,6 +66,10 @@ ENTRIES = "entries"  # FOLDER/entries/KEY.npz: the early tokenizer's entries (ca
 HELD = "held"  # FOLDER/held/ID: a source taken, locked while it is worked on
 DONE = "done"  # FOLDER/done/ID: "documents tokens" of a source finished
 READ = "read"  # FOLDER/read/ID: what reading the source gave (pickled), for the read step
+# FOLDER/tokenizer.json: the check of --tokenizer, as pipeline.tokenizer_probe answers it (the
+# driver takes it instead of starting the probe's own process)
+TOKENIZER_ANSWER = "tokenizer.json"
+ANSWER_WAIT_S = 60.0  # after this, or once the helper is gone, the driver loads it itself
 
 
 def processes_for(workers: int, cores: int) -> int:
@@ -113,6 +118,24 @@ class HeadStart:
         if local_tokenizer(config.tokenizer) is None:  # a Hub id, repository code: not ahead
             return None
         return cls(config, n)
+
+    def tokenizer_answer(self, timeout: float = ANSWER_WAIT_S) -> dict:
+        """The helper's check of the run's tokenizer (what ``pipeline.tokenizer_probe``
+        prints), waited for until it is written; ``{}`` if the helper died first or none
+        came within ``timeout`` seconds (the driver then loads the tokenizer itself)."""
+        path = os.path.join(self.folder, TOKENIZER_ANSWER)
+        deadline = time.monotonic() + timeout
+        while True:
+            gone = self._proc is None or self._proc.poll() is not None
+            try:
+                with open(path, "rb") as f:
+                    return json.loads(f.read())
+            except FileNotFoundError:
+                if gone or time.monotonic() > deadline:
+                    return {}
+            except (OSError, ValueError):
+                return {}
+            time.sleep(0.01)
 
     def close(self) -> None:
         """At the run's end (done, failed or refused: nothing waits for the helpers any more):
@@ -294,11 +317,15 @@ def _sources(config, folder: str) -> list:
 def _serve(folder: str, processes: int) -> int:
     config = pickle.loads(sys.stdin.buffer.read())
     os.environ.setdefault("RAYON_NUM_THREADS", "1")  # one core each: they run side by side
-    from transforms.samples.tokenize import load_tokenizer
+    from pipeline.entries import write_whole
+    from pipeline.tokenizer_probe import check
 
     driver = os.getppid()
     try:
-        tok = load_tokenizer(config.tokenizer, config.trust_remote_code)
+        answer, tok = check(config.tokenizer, config.trust_remote_code)
+        write_whole(os.path.join(folder, TOKENIZER_ANSWER), json.dumps(answer).encode())
+        if tok is None:
+            raise ValueError(answer)
         tok.newline_tables()  # built once before the fork, not in every helper
         local = _sources(config, folder)
         make_folders(folder)

@@ -49,10 +49,19 @@ def run(argv: list[str] | None = None) -> int:
     # multi_processing: the process the workers are forked from starts importing Beam now,
     # beside the driver
     workers = WorkerPool.for_run(argv, config) if config else None
-    # and the tokenizer is checked in a helper process, beside the driver's Beam import
-    tokenizer = TokenizerProbe(config.tokenizer, config.trust_remote_code) if config else None
     # and the idle cores tokenize the largest sources until the workers begin
     ahead = HeadStart.for_run(config, planned_workers(argv)) if config else None
+    # and the tokenizer is checked in a helper process, beside the driver's Beam import (the
+    # head start's, which loads it anyway, where there is one)
+    tokenizer = (
+        TokenizerProbe(
+            config.tokenizer,
+            config.trust_remote_code,
+            answer=ahead.tokenizer_answer if ahead else None,
+        )
+        if config
+        else None
+    )
     try:
         return _run(argv, workers, tokenizer, ahead)
     finally:

@@ -7,7 +7,9 @@ to the first read: ``pipeline.run`` now starts :class:`TokenizerProbe` as soon a
 checked, so it runs beside the driver's Beam import, and ``prepare`` takes its answer. The
 answer is what ``LoadedTokenizer.describe()`` gives, or the ``TokenizerError`` message. If the
 helper cannot run or fails for any other reason, the driver loads the tokenizer itself, as
-before: same answer, same error.
+before: same answer, same error. Where the run has a head start (``pipeline/head_start.py``),
+which loads the same tokenizer first thing, that helper gives the answer (:func:`check`) and
+no process of its own is started (on 16 busy cores one cost 2.4 s of CPU).
 
 Run as ``python -m pipeline.tokenizer_probe SPEC TRUST``: the helper (prints one JSON line).
 """
@@ -20,6 +22,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 
 from pipeline.errors import exit_now
@@ -36,10 +39,22 @@ class TokenizerProbe:
     2 cores the helper competed with the driver and the workers for the cores: a 2-worker run
     took 1.05x as long with it)."""
 
-    def __init__(self, spec: str | None, trust_remote_code: bool = False, cores: int | None = None):
+    def __init__(
+        self,
+        spec: str | None,
+        trust_remote_code: bool = False,
+        cores: int | None = None,
+        answer: Callable[[], dict] | None = None,
+    ):
+        """``answer``: gives the answer of a helper the run starts anyway (the head start's
+        :meth:`~pipeline.head_start.HeadStart.tokenizer_answer`; ``{}`` where it has none),
+        instead of a process of the probe's own."""
         self.spec, self.trust_remote_code = spec, trust_remote_code
         self._proc: subprocess.Popen | None = None
         self._here: Future | None = None
+        self._answer = answer
+        if answer is not None:
+            return
         if ((os.cpu_count() or 1) if cores is None else cores) >= MIN_CORES:
             command = [sys.executable, "-m", __name__, spec or NO_SPEC, str(int(trust_remote_code))]
             with contextlib.suppress(OSError):  # its stderr is the run's: a Hub download shows
@@ -63,7 +78,9 @@ class TokenizerProbe:
         if self._here is not None:
             return self._here.result()
         answer: dict = {}
-        if self._proc is not None:
+        if self._answer is not None:
+            answer = self._answer()
+        elif self._proc is not None:
             out, _ = self._proc.communicate()
             lines = out.decode("utf-8", "replace").strip().splitlines()
             if self._proc.returncode == 0 and lines:
@@ -82,23 +99,27 @@ class TokenizerProbe:
             self._proc.wait()
 
 
-def _probe(spec: str, trust_remote_code: bool) -> dict:
+def check(spec: str | None, trust_remote_code: bool):
+    """``(answer, tokenizer)``: the probe's answer (``{"tokenizer": description}``, ``{"error":
+    TokenizerError message}`` or ``{"failed": ...}``, after which the driver loads it itself)
+    and the loaded tokenizer (None where it failed)."""
     from transforms.samples.tokenize import TokenizerError, load_tokenizer
 
     try:
-        tok = load_tokenizer(None if spec == NO_SPEC else spec, trust_remote_code)
+        tok = load_tokenizer(spec, trust_remote_code)
     except TokenizerError as err:
-        return {"error": str(err)}
+        return {"error": str(err)}, None
     except Exception as err:  # noqa: BLE001 (the driver loads it again and raises it there)
-        return {"failed": f"{type(err).__name__}: {err}"}
-    return {"tokenizer": tok.describe()}
+        return {"failed": f"{type(err).__name__}: {err}"}, None
+    return {"tokenizer": tok.describe()}, tok
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[2] not in ("0", "1"):
         sys.exit("usage: python -m pipeline.tokenizer_probe SPEC 0|1 (pipeline.run starts it)")
     try:
-        print(json.dumps(_probe(sys.argv[1], sys.argv[2] == "1")))
+        spec = None if sys.argv[1] == NO_SPEC else sys.argv[1]
+        print(json.dumps(check(spec, sys.argv[2] == "1")[0]))
     except KeyboardInterrupt:  # Ctrl-C at the run's start: the run reports it, once
         sys.exit(130)
     exit_now(0)  # the driver waits for this process's end: no teardown of the tokenizer

@@ -287,22 +287,81 @@ def test_the_driver_checks_the_tokenizer_in_a_helper_process(qwen3_dir, qwen3, t
     assert here_only._proc is None and here_only.description() == qwen3.describe()
 
 
+def test_the_head_start_answers_the_tokenizer_check_without_a_process_of_its_own(
+    qwen3_dir, qwen3, tmp_path
+):
+    """Where the run has a head start, which loads the tokenizer first thing, its answer is
+    the check's: the same description, the same error for a bad tokenizer.json, and no probe
+    process (2.4 s of CPU on 16 busy cores); a head start that died gives no answer and the
+    driver loads the tokenizer itself."""
+    import contextlib
+    import os
+
+    from pipeline.config import BuildConfig
+    from pipeline.head_start import HeadStart
+    from pipeline.tokenizer_probe import TokenizerProbe
+
+    def probe_of(spec: str) -> TokenizerProbe:
+        hs = HeadStart(BuildConfig(tokenizer=spec, output=str(tmp_path / "out")), 1)
+        probe = TokenizerProbe(spec, cores=16, answer=hs.tokenizer_answer)
+        probe.head_start = hs  # closed by the test
+        return probe
+
+    good = probe_of(str(qwen3_dir))
+    assert good._proc is None and good._here is None
+    try:
+        assert good.head_start.tokenizer_answer() == {"tokenizer": qwen3.describe()}
+        assert good.description() == qwen3.describe()
+    finally:
+        good.head_start.close()
+    bad = tmp_path / "tokenizer.json"
+    bad.write_text("{not json")
+    with pytest.raises(TokenizerError) as here:
+        load_tokenizer(str(bad))
+    wrong = probe_of(str(bad))
+    try:
+        with pytest.raises(TokenizerError) as helper_says:
+            wrong.description()
+        assert str(helper_says.value) == str(here.value)
+    finally:
+        wrong.head_start.close()
+    dead = probe_of(str(qwen3_dir))
+    dead.head_start._proc.kill()
+    dead.head_start._proc.wait()
+    with contextlib.suppress(FileNotFoundError):  # as if it died before it answered
+        os.unlink(os.path.join(dead.head_start.folder, "tokenizer.json"))
+    try:
+        assert dead.head_start.tokenizer_answer() == {}
+        assert dead.description() == qwen3.describe()
+    finally:
+        dead.head_start.close()
+
+
 def test_a_multi_processing_run_never_parses_the_tokenizer_in_the_driver(qwen3_dir, tmp_path):
     """The whole run on a machine of 16 cores (as the run sees it): the driver's manifest
-    describes the tokenizer, and the driver process has parsed none (the helper checked it,
-    the pooled workers load their own)."""
+    describes the tokenizer, and the driver process has parsed none (the head start checked
+    it, without a probe process of its own; the pooled workers load their own)."""
     import json
 
     from tests.conftest import run_patched, two_workers_on_json
 
     out = tmp_path / "out"
+    watch = (
+        "import os\nos.cpu_count = lambda: 16\n"
+        "import pipeline.tokenizer_probe as tp\n"
+        "probes, init = [], tp.TokenizerProbe.__init__\n"
+        "def seen(self, *a, **k):\n"
+        "    init(self, *a, **k)\n"
+        "    probes.append(self._proc is None and self._answer is not None)\n"
+        "tp.TokenizerProbe.__init__ = seen\n"
+    )
     proc = run_patched(
-        "import os\nos.cpu_count = lambda: 16",
+        watch,
         two_workers_on_json(qwen3_dir, out),
-        "import transforms.samples.tokenize as t\nprint(status, len(t._LOADED))",
+        "import transforms.samples.tokenize as t\nprint(status, len(t._LOADED), probes)",
         timeout=300,
     )
-    assert proc.stdout.split()[-2:] == ["0", "0"], proc.stdout + proc.stderr
+    assert proc.stdout.split()[-3:] == ["0", "0", "[True]"], proc.stdout + proc.stderr
     described = json.loads((out / "manifest.json").read_text())["tokenizer"]
     assert described == load_tokenizer(str(qwen3_dir)).describe()
 
