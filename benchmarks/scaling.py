@@ -580,10 +580,31 @@ def worker_timeline(folder: Path, t0: float, wall: float) -> dict:
              if k.startswith(("stage:", "job."))),
             key=lambda row: row[1],
         )  # fmt: skip
+    helpers = [  # the head start's helpers: sources read outside the read step
+        p["discover.read_source"]
+        for p in procs
+        if "discover.read_source" in p and "ReadSourceFn.process" not in p
+    ]
+    checks = [p["tokenizer.check"] for p in procs if "tokenizer.check" in p]
+    head = {}
+    if checks:  # the head start's (or the probe's) tokenizer loaded
+        head["tokenizer_checked_s"] = min(c["last"] for c in checks)
+    if helpers:  # its helpers: when they began tokenizing, and ended
+        head["helpers"] = len(helpers)
+        head["helpers_began_s"] = [
+            min(h["first"] for h in helpers),
+            max(h["first"] for h in helpers),
+        ]
+        head["helpers_last_read_s"] = [
+            min(h["last"] for h in helpers),
+            max(h["last"] for h in helpers),
+        ]
     both = [p for p in procs if "TokenizeFn.process" in p and "ReadSourceFn.process" in p]
     tok = [p["TokenizeFn.process"] for p in both]  # the fused stage's workers, pairwise
     reads = [p["ReadSourceFn.process"] for p in both]
     out: dict = {"processes": procs}
+    if head:
+        out["head_start"] = head
     if drivers:
         out["driver"] = out_driver
     if both:

@@ -163,7 +163,22 @@ def _hook_handlers(mod) -> None:
     cls.get_worker_handlers = _wrap_call("workers.get", cls.get_worker_handlers)
 
 
+def _hook_discover(mod) -> None:
+    """``pipeline.discover``: the listing of the inputs and the reading of each source,
+    wherever they run (the head start runs as ``__main__``, which no import hook sees: its
+    helpers are the processes that read sources outside the read step)."""
+    mod.discover_inputs = _wrap_call("discover.inputs", mod.discover_inputs)
+    mod.read_source = _wrap_call("discover.read_source", mod.read_source)
+
+
+def _hook_probe(mod) -> None:
+    """The tokenizer's check (``pipeline.tokenizer_probe.check``), wherever it runs."""
+    mod.check = _wrap_call("tokenizer.check", mod.check)
+
+
 _DRIVER = {
+    "pipeline.discover": _hook_discover,
+    "pipeline.tokenizer_probe": _hook_probe,
     "apache_beam.runners.portability.fn_api_runner.fn_runner": _hook_runner,
     "apache_beam.runners.portability.fn_api_runner.worker_handlers": _hook_handlers,
     "apache_beam.runners.worker.sdk_worker_main": _hook_harness_main,
