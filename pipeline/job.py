@@ -20,7 +20,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import __version__, cache
+from pipeline import __version__, cache, remote
 from pipeline.config import FIELD_NAMES, BuildConfig, console_log_level
 from pipeline.discover import discover_inputs
 from pipeline.errors import NoSpace, UsageError
@@ -61,6 +61,7 @@ from schemas.layout import (
     DOCUMENTS,
     MANIFEST,
     PLAN_SUMMARY,
+    PLOT_DATA,
     REJECTS,
     REPORT_DIR,
     REPORT_SUMMARY,
@@ -190,6 +191,8 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
             queue=queue,
             head_start=job.head_start.folder if job.head_start else None,
         )
+        if not remote.is_remote(staging):  # the plots are drawn once the plan is made
+            job.plotter.watch(FileSystems.join(staging, PLOT_DATA), config.seq_len)
         pipeline.run().wait_until_finish()
     finally:
         if queue:
@@ -250,7 +253,7 @@ def finalize(job: Job, staging: str, tokens_cache: str | None) -> Manifest:
         plotter=job.plotter,
     )
     FileSystems.delete(
-        [FileSystems.join(staging, SHARD_STATS), FileSystems.join(staging, PLAN_SUMMARY)]
+        [FileSystems.join(staging, name) for name in (SHARD_STATS, PLAN_SUMMARY, PLOT_DATA)]
     )
     publish(config.output, staging, manifest)
     if tokens_cache:

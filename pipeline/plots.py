@@ -6,6 +6,14 @@ numpy, pyarrow and matplotlib, no Beam) that imports matplotlib while the driver
 runs the pipeline; when the data is there it forks processes that draw their share of the
 plots in parallel. If the helper cannot be started or fails, or a share's process does, the
 plots it did not draw are drawn in the driver: the output is the same.
+
+The data is there before the run ends: the plan step writes it to the staging folder
+(:data:`~schemas.layout.PLOT_DATA`, :func:`plot_data`) as soon as the whole-corpus plan is made,
+and a thread of the driver (:meth:`PlotRenderer.watch`, a local staging folder only) hands it to
+the helper, so the plots are drawn while the segments are cut and the shards written (on 16
+cores the report waited ~0.5 s for them after the run). At the end :meth:`PlotRenderer.render`
+takes the helper's plots only if what they were drawn from equals what the run wrote
+(documents.arrow's plot columns, the samples' token counts); otherwise it draws them itself.
 """
 
 from __future__ import annotations
@@ -15,11 +23,13 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import exit_now
+from schemas.columns import DOCUMENT_SCHEMA
 from schemas.layout import REPORT_PLOTS
 from transforms.code.dependency_score import MIN_TOKENS
 
@@ -33,6 +43,38 @@ OTHER_COLOR = "tab:gray"
 # From this many cores the helpers have cores of their own while the run goes on: one helper
 # per plot, each warmed up (a first figure drawn) before the data arrives
 MANY_CORES = 8
+# The columns of documents.arrow the plots read (figure()): all they are drawn from, with the
+# samples' token counts and --seq-len
+PLOT_COLUMNS = ("doc_id", "kind", "n_tokens", "dependency_score")
+_PLOT_SCHEMA = pa.schema([DOCUMENT_SCHEMA.field(name) for name in PLOT_COLUMNS])
+_SAMPLE_TOKENS = b"sample_tokens"  # PLOT_DATA's metadata key: int64 counts, native order
+WATCH_INTERVAL_S = 0.02
+
+
+def plot_data(rows: list[tuple], sample_tokens) -> bytes:
+    """The bytes of :data:`~schemas.layout.PLOT_DATA`: an Arrow IPC stream of the kept
+    documents' :data:`PLOT_COLUMNS` (``rows`` of those values, sorted here by doc_id as
+    documents.arrow is), the samples' token counts in its metadata."""
+    rows = sorted(rows)
+    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in PLOT_COLUMNS]
+    schema = _PLOT_SCHEMA.with_metadata(
+        {_SAMPLE_TOKENS: np.asarray(sample_tokens, dtype=np.int64).tobytes()}
+    )
+    table = pa.Table.from_arrays(
+        [pa.array(c, type=f.type) for c, f in zip(columns, _PLOT_SCHEMA, strict=True)],
+        schema=schema,
+    )
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def read_plot_data(data: bytes) -> tuple[pa.Table, np.ndarray]:
+    """:func:`plot_data`'s bytes -> (documents' plot columns, the samples' token counts)."""
+    table = pa.ipc.open_stream(data).read_all()
+    sample_tokens = np.frombuffer(table.schema.metadata[_SAMPLE_TOKENS], dtype=np.int64)
+    return table.replace_schema_metadata(None), sample_tokens
 
 
 def _png(fig) -> bytes:
@@ -217,7 +259,10 @@ class PlotRenderer:
             warm_up = cores >= MANY_CORES
         self.shares = [PLOTS[i::workers] for i in range(min(workers, len(PLOTS)))]
         self.drawers: list[int] = []  # after render(): the pids of the helper's drawers
+        self.early = False  # after render(): the helper's plots came from the plan step's data
         self.proc: subprocess.Popen | None = None
+        self._sent: tuple | None = None  # what the helper was given to draw, before render()
+        self._watching: tuple[threading.Thread, threading.Event] | None = None
         if self.shares:
             command = [sys.executable, "-m", "pipeline.plots", *(["--warm-up"] if warm_up else [])]
             try:
@@ -230,18 +275,70 @@ class PlotRenderer:
             except OSError:  # drawn here
                 self.proc = None
 
+    def _send(self, docs: pa.Table, sample_tokens: np.ndarray, seq_len: int) -> bool:
+        """Give the helper the data (once; the documents as one Arrow stream)."""
+        if self.proc is None or self._sent is not None:
+            return False
+        docs = docs.select(list(PLOT_COLUMNS))
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, docs.schema) as writer:
+            writer.write_table(docs)
+        task = pickle.dumps((sink.getvalue().to_pybytes(), sample_tokens, seq_len, self.shares))
+        self._sent = (docs, np.sort(np.asarray(sample_tokens, dtype=np.int64)), seq_len)
+        try:
+            self.proc.stdin.write(task)
+            self.proc.stdin.close()
+        except OSError:  # the helper is gone: render() draws here
+            self.close()
+            return False
+        return True
+
+    def watch(self, path: str, seq_len: int) -> None:
+        """Until :meth:`render`, look for the plan step's :func:`plot_data` at the local
+        ``path`` (every :data:`WATCH_INTERVAL_S`) and give it to the helper once there."""
+        if self.proc is None or self._watching is not None:
+            return
+        stop = threading.Event()
+
+        def look() -> None:
+            while not stop.wait(WATCH_INTERVAL_S):
+                try:
+                    with open(path, "rb") as f:
+                        data = f.read()
+                except FileNotFoundError:
+                    continue
+                except OSError:
+                    return
+                try:
+                    docs, sample_tokens = read_plot_data(data)
+                except Exception:  # noqa: BLE001 - not usable: the plots wait for render()
+                    return
+                self._send(docs, sample_tokens, seq_len)
+                return
+
+        thread = threading.Thread(target=look, name="longctx-plots", daemon=True)
+        self._watching = (thread, stop)
+        thread.start()
+
+    def _stop_watching(self) -> None:
+        if self._watching is not None:
+            thread, stop = self._watching
+            stop.set()
+            if thread is not threading.current_thread():  # close() from the thread itself
+                thread.join()
+
     def render(self, docs: pa.Table, sample_tokens: np.ndarray, seq_len: int) -> dict[str, bytes]:
+        self._stop_watching()
+        early = self._sent is not None
         out: dict[str, bytes] = {}
         try:
-            if self.proc is not None:  # the documents go to the helper as one Arrow stream
-                sink = pa.BufferOutputStream()
-                with pa.ipc.new_stream(sink, docs.schema) as writer:
-                    writer.write_table(docs)
-                payload = sink.getvalue().to_pybytes()
-                task = pickle.dumps((payload, sample_tokens, seq_len, self.shares))
-                data, _ = self.proc.communicate(task, timeout=300)
-                pngs, self.drawers = pickle.loads(data)
-                out.update(pngs)
+            if self.proc is not None and (early or self._send(docs, sample_tokens, seq_len)):
+                self.proc.stdin = None  # sent and closed: communicate() only reads
+                data, _ = self.proc.communicate(timeout=300)
+                if self._same(docs, sample_tokens, seq_len):
+                    pngs, self.drawers = pickle.loads(data)
+                    out.update(pngs)
+                    self.early = early
         except Exception:  # the helper died: draw what is missing here
             pass
         finally:
@@ -251,7 +348,20 @@ class PlotRenderer:
             out.update(plots(docs, sample_tokens, seq_len, missing))
         return {n: out[n] for n in PLOTS}
 
+    def _same(self, docs: pa.Table, sample_tokens: np.ndarray, seq_len: int) -> bool:
+        """Whether what the helper drew from is what the plots are of (the plan step's data
+        against the run's files: the same documents, sample token counts and length)."""
+        if self._sent is None:
+            return False
+        sent_docs, sent_tokens, sent_len = self._sent
+        return (
+            sent_len == seq_len
+            and np.array_equal(sent_tokens, np.sort(np.asarray(sample_tokens, dtype=np.int64)))
+            and sent_docs.equals(docs.select(list(PLOT_COLUMNS)).cast(sent_docs.schema))
+        )
+
     def close(self) -> None:
+        self._stop_watching()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()

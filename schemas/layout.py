@@ -11,6 +11,8 @@ OUT/
     tokens/              TOKENS_DIR: the token store (pipeline/token_store.py)
     early/               EARLY_DIR: documents tokenized while reading (pipeline/steps/early.py)
     shards.json          SHARD_STATS, plan.json PLAN_SUMMARY: driver-side bookkeeping
+    plots.arrow          PLOT_DATA: what the report's plots are drawn from, written by the
+                         plan step so that they are drawn while the shards are written
   .cache/tokens/         CACHE_DIR / TOKENS_DIR: the --incremental cache
   .longctx-output        MARKER: written before a run first stages or publishes here; with
                          manifest.json, what says the published names are this pipeline's
@@ -45,6 +47,7 @@ REPORT_PLOTS = (
 )
 SHARD_STATS = "shards.json"
 PLAN_SUMMARY = "plan.json"
+PLOT_DATA = "plots.arrow"
 
 # What a run publishes from its staging folder into OUT (the manifest comes last, on its own).
 PUBLISHED = (SHARDS_DIR, DOCUMENTS, REJECTS, REPORT_DIR)

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 
 import pyarrow as pa
 import pytest
@@ -286,6 +287,40 @@ def test_plots_from_helper_processes_equal_plots_drawn_here(pipeline_out):
     assert dead.render(docs, fill, 16384) == here and sorted(here) == sorted(PLOTS)
     # the run's own report holds the same plots (same documents, the run's sample lengths)
     assert (pipeline_out / "report" / "doc_lengths.png").read_bytes() == here["doc_lengths.png"]
+
+
+def test_plots_drawn_from_the_plan_steps_data_are_taken_only_if_it_is_the_runs(
+    pipeline_out, tmp_path
+):
+    """The plan step writes what the plots are drawn from (PLOT_DATA) as soon as the plan is
+    made; the renderer's watch hands it to the helper, which draws while the run goes on. At
+    the end its plots are taken only where that data equals the run's files: a different
+    sample count (or anything else) is drawn again from the run's own data."""
+    import numpy as np
+
+    from pipeline.plots import PlotRenderer, plot_data, plots
+
+    docs = pa.ipc.open_stream((pipeline_out / "documents.arrow").read_bytes()).read_all()
+    rows = list(
+        zip(*(docs.column(c).to_pylist() for c in ("doc_id", "kind", "n_tokens")),
+            docs.column("dependency_score").to_pylist(), strict=True)
+    )  # fmt: skip
+    fill = np.array([16000, 9000, 16384])
+    path = tmp_path / "plots.arrow"
+    path.write_bytes(plot_data(rows[::-1], fill[::-1]))  # any order: sorted as the run's
+    same = PlotRenderer(workers=2)
+    same.watch(str(path), 16384)
+    deadline = time.monotonic() + 60
+    while same._sent is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert same._sent is not None  # handed over before render() was called
+    assert same.render(docs, fill, 16384) == plots(docs, fill, 16384) and same.early
+    other = PlotRenderer(workers=2)
+    other.watch(str(path), 16384)
+    while other._sent is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    more = np.array([16000, 9000, 16384, 12])
+    assert other.render(docs, more, 16384) == plots(docs, more, 16384) and not other.early
 
 
 def test_a_plot_drawer_that_fails_leaves_its_share_to_the_driver(pipeline_out):

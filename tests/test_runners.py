@@ -376,6 +376,46 @@ def test_the_pool_server_ends_while_the_run_is_finalized(qwen3_dir, tmp_path):
     assert proc.stdout.split()[-2:] == ["0", "[0]"], proc.stdout + proc.stderr[-3000:]
 
 
+@pytest.mark.parametrize("mode", ["in_memory", "multi_processing"])
+def test_the_reports_plots_are_drawn_from_the_plan_steps_data_while_the_shards_are_written(
+    tmp_path, qwen3_dir, mode
+):
+    """The plan step writes the plots' data to the staging folder and the driver hands it to
+    the plot helper at once: the report's plots come from there (not from the run's end),
+    are the bytes drawn from documents.arrow and the shards' sample lengths, and the data
+    file is not published."""
+    import numpy as np
+    import pyarrow as pa
+
+    from pipeline.plots import plots
+
+    out = tmp_path / "out"
+    argv = two_workers_on_json(qwen3_dir, out)
+    if mode == "in_memory":
+        argv = [a for a in argv if a not in ("multi_processing", "2", "--direct_running_mode",
+                                             "--direct_num_workers")]  # fmt: skip
+    watch = (
+        "import pipeline.plots as plots\n"
+        "seen, render = [], plots.PlotRenderer.render\n"
+        "def watched(self, *a):\n"
+        "    r = render(self, *a)\n"
+        "    seen.append(self.early)\n"
+        "    return r\n"
+        "plots.PlotRenderer.render = watched\n"
+    )
+    proc = run_patched(watch, argv, "print(status, seen)", timeout=300)
+    assert proc.stdout.split()[-2:] == ["0", "[True]"], proc.stdout + proc.stderr[-3000:]
+    docs = pa.ipc.open_stream(out / "documents.arrow").read_all()
+    manifest = json.loads((out / "manifest.json").read_text())
+    sample_tokens = np.array(
+        [n for s in manifest["shards"]
+         for n in pa.ipc.open_stream(out / s["path"]).read_all().column("n_tokens").to_pylist()]
+    )  # fmt: skip
+    for name, png in plots(docs, sample_tokens, 4096).items():
+        assert (out / "report" / name).read_bytes() == png, name
+    assert not list(out.rglob("plots.arrow*"))
+
+
 _HEAD_START_RUN = """
 import json, os, sys, time
 os.cpu_count = lambda: 16  # the head start runs on 8 cores or more

@@ -25,6 +25,7 @@ corpus size.
 from __future__ import annotations
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 
 from pipeline import beam_memo
 from pipeline.steps import early
@@ -33,6 +34,7 @@ from pipeline.steps.plan import CutSegments, PlanSamples
 from pipeline.steps.read import ReadDocuments
 from pipeline.steps.tokenize import Tokenize
 from pipeline.steps.write import WriteRunFiles, WriteShards
+from schemas.layout import PLOT_DATA
 
 __all__ = ["BuildDataset"]
 
@@ -92,7 +94,9 @@ class BuildDataset(beam.PTransform):
             batch=self.batch_tokenize,
             head_start=self.head_start,
         )
-        planned = docs | "PlanSamples" >> PlanSamples(config.plan_settings)
+        planned = docs | "PlanSamples" >> PlanSamples(
+            config.plan_settings, FileSystems.join(staging, PLOT_DATA)
+        )
         keyed_docs = docs | "KeyDocs" >> beam.Map(lambda d: (d.doc_id, d))
         cut = {"doc": keyed_docs, "plan": planned[MAIN]} | "CutSegments" >> CutSegments()
         shard_stats = cut[MAIN] | "WriteShards" >> WriteShards(

@@ -1,7 +1,8 @@
 """Plan step: the whole-corpus sample plan, and the cut of each document into segments.
 
 ``PlanSamples`` gathers one small ``DocInfo`` per document (no tokens) into a single list and
-plans every sample at once (``transforms/samples/plan.py``); ``CutSegments`` joins each document with
+plans every sample at once (``transforms/samples/plan.py``), and writes what the report's plots
+are drawn from to the staging folder at once (drawn while the rest runs); ``CutSegments`` joins each document with
 its assignments and emits segment references keyed by shard, plus its documents.arrow row.
 """
 
@@ -33,10 +34,29 @@ def doc_info(d: TokenizedDocument) -> DocInfo:
     )
 
 
-def plan_to_assignments(infos: list[DocInfo], settings: PlanSettings):
+def write_plot_data(path: str, infos: list[DocInfo], plan) -> None:
+    """What the report's plots are drawn from (``pipeline.plots.plot_data``: each kept
+    document's id, kind, tokens and score, each sample's tokens), written whole (a temporary
+    name, then renamed) to ``path`` in the staging folder, where the driver's plot renderer
+    looks for it while the shards are written."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipeline.output import write_bytes
+    from pipeline.plots import plot_data
+
+    rows = [(d.doc_id, d.kind, d.n_tokens, d.score) for d in infos if d.doc_id in plan.by_doc]
+    tmp = f"{path}.tmp"
+    write_bytes(tmp, plot_data(rows, plan.sample_tokens))
+    FileSystems.rename([tmp], [path])
+
+
+def plan_to_assignments(infos: list[DocInfo], settings: PlanSettings, plot_path: str | None = None):
     """Whole-corpus plan -> ``(MAIN, (doc_id, (shards by split, [Assignment...])))`` per kept
-    document, ``(REJECTS, Reject)`` per document left out, and one ``(SUMMARY, dict)``."""
+    document, ``(REJECTS, Reject)`` per document left out, and one ``(SUMMARY, dict)``; the
+    plots' data to ``plot_path`` (:func:`write_plot_data`) first, where given."""
     plan = plan_samples(infos, settings)
+    if plot_path:
+        write_plot_data(plot_path, infos, plan)
     Metrics.counter(NAMESPACE, "samples").inc(plan.n_samples)
     for doc_id, assignments in plan.by_doc.items():
         yield MAIN, (doc_id, (plan.shards, assignments))
@@ -58,16 +78,17 @@ def plan_to_assignments(infos: list[DocInfo], settings: PlanSettings):
 class PlanSamples(beam.PTransform):
     """TokenizedDocument s -> ``{MAIN: (doc_id, plan), REJECTS: left out, SUMMARY: dict}``."""
 
-    def __init__(self, settings: PlanSettings):
+    def __init__(self, settings: PlanSettings, plot_path: str | None = None):
         super().__init__()
-        self.settings = settings
+        self.settings, self.plot_path = settings, plot_path
 
     def expand(self, docs):
         return (
             docs
             | "DocInfo" >> beam.Map(doc_info)
             | "CollectInfos" >> beam.combiners.ToList()
-            | "Plan" >> beam.FlatMap(plan_to_assignments, settings=self.settings)
+            | "Plan"
+            >> beam.FlatMap(plan_to_assignments, settings=self.settings, plot_path=self.plot_path)
             | "SplitPlan" >> SplitTagged(MAIN, REJECTS, SUMMARY)
         )
 
