@@ -275,6 +275,34 @@ def test_multi_processing_workers_are_forked_from_the_process_started_before_bea
     assert server.poll() == 0  # the server left with its workers
 
 
+def test_the_pool_server_ends_without_tearing_down_its_interpreter(
+    qwen3_dir, tmp_path, monkeypatch
+):
+    """The pool's server holds Beam and the tokenizer; once its workers have exited the
+    driver's close() waited for its interpreter's teardown (~0.16 s on 2 cores, after the
+    run's summary). It ends with ``exit_now``: a module-level object's ``__del__`` (run by a
+    teardown only) leaves no mark, and the server's status is still 0."""
+    from pipeline.worker_pool import WorkerPool
+
+    site = tmp_path / "site"
+    site.mkdir()
+    mark = tmp_path / "torn-down"
+    (site / "sitecustomize.py").write_text(
+        "class _Mark:\n"
+        f"    def __del__(self, _open=open, _path={str(mark)!r}):\n"
+        "        _open(_path, 'w').close()\n"
+        "_mark = _Mark()\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    argv = ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]
+    (tmp_path / "facts").mkdir()
+    with WorkerPool(2, str(qwen3_dir)) as pool:
+        facts = _run_facts(argv, pool, tmp_path / "facts")
+        assert len(facts) == 2
+        server = pool.server
+    assert server.poll() == 0 and not mark.exists()
+
+
 def test_without_the_pool_server_beam_starts_its_own_workers(qwen3_dir, tmp_path):
     """A pool whose server is gone (killed, or never started) hands out nothing: Beam starts
     its own workers, and the run completes."""
