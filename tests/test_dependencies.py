@@ -254,6 +254,41 @@ def test_python_imports_come_from_ast_anywhere_in_the_file_and_never_from_string
     assert unparsed == 0  # the notebook's magics are commented out before ast.parse
 
 
+def test_python_imports_are_found_in_every_kind_of_block():
+    """The walk looks into a statement's blocks by its type (``_NESTED``): every place a
+    statement can nest gives its import, as a walk over every node of the tree finds them."""
+    import ast
+    import sys
+
+    from transforms.code.python_imports import python_imports
+
+    text = (
+        "import a0\n"
+        "class C:\n    import a1\n    def m(self):\n        import a2\n"
+        "async def f():\n    import a3\n"
+        "    async for x in y:\n        import a4\n    else:\n        import a5\n"
+        "    async with z:\n        import a6\n"
+        "for x in y:\n    import a7\nelse:\n    import a8\n"
+        "while x:\n    import a9\nelse:\n    from . import a10\n"
+        "if x:\n    import a11\nelif y:\n    import a12\nelse:\n    import a13\n"
+        "with z:\n    import a14\n"
+        "try:\n    import a15\nexcept E:\n    import a16\nelse:\n    import a17\n"
+        "finally:\n    import a18\n"
+        "match x:\n    case 1:\n        import a19\n    case _:\n        from .. import a20\n"
+    )
+    if sys.version_info >= (3, 11):
+        text += "try:\n    import a21\nexcept* E:\n    import a22\n"
+    found, parsed = python_imports(text)
+    every = set()
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Import):
+            every |= {(0, a.name) for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            every |= {(node.level, f"{node.module or ''}:{a.name}") for a in node.names}
+    got = {(lvl, f"{mod}:{names[0]}" if names else mod) for lvl, mod, names in found}
+    assert parsed and got == every and len(got) == (23 if sys.version_info >= (3, 11) else 21)
+
+
 def test_python_unparseable_file_still_ordered_and_counted():
     files = ["a.py", "b.py", "c.py"]
     texts = [

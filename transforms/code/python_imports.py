@@ -63,6 +63,16 @@ _PY_FROM = re.compile(
 _MAGIC = re.compile(r"^([ \t]*[%!?])", re.M)  # IPython magics and shell escapes in notebooks
 
 _BLOCKS = ("body", "orelse", "finalbody", "handlers", "cases")  # where statements nest
+# Of each node type a statement list can hold (statements, except handlers, match cases), the
+# fields of _BLOCKS it has, in that order; types without any (most statements) are absent:
+# one dict lookup a statement instead of five getattr (the walk took ~40% of ast's time)
+_NESTED = {
+    cls: fields
+    for cls in vars(ast).values()
+    if isinstance(cls, type) and issubclass(cls, (ast.stmt, ast.excepthandler, ast.match_case))
+    for fields in [tuple(f for f in _BLOCKS if f in cls._fields)]
+    if fields
+}
 Import = tuple[int, str, list[str]]  # (level, module, imported names); level 0 = absolute
 
 
@@ -111,12 +121,13 @@ def python_imports(text: str, notebook: bool = False) -> tuple[list[Import], boo
     stack = [tree.body]
     while stack:  # statements only: an import is never inside an expression
         for node in stack.pop():
-            if isinstance(node, ast.Import):
+            kind = type(node)
+            if kind is ast.Import:
                 out.extend((0, alias.name, []) for alias in node.names)
-            elif isinstance(node, ast.ImportFrom):
+            elif kind is ast.ImportFrom:
                 out.append((node.level, node.module or "", [a.name for a in node.names]))
-            else:
-                stack.extend(getattr(node, f) for f in _BLOCKS if getattr(node, f, None))
+            elif kind in _NESTED:
+                stack.extend(block for f in _NESTED[kind] if (block := getattr(node, f)))
     return out, True
 
 
