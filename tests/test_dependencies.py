@@ -258,7 +258,6 @@ def test_python_imports_are_found_in_every_kind_of_block():
     """The walk looks into a statement's blocks by its type (``_NESTED``): every place a
     statement can nest gives its import, as a walk over every node of the tree finds them."""
     import ast
-    import sys
 
     from transforms.code.python_imports import python_imports
 
@@ -275,9 +274,8 @@ def test_python_imports_are_found_in_every_kind_of_block():
         "try:\n    import a15\nexcept E:\n    import a16\nelse:\n    import a17\n"
         "finally:\n    import a18\n"
         "match x:\n    case 1:\n        import a19\n    case _:\n        from .. import a20\n"
+        "try:\n    import a21\nexcept* E:\n    import a22\n"
     )
-    if sys.version_info >= (3, 11):
-        text += "try:\n    import a21\nexcept* E:\n    import a22\n"
     found, parsed = python_imports(text)
     every = set()
     for node in ast.walk(ast.parse(text)):
@@ -286,7 +284,7 @@ def test_python_imports_are_found_in_every_kind_of_block():
         elif isinstance(node, ast.ImportFrom):
             every |= {(node.level, f"{node.module or ''}:{a.name}") for a in node.names}
     got = {(lvl, f"{mod}:{names[0]}" if names else mod) for lvl, mod, names in found}
-    assert parsed and got == every and len(got) == (23 if sys.version_info >= (3, 11) else 21)
+    assert parsed and got == every and len(got) == 23
 
 
 def test_python_unparseable_file_still_ordered_and_counted():
