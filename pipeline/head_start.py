@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import pickle
+import select
 import shutil
 import signal
 import subprocess
@@ -66,10 +67,11 @@ ENTRIES = "entries"  # FOLDER/entries/KEY.npz: the early tokenizer's entries (ca
 HELD = "held"  # FOLDER/held/ID: a source taken, locked while it is worked on
 DONE = "done"  # FOLDER/done/ID: "documents tokens" of a source finished
 READ = "read"  # FOLDER/read/ID: what reading the source gave (pickled), for the read step
-# FOLDER/tokenizer.json: the check of --tokenizer, as pipeline.tokenizer_probe answers it (the
-# driver takes it instead of starting the probe's own process)
-TOKENIZER_ANSWER = "tokenizer.json"
-ANSWER_WAIT_S = 60.0  # after this, or once the helper is gone, the driver loads it itself
+# The check of --tokenizer comes first on the helper's stdout, one JSON line as
+# pipeline.tokenizer_probe prints it (the driver takes it instead of starting the probe's own
+# process); the helper then closes it. Without a line by then (an end of file: it failed or
+# died first), or after this long, the driver loads the tokenizer itself.
+ANSWER_WAIT_S = 60.0
 
 
 def processes_for(workers: int, cores: int) -> int:
@@ -93,12 +95,13 @@ class HeadStart:
         self.report: dict | None = None  # after close(): what the helper did
         command = [sys.executable, "-m", __name__, self.folder, str(processes)]
         self._proc: subprocess.Popen | None = None
+        self._answer: dict | None = None
         with contextlib.suppress(OSError):  # no helper: the run tokenizes everything itself
             # its own process group: stopped whole at the run's end (close)
             self._proc = subprocess.Popen(
                 command,
                 stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,  # says nothing: what it leaves, the run redoes
+                stdout=subprocess.PIPE,  # the tokenizer's check only: what it leaves, the run redoes
                 stderr=subprocess.DEVNULL,
                 process_group=0,
             )
@@ -121,21 +124,30 @@ class HeadStart:
 
     def tokenizer_answer(self, timeout: float = ANSWER_WAIT_S) -> dict:
         """The helper's check of the run's tokenizer (what ``pipeline.tokenizer_probe``
-        prints), waited for until it is written; ``{}`` if the helper died first or none
-        came within ``timeout`` seconds (the driver then loads the tokenizer itself)."""
-        path = os.path.join(self.folder, TOKENIZER_ANSWER)
+        prints), waited for; ``{}`` if the helper ended its answer without one (it failed or
+        died first) or none came within ``timeout`` seconds (the driver then loads the
+        tokenizer itself)."""
+        if self._answer is None:
+            self._answer = self._read_answer(timeout)
+        return self._answer
+
+    def _read_answer(self, timeout: float) -> dict:
+        if self._proc is None or self._proc.stdout is None:
+            return {}
+        fd, data = self._proc.stdout.fileno(), b""
         deadline = time.monotonic() + timeout
-        while True:
-            gone = self._proc is None or self._proc.poll() is not None
-            try:
-                with open(path, "rb") as f:
-                    return json.loads(f.read())
-            except FileNotFoundError:
-                if gone or time.monotonic() > deadline:
-                    return {}
-            except (OSError, ValueError):
+        while b"\n" not in data:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
                 return {}
-            time.sleep(0.01)
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return {}
+            data += chunk
+        try:
+            return json.loads(data.split(b"\n", 1)[0])
+        except ValueError:
+            return {}
 
     def close(self) -> None:
         """At the run's end (done, failed or refused: nothing waits for the helpers any more):
@@ -145,6 +157,7 @@ class HeadStart:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._proc.pid, signal.SIGKILL)
             self._proc.wait()
+            self._proc.stdout.close()
         self.report = _report(self.folder)
         if self.report["sources"]:
             _LOG.info(
@@ -317,13 +330,18 @@ def _sources(config, folder: str) -> list:
 def _serve(folder: str, processes: int) -> int:
     config = pickle.loads(sys.stdin.buffer.read())
     os.environ.setdefault("RAYON_NUM_THREADS", "1")  # one core each: they run side by side
-    from pipeline.entries import write_whole
-    from pipeline.tokenizer_probe import check
-
     driver = os.getppid()
     try:
-        answer, tok = check(config.tokenizer, config.trust_remote_code)
-        write_whole(os.path.join(folder, TOKENIZER_ANSWER), json.dumps(answer).encode())
+        try:
+            from pipeline.tokenizer_probe import check
+
+            answer, tok = check(config.tokenizer, config.trust_remote_code)
+            with contextlib.suppress(OSError):
+                os.write(1, json.dumps(answer).encode() + b"\n")
+        finally:  # answered or not: the end of it (the helpers forked below do not hold it)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.close(devnull)
         if tok is None:
             raise ValueError(answer)
         tok.newline_tables()  # built once before the fork, not in every helper
