@@ -253,8 +253,11 @@ def finalize(job: Job, staging: str, tokens_cache: str | None) -> Manifest:
         plotter=job.plotter,
     )
     FileSystems.delete(
-        [FileSystems.join(staging, name) for name in (SHARD_STATS, PLAN_SUMMARY, PLOT_DATA)]
+        [FileSystems.join(staging, SHARD_STATS), FileSystems.join(staging, PLAN_SUMMARY)]
     )
+    plot_data = FileSystems.join(staging, PLOT_DATA)  # written ahead where it could be
+    if FileSystems.exists(plot_data):
+        FileSystems.delete([plot_data])
     publish(config.output, staging, manifest)
     if tokens_cache:
         cache.prune(tokens_cache, set(plan_summary["cache_keys"]))

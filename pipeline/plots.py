@@ -18,9 +18,11 @@ takes the helper's plots only if what they were drawn from equals what the run w
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import threading
@@ -51,19 +53,18 @@ _SAMPLE_TOKENS = b"sample_tokens"  # PLOT_DATA's metadata key: int64 counts, nat
 WATCH_INTERVAL_S = 0.02
 
 
-def plot_data(rows: list[tuple], sample_tokens) -> bytes:
+def plot_data(doc_ids, kinds, n_tokens, scores, sample_tokens) -> bytes:
     """The bytes of :data:`~schemas.layout.PLOT_DATA`: an Arrow IPC stream of the kept
-    documents' :data:`PLOT_COLUMNS` (``rows`` of those values, sorted here by doc_id as
-    documents.arrow is), the samples' token counts in its metadata."""
-    rows = sorted(rows)
-    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in PLOT_COLUMNS]
+    documents' :data:`PLOT_COLUMNS` (one sequence each, sorted here by doc_id as documents.arrow
+    is), the samples' token counts in its metadata."""
     schema = _PLOT_SCHEMA.with_metadata(
         {_SAMPLE_TOKENS: np.asarray(sample_tokens, dtype=np.int64).tobytes()}
     )
+    columns = (doc_ids, kinds, n_tokens, scores)
     table = pa.Table.from_arrays(
         [pa.array(c, type=f.type) for c, f in zip(columns, _PLOT_SCHEMA, strict=True)],
         schema=schema,
-    )
+    ).sort_by("doc_id")  # UTF-8 byte order: code point order, as Python's sort of the ids
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, schema) as writer:
         writer.write_table(table)
@@ -249,7 +250,10 @@ class PlotRenderer:
     cores or more, on 2 it cost the run 2% in an A/B); when the data is there it forks the
     ``workers`` drawers, which share what it imported. One helper per plot, each importing
     matplotlib, cost ~3 s of CPU each on 16 busy cores (session 14's rows: 11.8 s for four).
+    The helper and its drawers are one process group: :meth:`close` stops them all.
     """
+
+    WAIT_S = 300  # the longest render() waits for the helper before drawing here
 
     def __init__(self, workers: int | None = None, warm_up: bool | None = None):
         cores = os.cpu_count() or 1
@@ -271,12 +275,14 @@ class PlotRenderer:
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL,
+                    process_group=0,  # with its drawers: stopped whole by close()
                 )
             except OSError:  # drawn here
                 self.proc = None
 
     def _send(self, docs: pa.Table, sample_tokens: np.ndarray, seq_len: int) -> bool:
-        """Give the helper the data (once; the documents as one Arrow stream)."""
+        """Give the helper the data (once; the documents as one Arrow stream). The write waits
+        while the helper is still importing matplotlib (a task over the pipe's 64 KB)."""
         if self.proc is None or self._sent is not None:
             return False
         docs = docs.select(list(PLOT_COLUMNS))
@@ -288,8 +294,7 @@ class PlotRenderer:
         try:
             self.proc.stdin.write(task)
             self.proc.stdin.close()
-        except OSError:  # the helper is gone: render() draws here
-            self.close()
+        except (OSError, ValueError):  # the helper is gone (or stopped): render() draws here
             return False
         return True
 
@@ -307,35 +312,34 @@ class PlotRenderer:
                         data = f.read()
                 except FileNotFoundError:
                     continue
-                except OSError:
-                    return
-                try:
-                    docs, sample_tokens = read_plot_data(data)
-                except Exception:  # noqa: BLE001 - not usable: the plots wait for render()
-                    return
-                self._send(docs, sample_tokens, seq_len)
+                # not usable: the plots wait for render()
+                with contextlib.suppress(Exception):
+                    self._send(*read_plot_data(data), seq_len)
                 return
 
         thread = threading.Thread(target=look, name="longctx-plots", daemon=True)
         self._watching = (thread, stop)
         thread.start()
 
-    def _stop_watching(self) -> None:
-        if self._watching is not None:
-            thread, stop = self._watching
-            stop.set()
-            if thread is not threading.current_thread():  # close() from the thread itself
-                thread.join()
+    def _stop_watching(self, timeout: float | None = None) -> bool:
+        """Stop the watch; whether its thread has ended (within ``timeout``)."""
+        if self._watching is None:
+            return True
+        thread, stop = self._watching
+        stop.set()
+        thread.join(timeout)
+        return not thread.is_alive()
 
     def render(self, docs: pa.Table, sample_tokens: np.ndarray, seq_len: int) -> dict[str, bytes]:
-        self._stop_watching()
-        early = self._sent is not None
         out: dict[str, bytes] = {}
         try:
-            if self.proc is not None and (early or self._send(docs, sample_tokens, seq_len)):
-                self.proc.stdin = None  # sent and closed: communicate() only reads
-                data, _ = self.proc.communicate(timeout=300)
-                if self._same(docs, sample_tokens, seq_len):
+            if self._stop_watching(self.WAIT_S) and self.proc is not None:
+                early = self._sent is not None
+                if early and not self._same(docs, sample_tokens, seq_len):
+                    self.close()  # drawn from other data: drawn here, not waited for
+                elif early or self._send(docs, sample_tokens, seq_len):
+                    self.proc.stdin = None  # sent and closed: communicate() only reads
+                    data, _ = self.proc.communicate(timeout=self.WAIT_S)
                     pngs, self.drawers = pickle.loads(data)
                     out.update(pngs)
                     self.early = early
@@ -349,22 +353,27 @@ class PlotRenderer:
         return {n: out[n] for n in PLOTS}
 
     def _same(self, docs: pa.Table, sample_tokens: np.ndarray, seq_len: int) -> bool:
-        """Whether what the helper drew from is what the plots are of (the plan step's data
+        """Whether what the helper was given is what the plots are of (the plan step's data
         against the run's files: the same documents, sample token counts and length)."""
-        if self._sent is None:
-            return False
         sent_docs, sent_tokens, sent_len = self._sent
-        return (
-            sent_len == seq_len
-            and np.array_equal(sent_tokens, np.sort(np.asarray(sample_tokens, dtype=np.int64)))
-            and sent_docs.equals(docs.select(list(PLOT_COLUMNS)).cast(sent_docs.schema))
-        )
+        try:
+            return (
+                sent_len == seq_len
+                and np.array_equal(sent_tokens, np.sort(np.asarray(sample_tokens, dtype=np.int64)))
+                and sent_docs.equals(docs.select(list(PLOT_COLUMNS)).cast(sent_docs.schema))
+            )
+        except (KeyError, ValueError, pa.ArrowException):  # another table: not the same
+            return False
 
     def close(self) -> None:
+        """Stop the helper and its drawers (a write to it in the watch then fails), then the
+        watch."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         self._stop_watching()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
         self.proc = None
 
 

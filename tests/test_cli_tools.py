@@ -298,16 +298,13 @@ def test_plots_drawn_from_the_plan_steps_data_are_taken_only_if_it_is_the_runs(
     sample count (or anything else) is drawn again from the run's own data."""
     import numpy as np
 
-    from pipeline.plots import PlotRenderer, plot_data, plots
+    from pipeline.plots import PLOT_COLUMNS, PlotRenderer, plot_data, plots
 
     docs = pa.ipc.open_stream((pipeline_out / "documents.arrow").read_bytes()).read_all()
-    rows = list(
-        zip(*(docs.column(c).to_pylist() for c in ("doc_id", "kind", "n_tokens")),
-            docs.column("dependency_score").to_pylist(), strict=True)
-    )  # fmt: skip
+    columns = [docs.column(c).to_pylist()[::-1] for c in PLOT_COLUMNS]  # sorted by plot_data
     fill = np.array([16000, 9000, 16384])
     path = tmp_path / "plots.arrow"
-    path.write_bytes(plot_data(rows[::-1], fill[::-1]))  # any order: sorted as the run's
+    path.write_bytes(plot_data(*columns, fill[::-1]))
     same = PlotRenderer(workers=2)
     same.watch(str(path), 16384)
     deadline = time.monotonic() + 60
@@ -319,8 +316,10 @@ def test_plots_drawn_from_the_plan_steps_data_are_taken_only_if_it_is_the_runs(
     other.watch(str(path), 16384)
     while other._sent is None and time.monotonic() < deadline:
         time.sleep(0.02)
+    assert other._sent is not None
     more = np.array([16000, 9000, 16384, 12])
     assert other.render(docs, more, 16384) == plots(docs, more, 16384) and not other.early
+    assert other.drawers == []  # the helper's plots of the other data were not taken
 
 
 def test_a_plot_drawer_that_fails_leaves_its_share_to_the_driver(pipeline_out):

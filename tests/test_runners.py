@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.plots import PLOTS as PLOT_FILES
 from tests.conftest import REPO, STDLIB, run_cli, run_patched, two_workers_on_json
 
 pytestmark = pytest.mark.slow
@@ -441,6 +442,30 @@ def test_the_reports_plots_are_drawn_from_the_plan_steps_data_while_the_shards_a
     )  # fmt: skip
     for name, png in plots(docs, sample_tokens, 4096).items():
         assert (out / "report" / name).read_bytes() == png, name
+    assert not list(out.rglob("plots.arrow*"))
+
+
+def test_a_failure_to_write_the_plots_data_ahead_costs_the_run_nothing(tmp_path, qwen3_dir):
+    """The plots' data written by the plan step is a head start for the report only: where it
+    cannot be written the run still succeeds, and its plots are drawn at the end."""
+    out = tmp_path / "out"
+    argv = [a for a in two_workers_on_json(qwen3_dir, out) if a not in (
+        "multi_processing", "2", "--direct_running_mode", "--direct_num_workers")]  # fmt: skip
+    watch = (
+        "import pipeline.plots as plots\n"
+        "def broken(*a, **k):\n"
+        "    raise OSError(28, 'No space left on device')\n"
+        "plots.plot_data = broken\n"
+        "seen, render = [], plots.PlotRenderer.render\n"
+        "def watched(self, *a):\n"
+        "    r = render(self, *a)\n"
+        "    seen.append(self.early)\n"
+        "    return r\n"
+        "plots.PlotRenderer.render = watched\n"
+    )
+    proc = run_patched(watch, argv, "print(status, seen)", timeout=300)
+    assert proc.stdout.split()[-2:] == ["0", "[False]"], proc.stdout + proc.stderr[-3000:]
+    assert sorted(p.name for p in (out / "report").glob("*.png")) == sorted(PLOT_FILES)
     assert not list(out.rglob("plots.arrow*"))
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import beam_memo
+from pipeline import beam_memo, remote
 from pipeline.steps import early
 from pipeline.steps.common import DOCUMENTS, MAIN, REJECTS, STATS, SUMMARY
 from pipeline.steps.plan import CutSegments, PlanSamples
@@ -94,9 +94,9 @@ class BuildDataset(beam.PTransform):
             batch=self.batch_tokenize,
             head_start=self.head_start,
         )
-        planned = docs | "PlanSamples" >> PlanSamples(
-            config.plan_settings, FileSystems.join(staging, PLOT_DATA)
-        )
+        # the plots' data for the driver, which watches a local staging folder only
+        plot_path = None if remote.is_remote(staging) else FileSystems.join(staging, PLOT_DATA)
+        planned = docs | "PlanSamples" >> PlanSamples(config.plan_settings, plot_path)
         keyed_docs = docs | "KeyDocs" >> beam.Map(lambda d: (d.doc_id, d))
         cut = {"doc": keyed_docs, "plan": planned[MAIN]} | "CutSegments" >> CutSegments()
         shard_stats = cut[MAIN] | "WriteShards" >> WriteShards(

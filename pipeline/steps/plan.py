@@ -8,6 +8,8 @@ its assignments and emits segment references keyed by shard, plus its documents.
 
 from __future__ import annotations
 
+import logging
+
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
@@ -15,6 +17,8 @@ from pipeline.steps.common import DOCUMENTS, MAIN, NAMESPACE, REJECTS, SUMMARY, 
 from transforms.documents import SegmentRef, TokenizedDocument
 from transforms.samples.plan import DocInfo, PlanSettings, plan_samples
 from transforms.samples.tables import document_row
+
+_LOG = logging.getLogger("longctx")
 
 
 def doc_info(d: TokenizedDocument) -> DocInfo:
@@ -37,17 +41,24 @@ def doc_info(d: TokenizedDocument) -> DocInfo:
 def write_plot_data(path: str, infos: list[DocInfo], plan) -> None:
     """What the report's plots are drawn from (``pipeline.plots.plot_data``: each kept
     document's id, kind, tokens and score, each sample's tokens), written whole (a temporary
-    name, then renamed) to ``path`` in the staging folder, where the driver's plot renderer
-    looks for it while the shards are written."""
+    name of its own, then renamed) to ``path`` in the staging folder, where the driver's plot
+    renderer looks for it while the shards are written. Only a head start for the report: a
+    failure is logged, and the plots are drawn at the run's end as before."""
+    import uuid
+
     from apache_beam.io.filesystems import FileSystems
 
     from pipeline.output import write_bytes
     from pipeline.plots import plot_data
 
-    rows = [(d.doc_id, d.kind, d.n_tokens, d.score) for d in infos if d.doc_id in plan.by_doc]
-    tmp = f"{path}.tmp"
-    write_bytes(tmp, plot_data(rows, plan.sample_tokens))
-    FileSystems.rename([tmp], [path])
+    kept = [d for d in infos if d.doc_id in plan.by_doc]
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        columns = ([d.doc_id for d in kept], [d.kind for d in kept], [d.n_tokens for d in kept])
+        write_bytes(tmp, plot_data(*columns, [d.score for d in kept], plan.sample_tokens))
+        FileSystems.rename([tmp], [path])
+    except Exception as err:  # noqa: BLE001 - the report is drawn without it
+        _LOG.debug("the plots' data was not written ahead (%s: %s)", type(err).__name__, err)
 
 
 def plan_to_assignments(infos: list[DocInfo], settings: PlanSettings, plot_path: str | None = None):
