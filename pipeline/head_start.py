@@ -89,9 +89,7 @@ def source_mark(doc_id: str) -> str:
 class HeadStart:
     """The helper of one run; :attr:`folder` is handed to the steps (``BuildDataset``)."""
 
-    def __init__(self, settings, processes: int):
-        """``settings``: the run's ``BuildConfig``, or its command line (a list): the helper
-        then reads the flags itself, as the driver does (:meth:`early`)."""
+    def __init__(self, config, processes: int):
         self.folder = tempfile.mkdtemp(prefix="longctx-head-start-")
         self.processes = processes
         self.report: dict | None = None  # after close(): what the helper did
@@ -107,52 +105,21 @@ class HeadStart:
                 stderr=subprocess.DEVNULL,
                 process_group=0,
             )
-            self._proc.stdin.write(pickle.dumps(settings))
+            self._proc.stdin.write(pickle.dumps(config))
             self._proc.stdin.close()
 
-    @staticmethod
-    def _processes(workers: int, cores: int | None) -> int:
-        cores = (os.cpu_count() or 1) if cores is None else cores
-        return processes_for(workers, cores) if os.environ.get(SWITCH) != "0" else 0
-
     @classmethod
-    def early(cls, argv: list[str], workers: int, cores: int | None = None) -> HeadStart | None:
-        """The head start started on the command line ``argv`` as given, before the driver has
-        read the flags (``pipeline.config`` and pyarrow: ~0.35 s on nvidia-h200's CPUs, which
-        the helpers now spend tokenizing), for ``workers`` multi_processing workers as
-        ``argv`` asks; None where none would be started (a ``--config`` file: the flags are
-        read first, and :meth:`for_run` starts it). The helper ends at once on flags that make
-        no run it applies to; :meth:`for_run` says whether the driver keeps it."""
-        if any(a == "--config" or a.startswith("--config=") for a in argv):
-            return None
-        n = cls._processes(workers, cores)
-        return cls(list(argv), n) if n else None
-
-    @staticmethod
-    def applies(config) -> bool:
-        """Whether a run with settings ``config`` is one for a head start: a local output, a
-        local tokenizer (not a Hub id or repository code, in a helper the run may not need),
-        not ``--incremental`` (its cache decides what is tokenized)."""
+    def for_run(cls, config, workers: int, cores: int | None = None) -> HeadStart | None:
+        """The head start of a run of ``workers`` multi_processing workers (0: another mode)
+        with settings ``config`` (a ``BuildConfig``), or None where it does not apply."""
         from pipeline.worker_pool import local_tokenizer
 
-        return (
-            not config.incremental
-            and not remote.is_remote(config.output)
-            and local_tokenizer(config.tokenizer) is not None
-        )
-
-    @classmethod
-    def for_run(
-        cls, config, workers: int, cores: int | None = None, early: HeadStart | None = None
-    ) -> HeadStart | None:
-        """The head start of a run of ``workers`` multi_processing workers (0: another mode)
-        with settings ``config`` (a ``BuildConfig``), or None where it does not apply: the
-        ``early`` one where it was started (:meth:`early`; the caller closes one not kept)."""
-        n = cls._processes(workers, cores)
-        if not n or not cls.applies(config):
+        cores = (os.cpu_count() or 1) if cores is None else cores
+        n = processes_for(workers, cores) if os.environ.get(SWITCH) != "0" else 0
+        if not n or config.incremental or remote.is_remote(config.output):
             return None
-        if early is not None and early.processes == n:
-            return early
+        if local_tokenizer(config.tokenizer) is None:  # a Hub id, repository code: not ahead
+            return None
         return cls(config, n)
 
     def tokenizer_answer(self, timeout: float = ANSWER_WAIT_S) -> dict:
@@ -360,24 +327,8 @@ def _sources(config, folder: str) -> list:
     return out
 
 
-def _config_of(settings):
-    """The run's ``BuildConfig`` from what the driver sent: itself, or the command line, read
-    as the driver reads it (None: flags the driver refuses, or a run without a head start)."""
-    if not isinstance(settings, list):
-        return settings
-    from pipeline.options import check_values
-
-    try:
-        config = check_values(settings)
-    except Exception:  # noqa: BLE001 - the driver reports it, by flag
-        return None
-    return config if config is not None and HeadStart.applies(config) else None
-
-
 def _serve(folder: str, processes: int) -> int:
-    config = _config_of(pickle.loads(sys.stdin.buffer.read()))
-    if config is None:  # the driver does not keep this head start
-        return 0
+    config = pickle.loads(sys.stdin.buffer.read())
     os.environ.setdefault("RAYON_NUM_THREADS", "1")  # one core each: they run side by side
     driver = os.getppid()
     try:

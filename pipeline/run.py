@@ -23,13 +23,13 @@ import logging
 import sys
 import time
 
+from pipeline.config_file import expand_config
 from pipeline.errors import FAILURE, OK, RunRefused, exit_now
 from pipeline.head_start import HeadStart
+from pipeline.lock import OutputLock
+from pipeline.options import check_values, help_text
 from pipeline.tokenizer_probe import TokenizerProbe
 from pipeline.worker_pool import WorkerPool, planned_workers
-
-# The modules that read the flags (pipeline.config and pyarrow: ~0.13 s on 2 cores, ~0.35 s on
-# nvidia-h200) are imported after the head start's helper has been started (run())
 
 _LOG = logging.getLogger("longctx")
 
@@ -38,34 +38,19 @@ def run(argv: list[str] | None = None) -> int:
     """Run the pipeline; returns the exit status (the table in ``pipeline/errors.py``)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if "-h" in argv or "--help" in argv:
-        from pipeline.options import help_text
-
         print(help_text())
         return OK
-    # multi_processing on cores enough: the head start's helper starts at once, on the command
-    # line as given, and reads the flags itself while this process reads them too; kept below
-    # only where the checked flags make a run it applies to
-    early = HeadStart.early(argv, planned_workers(argv))
     try:
-        from pipeline.config_file import expand_config
-        from pipeline.options import check_values
-
         argv = expand_config(argv)
         config = check_values(argv)
-        # the idle cores tokenize the largest sources until the workers begin
-        ahead = HeadStart.for_run(config, planned_workers(argv), early=early) if config else None
-    except BaseException as err:
-        if early:
-            early.close()
-        if not isinstance(err, RunRefused):
-            raise
+    except RunRefused as err:
         print(f"error: {err}", file=sys.stderr)
         return err.status
-    if early and ahead is not early:  # flags that make a run without a head start
-        early.close()
     # multi_processing: the process the workers are forked from starts importing Beam now,
     # beside the driver
     workers = WorkerPool.for_run(argv, config) if config else None
+    # and the idle cores tokenize the largest sources until the workers begin
+    ahead = HeadStart.for_run(config, planned_workers(argv)) if config else None
     # and the tokenizer is checked in a helper process, beside the driver's Beam import (the
     # head start's, which loads it anyway, where there is one)
     tokenizer = (
@@ -108,8 +93,6 @@ def _run(
             f"corpus ({len(job.sources)} packages of this Python's standard library as "
             "repositories)."
         )
-    from pipeline.lock import OutputLock
-
     started = time.time()
     try:
         with OutputLock(job.config.output):

@@ -520,55 +520,6 @@ def test_the_head_start_tokenizes_ahead_and_the_output_is_byte_identical(
     assert not os.path.exists(report["folder"])  # removed with the run
 
 
-_HEAD_START_WATCH = """
-import os, sys
-os.cpu_count = lambda: 16  # the head start runs on 8 cores or more
-import pipeline.head_start as head_start
-made, init = [], head_start.HeadStart.__init__
-def watched(self, settings, processes):
-    # whether the driver had read the flags (pipeline.config imported) when it was started
-    made.append(["pipeline.config" in sys.modules, isinstance(settings, list)])
-    init(self, settings, processes)
-    made[-1].append(self)
-head_start.HeadStart.__init__ = watched
-"""
-_HEAD_START_REPORT = (
-    "print(status, [m[:2] for m in made], [m[2]._proc.poll() is not None for m in made],"
-    " [os.path.exists(m[2].folder) for m in made])"
-)
-
-
-def test_the_head_start_starts_before_the_driver_reads_the_flags(tmp_path, qwen3_dir):
-    """The head start's helper is started on the command line as given, before the driver
-    imports the modules that read the flags (~0.35 s on nvidia-h200's CPUs, now spent
-    tokenizing); it reads them itself. The run keeps it (it tokenized ahead), and it is gone
-    with its folder at the end."""
-    out = tmp_path / "out"
-    proc = run_patched(_HEAD_START_WATCH, two_workers_on_json(qwen3_dir, out), _HEAD_START_REPORT)
-    assert proc.stdout.split("\n")[-2] == "0 [[False, True]] [True] [False]", (
-        proc.stdout + proc.stderr[-3000:]
-    )
-
-
-@pytest.mark.parametrize(
-    "flags", [["--incremental"], ["--seq-len", "abc"]], ids=["kept-not", "refused"]
-)
-def test_a_head_start_started_before_the_flags_are_read_ends_where_they_make_none(
-    tmp_path, qwen3_dir, flags
-):
-    """Flags that make a run without a head start (``--incremental``: its cache decides what
-    is tokenized) or no run at all (a bad value: exit 2): the helper started on the command
-    line is stopped and its folder removed; the run is as without it."""
-    out = tmp_path / "out"
-    proc = run_patched(
-        _HEAD_START_WATCH, [*two_workers_on_json(qwen3_dir, out), *flags], _HEAD_START_REPORT
-    )
-    status = "2" if "abc" in flags else "0"
-    assert proc.stdout.split("\n")[-2] == f"{status} [[False, True]] [True] [False]", (
-        proc.stdout + proc.stderr[-3000:]
-    )
-
-
 _HEAD_START_DRIVER = """
 import os, sys, time
 from pipeline.config import BuildConfig
