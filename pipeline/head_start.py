@@ -72,6 +72,7 @@ READ = "read"  # FOLDER/read/ID: what reading the source gave (pickled), for the
 # process); the helper then closes it. Without a line by then (an end of file: it failed or
 # died first), or after this long, the driver loads the tokenizer itself.
 ANSWER_WAIT_S = 60.0
+_ANSWER_KEYS = {"tokenizer", "error", "failed"}  # pipeline.tokenizer_probe.check's answers
 
 
 def processes_for(workers: int, cores: int) -> int:
@@ -132,22 +133,30 @@ class HeadStart:
         return self._answer
 
     def _read_answer(self, timeout: float) -> dict:
+        """The first line of the helper's stdout that is an answer (a line before it, printed
+        by something else, is passed over), or ``{}``."""
         if self._proc is None or self._proc.stdout is None:
             return {}
         fd, data = self._proc.stdout.fileno(), b""
+        # poll, not select: a driver embedded in a process holding over 1,024 descriptors
+        # gets one that select() refuses
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
         deadline = time.monotonic() + timeout
-        while b"\n" not in data:
+        while True:
+            while b"\n" in data:
+                line, data = data.split(b"\n", 1)
+                with contextlib.suppress(ValueError):
+                    answer = json.loads(line)
+                    if isinstance(answer, dict) and answer.keys() & _ANSWER_KEYS:
+                        return answer
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
+            if left <= 0 or not poller.poll(left * 1000):
                 return {}
             chunk = os.read(fd, 1 << 16)
             if not chunk:
                 return {}
             data += chunk
-        try:
-            return json.loads(data.split(b"\n", 1)[0])
-        except ValueError:
-            return {}
 
     def close(self) -> None:
         """At the run's end (done, failed or refused: nothing waits for the helpers any more):

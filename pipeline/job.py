@@ -128,8 +128,11 @@ def prepare(
         try:
             check_inputs(config, config.read_settings)
             sources, discovery_rejects = discover_inputs(config)
-        finally:
-            described = _described(probe)  # a bad --tokenizer is reported before an input error
+        except Exception:  # a bad --tokenizer is reported before an input error
+            _described(probe)
+            raise
+        # (not after a Ctrl-C, which does not wait for the tokenizer)
+        described = _described(probe)
         check_mix_against_sources(config.mix_weights, sources)
         source_bytes = [input_bytes([s.path]) for s in sources]
         n_input = sum(source_bytes)

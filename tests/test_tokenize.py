@@ -1,5 +1,7 @@
 """Tokenization with the real Qwen3 tokenizer."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -331,6 +333,70 @@ def test_the_head_start_answers_the_tokenizer_check_without_a_process_of_its_own
         assert dead.description() == qwen3.describe()
     finally:
         dead.head_start.close()
+
+
+def test_the_head_start_answer_is_read_past_other_lines_and_from_any_descriptor(
+    qwen3_dir, qwen3, tmp_path
+):
+    """The driver reads the head start's answer with poll(), not select(), which refuses a
+    descriptor of 1,024 or more (a driver embedded in a process that holds many files: the
+    run failed with ValueError); a line printed before the answer by something else is passed
+    over, not taken for no answer."""
+    import resource
+    import subprocess
+    import sys
+
+    from pipeline.config import BuildConfig
+    from pipeline.head_start import HeadStart
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 2048), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        hs = HeadStart(BuildConfig(tokenizer=str(qwen3_dir), output=str(tmp_path / "out")), 1)
+        try:
+            assert hs._proc.stdout.fileno() >= 1024
+            assert hs.tokenizer_answer() == {"tokenizer": qwen3.describe()}
+        finally:
+            hs.close()
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    noisy = HeadStart.__new__(HeadStart)
+    noisy._proc = subprocess.Popen(
+        [sys.executable, "-c", "print('a hook says hello'); print('{\"error\": \"bad\"}')"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert noisy._read_answer(60) == {"error": "bad"}
+    finally:
+        noisy._proc.wait()
+        noisy._proc.stdout.close()
+
+
+def test_ctrl_c_while_the_inputs_are_listed_does_not_wait_for_the_tokenizer(
+    qwen3_dir, tmp_path, monkeypatch
+):
+    """A Ctrl-C during the inputs' listing ends the run's preparation at once: the driver
+    waited for the tokenizer's check first (up to a minute where a helper was stuck)."""
+    import pipeline.job as job
+    from pipeline.tokenizer_probe import TokenizerProbe
+
+    asked = []
+    probe = TokenizerProbe(str(qwen3_dir), answer=lambda: asked.append(1) or {})
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(job, "discover_inputs", interrupted)
+    argv = ["--runner", "DirectRunner", "--books", str(tmp_path), "--tokenizer", str(qwen3_dir),
+            "--output", str(tmp_path / "out")]  # fmt: skip
+    (tmp_path / "a.txt").write_text("a book " * 100)
+    with pytest.raises(KeyboardInterrupt):
+        job.prepare(argv, None, probe, None)
+    assert asked == []
 
 
 def test_a_multi_processing_run_never_parses_the_tokenizer_in_the_driver(qwen3_dir, tmp_path):
