@@ -102,7 +102,8 @@ class HeadStart:
             self._proc = subprocess.Popen(
                 command,
                 stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,  # the tokenizer's check only: what it leaves, the run redoes
+                # its stdout: the tokenizer's check only (what it leaves, the run redoes)
+                stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 process_group=0,
             )

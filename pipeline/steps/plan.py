@@ -2,8 +2,9 @@
 
 ``PlanSamples`` gathers one small ``DocInfo`` per document (no tokens) into a single list and
 plans every sample at once (``transforms/samples/plan.py``), and writes what the report's plots
-are drawn from to the staging folder at once (drawn while the rest runs); ``CutSegments`` joins each document with
-its assignments and emits segment references keyed by shard, plus its documents.arrow row.
+are drawn from to the staging folder at once (drawn while the rest runs); ``CutSegments``
+joins each document with its assignments and emits segment references keyed by shard, plus
+its documents.arrow row.
 """
 
 from __future__ import annotations
