@@ -405,6 +405,25 @@ def test_the_pool_server_ends_while_the_run_is_finalized(qwen3_dir, tmp_path):
     assert proc.stdout.split()[-2:] == ["0", "[0]"], proc.stdout + proc.stderr[-3000:]
 
 
+# The report's renderer watched: after the run, ``seen`` holds whether its plots came from the
+# plan step's data (PlotRenderer.early)
+_EARLY_PLOTS_SEEN = (
+    "import pipeline.plots as plots\n"
+    "seen, render = [], plots.PlotRenderer.render\n"
+    "def watched(self, *a):\n"
+    "    r = render(self, *a)\n"
+    "    seen.append(self.early)\n"
+    "    return r\n"
+    "plots.PlotRenderer.render = watched\n"
+)
+
+
+def _in_memory(argv: list[str]) -> list[str]:
+    """``two_workers_on_json``'s flags without its runner mode: DirectRunner's in_memory."""
+    mode = ("--direct_running_mode", "multi_processing", "--direct_num_workers", "2")
+    return [a for a in argv if a not in mode]
+
+
 @pytest.mark.parametrize("mode", ["in_memory", "multi_processing"])
 def test_the_reports_plots_are_drawn_from_the_plan_steps_data_while_the_shards_are_written(
     tmp_path, qwen3_dir, mode
@@ -421,17 +440,8 @@ def test_the_reports_plots_are_drawn_from_the_plan_steps_data_while_the_shards_a
     out = tmp_path / "out"
     argv = two_workers_on_json(qwen3_dir, out)
     if mode == "in_memory":
-        argv = [a for a in argv if a not in ("multi_processing", "2", "--direct_running_mode",
-                                             "--direct_num_workers")]  # fmt: skip
-    watch = (
-        "import pipeline.plots as plots\n"
-        "seen, render = [], plots.PlotRenderer.render\n"
-        "def watched(self, *a):\n"
-        "    r = render(self, *a)\n"
-        "    seen.append(self.early)\n"
-        "    return r\n"
-        "plots.PlotRenderer.render = watched\n"
-    )
+        argv = _in_memory(argv)
+    watch = _EARLY_PLOTS_SEEN
     proc = run_patched(watch, argv, "print(status, seen)", timeout=300)
     assert proc.stdout.split()[-2:] == ["0", "[True]"], proc.stdout + proc.stderr[-3000:]
     docs = pa.ipc.open_stream(out / "documents.arrow").read_all()
@@ -449,19 +459,11 @@ def test_a_failure_to_write_the_plots_data_ahead_costs_the_run_nothing(tmp_path,
     """The plots' data written by the plan step is a head start for the report only: where it
     cannot be written the run still succeeds, and its plots are drawn at the end."""
     out = tmp_path / "out"
-    argv = [a for a in two_workers_on_json(qwen3_dir, out) if a not in (
-        "multi_processing", "2", "--direct_running_mode", "--direct_num_workers")]  # fmt: skip
-    watch = (
-        "import pipeline.plots as plots\n"
+    argv = _in_memory(two_workers_on_json(qwen3_dir, out))
+    watch = _EARLY_PLOTS_SEEN + (
         "def broken(*a, **k):\n"
         "    raise OSError(28, 'No space left on device')\n"
         "plots.plot_data = broken\n"
-        "seen, render = [], plots.PlotRenderer.render\n"
-        "def watched(self, *a):\n"
-        "    r = render(self, *a)\n"
-        "    seen.append(self.early)\n"
-        "    return r\n"
-        "plots.PlotRenderer.render = watched\n"
     )
     proc = run_patched(watch, argv, "print(status, seen)", timeout=300)
     assert proc.stdout.split()[-2:] == ["0", "[False]"], proc.stdout + proc.stderr[-3000:]
