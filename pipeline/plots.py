@@ -65,8 +65,13 @@ def plot_data(doc_ids, kinds, n_tokens, scores, sample_tokens) -> bytes:
         [pa.array(c, type=f.type) for c, f in zip(columns, _PLOT_SCHEMA, strict=True)],
         schema=schema,
     ).sort_by("doc_id")  # UTF-8 byte order: code point order, as Python's sort of the ids
+    return _stream_bytes(table)
+
+
+def _stream_bytes(table: pa.Table) -> bytes:
+    """``table`` as the bytes of one Arrow IPC stream (its schema's metadata kept)."""
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, schema) as writer:
+    with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return sink.getvalue().to_pybytes()
 
@@ -286,10 +291,7 @@ class PlotRenderer:
         if self.proc is None or self._sent is not None:
             return False
         docs = docs.select(list(PLOT_COLUMNS))
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, docs.schema) as writer:
-            writer.write_table(docs)
-        task = pickle.dumps((sink.getvalue().to_pybytes(), sample_tokens, seq_len, self.shares))
+        task = pickle.dumps((_stream_bytes(docs), sample_tokens, seq_len, self.shares))
         self._sent = (docs, np.sort(np.asarray(sample_tokens, dtype=np.int64)), seq_len)
         try:
             self.proc.stdin.write(task)
