@@ -72,6 +72,7 @@ import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -1163,8 +1164,9 @@ def phases_table(r: dict) -> str:
     return body
 
 
-def markdown(rows: dict, order, config: dict) -> str:
+def markdown(rows: dict, order, config: dict, pairs: dict | None = None) -> str:
     body = workers_table(rows, order) + "\n\n" + notes(rows, config)
+    body += "".join(f"\n- {line}" for line in pairs_notes(pairs or {}))
     ph = rows.get(key("phases", 1))
     if ph and ph.get("phases"):
         body += "\n\nWhere one in_memory run's time goes (the stages timed in-process):\n\n"
@@ -1180,6 +1182,8 @@ def command_line(args, workers) -> str:
         cmd += f" --wait-idle {args.wait_idle:g}"
     if args.attempts > 1:
         cmd += f" --attempts {args.attempts} --max-other-load {args.max_other_load:g}"
+    if args.pairs:
+        cmd += f" --pairs {args.pairs}"
     return cmd
 
 
@@ -1214,6 +1218,7 @@ def workers_main(args) -> None:
     }
     path = Path(args.results)
     rows: dict = {}
+    pairs: dict = {}  # --pairs: "MODE|N" -> the alternated rounds (measure_pairs)
     saved: dict = {}
     if path.exists() and not args.fresh:
         saved = json.loads(path.read_text())
@@ -1223,6 +1228,7 @@ def workers_main(args) -> None:
                 "use --fresh to start over, or --results another file"
             )
         rows = saved.get("rows", {})
+        pairs = saved.get("pairs", {})
         config.update({k: v for k, v in saved.get("config", {}).items() if k.startswith("ceiling")})
     for item in filter(None, (args.redo or "").split(",")):
         mode, _, n = item.partition(":")
@@ -1243,7 +1249,8 @@ def workers_main(args) -> None:
                 "identity": ident,
                 "config": config,
                 "rows": rows,
-                "markdown": markdown(rows, order, config),
+                "pairs": pairs,
+                "markdown": markdown(rows, order, config, pairs),
             },
         )
         if args.copy_to:
@@ -1252,11 +1259,11 @@ def workers_main(args) -> None:
     todo = [(m, n) for m, n in order if not finished(rows.get(key(m, n)))]
     print(f"{len(order) - len(todo)} of {len(order)} rows done in {path}", flush=True)
     stopped = None
-    if todo:
-        corpus = (
-            work
-            / f"corpus-{hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]}"
-        )
+    corpus = (
+        work
+        / f"corpus-{hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]}"
+    )
+    if todo or args.pairs:
         if not (corpus / ".done").exists():
             shutil.rmtree(corpus, ignore_errors=True)
             t = time.perf_counter()
@@ -1325,8 +1332,11 @@ def workers_main(args) -> None:
                 save()
             if stopped:
                 break
+    if args.pairs and not stopped:
+        stopped = measure_pairs(args, rows, pairs, workers, modes, corpus, tok_arg, tok_json,
+                                units, entries, config, deadline, save)  # fmt: skip
     save()
-    body = markdown(rows, order, config)
+    body = markdown(rows, order, config, pairs)
     left_rows = [k for k in order if not finished(rows.get(key(*k)))]
     if stopped or left_rows:
         print(f"\nSTOPPED ({stopped}); {len(left_rows)} rows left: run again to resume.\n")
@@ -1336,13 +1346,74 @@ def workers_main(args) -> None:
         body,
         doc=args.doc and not left_rows,
         json_path=path,
-        data={"identity": ident, "config": config, "rows": rows, "complete": not left_rows},
+        data={
+            "identity": ident,
+            "config": config,
+            "rows": rows,
+            "pairs": pairs,
+            "complete": not left_rows,
+        },
     )
     if args.copy_to:
         shutil.copy(path, args.copy_to)
     if not left_rows and not args.keep_corpus:
         for p in work.glob("corpus-*"):
             shutil.rmtree(p, ignore_errors=True)
+
+
+def measure_pairs(args, rows, pairs, workers, modes, corpus, tok_arg, tok_json, units, entries,
+                  config, deadline, save) -> str | None:  # fmt: skip
+    """``--pairs R``: for each pipeline mode and N, the ceiling at N and the pipeline at N run
+    one after the other, R times (ceiling, pipeline, ceiling, pipeline, ...), each pair's
+    ratio kept: a shared machine's speed drifts from minute to minute (the same ceiling ran
+    166-216 CPU seconds over one session's loans), and the two runs of a pair see the same
+    machine. ``pairs["MODE|N"]``: the pairs so far (resumed). Returns why it stopped early,
+    or None."""
+    pipeline_modes = [m for m in modes if not m.startswith("ceiling") and m != "phases"]
+    for n in workers:
+        for mode in pipeline_modes:
+            name, rayon = label(mode, n)
+            got = pairs.setdefault(key(mode, n), [])
+            for r in range(len(got), args.pairs):
+                left = deadline - time.time() if deadline else None
+                est = (estimate(rows, "ceiling", n) or 0) + (estimate(rows, mode, n) or 0)
+                if left is not None and (left < 15 or (est and left < est * 1.15 + 10)):
+                    return f"{left:.0f} s left, pair {r + 1} of {mode} N={n} needs ~{est:.0f} s"
+                pair = {}
+                for m in ("ceiling", mode):
+                    print(f"pair {r + 1}/{args.pairs}: {m}, N={n} ...", flush=True)
+                    one = measure(m, n, label(m, n)[1], corpus, tok_arg, tok_json, args, left,
+                                  units, entries, config)  # fmt: skip
+                    if "wall_s" not in one:
+                        return f"pair {r + 1} of {mode} N={n}: {m}: {one.get('status')}"
+                    pair[m] = {k: one.get(k) for k in ("wall_s", "cpu_s", "peak_rss_mb", "tokens")}
+                    if m != "ceiling":
+                        pair["after_stage_s"] = one.get("workers_timeline", {}).get("after_stage_s")
+                        pair["startup_s"] = one.get("workers_timeline", {}).get("startup_s")
+                pair["ratio"] = round(pair["ceiling"]["wall_s"] / pair[mode]["wall_s"], 3)
+                pair["date"] = now_utc()
+                print(f"    ceiling {pair['ceiling']['wall_s']:.2f} s, {mode} "
+                      f"{pair[mode]['wall_s']:.2f} s: {pair['ratio']:.2f}", flush=True)  # fmt: skip
+                got.append(pair)
+                save()
+    return None
+
+
+def pairs_notes(pairs: dict) -> list[str]:
+    """The lines of --pairs for the notes: each mode's paired ratios and their median."""
+    lines = []
+    for k, got in sorted(pairs.items()):
+        if not got:
+            continue
+        mode, _, n = k.partition("|")
+        ratios = [p["ratio"] for p in got]
+        walls = ", ".join(f"{p['ceiling']['wall_s']:.2f} / {p[mode]['wall_s']:.2f}" for p in got)
+        lines.append(
+            f"Ceiling and {mode} at N={n} alternated {len(got)} times (`--pairs`): ceiling / "
+            f"pipeline wall s {walls}; ratios {', '.join(f'{x:.2f}' for x in ratios)}, median "
+            f"**{statistics.median(ratios):.2f}**."
+        )
+    return lines
 
 
 def measure(mode, n, rayon, corpus, tok_arg, tok_json, args, left, units, entries, config) -> dict:
@@ -1455,6 +1526,13 @@ def main() -> None:
         "--work", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "longctx-scaling")
     )
     ap.add_argument("--keep-corpus", action="store_true")
+    ap.add_argument(
+        "--pairs",
+        type=int,
+        default=0,
+        help="after the rows, run the ceiling and each pipeline mode alternately this many "
+        "times at each N and keep each pair's ratio (default 0: none)",
+    )
     ap.add_argument(
         "--max-other-load",
         type=float,

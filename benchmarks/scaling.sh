@@ -6,6 +6,8 @@
 #   bash benchmarks/ablation_bundle.sh   # .carry/ablation/beam-site.tar.xz, books.tar.xz
 #   bash benchmarks/scaling.sh bundle    # .carry/scaling/dask-site.tar.xz (dask, distributed
 #                                        # and what the image lacks of their needs, ~3 MB)
+# `bash benchmarks/scaling.sh startup` there runs benchmarks/startup.py instead (the fixed start
+# of a run against an empty Beam pipeline; SCALING_ARGS="--workers 16 --rounds 3").
 # There, again until it prints "complete" (each call stops cleanly before SCALING_DEADLINE_S
 # seconds, default 580, so it fits a 600-s call; finished rows are kept):
 #   command: bash benchmarks/scaling.sh
@@ -85,6 +87,14 @@ else
     [ -f "$CARRY/ablation/books.tar.xz" ] || { log "no books: $SHARED/books or $CARRY/ablation/books.tar.xz"; exit 1; }
     mkdir -p /tmp/scaling-books && tar xJf "$CARRY/ablation/books.tar.xz" -C /tmp/scaling-books
   fi
+fi
+
+if [ "${1:-}" = startup ]; then  # the fixed start against an empty Beam run: benchmarks/startup.py
+  res=${SCALING_RESULTS:-benchmarks/results/startup_device.json}
+  copy=()
+  [ -n "${OUT:-}" ] && copy=(--copy-to "$OUT/$(basename "$res")")
+  # shellcheck disable=SC2086
+  exec $PY benchmarks/startup.py --books "$BOOKS" --results "$res" "${copy[@]}" ${SCALING_ARGS:-}
 fi
 
 RESULTS=${SCALING_RESULTS:-benchmarks/results/scaling_workers_device.json}
