@@ -34,8 +34,10 @@ from pipeline.worker_pool import WorkerPool, planned_workers
 _LOG = logging.getLogger("longctx")
 
 
-def run(argv: list[str] | None = None) -> int:
-    """Run the pipeline; returns the exit status (the table in ``pipeline/errors.py``)."""
+def run(argv: list[str] | None = None, *, lean_beam: bool = False) -> int:
+    """Run the pipeline; returns the exit status (the table in ``pipeline/errors.py``).
+    ``lean_beam``: import Beam without the connectors the pipeline never uses
+    (``pipeline/beam_import.py``), for a process that runs nothing else (the command line)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if "-h" in argv or "--help" in argv:
         print(help_text())
@@ -63,7 +65,7 @@ def run(argv: list[str] | None = None) -> int:
         else None
     )
     try:
-        return _run(argv, workers, tokenizer, ahead)
+        return _run(argv, workers, tokenizer, ahead, lean_beam)
     finally:
         if ahead:
             ahead.close()
@@ -78,8 +80,13 @@ def _run(
     workers: WorkerPool | None,
     tokenizer: TokenizerProbe | None,
     ahead: HeadStart | None = None,
+    lean_beam: bool = False,
 ) -> int:
     try:
+        if lean_beam:
+            from pipeline.beam_import import import_beam
+
+            import_beam()
         from pipeline.job import build_and_publish, prepare, summary
 
         job = prepare(argv, workers, tokenizer, ahead)
@@ -113,7 +120,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # the run's work is written and its summary printed: the interpreter's teardown of Beam and
     # every other module (~0.25 s) is skipped
-    exit_now(run())
+    exit_now(run(lean_beam=True))
 
 
 if __name__ == "__main__":
