@@ -127,6 +127,11 @@ def main() -> None:
         "python -c pass": lambda: [py, "-c", "pass"],
         "import apache_beam": lambda: [py, "-c", "import apache_beam"],
         "the worker pool's imports": lambda: [py, "-c", _POOL_IMPORTS],
+        "the worker pool's imports, lean (pipeline/beam_import.py)": lambda: [
+            py,
+            "-c",
+            "from pipeline.beam_import import import_beam; import_beam(); " + _POOL_IMPORTS,
+        ],
         "empty Beam pipeline, in_memory": lambda: [py, "-c", _EMPTY, "--runner", "DirectRunner"],
         f"empty Beam pipeline, multi_processing N={n}": lambda: [
             py,
