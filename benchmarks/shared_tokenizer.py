@@ -89,8 +89,11 @@ def main() -> None:
         for kind in ("shared", "own"):
             walls = _run(kind, args.procs, args.tokenizer, texts)
             res[kind].append(walls)
-            print(f"round {r + 1} {kind}: median {statistics.median(walls):.2f} s, "
-                  f"{min(walls):.2f}-{max(walls):.2f}", flush=True)
+            print(
+                f"round {r + 1} {kind}: median {statistics.median(walls):.2f} s, "
+                f"{min(walls):.2f}-{max(walls):.2f}",
+                flush=True,
+            )
     print(json.dumps({"numa": layout, "encode_s": res, "mb": args.mb, "procs": args.procs}))
 
 
