@@ -18,11 +18,14 @@ pandas, which Beam imports too, is not refused: pyarrow imports it at its first 
 whatever the input (its pandas shim, pyarrow 25), so a process that builds a table pays for it
 anyway, and the pool's forked workers had better find it imported.
 
-Only Beam's own imports of those names are refused (the importing module's name starts with
-``apache_beam``), and only while :func:`import_beam` imports Beam: afterwards they import as
-usual. A process that imported Beam before has nothing changed. The filesystems Beam registers
-(local, GCS, S3, HDFS, Azure: whichever are installed) are the same (test).
-``LONGCTX_LEAN_BEAM=0`` imports Beam as it is.
+Only Beam's own imports of those names are refused (the importing module is ``apache_beam``
+or in it), and only while :func:`import_beam` imports Beam: afterwards the modules import as
+usual. What Beam made without them stays so for the process: ``io.mongodbio`` has no
+MongoClient, and ``apache_beam.io`` lacks the names it would have taken from the BigQuery and
+Pub/Sub modules (``beam.io.WriteToBigQuery``, ``beam.io.ReadFromPubSub``, ...; importing
+those modules by name still works). No runner code reads those names. A process that imported
+Beam before has nothing changed. The filesystems Beam registers (local, GCS, S3, HDFS, Azure:
+whichever are installed) are the same (test). ``LONGCTX_LEAN_BEAM=0`` imports Beam as it is.
 """
 
 from __future__ import annotations
@@ -38,20 +41,36 @@ SWITCH = "LONGCTX_LEAN_BEAM"  # "0": Beam imported as it is
 _MONGO_LOGGER, _MONGO_NOTE = "apache_beam.io.mongodbio", "Could not find a compatible bson"
 
 
+# the frames of an import statement's machinery, between the statement and a finder (only
+# these: importlib.util's and importlib.machinery's are frozen too, and a Beam module calling
+# importlib.util.find_spec is not importing)
+_IMPORT_MACHINERY = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>")
+
+
 def _importer() -> str:
-    """The module whose ``import`` statement is being served (importlib's frames skipped)."""
-    frame = sys._getframe(2)
-    while frame is not None and frame.f_code.co_filename.startswith("<frozen importlib"):
+    """The name of the module whose ``import`` statement is being served: the first frame
+    outside this module and the import machinery."""
+    frame = sys._getframe(1)
+    while frame is not None and (
+        frame.f_code.co_filename in _IMPORT_MACHINERY or frame.f_globals.get("__name__") == __name__
+    ):
         frame = frame.f_back
     return "" if frame is None else str(frame.f_globals.get("__name__", ""))
 
 
+def _is_beam(module: str) -> bool:
+    return module == "apache_beam" or module.startswith("apache_beam.")
+
+
 class _RefuseBeamOptionals:
-    """A meta path finder: an import of :data:`SKIPPED` made by Beam raises ImportError."""
+    """A meta path finder: an import of :data:`SKIPPED` made by Beam raises
+    ModuleNotFoundError (what Beam's guards expect of a package that is not installed)."""
 
     def find_spec(self, name, path=None, target=None):
-        if name in SKIPPED and _importer().startswith("apache_beam"):
-            raise ImportError(f"{name}: not imported with Apache Beam here (pipeline.beam_import)")
+        if name in SKIPPED and _is_beam(_importer()):
+            raise ModuleNotFoundError(
+                f"{name}: not imported with Apache Beam here (pipeline.beam_import)", name=name
+            )
         return None
 
 
@@ -60,8 +79,9 @@ def _not_mongo_note(record: logging.LogRecord) -> bool:
 
 
 def import_beam() -> bool:
-    """Import Apache Beam without :data:`SKIPPED`; True if it was imported so, False if Beam
-    was already imported (nothing changed) or ``LONGCTX_LEAN_BEAM=0``."""
+    """Import Apache Beam with its imports of :data:`SKIPPED` refused; False if Beam was
+    already imported (nothing changed) or ``LONGCTX_LEAN_BEAM=0``, else True (one of them
+    imported earlier by something else is simply found)."""
     if "apache_beam" in sys.modules or os.environ.get(SWITCH) == "0":
         return False
     finder = _RefuseBeamOptionals()
