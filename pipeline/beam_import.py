@@ -9,10 +9,9 @@ them the SDK works and those connectors are unavailable. No step of this pipelin
 writes MongoDB, BigQuery or Pub/Sub.
 
 The worker pool's imports (Beam's harness and the pipeline's steps), measured on the 2-core CPU
-machine, 5 runs each: 0.66-0.70 s -> 0.57-0.60 s. On nvidia-h200's CPUs ``python -X
-importtime`` gave pymongo 0.42 s and the BigQuery module 0.41 s of Beam's ~3 s. The pool
-server's import is the start's critical path of a ``multi_processing`` run: the run's workers
-are forked after it.
+machine, 5 runs each: 0.66-0.70 s -> 0.57-0.60 s; on nvidia-h200's CPUs, 3 runs each: median
+3.12 -> 2.31 s (docs/benchmarks.md, session 16). The pool server's import is on the start's
+critical path of a ``multi_processing`` run: the run's workers are forked after it.
 
 pandas, which Beam imports too, is not refused: pyarrow imports it at its first ``pa.array``
 whatever the input (its pandas shim, pyarrow 25), so a process that builds a table pays for it
