@@ -1372,7 +1372,6 @@ def measure_pairs(args, rows, pairs, workers, modes, corpus, tok_arg, tok_json, 
     pipeline_modes = [m for m in modes if not m.startswith("ceiling") and m != "phases"]
     for n in workers:
         for mode in pipeline_modes:
-            name, rayon = label(mode, n)
             got = pairs.setdefault(key(mode, n), [])
             for r in range(len(got), args.pairs):
                 left = deadline - time.time() if deadline else None
