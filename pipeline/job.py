@@ -181,6 +181,9 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
     if workers and len(job.sources) > 1:
         ids = [s.doc_id for s in job.sources]
         queue = SourceQueue.create(ids, job.source_bytes, workers)
+    # the plots' data, written by the plan step for the driver's plot renderer, which watches a
+    # local staging folder only
+    plot_path = None if remote.is_remote(staging) else FileSystems.join(staging, PLOT_DATA)
     try:
         pipeline = beam.Pipeline(runner=make_runner(job.options, job.workers), options=job.options)
         _ = pipeline | "BuildDataset" >> BuildDataset(
@@ -193,9 +196,10 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
             batch_tokenize=emits_from_finish_bundle(job.options),
             queue=queue,
             head_start=job.head_start.folder if job.head_start else None,
+            plot_path=plot_path,
         )
-        if not remote.is_remote(staging):  # the plots are drawn once the plan is made
-            job.plotter.watch(FileSystems.join(staging, PLOT_DATA), config.seq_len)
+        if plot_path:  # the plots are drawn once the plan is made
+            job.plotter.watch(plot_path, config.seq_len)
         pipeline.run().wait_until_finish()
     finally:
         if queue:

@@ -25,16 +25,14 @@ corpus size.
 from __future__ import annotations
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 
-from pipeline import beam_memo, remote
+from pipeline import beam_memo
 from pipeline.steps import early
 from pipeline.steps.common import DOCUMENTS, MAIN, REJECTS, STATS, SUMMARY
 from pipeline.steps.plan import CutSegments, PlanSamples
 from pipeline.steps.read import ReadDocuments
 from pipeline.steps.tokenize import Tokenize
 from pipeline.steps.write import WriteRunFiles, WriteShards
-from schemas.layout import PLOT_DATA
 
 __all__ = ["BuildDataset"]
 
@@ -59,6 +57,7 @@ class BuildDataset(beam.PTransform):
         batch_tokenize=True,
         queue=None,
         head_start=None,
+        plot_path=None,
     ):
         super().__init__()
         self.config, self.sources, self.discovery_rejects = config, sources, discovery_rejects
@@ -66,6 +65,7 @@ class BuildDataset(beam.PTransform):
         self.batch_tokenize = batch_tokenize  # False where finish_bundle outputs are dropped
         self.queue = queue  # SourceQueue (ReadDocuments), or None: Reshuffle
         self.head_start = head_start  # the head start's folder (pipeline/head_start.py), or None
+        self.plot_path = plot_path  # where the plan step writes the plots' data, or None
 
     def expand(self, pbegin):
         config, staging = self.config, self.staging
@@ -94,9 +94,7 @@ class BuildDataset(beam.PTransform):
             batch=self.batch_tokenize,
             head_start=self.head_start,
         )
-        # the plots' data for the driver, which watches a local staging folder only
-        plot_path = None if remote.is_remote(staging) else FileSystems.join(staging, PLOT_DATA)
-        planned = docs | "PlanSamples" >> PlanSamples(config.plan_settings, plot_path)
+        planned = docs | "PlanSamples" >> PlanSamples(config.plan_settings, self.plot_path)
         keyed_docs = docs | "KeyDocs" >> beam.Map(lambda d: (d.doc_id, d))
         cut = {"doc": keyed_docs, "plan": planned[MAIN]} | "CutSegments" >> CutSegments()
         shard_stats = cut[MAIN] | "WriteShards" >> WriteShards(
