@@ -47,6 +47,7 @@ from pipeline.plots import PlotRenderer
 from pipeline.report import validation_shortfall, write_report
 from pipeline.runners import (
     check_runner,
+    computes_side_inputs_once,
     emits_from_finish_bundle,
     make_runner,
     share_cores,
@@ -194,6 +195,7 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
             cache_dir=tokens_cache,
             progress=progress,
             batch_tokenize=emits_from_finish_bundle(job.options),
+            side_inputs=computes_side_inputs_once(job.options),
             queue=queue,
             head_start=job.head_start.folder if job.head_start else None,
             plot_path=plot_path,

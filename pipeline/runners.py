@@ -191,3 +191,13 @@ def emits_from_finish_bundle(options: PipelineOptions) -> bool:
     ``tests/test_runners.py``), so the tokenize step does not batch there."""
     runner = str(options.view_as(StandardOptions).runner or "")
     return "dask" not in runner.lower()
+
+
+def computes_side_inputs_once(options: PipelineOptions) -> bool:
+    """Whether the runner computes a side input once. Beam 2.77's DaskRunner computes it inside
+    each task that reads it, by running the graph above it again (``DaskBagWindowedIterator``
+    lists the bag): with duplicate removal's side input every source was read twice (counted
+    by ``tests/test_runners.py``), and every collect read and tokenized the corpus once more,
+    so the graph reads no side input there."""
+    runner = str(options.view_as(StandardOptions).runner or "")
+    return "dask" not in runner.lower()

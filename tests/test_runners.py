@@ -98,13 +98,20 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def dask_cluster():
+def dask_cluster(tmp_path):
+    """A local cluster of 2 workers; its address. Its processes count the calls of the
+    pipeline's steps into ``tmp_path/timeline`` (``benchmarks/timeline/sitecustomize.py``)."""
     pytest.importorskip("distributed", reason="pip install -e '.[test]' brings dask")
     port = _free_port()
+    (tmp_path / "timeline").mkdir()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.dask_cluster", "--workers", "2", "--port", str(port)],
         cwd=REPO,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        env=dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "benchmarks" / "timeline")]),
+            BEAM_TIMELINE_DIR=str(tmp_path / "timeline"),
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -137,6 +144,16 @@ def test_dask_runner_on_two_workers_is_byte_identical(
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     _outputs_equal(out, direct_out)
+    # Each source read once and each document tokenized once. Beam 2.77's DaskRunner computes
+    # a side input by running the graph above it again inside a task: with ToList's and
+    # duplicate removal's side inputs, every source was read 4 times and tokenized twice.
+    calls = {}
+    for f in (tmp_path / "timeline").glob("*.json"):
+        for name, (_, n, _, _) in json.loads(f.read_text()).items():
+            calls[name] = calls.get(name, 0) + n
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert calls.get("discover.read_source") == len(BOOKS) + 2, calls
+    assert calls.get("TokenizeFn.process") == manifest["counts"]["documents"], calls
 
 
 @pytest.mark.parametrize(

@@ -19,11 +19,12 @@ from pipeline import token_store
 from pipeline.config import BuildConfig
 from pipeline.discover import discover, read_source
 from pipeline.runners import make_runner
-from pipeline.steps.common import DOCUMENTS, MAIN, REJECTS, STATS, SUMMARY
+from pipeline.steps.common import DOCUMENTS, MAIN, REJECTS, STATS, SUMMARY, Collect
 from pipeline.steps.plan import CutSegments, PlanSamples
 from pipeline.steps.read import ReadDocuments
 from pipeline.steps.tokenize import Tokenize
 from pipeline.steps.write import WriteRunFiles, WriteShards
+from tests.conftest import STDLIB
 from transforms.documents import Reject, TextDocument, TokenizedDocument
 from transforms.inputs.reading import ReadSettings
 from transforms.samples.plan import PlanSettings
@@ -41,7 +42,10 @@ def _pipeline() -> BeamTestPipeline:
     return BeamTestPipeline(runner=make_runner(options), options=options)
 
 
-def test_read_documents_keeps_books_and_rejects_empty_and_duplicate(tmp_path):
+@pytest.mark.parametrize("side_inputs", [True, False], ids=["side-input", "join"])
+def test_read_documents_keeps_books_and_rejects_empty_and_duplicate(tmp_path, side_inputs):
+    """The duplicates reach their documents by a side input, or by a join (the DaskRunner's
+    way, ``side_inputs=False``): the same documents kept, the same rejects."""
     books = tmp_path / "books"
     books.mkdir()
     (books / "a.txt").write_text(BOOK_TEXT)
@@ -50,7 +54,11 @@ def test_read_documents_keeps_books_and_rejects_empty_and_duplicate(tmp_path):
     (books / "empty.txt").write_text("   \n")
     sources, _ = discover(books=[str(books)])
     with _pipeline() as p:
-        read = p | beam.Create(sources) | ReadDocuments(ReadSettings(), dedup=True)
+        read = (
+            p
+            | beam.Create(sources)
+            | ReadDocuments(ReadSettings(), dedup=True, side_inputs=side_inputs)
+        )
         assert_that(
             read[MAIN] | "Ids" >> beam.Map(lambda d: d.doc_id),
             equal_to(["book/a", "book/b"]),
@@ -61,6 +69,68 @@ def test_read_documents_keeps_books_and_rejects_empty_and_duplicate(tmp_path):
             equal_to([("copy-of-a.txt", "duplicate"), ("empty.txt", "empty")]),
             label="Rejected",
         )
+
+
+def _side_inputs(pipeline) -> list[str]:
+    """The labels of the transforms of ``pipeline`` that read a side input."""
+    found = []
+
+    class Visitor(beam.pipeline.PipelineVisitor):
+        def visit_transform(self, node):
+            if node.side_inputs:
+                found.append(node.full_label)
+
+    pipeline.visit(Visitor())
+    return found
+
+
+@pytest.mark.parametrize("side_inputs", [True, False], ids=["ToList", "seeded"])
+@pytest.mark.parametrize("values", [[], ["a"], list("abcdefghij")], ids=["empty", "one", "ten"])
+def test_collect_gives_one_list_of_everything(values, side_inputs):
+    """``Collect`` gives exactly one list (``[]`` for no element), and with ``side_inputs=False``
+    reads no side input: ``ToList`` does, and Beam 2.77's DaskRunner runs the whole graph above
+    a side input again for it (the corpus was read and tokenized once more per collect)."""
+    with _pipeline() as p:
+        got = p | beam.Create(values) | Collect(side_inputs)
+        assert_that(got | beam.Map(sorted), equal_to([sorted(values)]))
+        assert bool(_side_inputs(p)) == side_inputs
+
+
+def _build_graph(tmp_path, qwen3_dir, side_inputs: bool) -> beam.Pipeline:
+    """The run's whole graph (``BuildDataset``) on one book and one repository, not run."""
+    from pipeline.steps import BuildDataset
+
+    books = tmp_path / "books"
+    books.mkdir(parents=True)
+    (books / "a.txt").write_text(BOOK_TEXT)
+    sources, rejects = discover(books=[str(books)], repos=[str(STDLIB / "json")])
+    config = BuildConfig(tokenizer=str(qwen3_dir), seq_len=512, output=str(tmp_path / "out"))
+    p = beam.Pipeline(options=PipelineOptions(["--runner", "DirectRunner"]))
+    _ = p | BuildDataset(
+        config=config,
+        sources=sources,
+        discovery_rejects=rejects,
+        staging=str(tmp_path / "staging"),
+        side_inputs=side_inputs,
+    )
+    return p
+
+
+def test_the_graph_for_dask_reads_no_side_input(tmp_path, qwen3_dir):
+    """``side_inputs=False`` (what the run gives BuildDataset on DaskRunner,
+    ``pipeline.runners.computes_side_inputs_once``): no step of the whole graph reads a side
+    input. The default graph reads some (duplicate removal's drops, the collects), so the check
+    can fail."""
+    assert _side_inputs(_build_graph(tmp_path / "a", qwen3_dir, side_inputs=False)) == []
+    assert _side_inputs(_build_graph(tmp_path / "b", qwen3_dir, side_inputs=True)) != []
+
+
+def test_dask_is_the_runner_given_a_graph_without_side_inputs():
+    from pipeline.runners import DASK, computes_side_inputs_once
+
+    for runner, once in [(DASK, False), ("DaskRunner", False), ("DirectRunner", True),
+                         ("PortableRunner", True), ("DataflowRunner", True)]:  # fmt: skip
+        assert computes_side_inputs_once(PipelineOptions(["--runner", runner])) is once, runner
 
 
 def _claim_all(queue_args, ticket, pause, out, start):

@@ -58,6 +58,7 @@ class BuildDataset(beam.PTransform):
         queue=None,
         head_start=None,
         plot_path=None,
+        side_inputs=True,
     ):
         super().__init__()
         self.config, self.sources, self.discovery_rejects = config, sources, discovery_rejects
@@ -66,6 +67,9 @@ class BuildDataset(beam.PTransform):
         self.queue = queue  # SourceQueue (ReadDocuments), or None: Reshuffle
         self.head_start = head_start  # the head start's folder (pipeline/head_start.py), or None
         self.plot_path = plot_path  # where the plan step writes the plots' data, or None
+        # False: a graph without side inputs, for a runner that computes one by running the
+        # graph above it again (Beam 2.77's DaskRunner; pipeline/runners.py)
+        self.with_side_inputs = side_inputs
 
     def expand(self, pbegin):
         config, staging = self.config, self.staging
@@ -83,6 +87,7 @@ class BuildDataset(beam.PTransform):
                 early=(config, staging, self.cache_dir) if tokenize_early else None,
                 queue=self.queue,
                 head_start=self.head_start,
+                side_inputs=self.with_side_inputs,
             )
         )
         docs = read[MAIN] | "Tokenize" >> Tokenize(
@@ -94,7 +99,9 @@ class BuildDataset(beam.PTransform):
             batch=self.batch_tokenize,
             head_start=self.head_start,
         )
-        planned = docs | "PlanSamples" >> PlanSamples(config.plan_settings, self.plot_path)
+        planned = docs | "PlanSamples" >> PlanSamples(
+            config.plan_settings, self.plot_path, self.with_side_inputs
+        )
         keyed_docs = docs | "KeyDocs" >> beam.Map(lambda d: (d.doc_id, d))
         cut = {"doc": keyed_docs, "plan": planned[MAIN]} | "CutSegments" >> CutSegments()
         shard_stats = cut[MAIN] | "WriteShards" >> WriteShards(
@@ -109,4 +116,4 @@ class BuildDataset(beam.PTransform):
             DOCUMENTS: cut[DOCUMENTS],
             REJECTS: (read[REJECTS], planned[REJECTS], discovery),
             SUMMARY: planned[SUMMARY],
-        } | "WriteRunFiles" >> WriteRunFiles(staging)
+        } | "WriteRunFiles" >> WriteRunFiles(staging, self.with_side_inputs)

@@ -14,7 +14,15 @@ import logging
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipeline.steps.common import DOCUMENTS, MAIN, NAMESPACE, REJECTS, SUMMARY, SplitTagged
+from pipeline.steps.common import (
+    DOCUMENTS,
+    MAIN,
+    NAMESPACE,
+    REJECTS,
+    SUMMARY,
+    Collect,
+    SplitTagged,
+)
 from transforms.documents import SegmentRef, TokenizedDocument
 from transforms.samples.plan import DocInfo, PlanSettings, plan_samples
 from transforms.samples.tables import document_row
@@ -90,15 +98,18 @@ def plan_to_assignments(infos: list[DocInfo], settings: PlanSettings, plot_path:
 class PlanSamples(beam.PTransform):
     """TokenizedDocument s -> ``{MAIN: (doc_id, plan), REJECTS: left out, SUMMARY: dict}``."""
 
-    def __init__(self, settings: PlanSettings, plot_path: str | None = None):
+    def __init__(
+        self, settings: PlanSettings, plot_path: str | None = None, side_inputs: bool = True
+    ):
         super().__init__()
         self.settings, self.plot_path = settings, plot_path
+        self.with_side_inputs = side_inputs  # False: none (Collect)
 
     def expand(self, docs):
         return (
             docs
             | "DocInfo" >> beam.Map(doc_info)
-            | "CollectInfos" >> beam.combiners.ToList()
+            | "CollectInfos" >> Collect(self.with_side_inputs)
             | "Plan"
             >> beam.FlatMap(plan_to_assignments, settings=self.settings, plot_path=self.plot_path)
             | "SplitPlan" >> SplitTagged(MAIN, REJECTS, SUMMARY)

@@ -17,7 +17,7 @@ from pipeline.source_queue import SourceQueue
 from pipeline.steps import early
 from pipeline.steps.common import MAIN, NAMESPACE, REJECTS, SplitTagged
 from transforms.code.dedup import band_keys, duplicates_in_bucket, remove_items, signatures
-from transforms.documents import Reject, RejectError, TextDocument
+from transforms.documents import Reject, RejectError
 from transforms.inputs.reading import ReadSettings, display_path
 
 _LOG = logging.getLogger(__name__)
@@ -73,14 +73,25 @@ def _bucket_duplicates(element, within_repository: str):
 
 
 class RemoveDuplicatesFn(beam.DoFn):
-    """Leave out the files (or whole documents) that duplicate a copy kept elsewhere."""
+    """Leave out the files (or whole documents) that duplicate a copy kept elsewhere.
 
-    def process(self, doc: TextDocument, drops: dict):
-        found = drops.get(doc.doc_id)
+    Takes a document and the drops by document id as a side input (``drops``), or, with no
+    side input, ``(doc_id, {"doc": [document], "drop": [(path, kept, sim)...]})`` from a
+    join."""
+
+    def process(self, element, drops: dict | None = None):
+        if drops is None:
+            doc_id, grouped = element
+            docs, found = list(grouped["doc"]), list(grouped["drop"])
+            if len(docs) != 1:
+                raise RuntimeError(f"document {doc_id}: {len(docs)} documents under one id")
+            doc = docs[0]
+        else:
+            doc, found = element, list(drops.get(element.doc_id) or ())
         if not found:
             yield MAIN, doc
             return
-        kept, rejects = remove_items(doc, list(found))
+        kept, rejects = remove_items(doc, found)
         for r in rejects:
             Metrics.counter(NAMESPACE, f"rejects_{r.reason}").inc()
             yield REJECTS, r
@@ -113,6 +124,7 @@ class ReadDocuments(beam.PTransform):
         early=None,
         queue: SourceQueue | None = None,
         head_start: str | None = None,
+        side_inputs: bool = True,
     ):
         super().__init__()
         self.settings, self.dedup = settings, dedup
@@ -123,6 +135,11 @@ class ReadDocuments(beam.PTransform):
         # multi_processing), one ticket a worker, each taking sources from the queue as it is
         # free; elsewhere a Reshuffle (those runners rebalance their work themselves)
         self.queue = queue
+        # False: the duplicates reach their documents through a join (a shuffle of the texts)
+        # instead of a side input, for a runner that computes a side input by running the
+        # graph above it again (Beam 2.77's DaskRunner: every source read twice). A side input
+        # elsewhere: DirectRunner's shuffle would hold every text decoded in its driver.
+        self.with_side_inputs = side_inputs
 
     def expand(self, sources):
         if self.queue:
@@ -151,12 +168,18 @@ class ReadDocuments(beam.PTransform):
             >> beam.FlatMap(lambda d: [(k, s) for s in signatures(d) for k in band_keys(s)])
             | "GroupByBand" >> beam.GroupByKey()
             | "FindDuplicates" >> beam.FlatMap(_bucket_duplicates, self.within_repository)
-            | "DuplicatesByDocument" >> beam.GroupByKey()
         )
-        deduped = (
-            texts
-            | "RemoveDuplicates" >> beam.ParDo(RemoveDuplicatesFn(), beam.pvalue.AsDict(drops))
-            | "SplitDedup" >> SplitTagged(MAIN, REJECTS)
-        )
+        if not self.with_side_inputs:
+            kept = {
+                "doc": texts | "KeyByDocument" >> beam.Map(lambda d: (d.doc_id, d)),
+                "drop": drops,
+            } | "JoinDrops" >> beam.CoGroupByKey()
+            kept = kept | "RemoveDuplicates" >> beam.ParDo(RemoveDuplicatesFn())
+        else:
+            by_doc = drops | "DuplicatesByDocument" >> beam.GroupByKey()
+            kept = texts | "RemoveDuplicates" >> beam.ParDo(
+                RemoveDuplicatesFn(), beam.pvalue.AsDict(by_doc)
+            )
+        deduped = kept | "SplitDedup" >> SplitTagged(MAIN, REJECTS)
         rejects = (read[REJECTS], deduped[REJECTS]) | "ReadRejects" >> beam.Flatten()
         return {MAIN: deduped[MAIN], REJECTS: rejects}

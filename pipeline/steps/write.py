@@ -13,7 +13,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import token_store
-from pipeline.steps.common import DOCUMENTS, REJECTS, STATS, SUMMARY
+from pipeline.steps.common import DOCUMENTS, REJECTS, STATS, SUMMARY, Collect
 from schemas import layout
 from schemas.columns import DOCUMENT_SCHEMA, SAMPLE_SCHEMA
 from schemas.layout import shard_path
@@ -181,9 +181,10 @@ class WriteRunFiles(beam.PTransform):
     which depends on every other, is also what Beam 2.77's DaskRunner needs at the end (it
     computes only the graph of the pipeline's last transform)."""
 
-    def __init__(self, staging: str):
+    def __init__(self, staging: str, side_inputs: bool = True):
         super().__init__()
         self.staging = staging
+        self.with_side_inputs = side_inputs  # False: none (Collect)
 
     def expand(self, parts: dict):
         if sorted(parts) != sorted(RUN_FILES):
@@ -196,6 +197,6 @@ class WriteRunFiles(beam.PTransform):
         return (
             tagged
             | "AllParts" >> beam.Flatten()
-            | "CollectParts" >> beam.combiners.ToList()
+            | "CollectParts" >> Collect(self.with_side_inputs)
             | "WriteFiles" >> beam.Map(write_run_files, self.staging)
         )
