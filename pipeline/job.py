@@ -48,6 +48,7 @@ from pipeline.report import validation_shortfall, write_report
 from pipeline.runners import (
     check_runner,
     computes_side_inputs_once,
+    dask_partitions,
     emits_from_finish_bundle,
     make_runner,
     share_cores,
@@ -69,6 +70,7 @@ from schemas.layout import (
     SHARD_STATS,
 )
 from schemas.manifest import Manifest, build_manifest, parse_manifest
+from transforms.balance import lpt_bins
 from transforms.samples.tokenize import TokenizerError
 
 _LOG = logging.getLogger("longctx")
@@ -182,6 +184,16 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
     if workers and len(job.sources) > 1:
         ids = [s.doc_id for s in job.sources]
         queue = SourceQueue.create(ids, job.source_bytes, workers)
+    # DaskRunner: the sources in groups of about equal size (LPT), one partition a group
+    groups = None
+    partitions = dask_partitions(job.options)
+    if partitions and len(job.sources) > 1:
+        n = min(partitions, len(job.sources))
+        bins = lpt_bins(job.source_bytes, n)
+        groups = [[s for s, b in zip(job.sources, bins, strict=True) if b == k] for k in range(n)]
+        from apache_beam.runners.dask.dask_runner import DaskOptions
+
+        job.options.view_as(DaskOptions).npartitions = n
     # the plots' data, written by the plan step for the driver's plot renderer, which watches a
     # local staging folder only
     plot_path = None if remote.is_remote(staging) else FileSystems.join(staging, PLOT_DATA)
@@ -197,6 +209,7 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
             batch_tokenize=emits_from_finish_bundle(job.options),
             side_inputs=computes_side_inputs_once(job.options),
             queue=queue,
+            source_groups=groups,
             head_start=job.head_start.folder if job.head_start else None,
             plot_path=plot_path,
         )

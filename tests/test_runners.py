@@ -154,6 +154,33 @@ def test_dask_runner_on_two_workers_is_byte_identical(
     manifest = json.loads((out / "manifest.json").read_text())
     assert calls.get("discover.read_source") == len(BOOKS) + 2, calls
     assert calls.get("TokenizeFn.process") == manifest["counts"]["documents"], calls
+    # Both workers read: the sources go to the cluster in 2 x 2 groups of about equal size
+    # (pipeline.runners.dask_partitions). Beam's default put up to 128 sources in one partition:
+    # one worker read and tokenized everything.
+    readers = [
+        f
+        for f in (tmp_path / "timeline").glob("*.json")
+        if "discover.read_source" in json.loads(f.read_text())
+    ]
+    assert len(readers) == 2, readers
+
+
+def test_dask_partitions_are_twice_the_clusters_threads(dask_cluster):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.runners import check_runner, dask_partitions
+
+    def partitions(*flags):
+        options = PipelineOptions(["--runner", "DaskRunner", *flags])
+        check_runner(options)
+        return dask_partitions(options)
+
+    assert partitions(f"--dask_client_address={dask_cluster}") == 4  # 2 workers, 1 thread each
+    assert partitions() == 2 * os.cpu_count()  # Beam's local cluster: a thread per core
+    # the user's choice stands
+    assert partitions(f"--dask_client_address={dask_cluster}", "--dask_npartitions=3") is None
+    assert partitions(f"--dask_client_address={dask_cluster}", "--dask_partition_size=5") is None
+    assert dask_partitions(PipelineOptions(["--runner", "DirectRunner"])) is None
 
 
 @pytest.mark.parametrize(

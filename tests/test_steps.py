@@ -96,7 +96,7 @@ def test_collect_gives_one_list_of_everything(values, side_inputs):
         assert bool(_side_inputs(p)) == side_inputs
 
 
-def _build_graph(tmp_path, qwen3_dir, side_inputs: bool) -> beam.Pipeline:
+def _build_graph(tmp_path, qwen3_dir, side_inputs: bool, grouped=False) -> beam.Pipeline:
     """The run's whole graph (``BuildDataset``) on one book and one repository, not run."""
     from pipeline.steps import BuildDataset
 
@@ -112,6 +112,7 @@ def _build_graph(tmp_path, qwen3_dir, side_inputs: bool) -> beam.Pipeline:
         discovery_rejects=rejects,
         staging=str(tmp_path / "staging"),
         side_inputs=side_inputs,
+        source_groups=[sources[:1], sources[1:]] if grouped else None,
     )
     return p
 
@@ -123,6 +124,42 @@ def test_the_graph_for_dask_reads_no_side_input(tmp_path, qwen3_dir):
     can fail."""
     assert _side_inputs(_build_graph(tmp_path / "a", qwen3_dir, side_inputs=False)) == []
     assert _side_inputs(_build_graph(tmp_path / "b", qwen3_dir, side_inputs=True)) != []
+
+
+def test_lpt_bins_balance_sizes_over_workers():
+    from transforms.balance import lpt_bins
+
+    sizes = [90, 10, 80, 10, 70, 10, 60, 10]  # by count every other one: 300 against 40
+    bins = lpt_bins(sizes, 2)
+    loads = [sum(s for s, b in zip(sizes, bins, strict=True) if b == k) for k in (0, 1)]
+    assert sorted(loads) == [170, 170]
+    assert lpt_bins(sizes, 2) == bins  # the same inputs, the same bins
+    assert lpt_bins([5], 4) == [0] and lpt_bins([], 3) == []
+    assert lpt_bins([0] * 6, 3) == [0, 1, 2, 0, 1, 2]  # unknown or empty: dealt out by count
+    with pytest.raises(ValueError, match="at least 1"):
+        lpt_bins(sizes, 0)
+
+
+def _labels(pipeline) -> list[str]:
+    found = []
+
+    class Visitor(beam.pipeline.PipelineVisitor):
+        def visit_transform(self, node):
+            found.append(node.full_label)
+
+    pipeline.visit(Visitor())
+    return found
+
+
+def test_sources_given_in_groups_are_not_reshuffled(tmp_path, qwen3_dir):
+    """DaskRunner gets the sources in groups of about equal size, one partition each
+    (``source_groups``): no Reshuffle deals them out again at random. Elsewhere the Reshuffle
+    spreads them (DirectRunner's queue aside)."""
+    grouped = _build_graph(tmp_path / "a", qwen3_dir, side_inputs=False, grouped=True)
+    plain = _build_graph(tmp_path / "b", qwen3_dir, side_inputs=False)
+    assert not any("SpreadSources" in label for label in _labels(grouped))
+    assert any(label == "BuildDataset/Ungroup" for label in _labels(grouped))
+    assert any("SpreadSources" in label for label in _labels(plain))
 
 
 def test_dask_is_the_runner_given_a_graph_without_side_inputs():

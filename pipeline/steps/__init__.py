@@ -59,6 +59,7 @@ class BuildDataset(beam.PTransform):
         head_start=None,
         plot_path=None,
         side_inputs=True,
+        source_groups=None,
     ):
         super().__init__()
         self.config, self.sources, self.discovery_rejects = config, sources, discovery_rejects
@@ -70,25 +71,31 @@ class BuildDataset(beam.PTransform):
         # False: a graph without side inputs, for a runner that computes one by running the
         # graph above it again (Beam 2.77's DaskRunner; pipeline/runners.py)
         self.with_side_inputs = side_inputs
+        # the sources in groups of about equal size, one partition each (DaskRunner), or None
+        self.source_groups = source_groups
 
     def expand(self, pbegin):
         config, staging = self.config, self.staging
         tokenize_early = early.enabled(config, staging)
-        read = (
-            pbegin
+        if self.source_groups:
+            sources = (
+                pbegin
+                | "CreateSources" >> beam.Create(self.source_groups, reshuffle=False)
+                | "Ungroup" >> beam.FlatMap(lambda group: group)
+            )
+        else:
             # no reshuffle of its own: ReadDocuments spreads the sources (a Reshuffle, or the
             # queue's tickets, which take them as a side input); one stage fewer
-            | "CreateSources" >> beam.Create(self.sources, reshuffle=False)
-            | "ReadDocuments"
-            >> ReadDocuments(
-                config.read_settings,
-                dedup=config.dedup,
-                within_repository=config.dedup_within_repository,
-                early=(config, staging, self.cache_dir) if tokenize_early else None,
-                queue=self.queue,
-                head_start=self.head_start,
-                side_inputs=self.with_side_inputs,
-            )
+            sources = pbegin | "CreateSources" >> beam.Create(self.sources, reshuffle=False)
+        read = sources | "ReadDocuments" >> ReadDocuments(
+            config.read_settings,
+            dedup=config.dedup,
+            within_repository=config.dedup_within_repository,
+            early=(config, staging, self.cache_dir) if tokenize_early else None,
+            queue=self.queue,
+            head_start=self.head_start,
+            side_inputs=self.with_side_inputs,
+            spread=not self.source_groups,
         )
         docs = read[MAIN] | "Tokenize" >> Tokenize(
             config,

@@ -125,6 +125,7 @@ class ReadDocuments(beam.PTransform):
         queue: SourceQueue | None = None,
         head_start: str | None = None,
         side_inputs: bool = True,
+        spread: bool = True,
     ):
         super().__init__()
         self.settings, self.dedup = settings, dedup
@@ -140,6 +141,9 @@ class ReadDocuments(beam.PTransform):
         # graph above it again (Beam 2.77's DaskRunner: every source read twice). A side input
         # elsewhere: DirectRunner's shuffle would hold every text decoded in its driver.
         self.with_side_inputs = side_inputs
+        # False: the sources come spread over the workers already (DaskRunner: one partition
+        # per group of sources, pipeline/job.py), where a Reshuffle would deal them at random
+        self.spread = spread
 
     def expand(self, sources):
         if self.queue:
@@ -152,8 +156,10 @@ class ReadDocuments(beam.PTransform):
                 | "ClaimSources"
                 >> beam.ParDo(ClaimSourcesFn(self.queue), beam.pvalue.AsList(sources))
             )
-        else:
+        elif self.spread:
             spread = sources | "SpreadSources" >> beam.Reshuffle()
+        else:
+            spread = sources
         read = (
             spread
             | "ReadSources" >> beam.ParDo(ReadSourceFn(self.settings, self.early, self.head_start))
