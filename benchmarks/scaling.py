@@ -656,6 +656,12 @@ def run_pipeline(mode: str, n: int, corpus: Path, tokenizer: str, seq_len: int, 
         cmd = [sys.executable, __file__, "--phase-child", str(work / "phases.json"), "--", *args]
     else:
         cmd = [sys.executable, "-m", "pipeline.run", *args]
+    timeline = work / "timeline"
+    if mode.startswith(("multi_processing", "dask")):  # each worker's time in the pipeline's DoFns
+        shutil.rmtree(timeline, ignore_errors=True)
+        timeline.mkdir(parents=True)
+        env["PYTHONPATH"] = os.pathsep.join((str(TIMELINE_SITE), env["PYTHONPATH"]))
+        env["BEAM_TIMELINE_DIR"] = str(timeline)  # a Dask cluster's processes inherit it
     cluster, extra, cluster_s = None, (), None
     if mode.startswith("dask"):
         if importlib.util.find_spec("distributed") is None:
@@ -666,19 +672,13 @@ def run_pipeline(mode: str, n: int, corpus: Path, tokenizer: str, seq_len: int, 
         cmd.append(f"--dask_client_address={address}")
         shown = [*shown, "--dask_client_address=HOST:PORT"]
         extra = (cluster.pid,)
-    timeline = work / "timeline"
-    if mode.startswith("multi_processing"):  # each worker's time in the pipeline's DoFns
-        shutil.rmtree(timeline, ignore_errors=True)
-        timeline.mkdir(parents=True)
-        env["PYTHONPATH"] = os.pathsep.join((str(TIMELINE_SITE), env["PYTHONPATH"]))
-        env["BEAM_TIMELINE_DIR"] = str(timeline)
     t0 = time.time()
     try:
         res = run_tree(cmd, env, work / "pipeline.log", timeout, extra)
     finally:
         if cluster:
             stop_dask(cluster)
-    if mode.startswith("multi_processing"):
+    if mode.startswith(("multi_processing", "dask")):
         res["workers_timeline"] = worker_timeline(timeline, t0, res["wall_s"])
     if res["rc"] != 0:
         tail = (work / "pipeline.log").read_text(errors="replace")[-3000:]

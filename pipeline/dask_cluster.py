@@ -19,6 +19,8 @@ import signal
 import sys
 import time
 
+PRELOAD = "pipeline.dask_preload"
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -48,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault(
         TOKENIZER_THREADS, str(tokenizer_threads(os.cpu_count() or 1, args.workers))
     )
+    # the workers and the scheduler import what the pipeline's tasks need as they start, not
+    # inside the first run (pipeline/dask_preload.py)
     cluster = LocalCluster(
         n_workers=args.workers,
         threads_per_worker=1,
@@ -55,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         scheduler_port=args.port,
         dashboard_address=None,
         memory_limit=args.memory_limit,
+        preload=[PRELOAD],
+        scheduler_kwargs={"preload": [PRELOAD]},
     )
     address = cluster.scheduler_address.replace("tcp://", "")
     print(f"Dask scheduler at {address} with {args.workers} worker processes.", flush=True)

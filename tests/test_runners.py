@@ -165,6 +165,21 @@ def test_dask_runner_on_two_workers_is_byte_identical(
     assert len(readers) == 2, readers
 
 
+def test_the_dask_cluster_preloads_the_steps(dask_cluster):
+    """``pipeline.dask_cluster``'s workers and scheduler import the pipeline's steps as they
+    start (``pipeline/dask_preload.py``), not inside the first run: the scheduler unpickles the
+    graph, each worker its first task (on 16 cores the first read came 12.6 s into the run)."""
+    from distributed import Client
+
+    def imported():
+        return all(m in sys.modules for m in ("apache_beam", "pipeline.steps.tokenize"))
+
+    with Client(dask_cluster, set_as_default=False) as client:
+        workers = client.run(imported)
+        assert len(workers) == 2 and all(workers.values()), workers
+        assert client.run_on_scheduler(imported)
+
+
 def test_dask_partitions_are_twice_the_clusters_threads(dask_cluster):
     from apache_beam.options.pipeline_options import PipelineOptions
 
