@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 
 import apache_beam as beam
@@ -96,8 +97,20 @@ def test_collect_gives_one_list_of_everything(values, side_inputs):
         assert bool(_side_inputs(p)) == side_inputs
 
 
-def _build_graph(tmp_path, qwen3_dir, side_inputs: bool, grouped=False) -> beam.Pipeline:
-    """The run's whole graph (``BuildDataset``) on one book and one repository, not run."""
+def _labels(pipeline) -> list[str]:
+    found = []
+
+    class Visitor(beam.pipeline.PipelineVisitor):
+        def visit_transform(self, node):
+            found.append(node.full_label)
+
+    pipeline.visit(Visitor())
+    return found
+
+
+def _build_graph(tmp_path, qwen3_dir, side_inputs: bool, grouped=False) -> tuple[list, list]:
+    """The run's whole graph (``BuildDataset``) on one book and one repository, not run: the
+    labels of its transforms, and of those that read a side input."""
     from pipeline.steps import BuildDataset
 
     books = tmp_path / "books"
@@ -114,7 +127,10 @@ def _build_graph(tmp_path, qwen3_dir, side_inputs: bool, grouped=False) -> beam.
         side_inputs=side_inputs,
         source_groups=[sources[:1], sources[1:]] if grouped else None,
     )
-    return p
+    try:
+        return _labels(p), _side_inputs(p)
+    finally:  # Beam removes its temporary folder when a pipeline runs; this one never does
+        shutil.rmtree(p.local_tempdir, ignore_errors=True)
 
 
 def test_the_graph_for_dask_reads_no_side_input(tmp_path, qwen3_dir):
@@ -122,8 +138,8 @@ def test_the_graph_for_dask_reads_no_side_input(tmp_path, qwen3_dir):
     ``pipeline.runners.computes_side_inputs_once``): no step of the whole graph reads a side
     input. The default graph reads some (duplicate removal's drops, the collects), so the check
     can fail."""
-    assert _side_inputs(_build_graph(tmp_path / "a", qwen3_dir, side_inputs=False)) == []
-    assert _side_inputs(_build_graph(tmp_path / "b", qwen3_dir, side_inputs=True)) != []
+    assert _build_graph(tmp_path / "a", qwen3_dir, side_inputs=False)[1] == []
+    assert _build_graph(tmp_path / "b", qwen3_dir, side_inputs=True)[1] != []
 
 
 def test_lpt_bins_balance_sizes_over_workers():
@@ -140,26 +156,15 @@ def test_lpt_bins_balance_sizes_over_workers():
         lpt_bins(sizes, 0)
 
 
-def _labels(pipeline) -> list[str]:
-    found = []
-
-    class Visitor(beam.pipeline.PipelineVisitor):
-        def visit_transform(self, node):
-            found.append(node.full_label)
-
-    pipeline.visit(Visitor())
-    return found
-
-
 def test_sources_given_in_groups_are_not_reshuffled(tmp_path, qwen3_dir):
     """DaskRunner gets the sources in groups of about equal size, one partition each
     (``source_groups``): no Reshuffle deals them out again at random. Elsewhere the Reshuffle
     spreads them (DirectRunner's queue aside)."""
-    grouped = _build_graph(tmp_path / "a", qwen3_dir, side_inputs=False, grouped=True)
-    plain = _build_graph(tmp_path / "b", qwen3_dir, side_inputs=False)
-    assert not any("SpreadSources" in label for label in _labels(grouped))
-    assert any(label == "BuildDataset/Ungroup" for label in _labels(grouped))
-    assert any("SpreadSources" in label for label in _labels(plain))
+    grouped, _ = _build_graph(tmp_path / "a", qwen3_dir, side_inputs=False, grouped=True)
+    plain, _ = _build_graph(tmp_path / "b", qwen3_dir, side_inputs=False)
+    assert not any("SpreadSources" in label for label in grouped)
+    assert "BuildDataset/Ungroup" in grouped
+    assert any("SpreadSources" in label for label in plain)
 
 
 def test_dask_is_the_runner_given_a_graph_without_side_inputs():
