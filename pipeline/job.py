@@ -9,6 +9,7 @@ manifest, refuses a worse dataset and publishes.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import __version__, cache, remote
 from pipeline.config import FIELD_NAMES, BuildConfig, console_log_level
-from pipeline.discover import discover_inputs
+from pipeline.discover import HF, discover_inputs
 from pipeline.errors import NoSpace, UsageError
 from pipeline.guard import (
     check_free_space,
@@ -185,20 +186,22 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
         ids = [s.doc_id for s in job.sources]
         queue = SourceQueue.create(ids, job.source_bytes, workers)
     # DaskRunner: the sources in groups of about equal size (LPT), one partition a group
-    groups = None
+    groups, options = None, job.options
     partitions = dask_partitions(job.options)
     if partitions and len(job.sources) > 1:
         n = min(partitions, len(job.sources))
-        bins = lpt_bins(job.source_bytes, n)
-        groups = [[s for s, b in zip(job.sources, bins, strict=True) if b == k] for k in range(n)]
+        groups = source_groups(job.sources, job.source_bytes, n)
         from apache_beam.runners.dask.dask_runner import DaskOptions
 
-        job.options.view_as(DaskOptions).npartitions = n
+        # on a copy: the manifest records the options the user gave, and a run again with them
+        # chooses again
+        options = copy.deepcopy(job.options)
+        options.view_as(DaskOptions).npartitions = len(groups)
     # the plots' data, written by the plan step for the driver's plot renderer, which watches a
     # local staging folder only
     plot_path = None if remote.is_remote(staging) else FileSystems.join(staging, PLOT_DATA)
     try:
-        pipeline = beam.Pipeline(runner=make_runner(job.options, job.workers), options=job.options)
+        pipeline = beam.Pipeline(runner=make_runner(options, job.workers), options=options)
         _ = pipeline | "BuildDataset" >> BuildDataset(
             config=config,
             sources=job.sources,
@@ -228,6 +231,18 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
 def _previous_manifest(out: str) -> Manifest | None:
     path = FileSystems.join(out, MANIFEST)
     return parse_manifest(read_text(path)) if FileSystems.exists(path) else None
+
+
+def source_groups(sources: list, sizes: list[int], n: int) -> list[list]:
+    """``sources`` in ``n`` groups of about equal size (LPT, ``transforms/balance.py``). A source
+    whose size is not known here (a remote file, a Hub dataset: 0 bytes in ``sizes``) counts
+    as large as the largest known one, so it gets a group of its own rather than joining the
+    largest book's."""
+    known = [s.kind != HF and not remote.is_remote(s.path) for s in sources]
+    largest = max((b for b, k in zip(sizes, known, strict=True) if k), default=0) or 1
+    sized = [b if k else largest for b, k in zip(sizes, known, strict=True)]
+    bins = lpt_bins(sized, n)
+    return [[s for s, b in zip(sources, bins, strict=True) if b == k] for k in range(n)]
 
 
 def _beam_options(options: PipelineOptions) -> dict:

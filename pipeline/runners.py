@@ -224,11 +224,48 @@ def dask_partitions(options: PipelineOptions) -> int | None:
     if dask.npartitions or dask.partition_size:
         return None
     if not dask.address and not dask.scheduler_file:
-        return 2 * (os.cpu_count() or 1)
+        from dask.system import CPU_COUNT  # the cores this process may use (affinity, cgroup)
+
+        return 2 * CPU_COUNT
+    # in a thread with a deadline: a Client's timeout covers the connection, not the handshake
+    # after it, and a scheduler that accepts and never answers would hold the run forever
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="longctx-dask-threads")
+    try:
+        threads = pool.submit(_dask_threads, dask).result(timeout=DASK_ASK_S + 30)
+    except TimeoutError:
+        where = dask.address or dask.scheduler_file
+        raise UsageError(
+            f"--runner DaskRunner: the Dask scheduler at {where} accepted a connection but did "
+            f"not answer within {DASK_ASK_S + 30} s"
+        ) from None
+    finally:
+        pool.shutdown(wait=False)
+    if not threads:
+        _LOG.warning(
+            "the Dask cluster has no worker yet: its partitions are left to Beam's default "
+            "(up to 128 sources a partition; --dask_npartitions chooses)"
+        )
+        return None
+    _LOG.info(
+        "the Dask cluster has %d worker threads: the sources go in %d groups", threads, 2 * threads
+    )
+    return 2 * threads
+
+
+DASK_ASK_S = 30  # how long to wait for a Dask cluster's first worker
+
+
+def _dask_threads(dask) -> int:
+    """The worker threads of the cluster at ``dask``'s address, once it has a worker (waited
+    for up to ``DASK_ASK_S``); 0 if none came."""
     from distributed import Client
 
     with Client(
-        dask.address, scheduler_file=dask.scheduler_file, timeout=dask.timeout or 30,
+        dask.address, scheduler_file=dask.scheduler_file, timeout=dask.timeout or DASK_ASK_S,
         set_as_default=False,
     ) as client:  # fmt: skip
-        return 2 * max(1, sum(client.nthreads().values()))
+        try:
+            client.wait_for_workers(1, timeout=DASK_ASK_S)
+        except TimeoutError:
+            return 0
+        return sum(client.nthreads().values())

@@ -24,8 +24,19 @@ pytestmark = pytest.mark.slow
 BOOKS = ("kafka-metamorphosis.txt", "gilman-the-yellow-wallpaper.txt", "shelley-frankenstein.txt")
 
 
-def _inputs(books_dir, qwen3_dir):
+@pytest.fixture(scope="module")
+def copy_dir(tmp_path_factory, books_dir):
+    """A copy of one of BOOKS under another name: duplicate removal drops one of the two (on
+    Dask through the join, elsewhere through the side input)."""
+    folder = tmp_path_factory.mktemp("copies")
+    shutil.copy(books_dir / BOOKS[0], folder / "the-same-book.txt")
+    return folder
+
+
+def _inputs(books_dir, qwen3_dir, copy_dir=None):
     args = ["--tokenizer", qwen3_dir, "--seq-len", "16384"]
+    if copy_dir:
+        args += ["--books", copy_dir]
     for b in BOOKS:
         args += ["--books", books_dir / b]
     return args + ["--repos", STDLIB / "json", "--repos", STDLIB / "email"]
@@ -43,17 +54,22 @@ def _outputs_equal(a: Path, b: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def direct_out(tmp_path_factory, books_dir, qwen3_dir):
+def direct_out(tmp_path_factory, books_dir, qwen3_dir, copy_dir):
     out = tmp_path_factory.mktemp("direct") / "out"
     proc = run_cli(
-        "pipeline.run", "--runner", "DirectRunner", "--output", out, *_inputs(books_dir, qwen3_dir)
+        "pipeline.run",
+        "--runner",
+        "DirectRunner",
+        "--output",
+        out,
+        *_inputs(books_dir, qwen3_dir, copy_dir),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
 
 def test_multi_processing_direct_runner_is_byte_identical(
-    tmp_path, direct_out, books_dir, qwen3_dir
+    tmp_path, direct_out, books_dir, qwen3_dir, copy_dir
 ):
     out = tmp_path / "mp"
     proc = run_cli(
@@ -66,7 +82,7 @@ def test_multi_processing_direct_runner_is_byte_identical(
         "2",
         "--output",
         out,
-        *_inputs(books_dir, qwen3_dir),
+        *_inputs(books_dir, qwen3_dir, copy_dir),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     _outputs_equal(out, direct_out)
@@ -75,7 +91,7 @@ def test_multi_processing_direct_runner_is_byte_identical(
     assert proc.stderr == "", proc.stderr[-3000:]
 
 
-def test_portable_runner_is_byte_identical(tmp_path, direct_out, books_dir, qwen3_dir):
+def test_portable_runner_is_byte_identical(tmp_path, direct_out, books_dir, qwen3_dir, copy_dir):
     out = tmp_path / "portable"
     proc = run_cli(
         "pipeline.run",
@@ -85,7 +101,7 @@ def test_portable_runner_is_byte_identical(tmp_path, direct_out, books_dir, qwen
         "--environment_type=LOOPBACK",
         "--output",
         out,
-        *_inputs(books_dir, qwen3_dir),
+        *_inputs(books_dir, qwen3_dir, copy_dir),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     _outputs_equal(out, direct_out)
@@ -130,7 +146,7 @@ def dask_cluster(tmp_path):
 
 
 def test_dask_runner_on_two_workers_is_byte_identical(
-    tmp_path, direct_out, dask_cluster, books_dir, qwen3_dir
+    tmp_path, direct_out, dask_cluster, books_dir, qwen3_dir, copy_dir
 ):
     out = tmp_path / "dask"
     proc = run_cli(
@@ -140,7 +156,7 @@ def test_dask_runner_on_two_workers_is_byte_identical(
         f"--dask_client_address={dask_cluster}",
         "--output",
         out,
-        *_inputs(books_dir, qwen3_dir),
+        *_inputs(books_dir, qwen3_dir, copy_dir),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     _outputs_equal(out, direct_out)
@@ -152,7 +168,8 @@ def test_dask_runner_on_two_workers_is_byte_identical(
         for name, (_, n, _, _) in json.loads(f.read_text()).items():
             calls[name] = calls.get(name, 0) + n
     manifest = json.loads((out / "manifest.json").read_text())
-    assert calls.get("discover.read_source") == len(BOOKS) + 2, calls
+    assert manifest["counts"]["rejects_by_reason"].get("duplicate") == 1, manifest["counts"]
+    assert calls.get("discover.read_source") == len(BOOKS) + 3, calls
     assert calls.get("TokenizeFn.process") == manifest["counts"]["documents"], calls
     # Both workers read: the sources go to the cluster in 2 x 2 groups of about equal size
     # (pipeline.runners.dask_partitions). Beam's default put up to 128 sources in one partition:
@@ -163,6 +180,8 @@ def test_dask_runner_on_two_workers_is_byte_identical(
         if "discover.read_source" in json.loads(f.read_text())
     ]
     assert len(readers) == 2, readers
+    # the partitions chosen for the run are not recorded as options the user gave
+    assert "npartitions" not in manifest["config"]["beam_options"], manifest["config"]
 
 
 def test_the_dask_cluster_preloads_the_steps(dask_cluster):
@@ -180,6 +199,50 @@ def test_the_dask_cluster_preloads_the_steps(dask_cluster):
         assert client.run_on_scheduler(imported)
 
 
+def test_a_dask_scheduler_without_workers_leaves_the_partitions_to_beam(monkeypatch):
+    """A scheduler whose workers have not joined yet: the run does not fix its partitions from
+    an empty cluster (it gave 2 groups for what became 3 threads), it waits a while, then
+    leaves them to Beam's default."""
+    pytest.importorskip("distributed", reason="pip install -e '.[test]' brings dask")
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from distributed import LocalCluster
+
+    from pipeline import runners
+
+    monkeypatch.setattr(runners, "DASK_ASK_S", 2)
+    with LocalCluster(
+        n_workers=0, processes=False, protocol="tcp", dashboard_address=None
+    ) as cluster:
+        address = cluster.scheduler_address
+        options = PipelineOptions(["--runner", "DaskRunner", f"--dask_client_address={address}"])
+        runners.check_runner(options)
+        started = time.time()
+        assert runners.dask_partitions(options) is None
+        assert time.time() - started < 30
+
+
+def test_unknown_sizes_count_as_large_when_grouping_sources():
+    """Remote files and Hub datasets count 0 bytes in the run's sizes. Placed as empty, such a
+    source joined the group of the largest book; it counts as large as the largest known one,
+    so it gets a group of its own."""
+    from pipeline.discover import BOOK, HF, Source
+    from pipeline.job import source_groups
+
+    def src(kind, path):
+        return Source(kind, path, f"book/{path.rsplit('/', 1)[-1]}", path)
+
+    sources = [src(HF, "owner/data"), src(BOOK, "/b/a.txt"), src(BOOK, "/b/b.txt"),
+               src(BOOK, "/b/c.txt")]  # fmt: skip
+    for first in (HF, "gs"):  # a Hub dataset, a remote file
+        if first == "gs":
+            sources[0] = src(BOOK, "gs://bucket/data.txt")
+        groups = source_groups(sources, [0, 100, 90, 80], 2)
+        where = {s.path: k for k, g in enumerate(groups) for s in g}
+        assert sorted(where) == sorted(s.path for s in sources)
+        # counted as empty it went with the largest book (100 + 0 against 90 + 80)
+        assert where[sources[0].path] != where["/b/a.txt"], groups
+
+
 def test_dask_partitions_are_twice_the_clusters_threads(dask_cluster):
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -191,7 +254,6 @@ def test_dask_partitions_are_twice_the_clusters_threads(dask_cluster):
         return dask_partitions(options)
 
     assert partitions(f"--dask_client_address={dask_cluster}") == 4  # 2 workers, 1 thread each
-    assert partitions() == 2 * os.cpu_count()  # Beam's local cluster: a thread per core
     # the user's choice stands
     assert partitions(f"--dask_client_address={dask_cluster}", "--dask_npartitions=3") is None
     assert partitions(f"--dask_client_address={dask_cluster}", "--dask_partition_size=5") is None
@@ -552,7 +614,7 @@ head_start.HeadStart.close = closed
 
 @pytest.mark.parametrize("dedup", [True, False], ids=["dedup", "no-dedup"])
 def test_the_head_start_tokenizes_ahead_and_the_output_is_byte_identical(
-    tmp_path, direct_out, books_dir, qwen3_dir, dedup
+    tmp_path, books_dir, qwen3_dir, dedup
 ):
     """Issue 20: on a machine of 8 cores or more, the cores idle while the driver and the
     workers import Beam tokenize the largest sources ahead (``pipeline/head_start.py``); the
@@ -561,10 +623,9 @@ def test_the_head_start_tokenizes_ahead_and_the_output_is_byte_identical(
     stages, and without, where they are one)."""
     out = tmp_path / "out"
     inputs = [*map(str, _inputs(books_dir, qwen3_dir)), *([] if dedup else ["--no-dedup"])]
-    if not dedup:
-        direct_out = tmp_path / "in_memory"
-        ref = run_cli("pipeline.run", "--runner", "DirectRunner", "--output", direct_out, *inputs)
-        assert ref.returncode == 0, ref.stderr[-3000:]
+    direct_out = tmp_path / "in_memory"  # the corpus without direct_out's duplicate copy
+    ref = run_cli("pipeline.run", "--runner", "DirectRunner", "--output", direct_out, *inputs)
+    assert ref.returncode == 0, ref.stderr[-3000:]
     argv = ["--runner", "DirectRunner", "--direct_running_mode", "multi_processing",
             "--direct_num_workers", "2", "--output", str(out), "--quiet", *inputs]  # fmt: skip
     report = 'print(json.dumps({"status": status, "reports": reports}))'
