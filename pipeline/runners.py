@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import socket
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -227,19 +228,29 @@ def dask_partitions(options: PipelineOptions) -> int | None:
         from dask.system import CPU_COUNT  # the cores this process may use (affinity, cgroup)
 
         return 2 * CPU_COUNT
-    # in a thread with a deadline: a Client's timeout covers the connection, not the handshake
-    # after it, and a scheduler that accepts and never answers would hold the run forever
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="longctx-dask-threads")
-    try:
-        threads = pool.submit(_dask_threads, dask).result(timeout=DASK_ASK_S + 30)
-    except TimeoutError:
+    # in a daemon thread with a deadline: a Client's timeout covers the connection, not the
+    # handshake after it, and a scheduler that accepts and never answers would hold the run
+    # forever (a daemon, so that the run's exit does not wait for it either)
+    answer: list = []
+
+    def ask() -> None:
+        try:
+            answer.append(_dask_threads(dask))
+        except Exception as err:  # noqa: BLE001 - raised in the caller's thread below
+            answer.append(err)
+
+    asking = threading.Thread(target=ask, name="longctx-dask-threads", daemon=True)
+    asking.start()
+    asking.join(2 * DASK_ASK_S + 5)  # the connection, then the wait for a worker
+    if not answer:
         where = dask.address or dask.scheduler_file
         raise UsageError(
             f"--runner DaskRunner: the Dask scheduler at {where} accepted a connection but did "
-            f"not answer within {DASK_ASK_S + 30} s"
-        ) from None
-    finally:
-        pool.shutdown(wait=False)
+            f"not answer within {2 * DASK_ASK_S + 5} s"
+        )
+    if isinstance(answer[0], Exception):
+        raise answer[0]
+    threads = answer[0]
     if not threads:
         _LOG.warning(
             "the Dask cluster has no worker yet: its partitions are left to Beam's default "

@@ -221,6 +221,30 @@ def test_a_dask_scheduler_without_workers_leaves_the_partitions_to_beam(monkeypa
         assert time.time() - started < 30
 
 
+def test_a_dask_scheduler_that_never_answers_stops_the_run(monkeypatch):
+    """A port that accepts a connection and never answers: a Client's timeout covers the
+    connection, not the handshake, so asking for the cluster's threads hung until the other
+    side closed. It is refused after a deadline, and the process can exit (the asking thread
+    is a daemon)."""
+    pytest.importorskip("distributed", reason="pip install -e '.[test]' brings dask")
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline import runners
+    from pipeline.errors import UsageError
+
+    monkeypatch.setattr(runners, "DASK_ASK_S", 1)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        options = PipelineOptions(["--runner", "DaskRunner", f"--dask_client_address={address}"])
+        runners.check_runner(options)
+        started = time.time()
+        with pytest.raises(UsageError, match="accepted a connection but did not answer"):
+            runners.dask_partitions(options)
+        assert time.time() - started < 20
+
+
 def test_unknown_sizes_count_as_large_when_grouping_sources():
     """Remote files and Hub datasets count 0 bytes in the run's sizes. Placed as empty, such a
     source joined the group of the largest book; it counts as large as the largest known one,
