@@ -187,8 +187,9 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
         queue = SourceQueue.create(ids, job.source_bytes, workers)
     # DaskRunner: the sources in groups of about equal size (LPT), one partition a group
     groups, options = None, job.options
-    partitions = dask_partitions(job.options)
-    if partitions and len(job.sources) > 1:
+    # (one source needs no groups, nor a question to the scheduler)
+    partitions = dask_partitions(job.options) if len(job.sources) > 1 else None
+    if partitions:
         n = min(partitions, len(job.sources))
         groups = source_groups(job.sources, job.source_bytes, n)
         from apache_beam.runners.dask.dask_runner import DaskOptions

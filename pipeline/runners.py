@@ -186,12 +186,16 @@ def static_workers(options: PipelineOptions) -> int | None:
     return workers if workers > 1 else None
 
 
+def _is_dask(options: PipelineOptions) -> bool:
+    """Whether ``--runner`` is a DaskRunner (the alias or Beam's class path)."""
+    return "dask" in str(options.view_as(StandardOptions).runner or "").lower()
+
+
 def emits_from_finish_bundle(options: PipelineOptions) -> bool:
     """Whether the runner keeps what a DoFn emits from ``finish_bundle`` (the tokenize step's
     last batch). Beam 2.77's DaskRunner drops it (the documents would be lost; found by
     ``tests/test_runners.py``), so the tokenize step does not batch there."""
-    runner = str(options.view_as(StandardOptions).runner or "")
-    return "dask" not in runner.lower()
+    return not _is_dask(options)
 
 
 def computes_side_inputs_once(options: PipelineOptions) -> bool:
@@ -200,8 +204,7 @@ def computes_side_inputs_once(options: PipelineOptions) -> bool:
     lists the bag): with duplicate removal's side input every source was read twice (counted
     by ``tests/test_runners.py``), and every collect read and tokenized the corpus once more,
     so the graph reads no side input there."""
-    runner = str(options.view_as(StandardOptions).runner or "")
-    return "dask" not in runner.lower()
+    return not _is_dask(options)
 
 
 def dask_partitions(options: PipelineOptions) -> int | None:
@@ -216,8 +219,7 @@ def dask_partitions(options: PipelineOptions) -> int | None:
     (its ``worker-saturation`` of 1.1 rounds up to two tasks on a one-thread worker) and the
     other none (2 of 6 runs, 2 workers); with two a thread, the groups left wait at the
     scheduler and go to whichever worker is free."""
-    runner = str(options.view_as(StandardOptions).runner or "")
-    if "dask" not in runner.lower():
+    if not _is_dask(options):
         return None
     from apache_beam.runners.dask.dask_runner import DaskOptions
 
