@@ -560,6 +560,8 @@ def worker_timeline(folder: Path, t0: float, wall: float) -> dict:
     manifest, report)."""
     procs = []
     for f in sorted(folder.glob("*.json")):
+        if f.name.endswith(".stacks.json"):  # benchmarks/stacks.py's samples
+            continue
         with contextlib.suppress(OSError, ValueError):
             data = json.loads(f.read_text())
             procs.append(

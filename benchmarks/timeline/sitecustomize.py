@@ -220,7 +220,99 @@ class _AfterImport:
         return spec
 
 
+# The stack sampler (BEAM_TIMELINE_STACKS=<ms>): every <ms>, each thread's CPU time since the
+# last sample (Linux: /proc/self/task/<tid>/stat) is put on the Python stack it is in now, and
+# summed by (half-second bucket, thread, innermost frames) in ``BEAM_TIMELINE_DIR/<pid>.stacks.json``;
+# read by ``benchmarks/stacks.py``. It sees where CPU goes outside the hooked DoFns: the driver
+# before the first read, a Dask scheduler, the tail after the last tokenize. Threads without a
+# Python frame (the tokenizer's rayon pool) are summed as one "native" entry.
+_STACK_BUCKET_S = 0.5
+_STACK_DEPTH = 16  # innermost frames kept per sample
+
+
+def _sample_stacks(interval: float) -> None:
+    import sys
+    import threading
+
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu: dict = {}  # thread id -> CPU seconds at the last sample
+    counts: dict = {}
+    me = threading.get_ident()
+    last_dump = time.time()
+    path = os.path.join(_DIR, f"{os.getpid()}.stacks.json")
+
+    def thread_cpu(tid) -> float:
+        try:
+            with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            return 0.0
+
+    def dump() -> None:
+        try:
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"argv": sys.argv[:4], "bucket_s": _STACK_BUCKET_S,
+                           "interval_s": interval, "cpu_s": counts}, f)  # fmt: skip
+            os.replace(tmp, path)
+        except OSError:
+            pass
+
+    def add(key: str, seconds: float) -> None:
+        if seconds > 0:
+            counts[key] = round(counts.get(key, 0.0) + seconds, 4)
+
+    atexit.register(dump)
+    while True:
+        time.sleep(interval)
+        now = time.time()
+        bucket = int(now / _STACK_BUCKET_S)
+        threads = {t.ident: t for t in threading.enumerate()}
+        frames = sys._current_frames()
+        python_tids = set()
+        for ident, frame in frames.items():
+            t = threads.get(ident)
+            if ident == me or t is None or t.native_id is None:
+                continue
+            python_tids.add(t.native_id)
+            now_cpu = thread_cpu(t.native_id)
+            spent = now_cpu - cpu.get(t.native_id, now_cpu)
+            cpu[t.native_id] = now_cpu
+            stack = []
+            f = frame
+            while f is not None and len(stack) < _STACK_DEPTH:
+                c = f.f_code
+                stack.append(f"{os.path.basename(c.co_filename)}:{c.co_name}:{f.f_lineno}")
+                f = f.f_back
+            add(f"{bucket}|{t.name}|" + ";".join(reversed(stack)), spent)
+        try:
+            native = [int(x) for x in os.listdir("/proc/self/task")]
+        except OSError:
+            native = []
+        spent = 0.0
+        for tid in native:
+            if tid in python_tids or tid == threading.get_native_id():
+                continue
+            now_cpu = thread_cpu(tid)
+            spent += now_cpu - cpu.get(tid, now_cpu)
+            cpu[tid] = now_cpu
+        add(f"{bucket}|native threads|(no Python frame)", spent)
+        if now - last_dump > 2.0:
+            last_dump = now
+            dump()
+
+
 _DONE: set = set()
+if _DIR and os.environ.get("BEAM_TIMELINE_STACKS"):
+    import threading as _threading
+
+    _threading.Thread(
+        target=_sample_stacks,
+        args=(float(os.environ["BEAM_TIMELINE_STACKS"]) / 1000.0,),
+        name="timeline-stacks",
+        daemon=True,
+    ).start()
 if _DIR:
     import sys
 

@@ -1,0 +1,84 @@
+"""Where each process's threads were, in a time window: reads the stack samples that
+``benchmarks/timeline/sitecustomize.py`` writes with ``BEAM_TIMELINE_STACKS=<ms>`` (each thread's
+Python stack every <ms>, counted by half-second bucket) and prints, per process, its busy threads
+and the functions they were in.
+
+    BEAM_TIMELINE_STACKS=20 SCALING_ARGS=... bash benchmarks/scaling.sh   # or scaling.py
+    python benchmarks/stacks.py WORK/timeline --from 3 --to 9.5 --top 12
+
+Times are seconds after the driver's start (the process whose timeline has ``job.execute``).
+Each sample puts the thread's CPU time since the last one on the stack it is in then: CPU seconds,
+not wall time, so a thread waiting on a lock or a socket adds nothing; threads without a Python
+frame (the tokenizer's rayon pool) show as "native threads".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+
+def driver_start(folder: Path) -> float:
+    for f in folder.glob("*.json"):
+        if f.name.endswith(".stacks.json"):
+            continue
+        acc = json.loads(f.read_text())
+        if "job.execute" in acc:
+            return acc["process.start"][2]
+    raise SystemExit(f"{folder}: no driver timeline (no job.execute)")
+
+
+def summarize(
+    folder: Path, t_from: float, t_to: float, top: int, depth: int, min_s: float = 0.05
+) -> str:
+    t0 = driver_start(folder)
+    lines = [f"window {t_from:g}-{t_to:g} s after the driver's start"]
+    for f in sorted(folder.glob("*.stacks.json")):
+        data = json.loads(f.read_text())
+        bucket = data["bucket_s"]
+        busy_threads: Counter = Counter()
+        inclusive: Counter = Counter()
+        leaves: Counter = Counter()
+        for key, n in data["cpu_s"].items():
+            b, thread, stack = key.split("|", 2)
+            t = int(b) * bucket - t0
+            if not (t_from <= t < t_to):
+                continue
+            busy_threads[thread] += n
+            frames = stack.split(";")
+            for fn in {":".join(fr.split(":")[:2]) for fr in frames}:
+                inclusive[fn] += n
+            leaves[" < ".join(reversed(frames[-depth:]))] += n
+        if not busy_threads:
+            continue
+        seconds = sum(busy_threads.values())
+        if seconds < min_s:
+            continue
+        argv = " ".join(data["argv"])[:90]
+        lines.append(f"\n## {f.name.split('.')[0]} {argv}: {seconds:.2f} CPU s")
+        lines.append(
+            "threads: " + ", ".join(f"{t} {n:.2f}" for t, n in busy_threads.most_common(6))
+        )
+        lines.append("functions (inclusive, CPU s):")
+        lines += [f"  {n:6.2f} {fn}" for fn, n in inclusive.most_common(top)]
+        lines.append(f"innermost {depth} frames (CPU s):")
+        lines += [f"  {n:6.2f} {st}" for st, n in leaves.most_common(top)]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("folder", type=Path, help="the BEAM_TIMELINE_DIR of the run")
+    ap.add_argument("--from", dest="t_from", type=float, default=0.0)
+    ap.add_argument("--to", dest="t_to", type=float, default=1e9)
+    ap.add_argument("--top", type=int, default=10)
+    ap.add_argument("--depth", type=int, default=4, help="innermost frames shown per stack")
+    ap.add_argument("--min-s", type=float, default=0.05, help="leave out processes below this")
+    args = ap.parse_args()
+    print(summarize(args.folder, args.t_from, args.t_to, args.top, args.depth, args.min_s))
+
+
+if __name__ == "__main__":
+    main()
