@@ -50,6 +50,7 @@ from pipeline.runners import (
     check_runner,
     computes_side_inputs_once,
     dask_partitions,
+    dask_spread,
     emits_from_finish_bundle,
     make_runner,
     share_cores,
@@ -214,6 +215,7 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
             side_inputs=computes_side_inputs_once(job.options),
             queue=queue,
             source_groups=groups,
+            partitions=dask_spread(job.options, groups),
             head_start=job.head_start.folder if job.head_start else None,
             plot_path=plot_path,
         )

@@ -96,9 +96,13 @@ def make_runner(options: PipelineOptions, workers: WorkerPool | None = None):
     Beam 2.77's DirectRunner first tries Prism, which downloads a Go binary; offline that fails
     (after network timeouts) and it falls back to the FnApiRunner. We go to the FnApiRunner
     directly, exactly as DirectRunner's fallback builds it, so ``--direct_running_mode`` and
-    ``--direct_num_workers`` keep working. Any other ``--runner`` is left to Beam.
+    ``--direct_num_workers`` keep working. Any other ``--runner`` is left to Beam (DaskRunner
+    after :func:`register_dask_translations`).
     """
     runner = options.view_as(StandardOptions).runner
+    if _is_dask(options):
+        register_dask_translations()
+        return None
     if runner not in (None, "DirectRunner", "direct"):
         return None
     from apache_beam.portability.api import beam_provision_api_pb2
@@ -205,6 +209,37 @@ def computes_side_inputs_once(options: PipelineOptions) -> bool:
     by ``tests/test_runners.py``), and every collect read and tokenized the corpus once more,
     so the graph reads no side input there."""
     return not _is_dask(options)
+
+
+def register_dask_translations() -> None:
+    """Teach Beam 2.77's DaskRunner the pipeline's own primitive, ``Repartition``
+    (``pipeline/steps/common.py``): ``dask.bag.Bag.repartition``. Beam's DaskRunner looks each
+    primitive up by class in its ``TRANSLATIONS`` table (an unknown one passes its input on
+    unchanged), so this adds one entry to that table, once."""
+    from apache_beam.runners.dask import transform_evaluator
+
+    from pipeline.steps.common import Repartition
+
+    class RepartitionOp(transform_evaluator.DaskBagOp):
+        def apply(self, input_bag, side_inputs=None):
+            return input_bag.repartition(npartitions=self.transform.partitions)
+
+    transform_evaluator.TRANSLATIONS.setdefault(Repartition, RepartitionOp)
+
+
+def dask_spread(options: PipelineOptions, groups: list | None) -> int | None:
+    """On DaskRunner, the partitions to spread the shard writing over after the small
+    collections were gathered into one (``BuildDataset(partitions=...)``): as many as the
+    sources' (the groups made for the cluster, else ``--dask_npartitions``, else two a core
+    of this machine). None on other runners: they need no gathering."""
+    if not _is_dask(options):
+        return None
+    if groups:
+        return len(groups)
+    from apache_beam.runners.dask.dask_runner import DaskOptions
+    from dask.system import CPU_COUNT
+
+    return options.view_as(DaskOptions).npartitions or 2 * CPU_COUNT
 
 
 def dask_partitions(options: PipelineOptions) -> int | None:

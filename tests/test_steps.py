@@ -3,6 +3,7 @@ assert_that (the real runner, the real Qwen3 tokenizer, real Arrow files)."""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
@@ -140,6 +141,76 @@ def test_the_graph_for_dask_reads_no_side_input(tmp_path, qwen3_dir):
     can fail."""
     assert _build_graph(tmp_path / "a", qwen3_dir, side_inputs=False)[1] == []
     assert _build_graph(tmp_path / "b", qwen3_dir, side_inputs=True)[1] != []
+
+
+def _dask_shuffle_tasks(
+    tmp_path, qwen3_dir, books_dir, partitions, dedup=False
+) -> tuple[int, list[int]]:
+    """The whole graph (``BuildDataset`` as the run builds it for DaskRunner: no side input,
+    the sources one group each) translated to a dask graph the way Beam 2.77's DaskRunner
+    does, not run: its tasks, and for each of its shuffles its ``shuffle-split`` tasks (one
+    for each pair of partitions a GroupByKey goes over), largest first."""
+    dask = pytest.importorskip("dask")
+    pytest.importorskip("distributed", reason="pip install -e '.[test]' brings dask")
+    from apache_beam.runners.dask.dask_runner import DaskRunner
+    from apache_beam.runners.dask.overrides import dask_overrides
+
+    from pipeline.runners import register_dask_translations
+    from pipeline.steps import BuildDataset
+
+    sources, rejects = discover(
+        books=[str(books_dir)], repos=[str(STDLIB / "json"), str(STDLIB / "email")]
+    )
+    config = BuildConfig(
+        tokenizer=str(qwen3_dir), seq_len=512, output=str(tmp_path / "out"), dedup=dedup
+    )
+    p = beam.Pipeline(options=PipelineOptions(["--runner", "DirectRunner"]))
+    _ = p | BuildDataset(
+        config=config,
+        sources=sources,
+        discovery_rejects=rejects,
+        staging=str(tmp_path / "staging"),
+        batch_tokenize=False,
+        side_inputs=False,
+        source_groups=[[s] for s in sources],
+        partitions=partitions,
+    )
+    try:
+        register_dask_translations()
+        p.replace_all(dask_overrides())
+        visitor = DaskRunner.to_dask_bag_visitor({"npartitions": len(sources)})
+        # the shuffle a dask.distributed client gets (without one dask shuffles on disk)
+        with dask.config.set({"dataframe.shuffle.method": "tasks"}):
+            p.visit(visitor)
+        names = [
+            str(k[0] if isinstance(k, tuple) else k)
+            for k in list(visitor.bags.values())[-1].__dask_graph__()
+        ]
+        shuffles = collections.Counter(n for n in names if n.startswith("shuffle-split"))
+        return len(names), sorted(shuffles.values(), reverse=True)
+    finally:
+        shutil.rmtree(p.local_tempdir, ignore_errors=True)
+
+
+def test_dasks_shuffles_after_the_tokenize_step_go_over_few_partitions(
+    tmp_path, qwen3_dir, books_dir
+):
+    """Issue 20 (DaskRunner at 16 workers): each GroupByKey went over every partition the
+    sources were in, added up through each Flatten (a task per pair of partitions): 16,703
+    tasks at 32 partitions, 13,174 of them the four shuffles' after the tokenize step. With
+    ``partitions`` the small collections are gathered into one partition first
+    (``Repartition``), so the four shuffles are over at most three partitions each."""
+    n = len(discover(books=[str(books_dir)], repos=[str(STDLIB / "json")])[0]) + 1
+    assert n >= 10
+    tasks, shuffles = _dask_shuffle_tasks(tmp_path / "a", qwen3_dir, books_dir, n)
+    before, shuffles_before = _dask_shuffle_tasks(tmp_path / "b", qwen3_dir, books_dir, None)
+    assert len(shuffles) == 4 and max(shuffles) <= 3 * 3, shuffles
+    assert len(shuffles_before) == 4 and min(shuffles_before) >= n * n, shuffles_before
+    assert tasks < before / 5, (tasks, before)
+    # with duplicate removal the signatures are gathered too: only the join of the texts with
+    # their duplicates (a shuffle of the texts themselves) goes over every partition
+    _, deduped = _dask_shuffle_tasks(tmp_path / "c", qwen3_dir, books_dir, n, dedup=True)
+    assert len(deduped) == 6 and deduped[0] >= n * n and max(deduped[1:]) <= 3 * 3, deduped
 
 
 def test_lpt_bins_balance_sizes_over_workers():

@@ -28,7 +28,7 @@ import apache_beam as beam
 
 from pipeline import beam_memo
 from pipeline.steps import early
-from pipeline.steps.common import DOCUMENTS, MAIN, REJECTS, STATS, SUMMARY
+from pipeline.steps.common import DOCUMENTS, MAIN, REJECTS, STATS, SUMMARY, Repartition
 from pipeline.steps.plan import CutSegments, PlanSamples
 from pipeline.steps.read import ReadDocuments
 from pipeline.steps.tokenize import Tokenize
@@ -60,6 +60,7 @@ class BuildDataset(beam.PTransform):
         plot_path=None,
         side_inputs=True,
         source_groups=None,
+        partitions=None,
     ):
         super().__init__()
         self.config, self.sources, self.discovery_rejects = config, sources, discovery_rejects
@@ -73,6 +74,10 @@ class BuildDataset(beam.PTransform):
         self.with_side_inputs = side_inputs
         # the sources in groups of about equal size, one partition each (DaskRunner), or None
         self.source_groups = source_groups
+        # DaskRunner: the small collections after the tokenize step are gathered into one
+        # partition, and the shard writing spread over this many again (Repartition); None on
+        # the runners that balance their work themselves
+        self.partitions = partitions
 
     def expand(self, pbegin):
         config, staging = self.config, self.staging
@@ -96,8 +101,9 @@ class BuildDataset(beam.PTransform):
             head_start=self.head_start,
             side_inputs=self.with_side_inputs,
             spread=not self.source_groups,
+            gather=bool(self.partitions),
         )
-        docs = read[MAIN] | "Tokenize" >> Tokenize(
+        tokenized = read[MAIN] | "Tokenize" >> Tokenize(
             config,
             staging,
             cache_dir=self.cache_dir,
@@ -106,13 +112,16 @@ class BuildDataset(beam.PTransform):
             batch=self.batch_tokenize,
             head_start=self.head_start,
         )
+        # what the tokenize step passes on is small (references, windows): in one partition
+        gather = bool(self.partitions)
+        docs = tokenized | "Gather" >> Repartition(1) if gather else tokenized
         planned = docs | "PlanSamples" >> PlanSamples(
-            config.plan_settings, self.plot_path, self.with_side_inputs
+            config.plan_settings, self.plot_path, self.with_side_inputs, gather
         )
         keyed_docs = docs | "KeyDocs" >> beam.Map(lambda d: (d.doc_id, d))
         cut = {"doc": keyed_docs, "plan": planned[MAIN]} | "CutSegments" >> CutSegments()
         shard_stats = cut[MAIN] | "WriteShards" >> WriteShards(
-            staging, config.shard_format, config.seq_len
+            staging, config.shard_format, config.seq_len, self.partitions
         )
         discovery = pbegin | "DiscoveryRejects" >> beam.Create(
             self.discovery_rejects, reshuffle=False
@@ -123,4 +132,4 @@ class BuildDataset(beam.PTransform):
             DOCUMENTS: cut[DOCUMENTS],
             REJECTS: (read[REJECTS], planned[REJECTS], discovery),
             SUMMARY: planned[SUMMARY],
-        } | "WriteRunFiles" >> WriteRunFiles(staging, self.with_side_inputs)
+        } | "WriteRunFiles" >> WriteRunFiles(staging, self.with_side_inputs, gather)

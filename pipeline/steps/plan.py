@@ -99,17 +99,22 @@ class PlanSamples(beam.PTransform):
     """TokenizedDocument s -> ``{MAIN: (doc_id, plan), REJECTS: left out, SUMMARY: dict}``."""
 
     def __init__(
-        self, settings: PlanSettings, plot_path: str | None = None, side_inputs: bool = True
+        self,
+        settings: PlanSettings,
+        plot_path: str | None = None,
+        side_inputs: bool = True,
+        gather: bool = False,
     ):
         super().__init__()
         self.settings, self.plot_path = settings, plot_path
         self.with_side_inputs = side_inputs  # False: none (Collect)
+        self.gather = gather  # DaskRunner: collect in one partition (Collect)
 
     def expand(self, docs):
         return (
             docs
             | "DocInfo" >> beam.Map(doc_info)
-            | "CollectInfos" >> Collect(self.with_side_inputs)
+            | "CollectInfos" >> Collect(self.with_side_inputs, self.gather)
             | "Plan"
             >> beam.FlatMap(plan_to_assignments, settings=self.settings, plot_path=self.plot_path)
             | "SplitPlan" >> SplitTagged(MAIN, REJECTS, SUMMARY)

@@ -15,7 +15,7 @@ from pipeline import head_start
 from pipeline.discover import Source, read_source
 from pipeline.source_queue import SourceQueue
 from pipeline.steps import early
-from pipeline.steps.common import MAIN, NAMESPACE, REJECTS, SplitTagged
+from pipeline.steps.common import MAIN, NAMESPACE, REJECTS, Repartition, SplitTagged
 from transforms.code.dedup import band_keys, duplicates_in_bucket, remove_items, signatures
 from transforms.documents import Reject, RejectError
 from transforms.inputs.reading import ReadSettings, display_path
@@ -126,6 +126,7 @@ class ReadDocuments(beam.PTransform):
         head_start: str | None = None,
         side_inputs: bool = True,
         spread: bool = True,
+        gather: bool = False,
     ):
         super().__init__()
         self.settings, self.dedup = settings, dedup
@@ -144,6 +145,9 @@ class ReadDocuments(beam.PTransform):
         # False: the sources come spread over the workers already (DaskRunner: one partition
         # per group of sources, pipeline/job.py), where a Reshuffle would deal them at random
         self.spread = spread
+        # DaskRunner: the documents' signatures (small) are gathered into one partition before
+        # they are grouped by band (Repartition), not shuffled over every partition
+        self.gather = gather
 
     def expand(self, sources):
         if self.queue:
@@ -168,10 +172,13 @@ class ReadDocuments(beam.PTransform):
         if not self.dedup:
             return {MAIN: read[MAIN], REJECTS: read[REJECTS]}
         texts = read[MAIN]
+        banded = texts | "Signatures" >> beam.FlatMap(
+            lambda d: [(k, s) for s in signatures(d) for k in band_keys(s)]
+        )
+        if self.gather:
+            banded = banded | "GatherSignatures" >> Repartition(1)
         drops = (
-            texts
-            | "Signatures"
-            >> beam.FlatMap(lambda d: [(k, s) for s in signatures(d) for k in band_keys(s)])
+            banded
             | "GroupByBand" >> beam.GroupByKey()
             | "FindDuplicates" >> beam.FlatMap(_bucket_duplicates, self.within_repository)
         )

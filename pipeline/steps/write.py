@@ -13,7 +13,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import token_store
-from pipeline.steps.common import DOCUMENTS, REJECTS, STATS, SUMMARY, Collect
+from pipeline.steps.common import DOCUMENTS, REJECTS, STATS, SUMMARY, Collect, Repartition
 from schemas import layout
 from schemas.columns import DOCUMENT_SCHEMA, SAMPLE_SCHEMA
 from schemas.layout import shard_path
@@ -128,15 +128,19 @@ class WriteShards(beam.PTransform):
     """Keyed segment references -> shard files in the staging folder; returns each shard's
     stats (one dict a shard, for :class:`WriteRunFiles`)."""
 
-    def __init__(self, staging: str, fmt: str, seq_len: int):
+    def __init__(self, staging: str, fmt: str, seq_len: int, spread: int | None = None):
         super().__init__()
         self.staging, self.fmt, self.seq_len = staging, fmt, seq_len
+        # DaskRunner: the shards, grouped in the few partitions the references were gathered
+        # into, spread over this many partitions before they are written (Repartition)
+        self.spread = spread
 
     def expand(self, keyed_refs):
-        return (
-            keyed_refs
-            | "GroupByShard" >> beam.GroupByKey()
-            | "WriteShardFiles" >> beam.ParDo(WriteShardFn(self.staging, self.fmt, self.seq_len))
+        shards = keyed_refs | "GroupByShard" >> beam.GroupByKey()
+        if self.spread:
+            shards = shards | "Spread" >> Repartition(self.spread)
+        return shards | "WriteShardFiles" >> beam.ParDo(
+            WriteShardFn(self.staging, self.fmt, self.seq_len)
         )
 
 
@@ -181,10 +185,11 @@ class WriteRunFiles(beam.PTransform):
     which depends on every other, is also what Beam 2.77's DaskRunner needs at the end (it
     computes only the graph of the pipeline's last transform)."""
 
-    def __init__(self, staging: str, side_inputs: bool = True):
+    def __init__(self, staging: str, side_inputs: bool = True, gather: bool = False):
         super().__init__()
         self.staging = staging
         self.with_side_inputs = side_inputs  # False: none (Collect)
+        self.gather = gather  # DaskRunner: collect in one partition (Collect)
 
     def expand(self, parts: dict):
         if sorted(parts) != sorted(RUN_FILES):
@@ -197,6 +202,6 @@ class WriteRunFiles(beam.PTransform):
         return (
             tagged
             | "AllParts" >> beam.Flatten()
-            | "CollectParts" >> Collect(self.with_side_inputs)
+            | "CollectParts" >> Collect(self.with_side_inputs, self.gather)
             | "WriteFiles" >> beam.Map(write_run_files, self.staging)
         )
