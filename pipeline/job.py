@@ -48,11 +48,9 @@ from pipeline.plots import PlotRenderer
 from pipeline.report import validation_shortfall, write_report
 from pipeline.runners import (
     check_runner,
-    computes_side_inputs_once,
     dask_partitions,
-    dask_spread,
-    emits_from_finish_bundle,
     make_runner,
+    runner_traits,
     share_cores,
     static_workers,
 )
@@ -211,11 +209,9 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
             staging=staging,
             cache_dir=tokens_cache,
             progress=progress,
-            batch_tokenize=emits_from_finish_bundle(job.options),
-            side_inputs=computes_side_inputs_once(job.options),
+            runner=runner_traits(job.options, groups),
             queue=queue,
             source_groups=groups,
-            partitions=dask_spread(job.options, groups),
             head_start=job.head_start.folder if job.head_start else None,
             plot_path=plot_path,
         )

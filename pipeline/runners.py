@@ -10,6 +10,7 @@ reached through the same options (README "Scaling out").
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import shutil
@@ -211,6 +212,40 @@ def computes_side_inputs_once(options: PipelineOptions) -> bool:
     return not _is_dask(options)
 
 
+@dataclasses.dataclass(frozen=True)
+class RunnerTraits:
+    """What the run's graph (``BuildDataset``) allows for in the runner it runs on. The
+    defaults are every runner's but Beam 2.77's DaskRunner (:func:`runner_traits`)."""
+
+    # the runner keeps what a DoFn emits from finish_bundle (emits_from_finish_bundle): the
+    # tokenize step batches documents across process() calls
+    finish_bundle_outputs: bool = True
+    # the runner computes a side input once (computes_side_inputs_once); else the graph
+    # reads none
+    side_inputs_once: bool = True
+    # the runner applies each step to a whole partition before the next step starts
+    # (DaskRunner): the read step reads a whole partition before the tokenize step begins,
+    # so the early tokenizer overlaps them even where they are fused (--no-dedup)
+    steps_in_turn: bool = False
+    # DaskRunner: a collection keeps its partitions through every step, so the small
+    # collections are gathered into one before they are shuffled, and the shard writing is
+    # spread over this many partitions again (Repartition); None elsewhere
+    partitions: int | None = None
+
+
+def runner_traits(options: PipelineOptions, groups: list | None = None) -> RunnerTraits:
+    """The traits of ``--runner``; ``groups``: the sources' groups on DaskRunner
+    (``pipeline.job.source_groups``), whose count the shard writing is spread over."""
+    if not _is_dask(options):
+        return RunnerTraits()
+    return RunnerTraits(
+        finish_bundle_outputs=emits_from_finish_bundle(options),
+        side_inputs_once=computes_side_inputs_once(options),
+        steps_in_turn=True,
+        partitions=dask_spread(options, groups),
+    )
+
+
 def register_dask_translations() -> None:
     """Teach Beam 2.77's DaskRunner the pipeline's own primitive, ``Repartition``
     (``pipeline/steps/common.py``): ``dask.bag.Bag.repartition``. Beam's DaskRunner looks each
@@ -229,7 +264,7 @@ def register_dask_translations() -> None:
 
 def dask_spread(options: PipelineOptions, groups: list | None) -> int | None:
     """On DaskRunner, the partitions to spread the shard writing over after the small
-    collections were gathered into one (``BuildDataset(partitions=...)``): as many as the
+    collections were gathered into one (``RunnerTraits.partitions``): as many as the
     sources' (the groups made for the cluster, else ``--dask_npartitions``, else two a core
     of this machine). None on other runners: they need no gathering."""
     if not _is_dask(options):

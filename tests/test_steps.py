@@ -20,7 +20,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipeline import token_store
 from pipeline.config import BuildConfig
 from pipeline.discover import discover, read_source
-from pipeline.runners import make_runner
+from pipeline.runners import RunnerTraits, make_runner
 from pipeline.steps.common import DOCUMENTS, MAIN, REJECTS, STATS, SUMMARY, Collect
 from pipeline.steps.plan import CutSegments, PlanSamples
 from pipeline.steps.read import ReadDocuments
@@ -125,7 +125,7 @@ def _build_graph(tmp_path, qwen3_dir, side_inputs: bool, grouped=False) -> tuple
         sources=sources,
         discovery_rejects=rejects,
         staging=str(tmp_path / "staging"),
-        side_inputs=side_inputs,
+        runner=RunnerTraits(side_inputs_once=side_inputs),
         source_groups=[sources[:1], sources[1:]] if grouped else None,
     )
     try:
@@ -135,8 +135,8 @@ def _build_graph(tmp_path, qwen3_dir, side_inputs: bool, grouped=False) -> tuple
 
 
 def test_the_graph_for_dask_reads_no_side_input(tmp_path, qwen3_dir):
-    """``side_inputs=False`` (what the run gives BuildDataset on DaskRunner,
-    ``pipeline.runners.computes_side_inputs_once``): no step of the whole graph reads a side
+    """``side_inputs_once=False`` (what the run gives BuildDataset on DaskRunner,
+    ``pipeline.runners.runner_traits``): no step of the whole graph reads a side
     input. The default graph reads some (duplicate removal's drops, the collects), so the check
     can fail."""
     assert _build_graph(tmp_path / "a", qwen3_dir, side_inputs=False)[1] == []
@@ -170,10 +170,13 @@ def _dask_shuffle_tasks(
         sources=sources,
         discovery_rejects=rejects,
         staging=str(tmp_path / "staging"),
-        batch_tokenize=False,
-        side_inputs=False,
+        runner=RunnerTraits(
+            finish_bundle_outputs=False,
+            side_inputs_once=False,
+            steps_in_turn=True,
+            partitions=partitions,
+        ),
         source_groups=[[s] for s in sources],
-        partitions=partitions,
     )
     try:
         register_dask_translations()
@@ -238,12 +241,24 @@ def test_sources_given_in_groups_are_not_reshuffled(tmp_path, qwen3_dir):
     assert any("SpreadSources" in label for label in plain)
 
 
-def test_dask_is_the_runner_given_a_graph_without_side_inputs():
-    from pipeline.runners import DASK, computes_side_inputs_once
+def test_dask_is_the_runner_given_a_graph_for_dask():
+    """``runner_traits``: DaskRunner (by alias or class path) gets no side input, no batch
+    emitted from finish_bundle, the early tokenizer and the gathered shuffles, its shards
+    spread over the sources' groups (else ``--dask_npartitions``, else two a core); every
+    other runner gets the defaults."""
+    pytest.importorskip("dask")
+    from dask.system import CPU_COUNT
 
-    for runner, once in [(DASK, False), ("DaskRunner", False), ("DirectRunner", True),
-                         ("PortableRunner", True), ("DataflowRunner", True)]:  # fmt: skip
-        assert computes_side_inputs_once(PipelineOptions(["--runner", runner])) is once, runner
+    from pipeline.runners import DASK, runner_traits
+
+    for runner in (DASK, "DaskRunner"):
+        traits = runner_traits(PipelineOptions(["--runner", runner]))
+        assert traits == RunnerTraits(False, False, True, 2 * CPU_COUNT), runner
+        assert runner_traits(PipelineOptions(["--runner", runner]), [[1], [2], [3]]).partitions == 3
+    given = PipelineOptions(["--runner", "DaskRunner", "--dask_npartitions=5"])
+    assert runner_traits(given).partitions == 5
+    for runner in ("DirectRunner", "PortableRunner", "DataflowRunner"):
+        assert runner_traits(PipelineOptions(["--runner", runner])) == RunnerTraits(), runner
 
 
 def _claim_all(queue_args, ticket, pause, out, start):

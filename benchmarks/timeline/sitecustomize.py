@@ -83,9 +83,14 @@ def _wrap(name, fn, final):
     return timed
 
 
-_STEPS = ("read", "tokenize", "plan", "write")
-# Step functions that run as a Map / FlatMap (not a DoFn's method), hooked by name
-_FUNCTIONS = {"plan": ("plan_to_assignments",), "write": ("write_run_files",)}  # called once a run
+_STEPS = ("read", "tokenize", "plan", "write", "early")
+# Step functions that run as a Map / FlatMap (not a DoFn's method), hooked by name; and the
+# early tokenizer's encode (pipeline/steps/early.py, in its background thread)
+_FUNCTIONS = {
+    "plan": ("plan_to_assignments",),  # called once a run
+    "write": ("write_run_files",),  # called once a run
+    "early": ("tokenize_entry",),
+}
 
 
 def _hook(mod) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import apache_beam as beam
 
 from pipeline import beam_memo
+from pipeline.runners import RunnerTraits
 from pipeline.steps import early
 from pipeline.steps.common import DOCUMENTS, MAIN, REJECTS, STATS, SUMMARY, Repartition
 from pipeline.steps.plan import CutSegments, PlanSamples
@@ -54,34 +55,29 @@ class BuildDataset(beam.PTransform):
         staging,
         cache_dir=None,
         progress=None,
-        batch_tokenize=True,
+        runner=None,
         queue=None,
         head_start=None,
         plot_path=None,
-        side_inputs=True,
         source_groups=None,
-        partitions=None,
     ):
         super().__init__()
         self.config, self.sources, self.discovery_rejects = config, sources, discovery_rejects
         self.staging, self.cache_dir, self.progress = staging, cache_dir, progress
-        self.batch_tokenize = batch_tokenize  # False where finish_bundle outputs are dropped
+        # what the graph allows for in the runner (pipeline/runners.py: RunnerTraits): Beam
+        # 2.77's DaskRunner drops finish_bundle's outputs, runs the graph above a side input
+        # again, applies each step to a whole partition in turn, and keeps partitions
+        self.runner = runner or RunnerTraits()
         self.queue = queue  # SourceQueue (ReadDocuments), or None: Reshuffle
         self.head_start = head_start  # the head start's folder (pipeline/head_start.py), or None
         self.plot_path = plot_path  # where the plan step writes the plots' data, or None
-        # False: a graph without side inputs, for a runner that computes one by running the
-        # graph above it again (Beam 2.77's DaskRunner; pipeline/runners.py)
-        self.with_side_inputs = side_inputs
         # the sources in groups of about equal size, one partition each (DaskRunner), or None
         self.source_groups = source_groups
-        # DaskRunner: the small collections after the tokenize step are gathered into one
-        # partition, and the shard writing spread over this many again (Repartition); None on
-        # the runners that balance their work themselves
-        self.partitions = partitions
 
     def expand(self, pbegin):
-        config, staging = self.config, self.staging
-        tokenize_early = early.enabled(config, staging)
+        config, staging, runner = self.config, self.staging, self.runner
+        side_inputs, gather = runner.side_inputs_once, bool(runner.partitions)
+        tokenize_early = early.enabled(config, staging, runner.steps_in_turn)
         if self.source_groups:
             sources = (
                 pbegin
@@ -99,9 +95,9 @@ class BuildDataset(beam.PTransform):
             early=(config, staging, self.cache_dir) if tokenize_early else None,
             queue=self.queue,
             head_start=self.head_start,
-            side_inputs=self.with_side_inputs,
+            side_inputs=side_inputs,
             spread=not self.source_groups,
-            gather=bool(self.partitions),
+            gather=gather,
         )
         tokenized = read[MAIN] | "Tokenize" >> Tokenize(
             config,
@@ -109,19 +105,18 @@ class BuildDataset(beam.PTransform):
             cache_dir=self.cache_dir,
             progress=self.progress,
             early=tokenize_early,
-            batch=self.batch_tokenize,
+            batch=runner.finish_bundle_outputs,
             head_start=self.head_start,
         )
         # what the tokenize step passes on is small (references, windows): in one partition
-        gather = bool(self.partitions)
         docs = tokenized | "Gather" >> Repartition(1) if gather else tokenized
         planned = docs | "PlanSamples" >> PlanSamples(
-            config.plan_settings, self.plot_path, self.with_side_inputs, gather
+            config.plan_settings, self.plot_path, side_inputs, gather
         )
         keyed_docs = docs | "KeyDocs" >> beam.Map(lambda d: (d.doc_id, d))
         cut = {"doc": keyed_docs, "plan": planned[MAIN]} | "CutSegments" >> CutSegments()
         shard_stats = cut[MAIN] | "WriteShards" >> WriteShards(
-            staging, config.shard_format, config.seq_len, self.partitions
+            staging, config.shard_format, config.seq_len, runner.partitions
         )
         discovery = pbegin | "DiscoveryRejects" >> beam.Create(
             self.discovery_rejects, reshuffle=False
@@ -132,4 +127,4 @@ class BuildDataset(beam.PTransform):
             DOCUMENTS: cut[DOCUMENTS],
             REJECTS: (read[REJECTS], planned[REJECTS], discovery),
             SUMMARY: planned[SUMMARY],
-        } | "WriteRunFiles" >> WriteRunFiles(staging, self.with_side_inputs, gather)
+        } | "WriteRunFiles" >> WriteRunFiles(staging, side_inputs, gather)

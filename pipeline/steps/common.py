@@ -36,7 +36,7 @@ class SplitTagged(beam.PTransform):
 
 class Repartition(beam.PTransform):
     """A PCollection in ``partitions`` partitions, its elements unchanged. For Beam 2.77's
-    DaskRunner only (``BuildDataset(partitions=...)``), where a collection keeps the
+    DaskRunner only (``pipeline.runners.RunnerTraits.partitions``), where a collection keeps the
     partitions of the one it came from through every step, a ``Flatten`` adds theirs up, and
     a ``GroupByKey`` shuffles over all of them with a task for each pair of partitions. With
     the sources in 32 partitions (16 workers), the four shuffles after the tokenize step,
