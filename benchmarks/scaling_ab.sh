@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The pipeline of a base commit against the working tree at one worker count, on the GPU
-# machine's CPUs: benchmarks/scaling.sh's multi_processing row of each, the two alternated
+# machine's CPUs: benchmarks/scaling.sh's multi_processing row of each (SCALING_AB_MODE=dask:
+# its DaskRunner row, a fresh local cluster each run), the two alternated
 # round after round (A B A B ...), so that drift of the machine falls on both alike.
 #
 # Here, once per base (needs git):
@@ -34,6 +35,7 @@ N=${SCALING_AB_WORKERS:-16}
 ROUNDS=${SCALING_AB_ROUNDS:-3}
 BASE_ENV=${SCALING_AB_BASE_ENV:-}
 HEAD_ENV=${SCALING_AB_HEAD_ENV:-}
+MODE=${SCALING_AB_MODE:-multi_processing}
 NAME=${SCALING_AB_NAME:-scaling_ab}  # $OUT/NAME.json: two comparisons in one call keep both
 if [ -f .carry/scaling/base.tar ] && [ -z "${SCALING_AB_SAME:-}" ]; then
   BASE=/tmp/scaling-ab-base
@@ -59,13 +61,13 @@ for r in $(seq 1 "$ROUNDS"); do
     tree=$ROOT; vars=$HEAD_ENV
     [ $side = base ] && tree=$BASE && vars=$BASE_ENV
     # shellcheck disable=SC2086
-    env $vars SCALING_RESULTS=$RES/$side-$r.json SCALING_MODES=multi_processing \
+    env $vars SCALING_RESULTS=$RES/$side-$r.json SCALING_MODES=$MODE \
       SCALING_WORKERS=$N SCALING_ARGS=--fresh OUT="" bash "$tree/benchmarks/scaling.sh" \
       > "$RES/$side-$r.log" 2>&1
-    log "round $r $side: $($PY -c "import json,sys; r=json.load(open(sys.argv[1]))['rows']['multi_processing|$N']; print(f\"wall {r['wall_s']:.1f} s, rc {r['rc']}\")" "$RES/$side-$r.json" 2>&1 | tail -1)"
+    log "round $r $side: $($PY -c "import json,sys; r=json.load(open(sys.argv[1]))['rows']['$MODE|$N']; print(f\"wall {r['wall_s']:.1f} s, rc {r['rc']}\")" "$RES/$side-$r.json" 2>&1 | tail -1)"
   done
 done
-$PY - "$RES" "$N" "$ROUNDS" "$REF" "${OUT:-}" "$BASE_ENV" "$HEAD_ENV" "$NAME" <<'EOF'
+$PY - "$RES" "$N" "$ROUNDS" "$REF" "${OUT:-}" "$BASE_ENV" "$HEAD_ENV" "$NAME" "$MODE" <<'EOF'
 import json, statistics, sys
 from pathlib import Path
 res, n, rounds, base_ref, out = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
@@ -75,9 +77,10 @@ for r in range(1, rounds + 1):
     for side in runs:
         f = res / f"{side}-{r}.json"
         if f.exists():
-            runs[side].append(json.loads(f.read_text())["rows"].get(f"multi_processing|{n}"))
+            runs[side].append(json.loads(f.read_text())["rows"].get(f"{sys.argv[9]}|{n}"))
 walls = {s: [row["wall_s"] for row in rows if row] for s, rows in runs.items()}
 summary = {
+    "mode": sys.argv[9],
     "workers": n,
     "rounds": rounds,
     "base_ref": base_ref,

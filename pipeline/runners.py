@@ -223,10 +223,6 @@ class RunnerTraits:
     # the runner computes a side input once (computes_side_inputs_once); else the graph
     # reads none
     side_inputs_once: bool = True
-    # the runner applies each step to a whole partition before the next step starts
-    # (DaskRunner): the read step reads a whole partition before the tokenize step begins,
-    # so the early tokenizer overlaps them even where they are fused (--no-dedup)
-    steps_in_turn: bool = False
     # DaskRunner: a collection keeps its partitions through every step, so the small
     # collections are gathered into one before they are shuffled, and the shard writing is
     # spread over this many partitions again (Repartition); None elsewhere
@@ -241,7 +237,6 @@ def runner_traits(options: PipelineOptions, groups: list | None = None) -> Runne
     return RunnerTraits(
         finish_bundle_outputs=emits_from_finish_bundle(options),
         side_inputs_once=computes_side_inputs_once(options),
-        steps_in_turn=True,
         partitions=dask_spread(options, groups),
     )
 

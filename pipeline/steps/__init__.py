@@ -66,7 +66,7 @@ class BuildDataset(beam.PTransform):
         self.staging, self.cache_dir, self.progress = staging, cache_dir, progress
         # what the graph allows for in the runner (pipeline/runners.py: RunnerTraits): Beam
         # 2.77's DaskRunner drops finish_bundle's outputs, runs the graph above a side input
-        # again, applies each step to a whole partition in turn, and keeps partitions
+        # again, and keeps a collection's partitions
         self.runner = runner or RunnerTraits()
         self.queue = queue  # SourceQueue (ReadDocuments), or None: Reshuffle
         self.head_start = head_start  # the head start's folder (pipeline/head_start.py), or None
@@ -77,7 +77,7 @@ class BuildDataset(beam.PTransform):
     def expand(self, pbegin):
         config, staging, runner = self.config, self.staging, self.runner
         side_inputs, gather = runner.side_inputs_once, bool(runner.partitions)
-        tokenize_early = early.enabled(config, staging, runner.steps_in_turn)
+        tokenize_early = early.enabled(config, staging)
         if self.source_groups:
             sources = (
                 pbegin

@@ -23,11 +23,13 @@ How, without changing a byte of the output:
   so memory stays flat in the corpus size (entries live on disk, not in memory).
 
 Off for ``--no-dedup`` (read and tokenize are then one fused stage: the tokenize step would
-wait for each document at once), except on a runner that applies each step to a whole
-partition before the next one starts (Beam 2.77's DaskRunner: a worker read its whole group,
-then tokenized it; on the device at one worker, 23 s of reading, then 49 s of tokenizing), and
-for a staging folder on a remote filesystem (an extra write and read of every document's ids
-over the network cost more than they save).
+wait for each document at once) and for a staging folder on a remote filesystem (an extra write
+and read of every document's ids over the network cost more than they save). Beam 2.77's
+DaskRunner applies each step to a whole partition in turn, so there a worker reads its whole
+group before it tokenizes any of it, fused or not; turning the early tokenizer on for
+``--no-dedup`` there was measured (session 18, 16 cores, 300 MB) and left off: one worker,
+82.0 -> 71.2 s (another loan), but 16 workers, 26.8 -> 36.7 s (paired, 2 rounds) with 150
+CPU-seconds more, a second busy thread a worker on cores already all busy.
 """
 
 from __future__ import annotations
@@ -50,10 +52,8 @@ _LOG = logging.getLogger("longctx")
 DEPTH = 2  # documents queued for the background thread at most
 
 
-def enabled(config, staging: str, steps_in_turn: bool = False) -> bool:
-    """``steps_in_turn``: the runner applies each step to a whole partition before the next
-    (``pipeline.runners.RunnerTraits``), so even a fused read + tokenize stage reads first."""
-    return (bool(config.dedup) or steps_in_turn) and not is_remote(staging)
+def enabled(config, staging: str) -> bool:
+    return bool(config.dedup) and not is_remote(staging)
 
 
 class EarlyTokenizer:
