@@ -245,7 +245,8 @@ def register_dask_translations() -> None:
     """Teach Beam 2.77's DaskRunner the pipeline's own primitive, ``Repartition``
     (``pipeline/steps/common.py``): ``dask.bag.Bag.repartition``. Beam's DaskRunner looks each
     primitive up by class in its ``TRANSLATIONS`` table (an unknown one passes its input on
-    unchanged), so this adds one entry to that table, once."""
+    unchanged), so this adds one entry to that table, once. Also sets dask's shuffle method
+    to ``tasks`` in this process unless it is set already."""
     from apache_beam.runners.dask import transform_evaluator
 
     from pipeline.steps.common import Repartition
@@ -255,13 +256,20 @@ def register_dask_translations() -> None:
             return input_bag.repartition(npartitions=self.transform.partitions)
 
     transform_evaluator.TRANSLATIONS.setdefault(Repartition, RepartitionOp)
+    # the shuffle dask.bag's groupby picks with a distributed client anyway; said outright, it
+    # spares the driver dask.dataframe's import (~0.45 s), which finding it out costs
+    import dask
+
+    if dask.config.get("dataframe.shuffle.method", None) is None:
+        dask.config.set({"dataframe.shuffle.method": "tasks"})
 
 
 def dask_spread(options: PipelineOptions, groups: list | None) -> int | None:
     """On DaskRunner, the partitions to spread the shard writing over after the small
     collections were gathered into one (``RunnerTraits.partitions``): as many as the
-    sources' (the groups made for the cluster, else ``--dask_npartitions``, else two a core
-    of this machine). None on other runners: they need no gathering."""
+    sources' (the groups made for the cluster, else ``--dask_npartitions``, else
+    ``GROUPS_PER_THREAD`` a core of this machine). None on other runners: they need no
+    gathering."""
     if not _is_dask(options):
         return None
     if groups:
@@ -269,12 +277,12 @@ def dask_spread(options: PipelineOptions, groups: list | None) -> int | None:
     from apache_beam.runners.dask.dask_runner import DaskOptions
     from dask.system import CPU_COUNT
 
-    return options.view_as(DaskOptions).npartitions or 2 * CPU_COUNT
+    return options.view_as(DaskOptions).npartitions or GROUPS_PER_THREAD * CPU_COUNT
 
 
 def dask_partitions(options: PipelineOptions) -> int | None:
-    """On DaskRunner, how many groups to spread the sources over: twice the cluster's worker
-    threads (asked of the scheduler at ``--dask_client_address``; without one Beam starts a
+    """On DaskRunner, how many groups to spread the sources over: ``GROUPS_PER_THREAD`` for
+    each of the cluster's worker threads (asked of the scheduler at ``--dask_client_address``; without one Beam starts a
     local cluster with a thread per core). None on other runners, and where
     ``--dask_npartitions`` or ``--dask_partition_size`` chose the partitions.
 
@@ -282,8 +290,10 @@ def dask_partitions(options: PipelineOptions) -> int | None:
     fewer than 128 sources was one partition: one worker read and tokenized everything. With
     one group a thread, Dask's scheduler at times gave one worker two groups at the start
     (its ``worker-saturation`` of 1.1 rounds up to two tasks on a one-thread worker) and the
-    other none (2 of 6 runs, 2 workers); with two a thread, the groups left wait at the
-    scheduler and go to whichever worker is free."""
+    other none (2 of 6 runs, 2 workers); with more a thread, the groups left wait at the
+    scheduler and go to whichever worker is free, and the smaller they are, the closer
+    together the workers finish (measured in session 18: 16 workers, 300 MB, two a thread
+    ended 3-3.7 s apart; see GROUPS_PER_THREAD)."""
     if not _is_dask(options):
         return None
     from apache_beam.runners.dask.dask_runner import DaskOptions
@@ -294,7 +304,7 @@ def dask_partitions(options: PipelineOptions) -> int | None:
     if not dask.address and not dask.scheduler_file:
         from dask.system import CPU_COUNT  # the cores this process may use (affinity, cgroup)
 
-        return 2 * CPU_COUNT
+        return GROUPS_PER_THREAD * CPU_COUNT
     # in a daemon thread with a deadline: a Client's timeout covers the connection, not the
     # handshake after it, and a scheduler that accepts and never answers would hold the run
     # forever (a daemon, so that the run's exit does not wait for it either)
@@ -324,13 +334,18 @@ def dask_partitions(options: PipelineOptions) -> int | None:
             "(up to 128 sources a partition; --dask_npartitions chooses)"
         )
         return None
+    groups = GROUPS_PER_THREAD * threads
     _LOG.info(
-        "the Dask cluster has %d worker threads: the sources go in %d groups", threads, 2 * threads
+        "the Dask cluster has %d worker threads: the sources go in %d groups", threads, groups
     )
-    return 2 * threads
+    return groups
 
 
 DASK_ASK_S = 30  # how long to wait for a Dask cluster's first worker
+# DaskRunner: groups of sources a worker thread (dask_partitions). Since the shuffles after the
+# tokenize step go over one partition (Repartition), more groups cost only their reading and
+# tokenizing tasks, not a shuffle task per pair of partitions.
+GROUPS_PER_THREAD = 4
 
 
 def _dask_threads(dask) -> int:

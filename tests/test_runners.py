@@ -171,7 +171,7 @@ def test_dask_runner_on_two_workers_is_byte_identical(
     assert manifest["counts"]["rejects_by_reason"].get("duplicate") == 1, manifest["counts"]
     assert calls.get("discover.read_source") == len(BOOKS) + 3, calls
     assert calls.get("TokenizeFn.process") == manifest["counts"]["documents"], calls
-    # Both workers read: the sources go to the cluster in 2 x 2 groups of about equal size
+    # Both workers read: the sources go to the cluster in 2 x GROUPS_PER_THREAD groups of about equal size
     # (pipeline.runners.dask_partitions). Beam's default put up to 128 sources in one partition:
     # one worker read and tokenized everything.
     readers = [
@@ -289,17 +289,18 @@ def test_unknown_sizes_count_as_large_when_grouping_sources():
         assert where[sources[0].path] != where["/b/a.txt"], groups
 
 
-def test_dask_partitions_are_twice_the_clusters_threads(dask_cluster):
+def test_dask_partitions_are_a_few_for_each_of_the_clusters_threads(dask_cluster):
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.runners import check_runner, dask_partitions
+    from pipeline.runners import GROUPS_PER_THREAD, check_runner, dask_partitions
 
     def partitions(*flags):
         options = PipelineOptions(["--runner", "DaskRunner", *flags])
         check_runner(options)
         return dask_partitions(options)
 
-    assert partitions(f"--dask_client_address={dask_cluster}") == 4  # 2 workers, 1 thread each
+    # 2 workers, 1 thread each
+    assert partitions(f"--dask_client_address={dask_cluster}") == 2 * GROUPS_PER_THREAD
     # the user's choice stands
     assert partitions(f"--dask_client_address={dask_cluster}", "--dask_npartitions=3") is None
     assert partitions(f"--dask_client_address={dask_cluster}", "--dask_partition_size=5") is None

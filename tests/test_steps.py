@@ -243,16 +243,16 @@ def test_sources_given_in_groups_are_not_reshuffled(tmp_path, qwen3_dir):
 def test_dask_is_the_runner_given_a_graph_for_dask():
     """``runner_traits``: DaskRunner (by alias or class path) gets no side input, no batch
     emitted from finish_bundle and the gathered shuffles, its shards
-    spread over the sources' groups (else ``--dask_npartitions``, else two a core); every
+    spread over the sources' groups (else ``--dask_npartitions``, else a few a core); every
     other runner gets the defaults."""
     pytest.importorskip("dask")
     from dask.system import CPU_COUNT
 
-    from pipeline.runners import DASK, runner_traits
+    from pipeline.runners import DASK, GROUPS_PER_THREAD, runner_traits
 
     for runner in (DASK, "DaskRunner"):
         traits = runner_traits(PipelineOptions(["--runner", runner]))
-        assert traits == RunnerTraits(False, False, 2 * CPU_COUNT), runner
+        assert traits == RunnerTraits(False, False, GROUPS_PER_THREAD * CPU_COUNT), runner
         assert runner_traits(PipelineOptions(["--runner", runner]), [[1], [2], [3]]).partitions == 3
     given = PipelineOptions(["--runner", "DaskRunner", "--dask_npartitions=5"])
     assert runner_traits(given).partitions == 5
