@@ -24,7 +24,10 @@ def driver_start(folder: Path) -> float:
     for f in folder.glob("*.json"):
         if f.name.endswith(".stacks.json"):
             continue
-        acc = json.loads(f.read_text())
+        try:
+            acc = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
         if "job.execute" in acc:
             return acc["process.start"][2]
     raise SystemExit(f"{folder}: no driver timeline (no job.execute)")
@@ -36,7 +39,11 @@ def summarize(
     t0 = driver_start(folder)
     lines = [f"window {t_from:g}-{t_to:g} s after the driver's start"]
     for f in sorted(folder.glob("*.stacks.json")):
-        data = json.loads(f.read_text())
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, ValueError) as err:  # a process killed mid-write
+            lines.append(f"\n## {f.name}: unreadable ({err})")
+            continue
         bucket = data["bucket_s"]
         busy_threads: Counter = Counter()
         inclusive: Counter = Counter()

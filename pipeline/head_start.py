@@ -49,6 +49,7 @@ import tempfile
 import time
 
 from pipeline import remote
+from pipeline.tokenizer_probe import ANSWER_KEYS
 
 _LOG = logging.getLogger("longctx")
 
@@ -72,7 +73,6 @@ READ = "read"  # FOLDER/read/ID: what reading the source gave (pickled), for the
 # process); the helper then closes it. Without a line by then (an end of file: it failed or
 # died first), or after this long, the driver loads the tokenizer itself.
 ANSWER_WAIT_S = 60.0
-_ANSWER_KEYS = {"tokenizer", "error", "failed"}  # pipeline.tokenizer_probe.check's answers
 
 
 def processes_for(workers: int, cores: int) -> int:
@@ -149,7 +149,7 @@ class HeadStart:
                 line, data = data.split(b"\n", 1)
                 with contextlib.suppress(ValueError):
                     answer = json.loads(line)
-                    if isinstance(answer, dict) and answer.keys() & _ANSWER_KEYS:
+                    if isinstance(answer, dict) and answer.keys() & ANSWER_KEYS:
                         return answer
             left = deadline - time.monotonic()
             if left <= 0 or not poller.poll(left * 1000):

@@ -53,6 +53,7 @@ from pipeline.runners import (
     runner_traits,
     share_cores,
     static_workers,
+    translation_settings,
 )
 from pipeline.source_queue import SourceQueue
 from pipeline.steps import BuildDataset
@@ -217,7 +218,9 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
         )
         if plot_path:  # the plots are drawn once the plan is made
             job.plotter.watch(plot_path, config.seq_len)
-        pipeline.run().wait_until_finish()
+        with translation_settings(job.options):  # DaskRunner translates the graph here
+            result = pipeline.run()
+        result.wait_until_finish()
     finally:
         if queue:
             queue.remove()

@@ -10,6 +10,7 @@ reached through the same options (README "Scaling out").
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import os
@@ -215,7 +216,8 @@ def computes_side_inputs_once(options: PipelineOptions) -> bool:
 @dataclasses.dataclass(frozen=True)
 class RunnerTraits:
     """What the run's graph (``BuildDataset``) allows for in the runner it runs on. The
-    defaults are every runner's but Beam 2.77's DaskRunner (:func:`runner_traits`)."""
+    defaults are every runner's but Beam 2.77's DaskRunner (:func:`runner_traits`);
+    ``partitions`` is for DaskRunner only (no other runner knows ``Repartition``)."""
 
     # the runner keeps what a DoFn emits from finish_bundle (emits_from_finish_bundle): the
     # tokenize step batches documents across process() calls
@@ -245,8 +247,7 @@ def register_dask_translations() -> None:
     """Teach Beam 2.77's DaskRunner the pipeline's own primitive, ``Repartition``
     (``pipeline/steps/common.py``): ``dask.bag.Bag.repartition``. Beam's DaskRunner looks each
     primitive up by class in its ``TRANSLATIONS`` table (an unknown one passes its input on
-    unchanged), so this adds one entry to that table, once. Also sets dask's shuffle method
-    to ``tasks`` in this process unless it is set already."""
+    unchanged), so this adds one entry to that table, once."""
     from apache_beam.runners.dask import transform_evaluator
 
     from pipeline.steps.common import Repartition
@@ -256,12 +257,21 @@ def register_dask_translations() -> None:
             return input_bag.repartition(npartitions=self.transform.partitions)
 
     transform_evaluator.TRANSLATIONS.setdefault(Repartition, RepartitionOp)
-    # the shuffle dask.bag's groupby picks with a distributed client anyway; said outright, it
-    # spares the driver dask.dataframe's import (~0.45 s), which finding it out costs
+
+
+def translation_settings(options: PipelineOptions):
+    """A context for ``Pipeline.run()``, where Beam's DaskRunner translates the graph: the
+    shuffle dask.bag's groupby picks with a distributed client anyway (``tasks``), said
+    outright, which spares the driver dask.dataframe's import (~0.45 s) that finding it out
+    costs. Only while the graph is translated, and never over a method the user set; nothing
+    on other runners."""
+    if not _is_dask(options):
+        return contextlib.nullcontext()
     import dask
 
-    if dask.config.get("dataframe.shuffle.method", None) is None:
-        dask.config.set({"dataframe.shuffle.method": "tasks"})
+    if dask.config.get("dataframe.shuffle.method", None) is not None:
+        return contextlib.nullcontext()
+    return dask.config.set({"dataframe.shuffle.method": "tasks"})
 
 
 def dask_spread(options: PipelineOptions, groups: list | None) -> int | None:

@@ -28,6 +28,9 @@ from concurrent.futures import Future
 from pipeline.errors import exit_now
 
 NO_SPEC = "-"  # argv for "no --tokenizer given": the bundled tokenizer (the pool's too)
+# check()'s answers have exactly one of these keys (pipeline/head_start.py tells them apart
+# from its own messages by them)
+ANSWER_KEYS = frozenset({"tokenizer", "error", "failed"})
 
 
 MIN_CORES = 4  # below this the helper's own start costs more than it saves

@@ -255,13 +255,23 @@ def _sample_stacks(interval: float) -> None:
             return 0.0
 
     def dump() -> None:
+        # from the sampler and, at exit, from the main thread: each its own temporary file,
+        # and a copy of the counts (the other thread may be adding to them)
         try:
-            tmp = path + ".tmp"
+            for _ in range(3):
+                try:
+                    snapshot = dict(counts)
+                    break
+                except RuntimeError:  # changed size during the copy
+                    continue
+            else:
+                return
+            tmp = f"{path}.tmp-{threading.get_ident()}"
             with open(tmp, "w") as f:
                 json.dump({"argv": sys.argv[:4], "bucket_s": _STACK_BUCKET_S,
-                           "interval_s": interval, "cpu_s": counts}, f)  # fmt: skip
+                           "interval_s": interval, "cpu_s": snapshot}, f)  # fmt: skip
             os.replace(tmp, path)
-        except OSError:
+        except Exception:  # noqa: BLE001 - a benchmark aid must not break the run
             pass
 
     def add(key: str, seconds: float) -> None:
@@ -308,16 +318,24 @@ def _sample_stacks(interval: float) -> None:
             dump()
 
 
+def _start_sampler(value: str) -> None:
+    try:
+        ms = float(value)
+    except ValueError:
+        ms = 0.0
+    if not ms >= 1.0:  # also NaN
+        print(f"benchmarks/timeline: BEAM_TIMELINE_STACKS={value!r}: not a number of ms >= 1")
+        return
+    import threading
+
+    threading.Thread(
+        target=_sample_stacks, args=(ms / 1000.0,), name="timeline-stacks", daemon=True
+    ).start()
+
+
 _DONE: set = set()
 if _DIR and os.environ.get("BEAM_TIMELINE_STACKS"):
-    import threading as _threading
-
-    _threading.Thread(
-        target=_sample_stacks,
-        args=(float(os.environ["BEAM_TIMELINE_STACKS"]) / 1000.0,),
-        name="timeline-stacks",
-        daemon=True,
-    ).start()
+    _start_sampler(os.environ["BEAM_TIMELINE_STACKS"])
 if _DIR:
     import sys
 

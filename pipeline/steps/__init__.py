@@ -24,6 +24,8 @@ corpus size.
 
 from __future__ import annotations
 
+import math
+
 import apache_beam as beam
 
 from pipeline import beam_memo
@@ -97,7 +99,8 @@ class BuildDataset(beam.PTransform):
             head_start=self.head_start,
             side_inputs=side_inputs,
             spread=not self.source_groups,
-            gather=gather,
+            # the square root: the band shuffle's tasks go as the square of its partitions
+            signature_partitions=math.isqrt(runner.partitions) if gather else None,
         )
         tokenized = read[MAIN] | "Tokenize" >> Tokenize(
             config,

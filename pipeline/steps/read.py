@@ -126,7 +126,7 @@ class ReadDocuments(beam.PTransform):
         head_start: str | None = None,
         side_inputs: bool = True,
         spread: bool = True,
-        gather: bool = False,
+        signature_partitions: int | None = None,
     ):
         super().__init__()
         self.settings, self.dedup = settings, dedup
@@ -145,9 +145,11 @@ class ReadDocuments(beam.PTransform):
         # False: the sources come spread over the workers already (DaskRunner: one partition
         # per group of sources, pipeline/job.py), where a Reshuffle would deal them at random
         self.spread = spread
-        # DaskRunner: the documents' signatures (small) are gathered into one partition before
-        # they are grouped by band (Repartition), not shuffled over every partition
-        self.gather = gather
+        # DaskRunner: the documents' signatures are gathered into this many partitions before
+        # they are grouped by band (Repartition), not shuffled over every partition (a task
+        # for each pair); a few, not one: a file's 15 band records are ~1 KB, and a million
+        # files' would be one task's
+        self.signature_partitions = signature_partitions
 
     def expand(self, sources):
         if self.queue:
@@ -175,8 +177,8 @@ class ReadDocuments(beam.PTransform):
         banded = texts | "Signatures" >> beam.FlatMap(
             lambda d: [(k, s) for s in signatures(d) for k in band_keys(s)]
         )
-        if self.gather:
-            banded = banded | "GatherSignatures" >> Repartition(1)
+        if self.signature_partitions:
+            banded = banded | "GatherSignatures" >> Repartition(self.signature_partitions)
         drops = (
             banded
             | "GroupByBand" >> beam.GroupByKey()
