@@ -292,18 +292,16 @@ def dask_spread(options: PipelineOptions, groups: list | None) -> int | None:
 
 def dask_partitions(options: PipelineOptions) -> int | None:
     """On DaskRunner, how many groups to spread the sources over: ``GROUPS_PER_THREAD`` for
-    each of the cluster's worker threads (asked of the scheduler at ``--dask_client_address``; without one Beam starts a
-    local cluster with a thread per core). None on other runners, and where
-    ``--dask_npartitions`` or ``--dask_partition_size`` chose the partitions.
+    each of the cluster's worker threads (asked of the scheduler at ``--dask_client_address``;
+    without one Beam starts a local cluster with a thread per core). None on other runners,
+    and where ``--dask_npartitions`` or ``--dask_partition_size`` chose the partitions.
 
     Beam 2.77's DaskRunner puts up to 128 elements in a partition by default, so a corpus of
     fewer than 128 sources was one partition: one worker read and tokenized everything. With
     one group a thread, Dask's scheduler at times gave one worker two groups at the start
     (its ``worker-saturation`` of 1.1 rounds up to two tasks on a one-thread worker) and the
     other none (2 of 6 runs, 2 workers); with more a thread, the groups left wait at the
-    scheduler and go to whichever worker is free, and the smaller they are, the closer
-    together the workers finish (measured in session 18: 16 workers, 300 MB, two a thread
-    ended 3-3.7 s apart; see GROUPS_PER_THREAD)."""
+    scheduler and go to whichever worker is free (see GROUPS_PER_THREAD)."""
     if not _is_dask(options):
         return None
     from apache_beam.runners.dask.dask_runner import DaskOptions
@@ -354,7 +352,9 @@ def dask_partitions(options: PipelineOptions) -> int | None:
 DASK_ASK_S = 30  # how long to wait for a Dask cluster's first worker
 # DaskRunner: groups of sources a worker thread (dask_partitions). Since the shuffles after the
 # tokenize step go over one partition (Repartition), more groups cost only their reading and
-# tokenizing tasks, not a shuffle task per pair of partitions.
+# tokenizing tasks, not a shuffle task per pair of partitions. Four against two, 16 workers,
+# 300 MB, 5 paired rounds on the device: 0.96x the wall time (24.0 s against 24.9, medians),
+# faster in 4 of 5 pairs (docs/benchmarks.md, "Session 18").
 GROUPS_PER_THREAD = 4
 
 
