@@ -1,8 +1,10 @@
-"""Start a local Dask cluster for ``--runner DaskRunner`` and keep it up until Ctrl-C.
+"""Start a local Dask cluster for ``--runner DaskRunner`` and keep it up until Ctrl-C (SIGINT)
+or SIGTERM.
 
     python -m pipeline.dask_cluster --workers 2 --port 8786 &
-    python -m pipeline.run --runner apache_beam.runners.dask.dask_runner.DaskRunner \\
+    python -m pipeline.run --runner DaskRunner \\
         --dask_client_address=127.0.0.1:8786 --books ../shared/data/books --output out
+    kill %1
 
 Needs ``pip install 'apache-beam[dask]'`` (dask and distributed). Workers are separate
 processes with one thread each (the tokenizer brings its own threads: cores // workers of them
@@ -64,17 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     address = cluster.scheduler_address.replace("tcp://", "")
     print(f"Dask scheduler at {address} with {args.workers} worker processes.", flush=True)
-    print(
-        f"Run with: --runner apache_beam.runners.dask.dask_runner.DaskRunner --dask_client_address={address}",
-        flush=True,
-    )
+    print(f"Run with: --runner DaskRunner --dask_client_address={address}", flush=True)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    try:
-        while not stop:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+    # also where SIGINT came in ignored (a job started with & in a script): Ctrl-C or kill -INT
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    while not stop:
+        time.sleep(0.5)
     cluster.close()
     return 0
 

@@ -206,6 +206,33 @@ def test_dask_runner_without_dedup_is_byte_identical(tmp_path, dask_cluster, boo
     _outputs_equal(outs["DaskRunner"], outs["DirectRunner"])
 
 
+def test_the_dask_cluster_stops_on_ctrl_c_when_started_in_the_background():
+    """``python -m pipeline.dask_cluster ... &`` in a script starts with SIGINT ignored (the
+    shell's rule for background jobs), so it stopped only on SIGTERM; a new user's kill -INT
+    (or Ctrl-C after fg) did nothing. It installs its own SIGINT handler."""
+    pytest.importorskip("distributed", reason="pip install -e '.[test]' brings dask")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.dask_cluster", "--workers", "1", "--port", str(port)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        line = ""
+        while "Dask scheduler at" not in line:
+            line = proc.stdout.readline()
+            assert line, "the Dask cluster did not start"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_the_dask_cluster_preloads_the_steps(dask_cluster):
     """``pipeline.dask_cluster``'s workers and scheduler import the pipeline's steps as they
     start (``pipeline/dask_preload.py``), not inside the first run: the scheduler unpickles the
