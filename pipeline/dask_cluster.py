@@ -52,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault(
         TOKENIZER_THREADS, str(tokenizer_threads(os.cpu_count() or 1, args.workers))
     )
+    # before the cluster starts and its address is printed (a script that reads the address
+    # may signal at once): SIGTERM, and SIGINT also where it came in ignored (a job started
+    # with & in a script), so Ctrl-C or kill -INT stops it
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
     # the workers and the scheduler import what the pipeline's tasks need as they start, not
     # inside the first run (pipeline/dask_preload.py)
     cluster = LocalCluster(
@@ -67,10 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     address = cluster.scheduler_address.replace("tcp://", "")
     print(f"Dask scheduler at {address} with {args.workers} worker processes.", flush=True)
     print(f"Run with: --runner DaskRunner --dask_client_address={address}", flush=True)
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    # also where SIGINT came in ignored (a job started with & in a script): Ctrl-C or kill -INT
-    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
     while not stop:
         time.sleep(0.5)
     cluster.close()
