@@ -285,9 +285,16 @@ def dask_spread(options: PipelineOptions, groups: list | None) -> int | None:
     if groups:
         return len(groups)
     from apache_beam.runners.dask.dask_runner import DaskOptions
-    from dask.system import CPU_COUNT
 
-    return options.view_as(DaskOptions).npartitions or GROUPS_PER_THREAD * CPU_COUNT
+    return options.view_as(DaskOptions).npartitions or _local_groups()
+
+
+def _local_groups() -> int:
+    """The groups for a cluster of a thread per core of this machine (the local cluster Beam
+    starts without ``--dask_client_address``)."""
+    from dask.system import CPU_COUNT  # the cores this process may use (affinity, cgroup)
+
+    return GROUPS_PER_THREAD * CPU_COUNT
 
 
 def dask_partitions(options: PipelineOptions) -> int | None:
@@ -310,9 +317,7 @@ def dask_partitions(options: PipelineOptions) -> int | None:
     if dask.npartitions or dask.partition_size:
         return None
     if not dask.address and not dask.scheduler_file:
-        from dask.system import CPU_COUNT  # the cores this process may use (affinity, cgroup)
-
-        return GROUPS_PER_THREAD * CPU_COUNT
+        return _local_groups()
     # in a daemon thread with a deadline: a Client's timeout covers the connection, not the
     # handshake after it, and a scheduler that accepts and never answers would hold the run
     # forever (a daemon, so that the run's exit does not wait for it either)

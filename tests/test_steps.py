@@ -110,24 +110,42 @@ def _labels(pipeline) -> list[str]:
     return found
 
 
-def _build_graph(tmp_path, qwen3_dir, side_inputs: bool, grouped=False) -> tuple[list, list]:
-    """The run's whole graph (``BuildDataset``) on one book and one repository, not run: the
-    labels of its transforms, and of those that read a side input."""
+def _dataset_graph(
+    tmp_path, qwen3_dir, discovered, runner: RunnerTraits, source_groups, dedup=True
+) -> beam.Pipeline:
+    """A pipeline holding the run's whole graph (``BuildDataset``) over ``discovered``
+    (``discover``'s sources and rejects), built, not run."""
     from pipeline.steps import BuildDataset
 
-    books = tmp_path / "books"
-    books.mkdir(parents=True)
-    (books / "a.txt").write_text(BOOK_TEXT)
-    sources, rejects = discover(books=[str(books)], repos=[str(STDLIB / "json")])
-    config = BuildConfig(tokenizer=str(qwen3_dir), seq_len=512, output=str(tmp_path / "out"))
+    sources, rejects = discovered
+    config = BuildConfig(
+        tokenizer=str(qwen3_dir), seq_len=512, output=str(tmp_path / "out"), dedup=dedup
+    )
     p = beam.Pipeline(options=PipelineOptions(["--runner", "DirectRunner"]))
     _ = p | BuildDataset(
         config=config,
         sources=sources,
         discovery_rejects=rejects,
         staging=str(tmp_path / "staging"),
-        runner=RunnerTraits(side_inputs_once=side_inputs),
-        source_groups=[sources[:1], sources[1:]] if grouped else None,
+        runner=runner,
+        source_groups=source_groups,
+    )
+    return p
+
+
+def _build_graph(tmp_path, qwen3_dir, side_inputs: bool, grouped=False) -> tuple[list, list]:
+    """The run's whole graph on one book and one repository, not run: the labels of its
+    transforms, and of those that read a side input."""
+    books = tmp_path / "books"
+    books.mkdir(parents=True)
+    (books / "a.txt").write_text(BOOK_TEXT)
+    sources, rejects = discover(books=[str(books)], repos=[str(STDLIB / "json")])
+    p = _dataset_graph(
+        tmp_path,
+        qwen3_dir,
+        (sources, rejects),
+        RunnerTraits(side_inputs_once=side_inputs),
+        [sources[:1], sources[1:]] if grouped else None,
     )
     try:
         return _labels(p), _side_inputs(p)
@@ -157,27 +175,13 @@ def _dask_shuffle_tasks(
     from apache_beam.runners.dask.overrides import dask_overrides
 
     from pipeline.runners import register_dask_translations, translation_settings
-    from pipeline.steps import BuildDataset
 
-    sources, rejects = discover(
+    discovered = discover(
         books=[str(books_dir)], repos=[str(STDLIB / "json"), str(STDLIB / "email")]
     )
-    config = BuildConfig(
-        tokenizer=str(qwen3_dir), seq_len=512, output=str(tmp_path / "out"), dedup=dedup
-    )
-    p = beam.Pipeline(options=PipelineOptions(["--runner", "DirectRunner"]))
-    _ = p | BuildDataset(
-        config=config,
-        sources=sources,
-        discovery_rejects=rejects,
-        staging=str(tmp_path / "staging"),
-        runner=RunnerTraits(
-            finish_bundle_outputs=False,
-            side_inputs_once=False,
-            partitions=partitions,
-        ),
-        source_groups=[[s] for s in sources],
-    )
+    sources = discovered[0]
+    dask = RunnerTraits(finish_bundle_outputs=False, side_inputs_once=False, partitions=partitions)
+    p = _dataset_graph(tmp_path, qwen3_dir, discovered, dask, [[s] for s in sources], dedup)
     q = None
     try:
         register_dask_translations()
