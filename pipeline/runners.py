@@ -244,19 +244,58 @@ def runner_traits(options: PipelineOptions, groups: list | None = None) -> Runne
 
 
 def register_dask_translations() -> None:
-    """Teach Beam 2.77's DaskRunner the pipeline's own primitive, ``Repartition``
-    (``pipeline/steps/common.py``): ``dask.bag.Bag.repartition``. Beam's DaskRunner looks each
-    primitive up by class in its ``TRANSLATIONS`` table (an unknown one passes its input on
-    unchanged), so this adds one entry to that table, once."""
+    """Teach Beam 2.77's DaskRunner the pipeline's own primitives (``pipeline/steps/common.py``):
+    ``Repartition`` as ``dask.bag.Bag.repartition``, ``BroadcastJoin`` as
+    ``dask.bag.Bag.map_partitions`` with the small side as one ``dask.delayed`` dict. Beam's
+    DaskRunner looks each primitive up by class in its ``TRANSLATIONS`` table (an unknown one
+    passes its input on unchanged), so this adds two entries to that table, once."""
     from apache_beam.runners.dask import transform_evaluator
 
-    from pipeline.steps.common import Repartition
+    from pipeline.steps.common import BroadcastJoin, Repartition
 
     class RepartitionOp(transform_evaluator.DaskBagOp):
         def apply(self, input_bag, side_inputs=None):
             return input_bag.repartition(npartitions=self.transform.partitions)
 
+    class BroadcastJoinOp(transform_evaluator.DaskBagOp):
+        def apply(self, input_bag, side_inputs=None):
+            import dask
+
+            # the visitor passes the inputs' bags in the order of the node's main inputs
+            bags = dict(zip(self.applied.main_inputs, input_bag, strict=True))
+            main, small = self.transform.main, self.transform.small
+            # one task makes the dict; each worker fetches it once. Not optimized on its own:
+            # its keys must stay those of the graph the texts come from, or every source is
+            # read twice (counted by tests/test_runners.py)
+            (whole,) = bags[small].repartition(npartitions=1).to_delayed(optimize_graph=False)
+            table = dask.delayed(_by_key, pure=True)(whole)
+            return bags[main].map_partitions(_join_partition, table, main, small)
+
     transform_evaluator.TRANSLATIONS.setdefault(Repartition, RepartitionOp)
+    transform_evaluator.TRANSLATIONS.setdefault(BroadcastJoin, BroadcastJoinOp)
+
+
+def _by_key(pairs) -> dict:
+    """DaskRunner's ``BroadcastJoin``: its small side's ``(key, value)`` s -> ``{key: [value...]}``."""
+    from apache_beam.runners.dask.transform_evaluator import defenestrate
+
+    out: dict = {}
+    for pair in pairs:
+        k, v = defenestrate(pair)
+        out.setdefault(k, []).append(v)
+    return out
+
+
+def _join_partition(elements, table: dict, main: str, small: str) -> list:
+    """DaskRunner's ``BroadcastJoin``: one partition of its main side joined with ``table``, as
+    ``CoGroupByKey`` gives it: ``(key, {main: [value], small: [its values...]})`` each."""
+    from apache_beam.runners.dask.transform_evaluator import defenestrate
+
+    out = []
+    for element in elements:
+        k, v = defenestrate(element)
+        out.append((k, {main: [v], small: table.get(k, [])}))
+    return out
 
 
 def translation_settings(options: PipelineOptions):

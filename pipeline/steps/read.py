@@ -15,7 +15,14 @@ from pipeline import head_start
 from pipeline.discover import Source, read_source
 from pipeline.source_queue import SourceQueue
 from pipeline.steps import early
-from pipeline.steps.common import MAIN, NAMESPACE, REJECTS, Repartition, SplitTagged
+from pipeline.steps.common import (
+    MAIN,
+    NAMESPACE,
+    REJECTS,
+    BroadcastJoin,
+    Repartition,
+    SplitTagged,
+)
 from transforms.code.dedup import band_keys, duplicates_in_bucket, remove_items, signatures
 from transforms.documents import Reject, RejectError
 from transforms.inputs.reading import ReadSettings, display_path
@@ -137,10 +144,10 @@ class ReadDocuments(beam.PTransform):
         # multi_processing), one ticket a worker, each taking sources from the queue as it is
         # free; elsewhere a Reshuffle (those runners rebalance their work themselves)
         self.queue = queue
-        # False: the duplicates reach their documents through a join (a shuffle of the texts)
-        # instead of a side input, for a runner that computes a side input by running the
-        # graph above it again (Beam 2.77's DaskRunner: every source read twice). A side input
-        # elsewhere: DirectRunner's shuffle would hold every text decoded in its driver.
+        # False: the duplicates reach their documents through a join instead of a side input,
+        # for a runner that computes a side input by running the graph above it again (Beam
+        # 2.77's DaskRunner: every source read twice). A side input elsewhere: DirectRunner's
+        # shuffle would hold every text decoded in its driver.
         self.with_side_inputs = side_inputs
         # False: the sources come spread over the workers already (DaskRunner: one partition
         # per group of sources, pipeline/job.py), where a Reshuffle would deal them at random
@@ -148,7 +155,8 @@ class ReadDocuments(beam.PTransform):
         # DaskRunner: the documents' signatures are gathered into this many partitions before
         # they are grouped by band (Repartition), not shuffled over every partition (a task
         # for each pair); a few, not one: a file's 15 band records are ~1 KB, and a million
-        # files' would be one task's
+        # files' would be one task's. Set, the join of the texts with their drops is a
+        # BroadcastJoin (the drops to every partition of the texts), not a shuffle of the texts
         self.signature_partitions = signature_partitions
 
     def expand(self, sources):
@@ -185,10 +193,13 @@ class ReadDocuments(beam.PTransform):
             | "FindDuplicates" >> beam.FlatMap(_bucket_duplicates, self.within_repository)
         )
         if not self.with_side_inputs:
+            # DaskRunner's graph (signature_partitions set): the drops go whole to every
+            # partition of the texts, which stay where they were read; else a shuffle
+            join = BroadcastJoin("doc", "drop") if self.signature_partitions else None
             kept = {
                 "doc": texts | "KeyByDocument" >> beam.Map(lambda d: (d.doc_id, d)),
                 "drop": drops,
-            } | "JoinDrops" >> beam.CoGroupByKey()
+            } | "JoinDrops" >> (join or beam.CoGroupByKey())
             kept = kept | "RemoveDuplicates" >> beam.ParDo(RemoveDuplicatesFn())
         else:
             by_doc = drops | "DuplicatesByDocument" >> beam.GroupByKey()
