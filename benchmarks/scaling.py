@@ -38,7 +38,7 @@ Corpus (``benchmarks/scaling_corpus.py``): the shared books and the standard-lib
 ``benchmarks/common.py`` replicated under distinct names up to ``--corpus-mb`` of input files
 (distinct paths, so distinct document ids). The copies are identical by design, so duplicate
 removal would drop them: every pipeline row runs with ``--no-dedup``, to measure the same work
-scaled. ``--extra-repos DIR`` adds registry packages already on disk (folders or archives).
+scaled (``SCALING_DEDUP=1`` in the environment: with it on, for an A/B of the default path). ``--extra-repos DIR`` adds registry packages already on disk (folders or archives).
 
 Results: each row is written to ``--results`` (JSON) as soon as it finishes, with the table
 so far; a rerun skips finished rows (same configuration: corpus, sizes, machine) unless
@@ -480,8 +480,16 @@ def pipeline_args(corpus: Path, tokenizer: str, seq_len: int, out: Path) -> list
         str(seq_len),
         "--output",
         str(out),
-        "--no-dedup",
+        *([] if dedup_on() else ["--no-dedup"]),
     ]
+
+
+def dedup_on() -> bool:
+    """``SCALING_DEDUP=1``: the pipeline rows run with duplicate removal on (``pipeline.run``'s
+    default). The corpus's copies are then dropped as duplicates, so such a row measures the
+    default path's cost (signatures, bands, the join), not the same work scaled: its
+    efficiency is not comparable with the ceiling's."""
+    return os.environ.get("SCALING_DEDUP", "") not in ("", "0")
 
 
 def runner_flags(mode: str, n: int) -> list[str]:
@@ -1213,11 +1221,14 @@ def workers_main(args) -> None:
         "cores": cores(),
         "machine": machine(),
         "tokenizer_sha256": _sha256(tok_json),
+        "dedup": dedup_on(),
     }
     ident = {
         k: config[k]
         for k in ("input_bytes", "books", "repositories", "seq_len", "machine", "tokenizer_sha256")
     }
+    if config["dedup"]:  # rows of either kind never mix (earlier files have no such key)
+        ident["dedup"] = True
     path = Path(args.results)
     rows: dict = {}
     pairs: dict = {}  # --pairs: "MODE|N" -> the alternated rounds (measure_pairs)

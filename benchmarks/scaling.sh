@@ -21,6 +21,7 @@
 #
 # Settings (environment): SCALING_WORKERS (1,2,4,8,16), SCALING_CORPUS_MB (300),
 # SCALING_MODES (scaling.py's default list), SCALING_DEADLINE_S (580), SCALING_ARGS (more flags).
+# SCALING_DEDUP=1: the pipeline rows with duplicate removal on (the copies are then dropped).
 # The tokenizer is the pipeline's bundled Qwen3 (transforms/assets/), unless ../shared/data has
 # one; the books are books.tar.xz's unless ../shared/data/books exists; the code is the
 # machine's Python standard library.
