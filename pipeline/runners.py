@@ -336,27 +336,29 @@ def _local_groups() -> int:
     return GROUPS_PER_THREAD * CPU_COUNT
 
 
-def dask_partitions(options: PipelineOptions) -> int | None:
-    """On DaskRunner, how many groups to spread the sources over: ``GROUPS_PER_THREAD`` for
-    each of the cluster's worker threads (asked of the scheduler at ``--dask_client_address``;
-    without one Beam starts a local cluster with a thread per core). None on other runners,
-    and where ``--dask_npartitions`` or ``--dask_partition_size`` chose the partitions.
+@dataclasses.dataclass(frozen=True)
+class DaskWorkers:
+    """What the run needs to know of a Dask cluster's workers (:func:`dask_workers`)."""
 
-    Beam 2.77's DaskRunner puts up to 128 elements in a partition by default, so a corpus of
-    fewer than 128 sources was one partition: one worker read and tokenized everything. With
-    one group a thread, Dask's scheduler at times gave one worker two groups at the start
-    (its ``worker-saturation`` of 1.1 rounds up to two tasks on a one-thread worker) and the
-    other none (2 of 6 runs, 2 workers); with more a thread, the groups left wait at the
-    scheduler and go to whichever worker is free (see GROUPS_PER_THREAD)."""
+    threads: int  # worker threads in all (0: no worker came)
+    local: bool  # every worker on this machine: it sees this machine's local files
+
+
+def dask_workers(options: PipelineOptions) -> DaskWorkers | None:
+    """The workers of ``--runner DaskRunner``'s cluster: asked of the scheduler at
+    ``--dask_client_address`` (or ``--dask_scheduler_file``), waiting up to ``DASK_ASK_S`` for
+    a first worker; without either, Beam's own local cluster (a thread per core, here). None on
+    other runners. A scheduler that accepts a connection and never answers stops the run
+    (UsageError) after a deadline."""
     if not _is_dask(options):
         return None
     from apache_beam.runners.dask.dask_runner import DaskOptions
 
     dask = options.view_as(DaskOptions)
-    if dask.npartitions or dask.partition_size:
-        return None
     if not dask.address and not dask.scheduler_file:
-        return _local_groups()
+        from dask.system import CPU_COUNT  # the cores this process may use (affinity, cgroup)
+
+        return DaskWorkers(CPU_COUNT, local=True)
     # in a daemon thread with a deadline: a Client's timeout covers the connection, not the
     # handshake after it, and a scheduler that accepts and never answers would hold the run
     # forever (a daemon, so that the run's exit does not wait for it either)
@@ -364,7 +366,7 @@ def dask_partitions(options: PipelineOptions) -> int | None:
 
     def ask() -> None:
         try:
-            answer.append(_dask_threads(dask))
+            answer.append(_ask_workers(dask))
         except Exception as err:  # noqa: BLE001 - raised in the caller's thread below
             answer.append(err)
 
@@ -379,7 +381,29 @@ def dask_partitions(options: PipelineOptions) -> int | None:
         )
     if isinstance(answer[0], Exception):
         raise answer[0]
-    threads = answer[0]
+    return answer[0]
+
+
+def dask_partitions(options: PipelineOptions, workers: DaskWorkers | None = None) -> int | None:
+    """On DaskRunner, how many groups to spread the sources over: ``GROUPS_PER_THREAD`` for
+    each of the cluster's worker threads (``workers``, else asked: :func:`dask_workers`). None
+    on other runners, and where ``--dask_npartitions`` or ``--dask_partition_size`` chose the
+    partitions.
+
+    Beam 2.77's DaskRunner puts up to 128 elements in a partition by default, so a corpus of
+    fewer than 128 sources was one partition: one worker read and tokenized everything. With
+    one group a thread, Dask's scheduler at times gave one worker two groups at the start
+    (its ``worker-saturation`` of 1.1 rounds up to two tasks on a one-thread worker) and the
+    other none (2 of 6 runs, 2 workers); with more a thread, the groups left wait at the
+    scheduler and go to whichever worker is free (see GROUPS_PER_THREAD)."""
+    if not _is_dask(options):
+        return None
+    from apache_beam.runners.dask.dask_runner import DaskOptions
+
+    dask = options.view_as(DaskOptions)
+    if dask.npartitions or dask.partition_size:
+        return None
+    threads = (workers or dask_workers(options)).threads
     if not threads:
         _LOG.warning(
             "the Dask cluster has no worker yet: its partitions are left to Beam's default "
@@ -402,10 +426,12 @@ DASK_ASK_S = 30  # how long to wait for a Dask cluster's first worker
 GROUPS_PER_THREAD = 4
 
 
-def _dask_threads(dask) -> int:
-    """The worker threads of the cluster at ``dask``'s address, once it has a worker (waited
-    for up to ``DASK_ASK_S``); 0 if none came."""
+def _ask_workers(dask) -> DaskWorkers:
+    """The workers of the cluster at ``dask``'s address, once it has one (waited for up to
+    ``DASK_ASK_S``); no threads if none came."""
     from distributed import Client
+
+    from pipeline.head_start import is_this_host
 
     with Client(
         dask.address, scheduler_file=dask.scheduler_file, timeout=dask.timeout or DASK_ASK_S,
@@ -414,5 +440,6 @@ def _dask_threads(dask) -> int:
         try:
             client.wait_for_workers(1, timeout=DASK_ASK_S)
         except TimeoutError:
-            return 0
-        return sum(client.nthreads().values())
+            return DaskWorkers(0, local=False)
+        threads = client.nthreads()
+        return DaskWorkers(sum(threads.values()), local=all(map(is_this_host, threads)))
