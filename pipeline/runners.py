@@ -299,18 +299,31 @@ def _join_partition(elements, table: dict, main: str, small: str) -> list:
 
 
 def translation_settings(options: PipelineOptions):
-    """A context for ``Pipeline.run()``, where Beam's DaskRunner translates the graph: the
-    shuffle dask.bag's groupby picks with a distributed client anyway (``tasks``), said
-    outright, which spares the driver dask.dataframe's import (~0.45 s) that finding it out
-    costs. Only while the graph is translated, and never over a method the user set; nothing
-    on other runners."""
-    if not _is_dask(options):
-        return contextlib.nullcontext()
+    """A context for ``Pipeline.run()``, where Beam's DaskRunner translates the graph (and,
+    without ``--dask_client_address``, starts its own local cluster): nothing on other runners.
+
+    - the shuffle dask.bag's groupby picks with a distributed client anyway (``tasks``), said
+      outright, which spares the driver dask.dataframe's import (~0.45 s) that finding it out
+      costs; never over a method the user set;
+    - for Beam's own local cluster, whose scheduler starts in this process, the scheduler's
+      settings of ``python -m pipeline.dask_cluster`` (``pipeline.dask_cluster.
+      scheduler_settings``: one group of sources a worker thread at a time).
+
+    Only while the graph is translated and submitted."""
+    return _dask_settings() if _is_dask(options) else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _dask_settings():
     import dask
 
-    if dask.config.get("dataframe.shuffle.method", None) is not None:
-        return contextlib.nullcontext()
-    return dask.config.set({"dataframe.shuffle.method": "tasks"})
+    from pipeline.dask_cluster import scheduler_settings
+
+    with contextlib.ExitStack() as stack:
+        if dask.config.get("dataframe.shuffle.method", None) is None:
+            stack.enter_context(dask.config.set({"dataframe.shuffle.method": "tasks"}))
+        stack.enter_context(scheduler_settings())
+        yield
 
 
 def dask_spread(options: PipelineOptions, groups: list | None) -> int | None:
@@ -422,8 +435,10 @@ DASK_ASK_S = 30  # how long to wait for a Dask cluster's first worker
 # tokenize step go over one partition (Repartition), more groups cost only their reading and
 # tokenizing tasks, not a shuffle task per pair of partitions. Four against two, 16 workers,
 # 300 MB, 5 paired rounds on the device: 0.96x the wall time (24.0 s against 24.9, medians),
-# faster in 4 of 5 pairs (docs/benchmarks.md, "Session 18").
-GROUPS_PER_THREAD = 4
+# faster in 4 of 5 pairs (docs/benchmarks.md, "Session 18"). Eight: the groups of equal bytes
+# took 12.4-16.0 s of tokenizing a worker (four each; session 19), and the workers ended up
+# to 4 s apart; smaller groups let the faster workers take more of them.
+GROUPS_PER_THREAD = 8
 
 
 def _ask_workers(dask) -> DaskWorkers:

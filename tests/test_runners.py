@@ -334,6 +334,36 @@ def test_dask_partitions_are_a_few_for_each_of_the_clusters_threads(dask_cluster
     assert dask_partitions(PipelineOptions(["--runner", "DirectRunner"])) is None
 
 
+def test_dask_schedulers_give_a_worker_one_group_at_a_time(dask_cluster, monkeypatch):
+    """Issue 20 (DaskRunner at 16 workers): dask's default worker-saturation, 1.1, rounds up
+    to two tasks on a one-thread worker, so each worker held its next group of sources while
+    it worked on one, and at the end a slow worker still held a group an idle one could have
+    run. The cluster of ``pipeline.dask_cluster`` and Beam's own local one (started inside
+    ``translation_settings``) schedule at 1.0; a setting in the environment stands."""
+    import dask
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from distributed import Client
+
+    from pipeline.dask_cluster import SATURATION_ENV, scheduler_settings
+    from pipeline.runners import translation_settings
+
+    key = "distributed.scheduler.worker-saturation"
+    with Client(dask_cluster, set_as_default=False) as client:
+        assert (
+            client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.WORKER_SATURATION) == 1.0
+        )
+    default = dask.config.get(key)
+    assert default != 1.0
+    with translation_settings(PipelineOptions(["--runner", "DaskRunner"])):
+        assert dask.config.get(key) == 1.0
+    assert dask.config.get(key) == default  # only while the graph is translated and submitted
+    with translation_settings(PipelineOptions(["--runner", "DirectRunner"])):
+        assert dask.config.get(key) == default
+    monkeypatch.setenv(SATURATION_ENV, "inf")  # the user's choice
+    with scheduler_settings():
+        assert dask.config.get(key) == default
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
