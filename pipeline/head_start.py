@@ -1,6 +1,5 @@
-"""Tokenization started before Beam: the cores of a ``multi_processing`` run (or of a Dask
-cluster on this machine), idle while the driver and the workers import Beam and the runner
-starts, tokenize the largest sources ahead.
+"""Tokenization started before Beam: the cores of a ``multi_processing`` run, idle while the
+driver and the workers import Beam and the runner starts, tokenize the largest sources ahead.
 
 On nvidia-h200's 16 cores a 16-worker run reads its first file 4-5.5 s after it starts: the
 driver's Beam import (~1.9 s), its graph and ``to_runner_api`` (~1.4 s), the runner's first
@@ -23,13 +22,18 @@ function's output: code is parsed once), and its documents' entries instead of t
 Anything missing (a helper gone, a document that duplicate removal changed) is read or
 tokenized as before. The output is byte-identical; only where the work ran changes.
 
-Where: DirectRunner ``multi_processing``, or DaskRunner with its workers on this machine (Beam's
-own local cluster, or ``python -m pipeline.dask_cluster`` here: :func:`local_workers`; the
-workers are idle while the driver starts, as DirectRunner's are), with at least
-:data:`MIN_CORES` cores, a local output and the bundled or a local tokenizer.json (no Hub download or repository code in a
+Where: DirectRunner ``multi_processing`` with at least :data:`MIN_CORES` cores, a local
+output and the bundled or a local tokenizer.json (no Hub download or repository code in a
 helper the run may not need), without ``--incremental`` (its cache decides what is tokenized),
 unless the environment sets ``LONGCTX_HEAD_START=0``. What: local books and repositories of
 at most :data:`SOURCE_CAP` bytes each, :data:`BUDGET` in all.
+
+Not on DaskRunner, measured: a Dask cluster's workers on this machine also idle while the
+driver starts (~5 s of a 27-s run at 16 workers, 300 MB), and the head start served them with
+the same folder (a scheduler at an address of this machine, closed where the workers were
+elsewhere). On nvidia-h200's CPUs, 3 paired rounds (docs/benchmarks.md, "Session 19"): 26.8 s
+without, 27.9 s with (1.04), the runs' CPU up by ~50 s while the workers' tokenizing time did
+not fall; turned off again.
 
 Run as ``python -m pipeline.head_start FOLDER PROCESSES`` (the run's settings come on stdin).
 """
@@ -85,66 +89,6 @@ def processes_for(workers: int, cores: int) -> int:
     return max(0, min(workers, cores - SPARE_CORES))
 
 
-def local_workers(argv: list[str]) -> int:
-    """The workers of a run of ``argv`` that will run on this machine, and so see the head
-    start's folder: N for DirectRunner ``multi_processing`` (``planned_workers``); for
-    DaskRunner, a thread a core where the cluster is Beam's own local one (no
-    ``--dask_client_address`` or ``--dask_scheduler_file``) or its scheduler is at an address
-    of this machine (``python -m pipeline.dask_cluster`` here); 0 otherwise. A scheduler here
-    whose workers are elsewhere is found out when the run asks it for its workers
-    (``pipeline.runners.dask_workers``), and the head start is then closed. Read before Beam is
-    imported, with Beam's flag names (exact, no abbreviations)."""
-    import argparse
-
-    from pipeline.worker_pool import planned_workers
-
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
-    parser.add_argument("--runner")
-    parser.add_argument("--dask_client_address")
-    parser.add_argument("--dask_scheduler_file")
-    try:
-        args, _ = parser.parse_known_args(argv)
-    except (argparse.ArgumentError, SystemExit):
-        return 0
-    if "dask" not in (args.runner or "").lower():
-        return planned_workers(argv)
-    if args.dask_scheduler_file:  # its address is written when the scheduler starts
-        return 0
-    address = args.dask_client_address
-    if address and not is_this_host(address):
-        return 0
-    return os.cpu_count() or 1
-
-
-def is_this_host(address: str) -> bool:
-    """Whether ``address`` (``[tcp://]host[:port]``) is one of this machine's: a loopback name
-    or address, this machine's name, or an address a socket can be bound to here (no name is
-    looked up: a DNS answer may be slow)."""
-    import ipaddress
-    import socket
-
-    scheme, _, host = address.rpartition("://")
-    if scheme == "inproc":  # a worker in this very process
-        return True
-    if host.startswith("["):  # [v6]:port
-        host = host[1 : host.find("]")]
-    elif host.count(":") == 1:
-        host = host.rsplit(":", 1)[0]
-    if host in ("", "localhost") or host == socket.gethostname():
-        return True
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False  # another machine's name
-    if ip.is_loopback or ip.is_unspecified:
-        return True
-    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-    with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_DGRAM) as sock:
-        sock.bind((host, 0))  # only an address of this machine's own interfaces binds
-        return True
-    return False
-
-
 def source_mark(doc_id: str) -> str:
     """A source's file name in ``held/`` and ``done/`` (ids hold ``/``)."""
     return hashlib.sha1(doc_id.encode("utf-8")).hexdigest()
@@ -175,9 +119,8 @@ class HeadStart:
 
     @classmethod
     def for_run(cls, config, workers: int, cores: int | None = None) -> HeadStart | None:
-        """The head start of a run with ``workers`` workers on this machine (``local_workers``;
-        0: none) and settings ``config`` (a ``BuildConfig``), or None where it does not
-        apply."""
+        """The head start of a run of ``workers`` multi_processing workers (0: another mode)
+        with settings ``config`` (a ``BuildConfig``), or None where it does not apply."""
         from pipeline.worker_pool import local_tokenizer
 
         cores = (os.cpu_count() or 1) if cores is None else cores
@@ -224,11 +167,8 @@ class HeadStart:
             data += chunk
 
     def close(self) -> None:
-        """At the run's end (done, failed or refused: nothing waits for the helpers any more),
-        or before the graph where the run's workers cannot see the folder: stop them at once,
-        keep their :attr:`report`, remove the folder. Once: a second call changes nothing."""
-        if self.report is not None:
-            return
+        """At the run's end (done, failed or refused: nothing waits for the helpers any more):
+        stop them at once, keep their :attr:`report`, remove the folder."""
         stop(self.folder)
         if self._proc is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -49,7 +49,6 @@ from pipeline.report import validation_shortfall, write_report
 from pipeline.runners import (
     check_runner,
     dask_partitions,
-    dask_workers,
     make_runner,
     runner_traits,
     share_cores,
@@ -188,14 +187,8 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
         queue = SourceQueue.create(ids, job.source_bytes, workers)
     # DaskRunner: the sources in groups of about equal size (LPT), one partition a group
     groups, options = None, job.options
-    cluster = dask_workers(job.options) if job.head_start else None
-    if cluster and not cluster.local and job.head_start:
-        # a scheduler on this machine with workers elsewhere: they cannot see its folder
-        _LOG.info("the Dask cluster has workers on other machines: no head start")
-        job.head_start.close()
-        job.head_start = None
     # (one source needs no groups, nor a question to the scheduler)
-    partitions = dask_partitions(job.options, cluster) if len(job.sources) > 1 else None
+    partitions = dask_partitions(job.options) if len(job.sources) > 1 else None
     if partitions:
         n = min(partitions, len(job.sources))
         groups = source_groups(job.sources, job.source_bytes, n)

@@ -25,11 +25,11 @@ import time
 
 from pipeline.config_file import expand_config
 from pipeline.errors import FAILURE, OK, RunRefused, exit_now
-from pipeline.head_start import HeadStart, local_workers
+from pipeline.head_start import HeadStart
 from pipeline.lock import OutputLock
 from pipeline.options import check_values, help_text
 from pipeline.tokenizer_probe import TokenizerProbe
-from pipeline.worker_pool import WorkerPool
+from pipeline.worker_pool import WorkerPool, planned_workers
 
 _LOG = logging.getLogger("longctx")
 
@@ -51,9 +51,8 @@ def run(argv: list[str] | None = None, *, lean_beam: bool = False) -> int:
     # multi_processing: the process the workers are forked from starts importing Beam now,
     # beside the driver
     workers = WorkerPool.for_run(argv, config) if config else None
-    # and the idle cores tokenize the largest sources until the workers begin (theirs, or a
-    # Dask cluster's on this machine)
-    ahead = HeadStart.for_run(config, local_workers(argv)) if config else None
+    # and the idle cores tokenize the largest sources until the workers begin
+    ahead = HeadStart.for_run(config, planned_workers(argv)) if config else None
     # and the tokenizer is checked in a helper process, beside the driver's Beam import (the
     # head start's, which loads it anyway, where there is one)
     tokenizer = (

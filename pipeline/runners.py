@@ -349,59 +349,11 @@ def _local_groups() -> int:
     return GROUPS_PER_THREAD * CPU_COUNT
 
 
-@dataclasses.dataclass(frozen=True)
-class DaskWorkers:
-    """What the run needs to know of a Dask cluster's workers (:func:`dask_workers`)."""
-
-    threads: int  # worker threads in all (0: no worker came)
-    local: bool  # every worker on this machine: it sees this machine's local files
-
-
-def dask_workers(options: PipelineOptions) -> DaskWorkers | None:
-    """The workers of ``--runner DaskRunner``'s cluster: asked of the scheduler at
-    ``--dask_client_address`` (or ``--dask_scheduler_file``), waiting up to ``DASK_ASK_S`` for
-    a first worker; without either, Beam's own local cluster (a thread per core, here). None on
-    other runners. A scheduler that accepts a connection and never answers stops the run
-    (UsageError) after a deadline."""
-    if not _is_dask(options):
-        return None
-    from apache_beam.runners.dask.dask_runner import DaskOptions
-
-    dask = options.view_as(DaskOptions)
-    if not dask.address and not dask.scheduler_file:
-        from dask.system import CPU_COUNT  # the cores this process may use (affinity, cgroup)
-
-        return DaskWorkers(CPU_COUNT, local=True)
-    # in a daemon thread with a deadline: a Client's timeout covers the connection, not the
-    # handshake after it, and a scheduler that accepts and never answers would hold the run
-    # forever (a daemon, so that the run's exit does not wait for it either)
-    answer: list = []
-
-    def ask() -> None:
-        try:
-            answer.append(_ask_workers(dask))
-        except Exception as err:  # noqa: BLE001 - raised in the caller's thread below
-            answer.append(err)
-
-    asking = threading.Thread(target=ask, name="longctx-dask-threads", daemon=True)
-    asking.start()
-    asking.join(2 * DASK_ASK_S + 5)  # the connection, then the wait for a worker
-    if not answer:
-        where = dask.address or dask.scheduler_file
-        raise UsageError(
-            f"--runner DaskRunner: the Dask scheduler at {where} accepted a connection but did "
-            f"not answer within {2 * DASK_ASK_S + 5} s"
-        )
-    if isinstance(answer[0], Exception):
-        raise answer[0]
-    return answer[0]
-
-
-def dask_partitions(options: PipelineOptions, workers: DaskWorkers | None = None) -> int | None:
+def dask_partitions(options: PipelineOptions) -> int | None:
     """On DaskRunner, how many groups to spread the sources over: ``GROUPS_PER_THREAD`` for
-    each of the cluster's worker threads (``workers``, else asked: :func:`dask_workers`). None
-    on other runners, and where ``--dask_npartitions`` or ``--dask_partition_size`` chose the
-    partitions.
+    each of the cluster's worker threads (asked of the scheduler at ``--dask_client_address``;
+    without one Beam starts a local cluster with a thread per core). None on other runners,
+    and where ``--dask_npartitions`` or ``--dask_partition_size`` chose the partitions.
 
     Beam 2.77's DaskRunner puts up to 128 elements in a partition by default, so a corpus of
     fewer than 128 sources was one partition: one worker read and tokenized everything. With
@@ -416,7 +368,31 @@ def dask_partitions(options: PipelineOptions, workers: DaskWorkers | None = None
     dask = options.view_as(DaskOptions)
     if dask.npartitions or dask.partition_size:
         return None
-    threads = (workers or dask_workers(options)).threads
+    if not dask.address and not dask.scheduler_file:
+        return _local_groups()
+    # in a daemon thread with a deadline: a Client's timeout covers the connection, not the
+    # handshake after it, and a scheduler that accepts and never answers would hold the run
+    # forever (a daemon, so that the run's exit does not wait for it either)
+    answer: list = []
+
+    def ask() -> None:
+        try:
+            answer.append(_dask_threads(dask))
+        except Exception as err:  # noqa: BLE001 - raised in the caller's thread below
+            answer.append(err)
+
+    asking = threading.Thread(target=ask, name="longctx-dask-threads", daemon=True)
+    asking.start()
+    asking.join(2 * DASK_ASK_S + 5)  # the connection, then the wait for a worker
+    if not answer:
+        where = dask.address or dask.scheduler_file
+        raise UsageError(
+            f"--runner DaskRunner: the Dask scheduler at {where} accepted a connection but did "
+            f"not answer within {2 * DASK_ASK_S + 5} s"
+        )
+    if isinstance(answer[0], Exception):
+        raise answer[0]
+    threads = answer[0]
     if not threads:
         _LOG.warning(
             "the Dask cluster has no worker yet: its partitions are left to Beam's default "
@@ -441,12 +417,10 @@ DASK_ASK_S = 30  # how long to wait for a Dask cluster's first worker
 GROUPS_PER_THREAD = 8
 
 
-def _ask_workers(dask) -> DaskWorkers:
-    """The workers of the cluster at ``dask``'s address, once it has one (waited for up to
-    ``DASK_ASK_S``); no threads if none came."""
+def _dask_threads(dask) -> int:
+    """The worker threads of the cluster at ``dask``'s address, once it has a worker (waited
+    for up to ``DASK_ASK_S``); 0 if none came."""
     from distributed import Client
-
-    from pipeline.head_start import is_this_host
 
     with Client(
         dask.address, scheduler_file=dask.scheduler_file, timeout=dask.timeout or DASK_ASK_S,
@@ -455,6 +429,5 @@ def _ask_workers(dask) -> DaskWorkers:
         try:
             client.wait_for_workers(1, timeout=DASK_ASK_S)
         except TimeoutError:
-            return DaskWorkers(0, local=False)
-        threads = client.nthreads()
-        return DaskWorkers(sum(threads.values()), local=all(map(is_this_host, threads)))
+            return 0
+        return sum(client.nthreads().values())
