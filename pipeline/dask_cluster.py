@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# The scheduler's setting that the pipeline's work wants (pipeline.runners.scheduler_settings
+# The scheduler's setting that the pipeline's work wants (pipeline.runners.translation_settings
 # gives Beam's own local cluster the same), unless the environment sets it (dask reads
 # DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION).
 SATURATION_ENV = "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION"

@@ -276,7 +276,8 @@ def register_dask_translations() -> None:
 
 
 def _by_key(pairs) -> dict:
-    """DaskRunner's ``BroadcastJoin``: its small side's ``(key, value)`` s -> ``{key: [value...]}``."""
+    """DaskRunner's ``BroadcastJoin``: its small side's ``(key, value)`` s ->
+    ``{key: [value...]}``."""
     from apache_beam.runners.dask.transform_evaluator import defenestrate
 
     out: dict = {}
@@ -411,9 +412,10 @@ DASK_ASK_S = 30  # how long to wait for a Dask cluster's first worker
 # tokenize step go over one partition (Repartition), more groups cost only their reading and
 # tokenizing tasks, not a shuffle task per pair of partitions. Four against two, 16 workers,
 # 300 MB, 5 paired rounds on the device: 0.96x the wall time (24.0 s against 24.9, medians),
-# faster in 4 of 5 pairs (docs/benchmarks.md, "Session 18"). Eight: the groups of equal bytes
-# took 12.4-16.0 s of tokenizing a worker (four each; session 19), and the workers ended up
-# to 4 s apart; smaller groups let the faster workers take more of them.
+# faster in 4 of 5 pairs (docs/benchmarks.md, "Session 18"). Eight (session 19): four groups
+# of equal bytes took 12.4-16.0 s of tokenizing a worker, and the workers ended 3.5-8 s apart;
+# with eight (and one at a time a worker, pipeline.dask_cluster.scheduler_settings) the faster
+# workers took more (6-11 each), the ends 3.2-4.3 s apart, 0.97x the wall time (3 pairs).
 GROUPS_PER_THREAD = 8
 
 
