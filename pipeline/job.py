@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -54,6 +55,7 @@ from pipeline.runners import (
     share_cores,
     static_workers,
     translation_settings,
+    warm_dask_workers,
 )
 from pipeline.source_queue import SourceQueue
 from pipeline.steps import BuildDataset
@@ -101,6 +103,8 @@ class Job:
     input_bytes: int  # bytes of the local inputs: the disk-space check and the progress ETA
     source_bytes: list[int]  # the same per source (0: remote): the order workers take them in
     head_start: HeadStart | None = None  # multi_processing: tokenizing before the workers begin
+    # DaskRunner with a cluster up: its workers loading the tokenizer (warm_dask_workers)
+    warming: threading.Thread | None = None
 
     def say(self, *args) -> None:
         if not self.config.quiet:
@@ -123,6 +127,9 @@ def prepare(
     check_runner(options)
     check_arguments(argv)  # after check_runner: it imports the runner and its option classes
     config = BuildConfig.from_options(lc)
+    # DaskRunner: the cluster's workers load the tokenizer while this prepares and the graph
+    # is made (a background thread: nothing here waits for it)
+    warming = warm_dask_workers(options, config.tokenizer, config.trust_remote_code)
     # the report's plots: helper processes import matplotlib while the pipeline runs
     plotter = PlotRenderer()
     # The tokenizer loads (a hub download, or parsing tokenizer.json) in a helper process
@@ -162,6 +169,7 @@ def prepare(
         n_input,
         source_bytes,
         head_start,
+        warming,
     )
 
 
@@ -222,6 +230,8 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
             result = pipeline.run()
         result.wait_until_finish()
     finally:
+        if job.warming:  # long done (a connection that hangs is a daemon's: not waited for)
+            job.warming.join(timeout=1.0)
         if queue:
             queue.remove()
         if job.workers:  # its server and workers wind down while the run is finalized

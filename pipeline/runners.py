@@ -407,6 +407,56 @@ def dask_partitions(options: PipelineOptions) -> int | None:
     return groups
 
 
+def warm_dask_workers(options: PipelineOptions, tokenizer: str | None, trust_remote_code=False):
+    """On DaskRunner with a cluster already up (``--dask_client_address`` or
+    ``--dask_scheduler_file``), have each of its workers load the run's tokenizer now, while
+    the driver lists the inputs and builds the graph (``pipeline.job.prepare`` calls it first
+    thing): a background thread of the driver (its connection is off the run's path), which
+    returns the thread, or None where nothing is done (another
+    runner, Beam's own local cluster that starts with the run, a Hub id or a folder that needs
+    ``transformers``: no download or repository code in a worker before the run asks for it).
+
+    Each worker parsed the tokenizer in the tokenize step's first ``setup``, 0.4-0.6 s after its
+    first read, one worker after another on nvidia-h200 (14 s of the 16 workers' CPU in
+    ``TokenizeFn.setup``, session 19); the parse is remembered per process
+    (``transforms.samples.tokenize.load_tokenizer``), so the step finds it done. A worker that
+    cannot load it (a path its machine does not have) is left to the step, which reports it."""
+    from pipeline.worker_pool import local_tokenizer
+
+    if not _is_dask(options) or local_tokenizer(tokenizer) is None:
+        return None
+    from apache_beam.runners.dask.dask_runner import DaskOptions
+
+    dask = options.view_as(DaskOptions)
+    if not dask.address and not dask.scheduler_file:
+        return None
+
+    def warm() -> None:
+        from distributed import Client
+
+        try:
+            with Client(
+                dask.address, scheduler_file=dask.scheduler_file,
+                timeout=dask.timeout or DASK_ASK_S, set_as_default=False,
+            ) as client:  # fmt: skip
+                client.run(_load_tokenizer_here, tokenizer, trust_remote_code, on_error="ignore")
+        except Exception as err:  # noqa: BLE001 - only a head start: the step loads it anyway
+            _LOG.debug("the Dask workers did not load the tokenizer ahead: %s", err)
+
+    thread = threading.Thread(target=warm, name="longctx-dask-warm", daemon=True)
+    thread.start()
+    return thread
+
+
+def _load_tokenizer_here(tokenizer: str | None, trust_remote_code: bool) -> bool:
+    """On a Dask worker (``warm_dask_workers``): the tokenize step's own load, and its newline
+    tables (built at the first encode otherwise)."""
+    from transforms.samples.tokenize import load_tokenizer
+
+    load_tokenizer(tokenizer, trust_remote_code).newline_tables()
+    return True
+
+
 DASK_ASK_S = 30  # how long to wait for a Dask cluster's first worker
 # DaskRunner: groups of sources a worker thread (dask_partitions). Since the shuffles after the
 # tokenize step go over one partition (Repartition), more groups cost only their reading and
@@ -415,7 +465,8 @@ DASK_ASK_S = 30  # how long to wait for a Dask cluster's first worker
 # faster in 4 of 5 pairs (docs/benchmarks.md, "Session 18"). Eight (session 19): four groups
 # of equal bytes took 12.4-16.0 s of tokenizing a worker, and the workers ended 3.5-8 s apart;
 # with eight (and one at a time a worker, pipeline.dask_cluster.scheduler_settings) the faster
-# workers took more (6-11 each), the ends 3.2-4.3 s apart, 0.97x the wall time (3 pairs).
+# workers took more (6-11 each), the ends 3.2-4.3 s apart, 0.97x the wall time (3 pairs, one
+# slower; both changes at once, with the head start then on for Dask on both sides).
 GROUPS_PER_THREAD = 8
 
 

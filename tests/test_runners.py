@@ -334,6 +334,34 @@ def test_dask_partitions_are_a_few_for_each_of_the_clusters_threads(dask_cluster
     assert dask_partitions(PipelineOptions(["--runner", "DirectRunner"])) is None
 
 
+def test_dask_workers_load_the_tokenizer_while_the_graph_is_made(dask_cluster, qwen3_dir):
+    """Issue 20 (DaskRunner at 16 workers): each worker parsed the tokenizer in the tokenize
+    step's first setup, after its first read (14 CPU-s of 16 workers on the device). With a
+    cluster already up, the driver has every worker load it while the graph is made; not for
+    Beam's own local cluster (it starts with the run), a Hub id, or another runner."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from distributed import Client
+
+    from pipeline.runners import warm_dask_workers
+
+    def loaded(spec):  # on a worker: the tokenize step's load would find it done
+        from transforms.samples import tokenize
+
+        return tokenize._files_key(spec) in tokenize._BY_FILES
+
+    spec = str(qwen3_dir)
+    options = PipelineOptions(["--runner", "DaskRunner", f"--dask_client_address={dask_cluster}"])
+    with Client(dask_cluster, set_as_default=False) as client:
+        assert list(client.run(loaded, spec).values()) == [False, False]
+        warming = warm_dask_workers(options, spec)
+        warming.join(120)
+        assert not warming.is_alive()
+        assert list(client.run(loaded, spec).values()) == [True, True]
+    assert warm_dask_workers(PipelineOptions(["--runner", "DaskRunner"]), spec) is None
+    assert warm_dask_workers(options, "Qwen/Qwen3-8B") is None  # a Hub id: not ahead
+    assert warm_dask_workers(PipelineOptions(["--runner", "DirectRunner"]), spec) is None
+
+
 def test_dask_schedulers_give_a_worker_one_group_at_a_time(dask_cluster, monkeypatch):
     """Issue 20 (DaskRunner at 16 workers): dask's default worker-saturation, 1.1, rounds up
     to two tasks on a one-thread worker, so each worker held its next group of sources while
@@ -362,6 +390,10 @@ def test_dask_schedulers_give_a_worker_one_group_at_a_time(dask_cluster, monkeyp
     monkeypatch.setenv(SATURATION_ENV, "inf")  # the user's choice
     with scheduler_settings():
         assert dask.config.get(key) == default
+    monkeypatch.delenv(SATURATION_ENV)
+    # the user's choice in a YAML file or in code
+    with dask.config.set({key: 2.0}), scheduler_settings():
+        assert dask.config.get(key) == 2.0
 
 
 @pytest.mark.parametrize(
