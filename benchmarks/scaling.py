@@ -1058,7 +1058,8 @@ def notes(rows: dict, config: dict) -> str:
     corpus = (
         f"Corpus: {c['input_bytes'] / 1e6:,.0f} MB of input files ({c['books']} book files, "
         f"{c['repositories']} repositories: the shared books and {c['packages']} standard-library "
-        f"packages, copied under distinct names), `--no-dedup`, `--seq-len {c['seq_len']}`"
+        f"packages, copied under distinct names), "
+        f"{'duplicate removal on' if c.get('dedup') else '`--no-dedup`'}, `--seq-len {c['seq_len']}`"
     )
     if tok:
         corpus += f"; {tok:,} tokens in the pipeline's count"
@@ -1186,6 +1187,8 @@ def markdown(rows: dict, order, config: dict, pairs: dict | None = None) -> str:
 
 def command_line(args, workers) -> str:
     cmd = f"python benchmarks/scaling.py --workers {','.join(map(str, workers))} --corpus-mb {args.corpus_mb:g} --seq-len {args.seq_len}"
+    if dedup_on():
+        cmd = "SCALING_DEDUP=1 " + cmd
     if args.modes != DEFAULT_MODES:
         cmd += f" --modes {args.modes}"
     if args.wait_idle:
@@ -1272,9 +1275,11 @@ def workers_main(args) -> None:
     todo = [(m, n) for m, n in order if not finished(rows.get(key(m, n)))]
     print(f"{len(order) - len(todo)} of {len(order)} rows done in {path}", flush=True)
     stopped = None
+    # the same files with duplicate removal on or off: one copy
+    files = {k: v for k, v in ident.items() if k != "dedup"}
     corpus = (
         work
-        / f"corpus-{hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]}"
+        / f"corpus-{hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:10]}"
     )
     if todo or args.pairs:
         if not (corpus / ".done").exists():

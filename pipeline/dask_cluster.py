@@ -77,8 +77,13 @@ def main(argv: list[str] | None = None) -> int:
 SATURATION_ENV = "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION"
 
 
+SATURATION = "distributed.scheduler.worker-saturation"
+
+
 def scheduler_settings():
-    """A context for starting a scheduler: ``distributed.scheduler.worker-saturation`` 1.0.
+    """A context for starting a scheduler: ``distributed.scheduler.worker-saturation`` 1.0,
+    unless the user chose a value (in the environment, a dask YAML file or ``dask.config``:
+    anything but distributed's own default there).
 
     Dask's default, 1.1, rounds up to two tasks on a worker of one thread: each worker holds
     the next group of sources while it works on one, so at the end a slow worker can still
@@ -86,11 +91,23 @@ def scheduler_settings():
     not started wait at the scheduler and go to whichever worker is free first."""
     import contextlib
 
-    if SATURATION_ENV in os.environ:
+    import dask
+    import distributed  # noqa: F401 - registers its defaults with dask.config
+
+    if SATURATION_ENV in os.environ or dask.config.get(SATURATION, None) != _shipped():
         return contextlib.nullcontext()
+    return dask.config.set({SATURATION: 1.0})
+
+
+def _shipped():
+    """distributed's own default worker-saturation (its YAML, as registered in dask.config)."""
     import dask
 
-    return dask.config.set({"distributed.scheduler.worker-saturation": 1.0})
+    for defaults in dask.config.defaults:
+        value = defaults.get("distributed", {}).get("scheduler", {}).get("worker-saturation")
+        if value is not None:
+            return value
+    return None
 
 
 def _start(args):

@@ -67,7 +67,9 @@ class BroadcastJoin(beam.PTransform):
     ``CoGroupByKey``, whose task shuffle moved every text between the workers, a task for each
     pair of the texts' partitions (1,548 of the 300 MB corpus's 3,376 tasks at 64 partitions).
     Here ``main`` keeps its partitions and ``small`` is gathered into one value that every
-    partition of ``main`` gets.
+    partition of ``main`` gets: one task makes it and every worker holds it whole, so it is
+    for a ``small`` that is small (the drops: one short record a file left out; a corpus of
+    millions of duplicate files would make it hundreds of MB).
 
     A primitive, like :class:`Repartition`: ``pipeline.runners.register_dask_translations``
     makes it ``dask.bag.Bag.map_partitions`` with ``small`` as a ``dask.delayed`` argument.
