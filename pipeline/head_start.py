@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import hashlib
 import json
 import logging
@@ -366,6 +367,9 @@ def _serve(folder: str, processes: int) -> int:
         make_folders(folder)
     except Exception:  # noqa: BLE001 - the driver reports a bad flag or input, by name
         local = []
+    # what the helpers read allocates fast (ast): the imports and the tokenizer out of the
+    # collector's sweeps, as the run's read step does (pipeline.steps.common.freeze_heap_once)
+    gc.freeze()
     children = set()
     for _ in range(processes):
         if os.path.exists(os.path.join(folder, STOP)):

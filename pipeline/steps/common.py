@@ -1,8 +1,10 @@
-"""What every step shares: output tags, the metrics namespace, :class:`SplitTagged`,
-:class:`Collect`, and the two primitives taught to Beam 2.77's DaskRunner,
+"""What every step shares: output tags, the metrics namespace, :func:`freeze_heap_once`,
+:class:`SplitTagged`, :class:`Collect`, and the two primitives taught to Beam 2.77's DaskRunner,
 :class:`Repartition` and :class:`BroadcastJoin`."""
 
 from __future__ import annotations
+
+import gc
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -13,6 +15,23 @@ DOCUMENTS = "documents"
 SUMMARY = "summary"
 STATS = "stats"  # a shard's stats, from the shard writer
 NAMESPACE = "longctx"
+
+
+_FROZEN: list[bool] = []  # freeze_heap_once has run in this process
+
+
+def freeze_heap_once() -> None:
+    """Put what this process holds now out of the garbage collector's sweeps, once a process
+    (``gc.freeze``): Beam, dask, the pipeline's modules, ~150,000 tracked objects in a Dask
+    worker. The read step's Python (``ast`` parses, decoding) allocates objects fast, and each
+    of the collections that sets off went through all of those: reading 7 standard-library
+    packages took 0.61 CPU-s in such a process, 0.34 after ``gc.freeze()`` (session 19,
+    docs/benchmarks.md). Called from the read step's setup, when the worker has imported what
+    it runs. What is frozen is still freed by reference counting; only a reference cycle
+    among it would never be collected (imports live as long as the process anyway)."""
+    if not _FROZEN:
+        gc.freeze()
+        _FROZEN.append(True)
 
 
 class SplitTagged(beam.PTransform):

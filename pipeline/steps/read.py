@@ -22,6 +22,7 @@ from pipeline.steps.common import (
     BroadcastJoin,
     Repartition,
     SplitTagged,
+    freeze_heap_once,
 )
 from transforms.code.dedup import band_keys, duplicates_in_bucket, remove_items, signatures
 from transforms.documents import Reject, RejectError
@@ -41,6 +42,9 @@ class ReadSourceFn(beam.DoFn):
 
     def __init__(self, settings: ReadSettings, early=None, head_start: str | None = None):
         self.settings, self.early, self.head_start = settings, early, head_start
+
+    def setup(self):
+        freeze_heap_once()  # the worker's imports out of the collector's sweeps
 
     def process(self, src: Source):
         items = None
