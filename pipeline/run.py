@@ -83,11 +83,12 @@ def _run(
     lean_beam: bool = False,
 ) -> int:
     try:
-        if lean_beam:
-            from pipeline.beam_import import import_beam
+        from pipeline.beam_import import import_beam, no_collections
 
-            import_beam()
-        from pipeline.job import build_and_publish, prepare, summary
+        with no_collections():  # Beam's and the pipeline's imports, on every run's path
+            if lean_beam:
+                import_beam()
+            from pipeline.job import build_and_publish, prepare, summary
 
         job = prepare(argv, workers, tokenizer, ahead)
     except RunRefused as err:

@@ -347,12 +347,13 @@ def _serve(tokenizer: str, trust_remote_code: bool, log_level: str, answers_fd: 
     logging.getLogger().addHandler(console)
     for name in _EXPECTED:
         logging.getLogger(name).addFilter(_not_expected)
-    from pipeline.beam_import import import_beam
+    from pipeline.beam_import import import_beam, no_collections
 
-    import_beam()  # this process runs the pipeline's steps only: Beam without its connectors
-    from apache_beam.runners.worker import sdk_worker_main
+    with no_collections():  # on the start's path: the workers are forked after these
+        import_beam()  # this process runs the pipeline's steps only: Beam without its connectors
+        from apache_beam.runners.worker import sdk_worker_main
 
-    import pipeline.steps  # noqa: F401  (the DoFns the runner sends, unpickled here)
+        import pipeline.steps  # noqa: F401  (the DoFns the runner sends, unpickled here)
 
     if tokenizer:
         from transforms.samples.tokenize import load_tokenizer

@@ -345,10 +345,13 @@ def test_the_read_step_puts_the_processs_imports_out_of_the_collectors_sweeps(
     argv = ["--runner", "DirectRunner", "--books", books_dir / BOOKS[1], "--tokenizer",
             qwen3_dir, "--seq-len", "16384", "--output", tmp_path / "out", "--quiet"]  # fmt: skip
     proc = run_patched("import gc\nbefore = gc.get_freeze_count()", argv,
-                       "print(status, before, gc.get_freeze_count())")  # fmt: skip
-    status, before, after = map(int, proc.stdout.split()[-3:])
+                       "print(status, before, gc.get_freeze_count(), int(gc.isenabled()))")  # fmt: skip
+    status, before, after, enabled = map(int, proc.stdout.split()[-4:])
     assert (status, before) == (0, 0), proc.stderr[-3000:]
     assert after > 50_000  # Beam's and the pipeline's objects
+    # the collector, off while the driver imported Beam and the pipeline
+    # (pipeline.beam_import.no_collections), is on again for the run
+    assert enabled == 1
 
 
 def test_dask_workers_load_the_tokenizer_while_the_graph_is_made(dask_cluster, qwen3_dir):
