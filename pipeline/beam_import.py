@@ -1,6 +1,6 @@
 """Apache Beam imported without the optional connectors it imports eagerly and this pipeline
 never uses, in the processes longctx owns: the command line's driver and the worker pool's
-server.
+server; and :func:`no_collections`, the garbage collector off while they import it.
 
 ``import apache_beam`` imports, wherever they are installed, pymongo and bson
 (``io.mongodbio``) and the BigQuery connector (``io``'s package module, with Pub/Sub and the
