@@ -72,12 +72,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # The scheduler's setting that the pipeline's work wants (pipeline.runners.translation_settings
-# gives Beam's own local cluster the same), unless the environment sets it (dask reads
-# DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION).
-SATURATION_ENV = "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION"
-
-
+# gives Beam's own local cluster the same), and the variable of the environment dask reads it
+# from (a value there stands, whatever it is).
 SATURATION = "distributed.scheduler.worker-saturation"
+SATURATION_ENV = "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION"
 
 
 def scheduler_settings():

@@ -432,13 +432,8 @@ def warm_dask_workers(options: PipelineOptions, tokenizer: str | None, trust_rem
         return None
 
     def warm() -> None:
-        from distributed import Client
-
         try:
-            with Client(
-                dask.address, scheduler_file=dask.scheduler_file,
-                timeout=dask.timeout or DASK_ASK_S, set_as_default=False,
-            ) as client:  # fmt: skip
+            with _client(dask) as client:
                 client.run(_load_tokenizer_here, tokenizer, trust_remote_code, on_error="ignore")
         except Exception as err:  # noqa: BLE001 - only a head start: the step loads it anyway
             _LOG.debug("the Dask workers did not load the tokenizer ahead: %s", err)
@@ -473,14 +468,20 @@ GROUPS_PER_THREAD = 8
 def _dask_threads(dask) -> int:
     """The worker threads of the cluster at ``dask``'s address, once it has a worker (waited
     for up to ``DASK_ASK_S``); 0 if none came."""
-    from distributed import Client
-
-    with Client(
-        dask.address, scheduler_file=dask.scheduler_file, timeout=dask.timeout or DASK_ASK_S,
-        set_as_default=False,
-    ) as client:  # fmt: skip
+    with _client(dask) as client:
         try:
             client.wait_for_workers(1, timeout=DASK_ASK_S)
         except TimeoutError:
             return 0
         return sum(client.nthreads().values())
+
+
+def _client(dask):
+    """A client of the Dask scheduler that ``dask`` (the run's ``DaskOptions``) names, not made
+    the process's default (Beam's own client is the run's)."""
+    from distributed import Client
+
+    return Client(
+        dask.address, scheduler_file=dask.scheduler_file, timeout=dask.timeout or DASK_ASK_S,
+        set_as_default=False,
+    )  # fmt: skip
