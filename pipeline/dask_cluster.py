@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
     # the workers and the scheduler import what the pipeline's tasks need as they start, not
     # inside the first run (pipeline/dask_preload.py)
-    with scheduler_settings():
+    with cluster_settings():
         cluster = _start(args)
     address = cluster.scheduler_address.replace("tcp://", "")
     print(f"Dask scheduler at {address} with {args.workers} worker processes.", flush=True)
@@ -71,38 +71,53 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# The scheduler's setting that the pipeline's work wants (pipeline.runners.translation_settings
-# gives Beam's own local cluster the same), and the variable of the environment dask reads it
-# from (a value there stands, whatever it is).
+# The settings of distributed that the pipeline's work wants, for a cluster this process starts
+# (pipeline.runners.translation_settings gives Beam's own local cluster the same), each with the
+# variable of the environment that decides it instead (a value there stands, whatever it is).
 SATURATION = "distributed.scheduler.worker-saturation"
 SATURATION_ENV = "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION"
+TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+TRIM_ENV = "MALLOC_TRIM_THRESHOLD_"  # a nanny passes on the environment's value over the config's
 
 
-def scheduler_settings():
-    """A context for starting a scheduler: ``distributed.scheduler.worker-saturation`` 1.0,
-    unless the user chose a value (in the environment, a dask YAML file or ``dask.config``:
-    anything but distributed's own default there).
+def cluster_settings():
+    """A context for starting a cluster's scheduler and workers, with two of distributed's
+    settings changed unless the user chose a value (in the environment, a dask YAML file or
+    ``dask.config``: anything but distributed's own default there):
 
-    Dask's default, 1.1, rounds up to two tasks on a worker of one thread: each worker holds
-    the next group of sources while it works on one, so at the end a slow worker can still
-    hold a group of several seconds that an idle worker could have run. At 1.0 the groups
-    not started wait at the scheduler and go to whichever worker is free first."""
-    import contextlib
-
+    - ``distributed.scheduler.worker-saturation`` 1.0. Dask's default, 1.1, rounds up to two
+      tasks on a worker of one thread: each worker holds the next group of sources while it
+      works on one, so at the end a slow worker can still hold a group of several seconds that
+      an idle worker could have run. At 1.0 the groups not started wait at the scheduler and go
+      to whichever worker is free first.
+    - no ``MALLOC_TRIM_THRESHOLD_`` in the workers' environment (distributed's nannies set
+      65536 before they start a worker). Any ``MALLOC_*`` tunable set turns off glibc's sliding
+      mmap threshold, so every buffer of 128 KiB or more (a document's text, the tokenizer's
+      encodings, the token arrays) is mapped fresh and its pages faulted in and zeroed again:
+      tokenizing the shared books in one process took 14x the page faults and 10-14% more
+      time (docs/benchmarks.md, "Session 20")."""
     import dask
     import distributed  # noqa: F401 - registers its defaults with dask.config
 
-    if SATURATION_ENV in os.environ or dask.config.get(SATURATION, None) != _shipped():
-        return contextlib.nullcontext()
-    return dask.config.set({SATURATION: 1.0})
+    changes = {}
+    if SATURATION_ENV not in os.environ and dask.config.get(SATURATION, None) == _shipped(
+        SATURATION
+    ):
+        changes[SATURATION] = 1.0
+    if TRIM_ENV not in os.environ and dask.config.get(TRIM, None) == _shipped(TRIM):
+        changes[TRIM] = None  # distributed's way to leave a pre-spawn variable unset
+    return dask.config.set(changes)
 
 
-def _shipped():
-    """distributed's own default worker-saturation (its YAML, as registered in dask.config)."""
+def _shipped(key: str):
+    """distributed's own default for a dotted config key (its YAML, as registered in
+    dask.config), or None."""
     import dask
 
     for defaults in dask.config.defaults:
-        value = defaults.get("distributed", {}).get("scheduler", {}).get("worker-saturation")
+        value = defaults
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
         if value is not None:
             return value
     return None

@@ -306,9 +306,10 @@ def translation_settings(options: PipelineOptions):
     - the shuffle dask.bag's groupby picks with a distributed client anyway (``tasks``), said
       outright, which spares the driver dask.dataframe's import (~0.45 s) that finding it out
       costs; never over a method the user set;
-    - for Beam's own local cluster, whose scheduler starts in this process, the scheduler's
+    - for Beam's own local cluster, whose scheduler and nannies start in this process, the
       settings of ``python -m pipeline.dask_cluster`` (``pipeline.dask_cluster.
-      scheduler_settings``: one group of sources a worker thread at a time).
+      cluster_settings``: one group of sources a worker thread at a time, and glibc's own
+      malloc thresholds in the workers).
 
     Only while the graph is translated and submitted."""
     return _dask_settings() if _is_dask(options) else contextlib.nullcontext()
@@ -318,12 +319,12 @@ def translation_settings(options: PipelineOptions):
 def _dask_settings():
     import dask
 
-    from pipeline.dask_cluster import scheduler_settings
+    from pipeline.dask_cluster import cluster_settings
 
     with contextlib.ExitStack() as stack:
         if dask.config.get("dataframe.shuffle.method", None) is None:
             stack.enter_context(dask.config.set({"dataframe.shuffle.method": "tasks"}))
-        stack.enter_context(scheduler_settings())
+        stack.enter_context(cluster_settings())
         yield
 
 
@@ -459,7 +460,7 @@ DASK_ASK_S = 30  # how long to wait for a Dask cluster's first worker
 # 300 MB, 5 paired rounds on the device: 0.96x the wall time (24.0 s against 24.9, medians),
 # faster in 4 of 5 pairs (docs/benchmarks.md, "Session 18"). Eight (session 19): four groups
 # of equal bytes took 12.4-16.0 s of tokenizing a worker, and the workers ended 3.5-8 s apart;
-# with eight (and one at a time a worker, pipeline.dask_cluster.scheduler_settings) the faster
+# with eight (and one at a time a worker, pipeline.dask_cluster.cluster_settings) the faster
 # workers took more (6-11 each), the ends 3.2-4.3 s apart, 0.97x the wall time (3 pairs, one
 # slower; both changes at once, with the head start then on for Dask on both sides).
 GROUPS_PER_THREAD = 8

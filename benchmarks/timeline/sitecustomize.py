@@ -336,6 +336,10 @@ def _start_sampler(value: str) -> None:
 _DONE: set = set()
 if _DIR and os.environ.get("BEAM_TIMELINE_STACKS"):
     _start_sampler(os.environ["BEAM_TIMELINE_STACKS"])
+    # a forked process (a pooled DirectRunner worker, a head-start helper) has no sampler thread:
+    # its own, writing <its pid>.stacks.json
+    _STACKS_MS = os.environ["BEAM_TIMELINE_STACKS"]
+    os.register_at_fork(after_in_child=lambda: _start_sampler(_STACKS_MS))
 if _DIR:
     import sys
 
