@@ -15,7 +15,10 @@ Rows (each measured on the same corpus and tokenizer):
   call). Timed as a whole, from a barrier that all N pass once loaded until the last one ends
   (loading and reading excluded). The Rust tokenizer runs a rayon pool over every core in each
   process, so with N processes on C cores each gets ``RAYON_NUM_THREADS=max(1, C//N)``; the
-  ``ceiling_oversubscribed`` row (``--modes``) leaves it unset (N x C threads) for comparison.
+  ``ceiling_oversubscribed`` row (``--modes``) leaves it unset (N x C threads) for comparison;
+  the ``ceiling_shared`` row loads the tokenizer once, before the N processes fork, so they
+  share its memory as DirectRunner's pooled workers do (the worker pool's server loads it and
+  forks them; a Dask worker, spawned, loads its own).
 - ``in_memory``: ``python -m pipeline.run --runner DirectRunner``, one process: the reference.
 - ``phases``: the same run in one process with its stages timed (read, encode, scores, token
   store, plan, cut, shard and table writes, Beam's own time, prepare, finalize), so the
@@ -98,6 +101,7 @@ DEFAULT_MODES = "ceiling,in_memory,phases,multi_processing,multi_processing_rayo
 ALL_MODES = (
     "ceiling",
     "ceiling_oversubscribed",
+    "ceiling_shared",
     "in_memory",
     "phases",
     "multi_processing",
@@ -109,13 +113,16 @@ SINGLE = ("in_memory", "phases")  # one process: run at N=1 only
 BASE = {  # the N=1 row a mode's speed-up is taken against
     "ceiling": "ceiling",
     "ceiling_oversubscribed": "ceiling",
+    "ceiling_shared": "ceiling",
     "in_memory": "in_memory",
     "multi_processing": "multi_processing",
     "multi_processing_rayon": "multi_processing",
     "dask": "dask",
     "dask_rayon": "dask",
 }
-CEILING_BATCH = 256  # chunks per encode_batch_fast call (~16 MB of text)
+# chunks per encode_batch_fast call (~16 MB of text); SCALING_CEILING_BATCH=64 in the environment:
+# the pipeline's own (transforms.samples.tokenize.ENCODE_GROUP)
+CEILING_BATCH = int(os.environ.get("SCALING_CEILING_BATCH", "256"))
 
 
 def cores() -> int:
@@ -359,6 +366,7 @@ def run_tree(cmd: list[str], env: dict, log: Path, timeout: float | None, extra=
 # --- the tokenizer ceiling -------------------------------------------------------------------
 
 _CHUNKS: list[str] = []  # the corpus's chunks, set before the ceiling's processes are forked
+_SHARED: list = []  # ceiling_shared: the tokenizer, loaded before they are forked
 
 
 def _ceiling_proc(rank, share, tokenizer_json, rayon, barrier, queue) -> None:
@@ -370,7 +378,7 @@ def _ceiling_proc(rank, share, tokenizer_json, rayon, barrier, queue) -> None:
     import psutil
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(tokenizer_json)
+    tok = _SHARED[0] if _SHARED else Tokenizer.from_file(tokenizer_json)
     chunks = [_CHUNKS[i] for i in share]
     barrier.wait()
     start = time.perf_counter()
@@ -393,9 +401,15 @@ def split_shares(lengths: list[int], n: int) -> list[list[int]]:
     return [sorted(s) for s in shares]
 
 
-def run_ceiling(n: int, rayon: int | None, tokenizer_json: str, timeout: float | None) -> dict:
+def run_ceiling(
+    n: int, rayon: int | None, tokenizer_json: str, timeout: float | None, shared: bool = False
+) -> dict:
     import multiprocessing as mp
 
+    if shared:  # loading uses no thread pool: the children's own pools start as they encode
+        from tokenizers import Tokenizer
+
+        _SHARED[:] = [Tokenizer.from_file(tokenizer_json)]
     ctx = mp.get_context("fork")  # the children share _CHUNKS with this process
     shares = split_shares([len(c) for c in _CHUNKS], n)
     barrier, queue = ctx.Barrier(n + 1), ctx.Queue()
@@ -423,6 +437,7 @@ def run_ceiling(n: int, rayon: int | None, tokenizer_json: str, timeout: float |
         raise RowTimeout(f"ceiling stopped: {type(err).__name__} {err}") from None
     for p in procs:
         p.join()
+    _SHARED.clear()
     s = mem.summary()
     cpu = sum(i["cpu_s"] for i in s["per_process"])
     return {
@@ -915,6 +930,7 @@ def label(mode: str, n: int) -> tuple[str, str]:
     names = {
         "ceiling": "ceiling: encode_batch_fast, N processes",
         "ceiling_oversubscribed": "ceiling, RAYON_NUM_THREADS unset",
+        "ceiling_shared": "ceiling, one tokenizer loaded before the fork",
         "in_memory": "DirectRunner in_memory",
         "phases": "DirectRunner in_memory, stages timed",
         "multi_processing": "DirectRunner multi_processing",
@@ -922,7 +938,7 @@ def label(mode: str, n: int) -> tuple[str, str]:
         "dask": "DaskRunner (local cluster)",
         "dask_rayon": "DaskRunner, RAYON_NUM_THREADS=C//N",
     }
-    if mode in ("ceiling", "multi_processing_rayon", "dask_rayon"):
+    if mode in ("ceiling", "ceiling_shared", "multi_processing_rayon", "dask_rayon"):
         return names[mode], str(rayon_for(n))
     if mode == "multi_processing" and n > 1:  # pipeline.runners.share_cores sets it (e46d0b2)
         return names[mode], f"{rayon_for(n)} (set by the pipeline)"
@@ -935,7 +951,12 @@ def row_order(modes: list[str], workers: list[int]) -> list[tuple[str, int]]:
         if m not in modes:
             continue
         for n in [1] if m in SINGLE else workers:
-            if n == 1 and m in ("ceiling_oversubscribed", "multi_processing_rayon", "dask_rayon"):
+            if n == 1 and m in (
+                "ceiling_oversubscribed",
+                "ceiling_shared",
+                "multi_processing_rayon",
+                "dask_rayon",
+            ):
                 continue  # the same as the plain mode at N=1 (C threads)
             out.append((m, n))
     return out
@@ -1442,11 +1463,13 @@ def measure(mode, n, rayon, corpus, tok_arg, tok_json, args, left, units, entrie
         if mode.startswith("ceiling"):
             if not _CHUNKS:
                 config.update(load_chunks(units, entries))
-            threads = rayon_for(n) if mode == "ceiling" else None
-            r = run_ceiling(n, threads, str(tok_json), left)
+            threads = None if mode == "ceiling_oversubscribed" else rayon_for(n)
+            shared = mode == "ceiling_shared"
+            r = run_ceiling(n, threads, str(tok_json), left, shared)
             r["command"] = (
                 f"{n} processes x encode_batch_fast(64 KB chunks, {CEILING_BATCH} a call), "
                 + (f"RAYON_NUM_THREADS={threads}" if threads else "RAYON_NUM_THREADS unset")
+                + (", one tokenizer loaded before the fork" if shared else "")
             )
         else:
             r = run_pipeline(mode, n, corpus, tok_arg, args.seq_len, Path(args.work), left)

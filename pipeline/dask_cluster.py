@@ -72,18 +72,36 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # The settings of distributed that the pipeline's work wants, for a cluster this process starts
-# (pipeline.runners.translation_settings gives Beam's own local cluster the same), each with the
-# variable of the environment that decides it instead (a value there stands, whatever it is).
+# (pipeline.runners.translation_settings gives Beam's own local cluster the same); a value the
+# user chose stands (cluster_settings).
 SATURATION = "distributed.scheduler.worker-saturation"
-SATURATION_ENV = "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION"
 TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 TRIM_ENV = "MALLOC_TRIM_THRESHOLD_"  # a nanny passes on the environment's value over the config's
+PROFILE = "distributed.worker.profile.enabled"
+TICK = "distributed.admin.tick.interval"
+MONITOR = "distributed.admin.system-monitor.interval"
+SETTINGS = {
+    SATURATION: 1.0,
+    TRIM: None,  # distributed's way to leave a pre-spawn variable unset
+    PROFILE: False,
+    TICK: "1s",
+    MONITOR: "2s",
+}
+
+
+def env_name(key: str) -> str:
+    """The environment variable dask reads a config key from."""
+    return "DASK_" + "__".join(part.upper().replace("-", "_") for part in key.split("."))
+
+
+SATURATION_ENV = env_name(SATURATION)
 
 
 def cluster_settings():
-    """A context for starting a cluster's scheduler and workers, with two of distributed's
-    settings changed unless the user chose a value (in the environment, a dask YAML file or
-    ``dask.config``: anything but distributed's own default there):
+    """A context for starting a cluster's scheduler, nannies and workers, with these of
+    distributed's settings changed (``SETTINGS``) unless the user chose a value (in the
+    environment, a dask YAML file or ``dask.config``: anything but distributed's own default
+    there):
 
     - ``distributed.scheduler.worker-saturation`` 1.0. Dask's default, 1.1, rounds up to two
       tasks on a worker of one thread: each worker holds the next group of sources while it
@@ -95,18 +113,28 @@ def cluster_settings():
       mmap threshold, so every buffer of 128 KiB or more (a document's text, the tokenizer's
       encodings, the token arrays) is mapped fresh and its pages faulted in and zeroed again:
       tokenizing the shared books in one process took 14x the page faults and 10-14% more
-      time (docs/benchmarks.md, "Session 20")."""
+      time. 16 workers, 300 MB: 0.88x the wall time (docs/benchmarks.md, "Session 20").
+    - the workers' statistical profiler off (``distributed.worker.profile.enabled``; on Python
+      3.12 it samples the event loop's stack every 10 ms as well as the task's), the event
+      loop's responsiveness check every second instead of every 20 ms
+      (``distributed.admin.tick.interval``) and its system monitor every 2 s instead of 0.5
+      (``distributed.admin.system-monitor.interval``). Each is a wake-up that takes the GIL
+      from the task thread between its tokenizer calls: 16 workers, 300 MB, 0.92x the wall
+      time (the three together). The dashboard's profile page is empty then."""
     import dask
     import distributed  # noqa: F401 - registers its defaults with dask.config
 
-    changes = {}
-    if SATURATION_ENV not in os.environ and dask.config.get(SATURATION, None) == _shipped(
-        SATURATION
-    ):
-        changes[SATURATION] = 1.0
-    if TRIM_ENV not in os.environ and dask.config.get(TRIM, None) == _shipped(TRIM):
-        changes[TRIM] = None  # distributed's way to leave a pre-spawn variable unset
+    changes = {key: value for key, value in SETTINGS.items() if not _chosen(key)}
     return dask.config.set(changes)
+
+
+def _chosen(key: str) -> bool:
+    """Did the user set ``key`` (in the environment, a YAML file or ``dask.config``)?"""
+    import dask
+
+    if env_name(key) in os.environ or (key == TRIM and TRIM_ENV in os.environ):
+        return True
+    return dask.config.get(key, None) != _shipped(key)
 
 
 def _shipped(key: str):

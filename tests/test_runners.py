@@ -385,18 +385,20 @@ def test_dask_workers_load_the_tokenizer_while_the_graph_is_made(dask_cluster, q
 def test_dask_clusters_schedule_one_group_at_a_time_on_workers_with_glibcs_malloc(
     dask_cluster, monkeypatch
 ):
-    """Issue 20 (DaskRunner at 16 workers), two of distributed's settings:
+    """Issue 20 (DaskRunner at 16 workers), distributed's settings:
 
     - its default worker-saturation, 1.1, rounds up to two tasks on a one-thread worker, so
       each worker held its next group of sources while it worked on one, and at the end a slow
       worker still held a group an idle one could have run;
     - its nannies start each worker with ``MALLOC_TRIM_THRESHOLD_=65536``, which turns off
       glibc's sliding mmap threshold: every document's text and token buffer was mapped and
-      faulted in afresh (14x the page faults, 10-14% more time to tokenize).
+      faulted in afresh (14x the page faults, 10-14% more time to tokenize);
+    - its workers' profiler, event-loop tick (20 ms) and system monitor (0.5 s) take the GIL
+      from the task thread between its tokenizer calls.
 
     The cluster of ``pipeline.dask_cluster`` and Beam's own local one (started inside
-    ``translation_settings``) schedule at 1.0 and start workers without the variable; a
-    setting in the environment or in dask's config stands."""
+    ``translation_settings``) schedule at 1.0 and start quieter workers without the variable;
+    a setting in the environment or in dask's config stands."""
     import os
 
     import dask
@@ -404,7 +406,14 @@ def test_dask_clusters_schedule_one_group_at_a_time_on_workers_with_glibcs_mallo
     from distributed import Client
     from distributed.nanny import _get_env_variables
 
-    from pipeline.dask_cluster import SATURATION_ENV, TRIM_ENV, cluster_settings
+    from pipeline.dask_cluster import (
+        PROFILE,
+        SATURATION_ENV,
+        TICK,
+        TRIM_ENV,
+        cluster_settings,
+        env_name,
+    )
     from pipeline.runners import translation_settings
 
     key = "distributed.scheduler.worker-saturation"
@@ -415,6 +424,15 @@ def test_dask_clusters_schedule_one_group_at_a_time_on_workers_with_glibcs_mallo
         )
         envs = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_", "unset"))
         assert sorted(envs.values()) == ["unset", "unset"], envs
+        # no profiler, and the event loop's checks once a second or less often
+        quiet = client.run(
+            lambda dask_worker: (
+                "profile" in dask_worker.periodic_callbacks,
+                dask_worker._tick_interval,
+                dask_worker.periodic_callbacks["monitor"].callback_time,
+            )
+        )
+        assert sorted(quiet.values()) == [(False, 1.0, 2000.0)] * 2, quiet
     monkeypatch.delenv(TRIM_ENV, raising=False)
     default = dask.config.get(key)
     assert default != 1.0
@@ -431,9 +449,12 @@ def test_dask_clusters_schedule_one_group_at_a_time_on_workers_with_glibcs_mallo
     # the user's choice in the environment
     monkeypatch.setenv(SATURATION_ENV, "inf")
     monkeypatch.setenv(TRIM_ENV, "131072")
+    monkeypatch.setenv(env_name(PROFILE), "True")  # as distributed ships it, but said
     with cluster_settings():
         assert dask.config.get(key) == default
         assert _get_env_variables(pre_spawn)[TRIM_ENV] == "131072"
+        assert dask.config.get(PROFILE) is True
+        assert dask.config.get(TICK) == "1s"  # not chosen: the pipeline's
     monkeypatch.delenv(SATURATION_ENV)
     monkeypatch.delenv(TRIM_ENV)
     # the user's choice in a YAML file or in code
