@@ -18,7 +18,11 @@ Rows (each measured on the same corpus and tokenizer):
   ``ceiling_oversubscribed`` row (``--modes``) leaves it unset (N x C threads) for comparison;
   the ``ceiling_shared`` row loads the tokenizer once, before the N processes fork, so they
   share its memory as DirectRunner's pooled workers do (the worker pool's server loads it and
-  forks them; a Dask worker, spawned, loads its own).
+  forks them; a Dask worker, spawned, loads its own); the ``ceiling_dask`` row runs the same
+  shares as N tasks on a fresh local cluster of N one-thread workers
+  (``python -m pipeline.dask_cluster``), one task a worker, each worker's tokenizer loaded and
+  its share sent before the clock starts: the tokenizer alone inside Dask's workers, to tell
+  the DaskRunner's own cost from the workers'.
 - ``in_memory``: ``python -m pipeline.run --runner DirectRunner``, one process: the reference.
 - ``phases``: the same run in one process with its stages timed (read, encode, scores, token
   store, plan, cut, shard and table writes, Beam's own time, prepare, finalize), so the
@@ -102,6 +106,7 @@ ALL_MODES = (
     "ceiling",
     "ceiling_oversubscribed",
     "ceiling_shared",
+    "ceiling_dask",
     "in_memory",
     "phases",
     "multi_processing",
@@ -114,6 +119,7 @@ BASE = {  # the N=1 row a mode's speed-up is taken against
     "ceiling": "ceiling",
     "ceiling_oversubscribed": "ceiling",
     "ceiling_shared": "ceiling",
+    "ceiling_dask": "ceiling",
     "in_memory": "in_memory",
     "multi_processing": "multi_processing",
     "multi_processing_rayon": "multi_processing",
@@ -387,6 +393,84 @@ def _ceiling_proc(rank, share, tokenizer_json, rayon, barrier, queue) -> None:
         enc = tok.encode_batch_fast(chunks[i : i + CEILING_BATCH], add_special_tokens=False)
         n += sum(len(e.ids) for e in enc)
     queue.put((rank, n, time.perf_counter() - start, psutil.Process().num_threads()))
+
+
+def _load_here(tokenizer_json: str, dask_worker=None) -> None:
+    """On a Dask worker (``Client.run``): its tokenizer, kept on the worker for
+    ``_encode_share`` (not timed; these functions travel by value, as this script runs as
+    __main__, so not in a global)."""
+    from tokenizers import Tokenizer
+
+    dask_worker.longctx_ceiling_tokenizer = Tokenizer.from_file(tokenizer_json)
+
+
+def _encode_share(chunks: list[str]) -> tuple:
+    """On a Dask worker: ``_ceiling_proc``'s encode loop over its share; (tokens, encode s,
+    this process's user and system CPU-s over it, threads)."""
+    import psutil
+    from distributed import get_worker
+
+    tok, me = get_worker().longctx_ceiling_tokenizer, psutil.Process()
+    before = me.cpu_times()
+    start = time.perf_counter()
+    n = 0
+    for i in range(0, len(chunks), CEILING_BATCH):
+        enc = tok.encode_batch_fast(chunks[i : i + CEILING_BATCH], add_special_tokens=False)
+        n += sum(len(e.ids) for e in enc)
+    spent = time.perf_counter() - start
+    after = me.cpu_times()
+    return n, spent, after.user - before.user, after.system - before.system, me.num_threads()
+
+
+def run_ceiling_dask(n: int, tokenizer_json: str, work: Path, timeout: float | None) -> dict:
+    """The ceiling's shares as ``n`` tasks on a fresh ``pipeline.dask_cluster`` of ``n``
+    workers (its settings, its ``RAYON_NUM_THREADS``), one a worker; timed from the submit to
+    the last result, the tokenizer loaded and the shares on the workers before."""
+    if importlib.util.find_spec("distributed") is None:
+        raise RuntimeError("skipped: dask.distributed is not installed")
+    from distributed import Client
+
+    env = pipeline_env(None)
+    cluster, address = start_dask(n, env, work / "dask.log")
+    try:
+        with Client(address, set_as_default=False) as client:
+            client.wait_for_workers(n, timeout=120)
+            workers = sorted(client.scheduler_info()["workers"])[:n]
+            client.run(_load_here, tokenizer_json, workers=workers)
+            shares = split_shares([len(c) for c in _CHUNKS], n)
+            data = [
+                client.scatter([_CHUNKS[i] for i in share], workers=[w], broadcast=False)
+                for share, w in zip(shares, workers, strict=True)
+            ]
+            with TreeSampler([cluster.pid]) as mem:
+                mem.mark_baseline()  # the cluster's start, the loads and the scatter excluded
+                start = time.perf_counter()
+                busy0 = _busy_s()
+                futures = [
+                    client.submit(
+                        _encode_share, d, workers=[w], allow_other_workers=False, pure=False
+                    )  # fmt: skip
+                    for d, w in zip(data, workers, strict=True)
+                ]
+                results = client.gather(futures)
+                wall = time.perf_counter() - start
+                busy = _busy_s() - busy0
+    finally:
+        stop_dask(cluster)
+    s = mem.summary()
+    cpu = sum(i["cpu_s"] for i in s["per_process"])
+    return {
+        "rc": 0,
+        "wall_s": wall,
+        "tokens": sum(r[0] for r in results),
+        "cpu_s": round(cpu, 1),
+        "other_cpu_s": round(max(0.0, busy - cpu), 1),
+        "per_process_encode_s": sorted(round(r[1], 2) for r in results),
+        "per_task_user_system_s": sorted((round(r[2], 2), round(r[3], 2)) for r in results),
+        "threads_per_process": sorted({r[4] for r in results}),
+        "chunks_per_call": CEILING_BATCH,
+        **s,
+    }
 
 
 def split_shares(lengths: list[int], n: int) -> list[list[int]]:
@@ -931,6 +1015,7 @@ def label(mode: str, n: int) -> tuple[str, str]:
         "ceiling": "ceiling: encode_batch_fast, N processes",
         "ceiling_oversubscribed": "ceiling, RAYON_NUM_THREADS unset",
         "ceiling_shared": "ceiling, one tokenizer loaded before the fork",
+        "ceiling_dask": "ceiling, N tasks on N Dask workers",
         "in_memory": "DirectRunner in_memory",
         "phases": "DirectRunner in_memory, stages timed",
         "multi_processing": "DirectRunner multi_processing",
@@ -938,7 +1023,13 @@ def label(mode: str, n: int) -> tuple[str, str]:
         "dask": "DaskRunner (local cluster)",
         "dask_rayon": "DaskRunner, RAYON_NUM_THREADS=C//N",
     }
-    if mode in ("ceiling", "ceiling_shared", "multi_processing_rayon", "dask_rayon"):
+    if mode in (
+        "ceiling",
+        "ceiling_shared",
+        "ceiling_dask",
+        "multi_processing_rayon",
+        "dask_rayon",
+    ):
         return names[mode], str(rayon_for(n))
     if mode == "multi_processing" and n > 1:  # pipeline.runners.share_cores sets it (e46d0b2)
         return names[mode], f"{rayon_for(n)} (set by the pipeline)"
@@ -954,6 +1045,7 @@ def row_order(modes: list[str], workers: list[int]) -> list[tuple[str, int]]:
             if n == 1 and m in (
                 "ceiling_oversubscribed",
                 "ceiling_shared",
+                "ceiling_dask",
                 "multi_processing_rayon",
                 "dask_rayon",
             ):
@@ -1465,11 +1557,19 @@ def measure(mode, n, rayon, corpus, tok_arg, tok_json, args, left, units, entrie
                 config.update(load_chunks(units, entries))
             threads = None if mode == "ceiling_oversubscribed" else rayon_for(n)
             shared = mode == "ceiling_shared"
-            r = run_ceiling(n, threads, str(tok_json), left, shared)
+            if mode == "ceiling_dask":
+                r = run_ceiling_dask(n, str(tok_json), Path(args.work), left)
+            else:
+                r = run_ceiling(n, threads, str(tok_json), left, shared)
             r["command"] = (
                 f"{n} processes x encode_batch_fast(64 KB chunks, {CEILING_BATCH} a call), "
                 + (f"RAYON_NUM_THREADS={threads}" if threads else "RAYON_NUM_THREADS unset")
                 + (", one tokenizer loaded before the fork" if shared else "")
+                + (
+                    ", as Dask tasks (pipeline.dask_cluster's threads)"
+                    if mode == "ceiling_dask"
+                    else ""
+                )
             )
         else:
             r = run_pipeline(mode, n, corpus, tok_arg, args.seq_len, Path(args.work), left)

@@ -104,6 +104,8 @@ COPY=()
 MODES=()
 [ -n "${SCALING_MODES:-}" ] && MODES=(--modes "$SCALING_MODES")
 log "python $($PY -c 'import platform; print(platform.python_version())'), $(nproc) cores, books $BOOKS"
+# whether the cores are hyperthreads of fewer (a busy sibling slows a core's tokenizer)
+log "$(lscpu 2>/dev/null | grep -E '^(Model name|Thread\(s\) per core|Core\(s\) per socket|Socket\(s\)|NUMA node\(s\))' | tr -s ' ' | paste -sd ';')"
 # shellcheck disable=SC2086
 $PY benchmarks/scaling.py --workers "${SCALING_WORKERS:-1,2,4,8,16}" \
   --corpus-mb "${SCALING_CORPUS_MB:-300}" --books "$BOOKS" --results "$RESULTS" \
