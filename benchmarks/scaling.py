@@ -452,7 +452,16 @@ def run_ceiling_dask(n: int, tokenizer_json: str, work: Path, timeout: float | N
                     )  # fmt: skip
                     for d, w in zip(data, workers, strict=True)
                 ]
-                results = client.gather(futures)
+                end = None if timeout is None else start + timeout
+                try:
+                    results = [
+                        f.result(
+                            timeout=None if end is None else max(0.1, end - time.perf_counter())
+                        )
+                        for f in futures
+                    ]
+                except TimeoutError:  # distributed's TimeoutError is the builtin one
+                    raise RowTimeout("ceiling_dask stopped: out of time") from None
                 wall = time.perf_counter() - start
                 busy = _busy_s() - busy0
     finally:
@@ -519,9 +528,10 @@ def run_ceiling(
             with contextlib.suppress(Exception):
                 p.kill()
         raise RowTimeout(f"ceiling stopped: {type(err).__name__} {err}") from None
+    finally:
+        _SHARED.clear()  # a later plain ceiling row loads its own
     for p in procs:
         p.join()
-    _SHARED.clear()
     s = mem.summary()
     cpu = sum(i["cpu_s"] for i in s["per_process"])
     return {

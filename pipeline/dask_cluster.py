@@ -59,21 +59,39 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
     # the workers and the scheduler import what the pipeline's tasks need as they start, not
-    # inside the first run (pipeline/dask_preload.py)
+    # inside the first run (pipeline/dask_preload.py); the settings for the cluster's whole
+    # life: a nanny that starts its worker again (a crash, the memory limit, a restart) reads
+    # them then
     with cluster_settings():
         cluster = _start(args)
-    address = cluster.scheduler_address.replace("tcp://", "")
-    print(f"Dask scheduler at {address} with {args.workers} worker processes.", flush=True)
-    print(f"Run with: --runner DaskRunner --dask_client_address={address}", flush=True)
-    while not stop:
-        time.sleep(0.5)
-    cluster.close()
+        address = cluster.scheduler_address.replace("tcp://", "")
+        print(f"Dask scheduler at {address} with {args.workers} worker processes.", flush=True)
+        print(f"Run with: --runner DaskRunner --dask_client_address={address}", flush=True)
+        while not stop:
+            time.sleep(0.5)
+        cluster.close()
     return 0
 
 
 # The settings of distributed that the pipeline's work wants, for a cluster this process starts
 # (pipeline.runners.translation_settings gives Beam's own local cluster the same); a value the
-# user chose stands (cluster_settings).
+# user chose stands (cluster_settings). For a cluster started otherwise (``dask scheduler`` /
+# ``dask worker``), the same as a dask YAML file (e.g. ~/.config/dask/longctx.yaml)::
+#
+#     distributed:
+#       scheduler:
+#         worker-saturation: 1.0
+#       nanny:
+#         pre-spawn-environ:
+#           MALLOC_TRIM_THRESHOLD_: null
+#       worker:
+#         profile:
+#           enabled: false
+#       admin:
+#         tick:
+#           interval: 1s
+#         system-monitor:
+#           interval: 2s
 SATURATION = "distributed.scheduler.worker-saturation"
 TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 TRIM_ENV = "MALLOC_TRIM_THRESHOLD_"  # a nanny passes on the environment's value over the config's
@@ -90,7 +108,8 @@ SETTINGS = {
 
 
 def env_name(key: str) -> str:
-    """The environment variable dask reads a config key from."""
+    """The environment variable dask reads a config key from (dask takes any case after
+    ``DASK_``)."""
     return "DASK_" + "__".join(part.upper().replace("-", "_") for part in key.split("."))
 
 
@@ -98,10 +117,11 @@ SATURATION_ENV = env_name(SATURATION)
 
 
 def cluster_settings():
-    """A context for starting a cluster's scheduler, nannies and workers, with these of
-    distributed's settings changed (``SETTINGS``) unless the user chose a value (in the
-    environment, a dask YAML file or ``dask.config``: anything but distributed's own default
-    there):
+    """A context for starting a cluster's scheduler, nannies and workers (and for its life: a
+    nanny that starts its worker again reads them then), with these of distributed's settings
+    changed (``SETTINGS``) unless the user chose a value: in the environment, in a dask YAML
+    file, or in ``dask.config`` as something other than distributed's own default (a value set
+    in code equal to the default cannot be told from it):
 
     - ``distributed.scheduler.worker-saturation`` 1.0. Dask's default, 1.1, rounds up to two
       tasks on a worker of one thread: each worker holds the next group of sources while it
@@ -109,14 +129,15 @@ def cluster_settings():
       an idle worker could have run. At 1.0 the groups not started wait at the scheduler and go
       to whichever worker is free first.
     - no ``MALLOC_TRIM_THRESHOLD_`` in the workers' environment (distributed's nannies set
-      65536 before they start a worker). Any ``MALLOC_*`` tunable set turns off glibc's sliding
-      mmap threshold, so every buffer of 128 KiB or more (a document's text, the tokenizer's
-      encodings, the token arrays) is mapped fresh and its pages faulted in and zeroed again:
-      tokenizing the shared books in one process took 14x the page faults and 10-14% more
-      time. 16 workers, 300 MB: 0.88x the wall time (docs/benchmarks.md, "Session 20").
+      65536 before they start a worker). Setting glibc's trim threshold (as its top pad, mmap
+      threshold or mmap max) turns off its sliding mmap threshold, so every buffer of 128 KiB
+      or more (a document's text, the tokenizer's encodings, the token arrays) is mapped fresh
+      and its pages faulted in and zeroed again: tokenizing the shared books in one process
+      took 14x the page faults and 12% more time. 16 workers, 300 MB: 0.88x the wall time
+      (docs/benchmarks.md, "Session 20").
     - the workers' statistical profiler off (``distributed.worker.profile.enabled``; on Python
-      3.12 it samples the event loop's stack every 10 ms as well as the task's), the event
-      loop's responsiveness check every second instead of every 20 ms
+      other than 3.11 it also samples the event loop's stack every 10 ms, in a thread), the
+      event loop's responsiveness check every second instead of every 20 ms
       (``distributed.admin.tick.interval``) and its system monitor every 2 s instead of 0.5
       (``distributed.admin.system-monitor.interval``). Each is a wake-up that takes the GIL
       from the task thread between its tokenizer calls: 16 workers, 300 MB, 0.92x the wall
@@ -124,17 +145,43 @@ def cluster_settings():
     import dask
     import distributed  # noqa: F401 - registers its defaults with dask.config
 
-    changes = {key: value for key, value in SETTINGS.items() if not _chosen(key)}
+    yaml = list(dask.config.collect_yaml(dask.config.paths))
+    changes = {key: value for key, value in SETTINGS.items() if not _chosen(key, yaml)}
     return dask.config.set(changes)
 
 
-def _chosen(key: str) -> bool:
-    """Did the user set ``key`` (in the environment, a YAML file or ``dask.config``)?"""
+def _chosen(key: str, yaml: list[dict]) -> bool:
+    """Did the user set ``key``: in the environment, in one of dask's YAML files (``yaml``,
+    as ``dask.config.collect_yaml`` reads them), or in ``dask.config`` to something other than
+    distributed's default?"""
     import dask
 
-    if env_name(key) in os.environ or (key == TRIM and TRIM_ENV in os.environ):
+    if key == TRIM:  # dask lower-cases a DASK_ variable's name: the nanny's key is not reached
+        if TRIM_ENV in os.environ:
+            return True
+    elif env_name(key) in {name.upper() for name in os.environ}:
+        return True
+    if any(_lookup(config, key) is not _MISSING for config in yaml):
         return True
     return dask.config.get(key, None) != _shipped(key)
+
+
+_MISSING = object()
+
+
+def _lookup(config: dict, key: str):
+    """``key``'s value in a nested config dict (``-`` and ``_`` alike, as dask has them), or
+    ``_MISSING``."""
+    value = config
+    for part in key.split("."):
+        if not isinstance(value, dict):
+            return _MISSING
+        names = {part, part.replace("-", "_"), part.replace("_", "-")}
+        found = next((k for k in value if k in names), None)
+        if found is None:
+            return _MISSING
+        value = value[found]
+    return value
 
 
 def _shipped(key: str):

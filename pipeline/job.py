@@ -226,9 +226,11 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
         )
         if plot_path:  # the plots are drawn once the plan is made
             job.plotter.watch(plot_path, config.seq_len)
-        with translation_settings(job.options):  # DaskRunner translates the graph here
+        # DaskRunner translates the graph here (and may start its own cluster, whose nannies
+        # start a worker again with the settings of the moment: until the run ends)
+        with translation_settings(job.options):
             result = pipeline.run()
-        result.wait_until_finish()
+            result.wait_until_finish()
     finally:
         if job.warming:  # long done (a connection that hangs is a daemon's: not waited for)
             job.warming.join(timeout=1.0)

@@ -311,7 +311,8 @@ def translation_settings(options: PipelineOptions):
       cluster_settings``: one group of sources a worker thread at a time, and glibc's own
       malloc thresholds in the workers).
 
-    Only while the graph is translated and submitted."""
+    While the pipeline runs: a nanny of Beam's own cluster that starts a worker again (after a
+    crash or the memory limit) reads the settings of that moment."""
     return _dask_settings() if _is_dask(options) else contextlib.nullcontext()
 
 

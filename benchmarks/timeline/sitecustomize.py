@@ -244,7 +244,8 @@ def _sample_stacks(interval: float) -> None:
     counts: dict = {}
     me = threading.get_ident()
     last_dump = time.time()
-    path = os.path.join(_DIR, f"{os.getpid()}.stacks.json")
+    pid = os.getpid()
+    path = os.path.join(_DIR, f"{pid}.stacks.json")
 
     def thread_cpu(tid) -> float:
         try:
@@ -256,7 +257,10 @@ def _sample_stacks(interval: float) -> None:
 
     def dump() -> None:
         # from the sampler and, at exit, from the main thread: each its own temporary file,
-        # and a copy of the counts (the other thread may be adding to them)
+        # and a copy of the counts (the other thread may be adding to them); not from a forked
+        # child, which inherits this at-exit call with the counts as they were at the fork
+        if os.getpid() != pid:
+            return
         try:
             for _ in range(3):
                 try:
