@@ -5,6 +5,7 @@ and the functions they were in.
 
     BEAM_TIMELINE_STACKS=20 SCALING_ARGS=... bash benchmarks/scaling.sh   # or scaling.py
     python benchmarks/stacks.py WORK/timeline --from 3 --to 9.5 --top 12
+    python benchmarks/stacks.py WORK/timeline --to 20 --parts   # the workers', by part
 
 Times are seconds after the driver's start (the process whose timeline has ``job.execute``).
 Each sample puts the thread's CPU time since the last one on the stack it is in then: CPU seconds,
@@ -75,6 +76,48 @@ def summarize(
     return "\n".join(lines)
 
 
+# --parts: what a stack is counted as, the first of these found in it (innermost frames last)
+PARTS = (
+    ("loading the tokenizer", ("load_tokenizer", "newline_tables")),
+    ("Python around the encoder", ("encode_documents_full", "tokenize_entries")),
+    ("the read step", ("read.py:process",)),
+    ("the tokenize step, other", ("tokenize.py:process",)),
+    ("the tokenizer's native threads (Rust)", ("(no Python frame)",)),
+    ("an event loop (select and what ran between two samples)", ("selectors.py:select",)),
+    ("imports", ("importlib",)),
+)
+WORKERS = ("pipeline/dask_cluster.py", "pipeline/worker_pool.py")  # in a process's argv
+
+
+def parts(folder: Path, t_from: float, t_to: float) -> str:
+    """The CPU-s of the workers' processes (a Dask cluster's, the worker pool's: ``WORKERS``
+    in their command line, at least 1 CPU-s in the window) by ``PARTS``, summed."""
+    t0 = driver_start(folder)
+    total: Counter = Counter()
+    processes = 0
+    for f in sorted(folder.glob("*.stacks.json")):
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if not any(w in " ".join(data["argv"]) for w in WORKERS):
+            continue
+        mine: Counter = Counter()
+        for key, n in data["cpu_s"].items():
+            b, _thread, stack = key.split("|", 2)
+            if not (t_from <= int(b) * data["bucket_s"] - t0 < t_to):
+                continue
+            name = next((p for p, needles in PARTS if any(x in stack for x in needles)), "other")
+            mine[name] += n
+        if sum(mine.values()) >= 1.0:
+            processes += 1
+            total.update(mine)
+    lines = [f"window {t_from:g}-{t_to:g} s after the driver's start; {processes} worker processes"]
+    lines += [f"  {n:7.2f}  {name}" for name, n in total.most_common()]
+    lines.append(f"  {sum(total.values()):7.2f}  all")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folder", type=Path, help="the BEAM_TIMELINE_DIR of the run")
@@ -83,7 +126,13 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=10)
     ap.add_argument("--depth", type=int, default=4, help="innermost frames shown per stack")
     ap.add_argument("--min-s", type=float, default=0.05, help="leave out processes below this")
+    ap.add_argument(
+        "--parts", action="store_true", help="the workers' CPU-s by part (PARTS), summed"
+    )
     args = ap.parse_args()
+    if args.parts:
+        print(parts(args.folder, args.t_from, args.t_to))
+        return
     print(summarize(args.folder, args.t_from, args.t_to, args.top, args.depth, args.min_s))
 
 
