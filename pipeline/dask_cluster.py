@@ -133,8 +133,8 @@ def cluster_settings():
       threshold or mmap max) turns off its sliding mmap threshold, so every buffer of 128 KiB
       or more (a document's text, the tokenizer's encodings, the token arrays) is mapped fresh
       and its pages faulted in and zeroed again: tokenizing the shared books in one process
-      took 14x the page faults and 12% more time. 16 workers, 300 MB: 0.88x the wall time
-      (docs/benchmarks.md, "Session 20").
+      took 17x the page faults and 1.16x the time (benchmarks/encode_env.py). 16 workers,
+      300 MB: 0.88x the wall time without it (docs/benchmarks.md, "Session 20").
     - the workers' statistical profiler off (``distributed.worker.profile.enabled``; on Python
       other than 3.11 it also samples the event loop's stack every 10 ms, in a thread), the
       event loop's responsiveness check every second instead of every 20 ms

@@ -395,7 +395,7 @@ def test_dask_clusters_schedule_one_group_at_a_time_on_workers_with_glibcs_mallo
       worker still held a group an idle one could have run;
     - its nannies start each worker with ``MALLOC_TRIM_THRESHOLD_=65536``, which turns off
       glibc's sliding mmap threshold: every document's text and token buffer was mapped and
-      faulted in afresh (14x the page faults, 12% more time to tokenize);
+      faulted in afresh (17x the page faults, 1.16x the time to tokenize);
     - its workers' profiler, event-loop tick (20 ms) and system monitor (0.5 s) take the GIL
       from the task thread between its tokenizer calls.
 
