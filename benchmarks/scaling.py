@@ -388,11 +388,36 @@ def _ceiling_proc(rank, share, tokenizer_json, rayon, barrier, queue) -> None:
     chunks = [_CHUNKS[i] for i in share]
     barrier.wait()
     start = time.perf_counter()
+    n = _encode_chunks(tok, chunks)
+    queue.put((rank, n, time.perf_counter() - start, psutil.Process().num_threads()))
+
+
+def _encode_chunks(tok, chunks: list[str]) -> int:
+    """The ceiling's work: ``chunks`` encoded ``CEILING_BATCH`` a call; the tokens."""
     n = 0
     for i in range(0, len(chunks), CEILING_BATCH):
         enc = tok.encode_batch_fast(chunks[i : i + CEILING_BATCH], add_special_tokens=False)
         n += sum(len(e.ids) for e in enc)
-    queue.put((rank, n, time.perf_counter() - start, psutil.Process().num_threads()))
+    return n
+
+
+def _ceiling_result(wall, busy, mem, tokens, encode_s, threads, **extra) -> dict:
+    """A ceiling row: its wall time, tokens and encode seconds, with ``mem``'s (a
+    ``TreeSampler``'s) CPU and memory; ``busy``: the machine's busy CPU-s meanwhile."""
+    s = mem.summary()
+    cpu = sum(i["cpu_s"] for i in s["per_process"])
+    return {
+        "rc": 0,
+        "wall_s": wall,
+        "tokens": tokens,
+        "cpu_s": round(cpu, 1),
+        "other_cpu_s": round(max(0.0, busy - cpu), 1),
+        "per_process_encode_s": sorted(round(x, 2) for x in encode_s),
+        **extra,
+        "threads_per_process": sorted(set(threads)),
+        "chunks_per_call": CEILING_BATCH,
+        **s,
+    }
 
 
 def _load_here(tokenizer_json: str, dask_worker=None) -> None:
@@ -413,10 +438,7 @@ def _encode_share(chunks: list[str]) -> tuple:
     tok, me = get_worker().longctx_ceiling_tokenizer, psutil.Process()
     before = me.cpu_times()
     start = time.perf_counter()
-    n = 0
-    for i in range(0, len(chunks), CEILING_BATCH):
-        enc = tok.encode_batch_fast(chunks[i : i + CEILING_BATCH], add_special_tokens=False)
-        n += sum(len(e.ids) for e in enc)
+    n = _encode_chunks(tok, chunks)
     spent = time.perf_counter() - start
     after = me.cpu_times()
     return n, spent, after.user - before.user, after.system - before.system, me.num_threads()
@@ -466,20 +488,11 @@ def run_ceiling_dask(n: int, tokenizer_json: str, work: Path, timeout: float | N
                 busy = _busy_s() - busy0
     finally:
         stop_dask(cluster)
-    s = mem.summary()
-    cpu = sum(i["cpu_s"] for i in s["per_process"])
-    return {
-        "rc": 0,
-        "wall_s": wall,
-        "tokens": sum(r[0] for r in results),
-        "cpu_s": round(cpu, 1),
-        "other_cpu_s": round(max(0.0, busy - cpu), 1),
-        "per_process_encode_s": sorted(round(r[1], 2) for r in results),
-        "per_task_user_system_s": sorted((round(r[2], 2), round(r[3], 2)) for r in results),
-        "threads_per_process": sorted({r[4] for r in results}),
-        "chunks_per_call": CEILING_BATCH,
-        **s,
-    }
+    return _ceiling_result(
+        wall, busy, mem, sum(r[0] for r in results), [r[1] for r in results],
+        [r[4] for r in results],
+        per_task_user_system_s=sorted((round(r[2], 2), round(r[3], 2)) for r in results),
+    )  # fmt: skip
 
 
 def split_shares(lengths: list[int], n: int) -> list[list[int]]:
@@ -532,19 +545,10 @@ def run_ceiling(
         _SHARED.clear()  # a later plain ceiling row loads its own
     for p in procs:
         p.join()
-    s = mem.summary()
-    cpu = sum(i["cpu_s"] for i in s["per_process"])
-    return {
-        "rc": 0,
-        "wall_s": wall,
-        "tokens": sum(r[1] for r in results),
-        "cpu_s": round(cpu, 1),
-        "other_cpu_s": round(max(0.0, busy - cpu), 1),
-        "per_process_encode_s": sorted(round(r[2], 2) for r in results),
-        "threads_per_process": sorted({r[3] for r in results}),
-        "chunks_per_call": CEILING_BATCH,
-        **s,
-    }
+    return _ceiling_result(
+        wall, busy, mem, sum(r[1] for r in results), [r[2] for r in results],
+        [r[3] for r in results],
+    )  # fmt: skip
 
 
 def load_chunks(units, entries) -> dict:
