@@ -81,6 +81,7 @@ READ = "read"  # FOLDER/read/ID: what reading the source gave (pickled), for the
 # process); the helper then closes it. Without a line by then (an end of file: it failed or
 # died first), or after this long, the driver loads the tokenizer itself.
 ANSWER_WAIT_S = 60.0
+DASK_CONNECT_S = 10.0  # the Dask helper's connection to the scheduler (else: no head start)
 
 
 def processes_for(workers: int, cores: int) -> int:
@@ -88,6 +89,56 @@ def processes_for(workers: int, cores: int) -> int:
     if cores < MIN_CORES:
         return 0
     return max(0, min(workers, cores - SPARE_CORES))
+
+
+def dask_address(argv: list[str]) -> str | None:
+    """The scheduler's address of a DaskRunner run of ``argv`` whose cluster is up already and
+    has it on this machine (``--dask_client_address``, as ``python -m pipeline.dask_cluster``
+    here prints it), else None: Beam's own local cluster starts with the run, and a scheduler
+    file or another machine's address leaves the workers' whereabouts to the helper, which
+    checks each worker's address anyway. Read before Beam is imported, with Beam's flag names
+    (exact, no abbreviations)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    parser.add_argument("--runner")
+    parser.add_argument("--dask_client_address")
+    try:
+        args, _ = parser.parse_known_args(argv)
+    except (argparse.ArgumentError, SystemExit):
+        return None
+    if "dask" not in (args.runner or "").lower() or not args.dask_client_address:
+        return None
+    return args.dask_client_address if is_this_host(args.dask_client_address) else None
+
+
+def is_this_host(address: str) -> bool:
+    """Whether ``address`` (``[scheme://]host[:port]``) is one of this machine's: a loopback
+    name or address, this machine's name, or an address a socket can be bound to here (no name
+    is looked up: a DNS answer may be slow)."""
+    import ipaddress
+    import socket
+
+    scheme, _, host = address.rpartition("://")
+    if scheme == "inproc":  # a worker in this very process
+        return True
+    if host.startswith("["):  # [v6]:port
+        host = host[1 : host.find("]")]
+    elif host.count(":") == 1:
+        host = host.rsplit(":", 1)[0]
+    if host in ("", "localhost") or host == socket.gethostname():
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # another machine's name
+    if ip.is_loopback or ip.is_unspecified:
+        return True
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.bind((host, 0))  # only an address of this machine's own interfaces binds
+        return True
+    return False
 
 
 def source_mark(doc_id: str) -> str:
@@ -98,11 +149,15 @@ def source_mark(doc_id: str) -> str:
 class HeadStart:
     """The helper of one run; :attr:`folder` is handed to the steps (``BuildDataset``)."""
 
-    def __init__(self, config, processes: int):
+    def __init__(self, config, processes: int, dask: str | None = None):
+        """``processes`` helper tokenizers forked here; or, with ``dask`` (a scheduler's
+        address), none: the cluster's workers do the sources (:func:`_feed_dask`)."""
         self.folder = tempfile.mkdtemp(prefix="longctx-head-start-")
         self.processes = processes
+        self.dask = dask
         self.report: dict | None = None  # after close(): what the helper did
-        command = [sys.executable, "-m", __name__, self.folder, str(processes)]
+        where = ["--dask", dask] if dask else [str(processes)]
+        command = [sys.executable, "-m", __name__, self.folder, *where]
         self._proc: subprocess.Popen | None = None
         self._answer: dict | None = None
         with contextlib.suppress(OSError):  # no helper: the run tokenizes everything itself
@@ -110,8 +165,9 @@ class HeadStart:
             self._proc = subprocess.Popen(
                 command,
                 stdin=subprocess.PIPE,
-                # its stdout: the tokenizer's check only (what it leaves, the run redoes)
-                stdout=subprocess.PIPE,
+                # its stdout: the tokenizer's check only (what it leaves, the run redoes);
+                # none on Dask, where this machine loads no tokenizer ahead
+                stdout=subprocess.DEVNULL if dask else subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 process_group=0,
             )
@@ -119,18 +175,28 @@ class HeadStart:
             self._proc.stdin.close()
 
     @classmethod
-    def for_run(cls, config, workers: int, cores: int | None = None) -> HeadStart | None:
-        """The head start of a run of ``workers`` multi_processing workers (0: another mode)
-        with settings ``config`` (a ``BuildConfig``), or None where it does not apply."""
+    def for_run(
+        cls, config, workers: int, cores: int | None = None, dask: str | None = None
+    ) -> HeadStart | None:
+        """The head start of a run of ``workers`` multi_processing workers (0: another mode),
+        or of a DaskRunner run on the cluster at ``dask`` (:func:`dask_address`), with
+        settings ``config`` (a ``BuildConfig``); None where it does not apply."""
         from pipeline.worker_pool import local_tokenizer
 
         cores = (os.cpu_count() or 1) if cores is None else cores
-        n = processes_for(workers, cores) if os.environ.get(SWITCH) != "0" else 0
-        if not n or config.incremental or remote.is_remote(config.output):
+        if os.environ.get(SWITCH) == "0" or config.incremental or remote.is_remote(config.output):
             return None
         if local_tokenizer(config.tokenizer) is None:  # a Hub id, repository code: not ahead
             return None
-        return cls(config, n)
+        if dask:
+            return cls(config, 0, dask=dask) if cores >= MIN_CORES else None
+        n = processes_for(workers, cores)
+        return cls(config, n) if n else None
+
+    @property
+    def answers(self) -> bool:
+        """Whether the helper answers the tokenizer's check (:meth:`tokenizer_answer`)."""
+        return self.dask is None
 
     def tokenizer_answer(self, timeout: float = ANSWER_WAIT_S) -> dict:
         """The helper's check of the run's tokenizer (what ``pipeline.tokenizer_probe``
@@ -175,7 +241,8 @@ class HeadStart:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._proc.pid, signal.SIGKILL)
             self._proc.wait()
-            self._proc.stdout.close()
+            if self._proc.stdout is not None:
+                self._proc.stdout.close()
         self.report = _report(self.folder)
         if self.report["sources"]:
             _LOG.info(
@@ -282,6 +349,15 @@ def _take(folder: str, doc_id: str) -> int | None:
 def _work(folder: str, sources: list, config, tok) -> None:
     """One helper: sources taken one at a time, largest first, until ``STOP``, its parent
     gone, or the end."""
+    parent = os.getppid()
+    for src in sources:
+        if os.path.exists(os.path.join(folder, STOP)) or os.getppid() != parent:
+            return
+        _work_on(folder, src, config, tok)
+
+
+def _work_on(folder: str, src, config, tok) -> None:
+    """Source ``src`` read and its documents' entries stored, unless another took it."""
     from pipeline.discover import read_source
     from pipeline.entries import document_key, store_local, write_whole
     from transforms.documents import TextDocument
@@ -291,29 +367,35 @@ def _work(folder: str, sources: list, config, tok) -> None:
         worth_tokenizing_early,
     )
 
-    parent = os.getppid()
-    for src in sources:
-        if os.path.exists(os.path.join(folder, STOP)) or os.getppid() != parent:
-            return
-        fd = _take(folder, src.doc_id)
-        if fd is None:
-            continue
-        try:
-            items = list(read_source(src, config.read_settings))
-            docs = [d for d in items if isinstance(d, TextDocument) and worth_tokenizing_early(d)]
-            n_tokens = 0
-            for doc, entry in zip(docs, tokenize_entries(docs, tok, config), strict=True):
-                store_local(entries(folder), document_key(content_sha256(doc), tok, config), entry)
-                n_tokens += int(entry["tokens"].shape[0])
-            write_whole(
-                os.path.join(folder, READ, source_mark(src.doc_id)), pickle.dumps((src, items))
-            )
-            with open(os.path.join(folder, DONE, source_mark(src.doc_id)), "w") as f:
-                f.write(f"{len(docs)} {n_tokens}")
-        except Exception as err:  # noqa: BLE001 - the run's own steps read and report it
-            _LOG.debug("head start: %s left to the run: %s", src.doc_id, err)
-        finally:
-            os.close(fd)  # the lock goes with it
+    fd = _take(folder, src.doc_id)
+    if fd is None:
+        return
+    try:
+        items = list(read_source(src, config.read_settings))
+        docs = [d for d in items if isinstance(d, TextDocument) and worth_tokenizing_early(d)]
+        n_tokens = 0
+        for doc, entry in zip(docs, tokenize_entries(docs, tok, config), strict=True):
+            store_local(entries(folder), document_key(content_sha256(doc), tok, config), entry)
+            n_tokens += int(entry["tokens"].shape[0])
+        read_path = os.path.join(folder, READ, source_mark(src.doc_id))
+        write_whole(read_path, pickle.dumps((src, items)))
+        with open(os.path.join(folder, DONE, source_mark(src.doc_id)), "w") as f:
+            f.write(f"{len(docs)} {n_tokens}")
+    except Exception as err:  # noqa: BLE001 - the run's own steps read and report it
+        _LOG.debug("head start: %s left to the run: %s", src.doc_id, err)
+    finally:
+        os.close(fd)  # the lock goes with it
+
+
+def work_on_dask_worker(folder: str, src, config) -> None:
+    """A Dask task (:func:`_feed_dask`): source ``src`` done ahead by the worker that runs it,
+    with the tokenizer the run's tokenize step then finds loaded in this process; nothing once
+    the run's workers have begun."""
+    if os.path.exists(os.path.join(folder, STOP)):
+        return
+    from transforms.samples.tokenize import load_tokenizer
+
+    _work_on(folder, src, config, load_tokenizer(config.tokenizer, config.trust_remote_code))
 
 
 def make_folders(folder: str) -> None:
@@ -392,16 +474,65 @@ def _serve(folder: str, processes: int) -> int:
         if os.getppid() != driver:  # the driver is gone: its helpers take nothing more
             stop(folder)
         time.sleep(0.05)
-    # The folder is the run's until it ends: HeadStart.close removes it (and stops this
-    # process). A driver that dies without closing (SIGKILL, the OOM killer) leaves it to us.
-    # What waits for that is a fresh interpreter in this process: this one holds the tokenizer
-    # and the inputs' listing (~250 MB) for nothing while the run's workers need the memory.
+    _watch(folder, driver)
+    return 0
+
+
+def _watch(folder: str, driver: int) -> None:
+    """The folder is the run's until it ends: HeadStart.close removes it (and stops this
+    process). A driver that dies without closing (SIGKILL, the OOM killer) leaves it to us.
+    What waits for that is a fresh interpreter in this process: this one holds the tokenizer
+    and the inputs' listing (~250 MB) for nothing while the run's workers need the memory."""
     argv = ["-c", folder, str(driver)]  # sys.argv of `python -S -c _WATCH folder driver`
     with contextlib.suppress(OSError):
         os.execv(sys.executable, [sys.executable, "-S", "-c", _WATCH, *argv[1:]])
     sys.argv = argv  # no exec: the same wait here
     exec(_WATCH, {"__name__": "__watch__"})
+
+
+def _serve_dask(folder: str, address: str) -> int:
+    """The head start of a DaskRunner run: the cluster's own workers, idle while the driver
+    starts, do the sources ahead (:func:`_feed_dask`); this process only lists them and hands
+    them out. No tokenizer check is answered (stdout is not read)."""
+    config = pickle.loads(sys.stdin.buffer.read())
+    driver = os.getppid()
+    try:
+        local = _sources(config, folder)
+        make_folders(folder)
+        _feed_dask(folder, address, local, config, driver)
+    except Exception as err:  # noqa: BLE001 - only a head start: the run does it all itself
+        _LOG.debug("no head start on the Dask cluster at %s: %s", address, err)
+    _watch(folder, driver)
     return 0
+
+
+def _feed_dask(folder: str, address: str, sources: list, config, driver: int) -> None:
+    """Hand ``sources`` to the workers of the cluster at ``address``, a task a source
+    (:func:`work_on_dask_worker`), no more at a time than the workers have threads (a task
+    waiting at the scheduler when the run's own arrive would go before them), until ``STOP``,
+    the driver gone, or the end. Only where every worker is on this machine: they must see
+    the folder, as the run's steps on them then do."""
+    if not sources:
+        return
+    from distributed import Client
+
+    from pipeline.head_start import work_on_dask_worker  # by reference: not this __main__'s
+
+    with Client(address, timeout=DASK_CONNECT_S, set_as_default=False) as client:
+        threads = client.nthreads()  # every worker's, by address
+        if not threads or not all(is_this_host(w) for w in threads):
+            return
+        slots, pending, todo = sum(threads.values()), [], sources[::-1]  # popped: largest first
+        while todo or pending:
+            if os.path.exists(os.path.join(folder, STOP)) or os.getppid() != driver:
+                return
+            pending = [f for f in pending if not f.done()]
+            while todo and len(pending) < slots:
+                task = client.submit(work_on_dask_worker, folder, todo.pop(), config, pure=False)
+                pending.append(task)
+            time.sleep(0.02)
+    # leaving: the tasks not begun are dropped with their futures; those begun finish the
+    # source in hand (its lock held until then)
 
 
 # The head start's last part, alone in a fresh interpreter (no site: nothing but os, shutil)
@@ -414,9 +545,15 @@ shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: python -m pipeline.head_start FOLDER PROCESSES (pipeline.run starts it)")
+    dask_mode = len(sys.argv) == 4 and sys.argv[2] == "--dask"
+    if len(sys.argv) != 3 and not dask_mode:
+        sys.exit(
+            "usage: python -m pipeline.head_start FOLDER (PROCESSES | --dask ADDRESS) "
+            "(pipeline.run starts it)"
+        )
     try:
+        if dask_mode:
+            sys.exit(_serve_dask(sys.argv[1], sys.argv[3]))
         sys.exit(_serve(sys.argv[1], int(sys.argv[2])))
     except KeyboardInterrupt:
         sys.exit(130)

@@ -25,7 +25,7 @@ import time
 
 from pipeline.config_file import expand_config
 from pipeline.errors import FAILURE, OK, RunRefused, exit_now
-from pipeline.head_start import HeadStart
+from pipeline.head_start import HeadStart, dask_address
 from pipeline.lock import OutputLock
 from pipeline.options import check_values, help_text
 from pipeline.tokenizer_probe import TokenizerProbe
@@ -51,15 +51,20 @@ def run(argv: list[str] | None = None, *, lean_beam: bool = False) -> int:
     # multi_processing: the process the workers are forked from starts importing Beam now,
     # beside the driver
     workers = WorkerPool.for_run(argv, config) if config else None
-    # and the idle cores tokenize the largest sources until the workers begin
-    ahead = HeadStart.for_run(config, planned_workers(argv)) if config else None
+    # and the idle cores tokenize the largest sources until the workers begin (or the idle
+    # workers of a Dask cluster on this machine do)
+    ahead = (
+        HeadStart.for_run(config, planned_workers(argv), dask=dask_address(argv))
+        if config
+        else None
+    )
     # and the tokenizer is checked in a helper process, beside the driver's Beam import (the
     # head start's, which loads it anyway, where there is one)
     tokenizer = (
         TokenizerProbe(
             config.tokenizer,
             config.trust_remote_code,
-            answer=ahead.tokenizer_answer if ahead else None,
+            answer=ahead.tokenizer_answer if ahead and ahead.answers else None,
         )
         if config
         else None

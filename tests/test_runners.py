@@ -862,6 +862,39 @@ def test_the_head_start_tokenizes_ahead_and_the_output_is_byte_identical(
     assert not os.path.exists(report["folder"])  # removed with the run
 
 
+def test_a_dask_clusters_idle_workers_tokenize_ahead_and_the_output_is_byte_identical(
+    tmp_path, books_dir, qwen3_dir, dask_cluster
+):
+    """Issue 20, DaskRunner: with a cluster up on this machine its workers idle while the
+    driver imports Beam and builds the graph; the head start hands them the largest sources
+    (a Dask task each, ``pipeline.head_start._feed_dask``), and the run's steps on the same
+    workers take what they did. Every source is read once, on a worker (the head start's
+    helper process reads none), and the output is the bytes of an in_memory run."""
+    out = tmp_path / "out"
+    inputs = list(map(str, _inputs(books_dir, qwen3_dir)))
+    ref_out = tmp_path / "in_memory"
+    ref = run_cli("pipeline.run", "--runner", "DirectRunner", "--output", ref_out, *inputs)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    argv = ["--runner", "DaskRunner", f"--dask_client_address={dask_cluster}",
+            "--output", str(out), "--quiet", *inputs]  # fmt: skip
+    report = 'print(json.dumps({"status": status, "reports": reports}))'
+    proc = run_patched(_HEAD_START_RUN, argv, report)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["status"] == 0
+    [report] = result["reports"]
+    assert report["sources"] >= 2 and report["tokens"] > 100_000, report
+    assert report["untaken"] == 0 and report["unread"] == 0, report
+    _outputs_equal(ref_out, out)
+    calls = {}
+    for f in (tmp_path / "timeline").glob("*.json"):  # the cluster's processes only
+        for name, (_, n, _, _) in json.loads(f.read_text()).items():
+            calls[name] = calls.get(name, 0) + n
+    assert calls.get("discover.read_source") == len(BOOKS) + 2, calls
+    assert calls.get("ReadSourceFn.process") == len(BOOKS) + 2, calls
+    assert not os.path.exists(report["folder"])
+
+
 _HEAD_START_DRIVER = """
 import os, sys, time
 from pipeline.config import BuildConfig
