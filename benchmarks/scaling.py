@@ -723,6 +723,18 @@ def worker_timeline(folder: Path, t0: float, wall: float) -> dict:
             min(h["last"] for h in helpers),
             max(h["last"] for h in helpers),
         ]
+    on_workers = [p["head_start.work_on"] for p in procs if "head_start.work_on" in p]
+    if on_workers:  # a Dask cluster's workers doing the head start (pipeline.head_start)
+        head["worker_tasks"] = sum(w["calls"] for w in on_workers)
+        head["worker_tasks_s"] = round(sum(w["s"] for w in on_workers), 2)
+        head["worker_tasks_began_s"] = [
+            min(w["first"] for w in on_workers),
+            max(w["first"] for w in on_workers),
+        ]
+        head["worker_tasks_ended_s"] = [
+            min(w["last"] for w in on_workers),
+            max(w["last"] for w in on_workers),
+        ]
     both = [p for p in procs if "TokenizeFn.process" in p and "ReadSourceFn.process" in p]
     tok = [p["TokenizeFn.process"] for p in both]  # the fused stage's workers, pairwise
     reads = [p["ReadSourceFn.process"] for p in both]

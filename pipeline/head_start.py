@@ -508,8 +508,9 @@ def _serve_dask(folder: str, address: str) -> int:
 
 def _feed_dask(folder: str, address: str, sources: list, config, driver: int) -> None:
     """Hand ``sources`` to the workers of the cluster at ``address``, a task a source
-    (:func:`work_on_dask_worker`), no more at a time than the workers have threads (a task
-    waiting at the scheduler when the run's own arrive would go before them), until ``STOP``,
+    (:func:`work_on_dask_worker`), no more at a time than the workers have threads less
+    ``SPARE_CORES`` (``processes_for``; a task waiting at the scheduler when the run's own
+    arrive would go before them), until ``STOP``,
     the driver gone, or the end. Only where every worker is on this machine: they must see
     the folder, as the run's steps on them then do."""
     if not sources:
@@ -522,7 +523,9 @@ def _feed_dask(folder: str, address: str, sources: list, config, driver: int) ->
         threads = client.nthreads()  # every worker's, by address
         if not threads or not all(is_this_host(w) for w in threads):
             return
-        slots, pending, todo = sum(threads.values()), [], sources[::-1]  # popped: largest first
+        # on the cores the driver (importing Beam, making the graph) and the scheduler leave
+        slots = processes_for(sum(threads.values()), os.cpu_count() or 1)
+        pending, todo = [], sources[::-1]  # popped: largest first
         while todo or pending:
             if os.path.exists(os.path.join(folder, STOP)) or os.getppid() != driver:
                 return

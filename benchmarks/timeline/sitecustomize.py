@@ -181,8 +181,15 @@ def _hook_probe(mod) -> None:
     mod.check = _wrap_call("tokenizer.check", mod.check)
 
 
+def _hook_head_start(mod) -> None:
+    """The head start's work on one source where it is imported (a Dask worker's task; the
+    helper processes of DirectRunner's run it as ``__main__``, which no hook sees)."""
+    mod._work_on = _wrap_call("head_start.work_on", mod._work_on)
+
+
 _DRIVER = {
     "pipeline.discover": _hook_discover,
+    "pipeline.head_start": _hook_head_start,
     "pipeline.tokenizer_probe": _hook_probe,
     "apache_beam.runners.portability.fn_api_runner.fn_runner": _hook_runner,
     "apache_beam.runners.portability.fn_api_runner.worker_handlers": _hook_handlers,
