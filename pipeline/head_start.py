@@ -76,6 +76,8 @@ ENTRIES = "entries"  # FOLDER/entries/KEY.npz: the early tokenizer's entries (ca
 HELD = "held"  # FOLDER/held/ID: a source taken, locked while it is worked on
 DONE = "done"  # FOLDER/done/ID: "documents tokens" of a source finished
 READ = "read"  # FOLDER/read/ID: what reading the source gave (pickled), for the read step
+CLAIM = ".claim"  # FOLDER/entries/KEY.npz.claim: the text of KEY taken by a helper
+_NEW_FILE = os.O_CREAT | os.O_EXCL | os.O_WRONLY
 # The check of --tokenizer comes first on the helper's stdout, one JSON line as
 # pipeline.tokenizer_probe prints it (the driver takes it instead of starting the probe's own
 # process); the helper then closes it. Without a line by then (an end of file: it failed or
@@ -149,14 +151,15 @@ def source_mark(doc_id: str) -> str:
 class HeadStart:
     """The helper of one run; :attr:`folder` is handed to the steps (``BuildDataset``)."""
 
-    def __init__(self, config, processes: int, dask: str | None = None):
+    def __init__(self, config, processes: int, dask: str | None = None, cores: int = 0):
         """``processes`` helper tokenizers forked here; or, with ``dask`` (a scheduler's
-        address), none: the cluster's workers do the sources (:func:`_feed_dask`)."""
+        address), none: the cluster's workers on this machine's ``cores`` do the sources
+        (:func:`_feed_dask`)."""
         self.folder = tempfile.mkdtemp(prefix="longctx-head-start-")
         self.processes = processes
         self.dask = dask
         self.report: dict | None = None  # after close(): what the helper did
-        where = ["--dask", dask] if dask else [str(processes)]
+        where = ["--dask", dask, str(cores)] if dask else [str(processes)]
         command = [sys.executable, "-m", __name__, self.folder, *where]
         self._proc: subprocess.Popen | None = None
         self._answer: dict | None = None
@@ -189,7 +192,7 @@ class HeadStart:
         if local_tokenizer(config.tokenizer) is None:  # a Hub id, repository code: not ahead
             return None
         if dask:
-            return cls(config, 0, dask=dask) if cores >= MIN_CORES else None
+            return cls(config, 0, dask=dask, cores=cores) if cores >= MIN_CORES else None
         n = processes_for(workers, cores)
         return cls(config, n) if n else None
 
@@ -372,10 +375,16 @@ def _work_on(folder: str, src, config, tok) -> None:
         return
     try:
         items = list(read_source(src, config.read_settings))
-        docs = [d for d in items if isinstance(d, TextDocument) and worth_tokenizing_early(d)]
+        docs, keys = [], []
+        for d in items:
+            if isinstance(d, TextDocument) and worth_tokenizing_early(d):
+                key = document_key(content_sha256(d), tok, config)
+                if _claim(folder, key):  # a text another source holds too is made once
+                    docs.append(d)
+                    keys.append(key)
         n_tokens = 0
-        for doc, entry in zip(docs, tokenize_entries(docs, tok, config), strict=True):
-            store_local(entries(folder), document_key(content_sha256(doc), tok, config), entry)
+        for key, entry in zip(keys, tokenize_entries(docs, tok, config), strict=True):
+            store_local(entries(folder), key, entry)
             n_tokens += int(entry["tokens"].shape[0])
         read_path = os.path.join(folder, READ, source_mark(src.doc_id))
         write_whole(read_path, pickle.dumps((src, items)))
@@ -385,6 +394,18 @@ def _work_on(folder: str, src, config, tok) -> None:
         _LOG.debug("head start: %s left to the run: %s", src.doc_id, err)
     finally:
         os.close(fd)  # the lock goes with it
+
+
+def _claim(folder: str, key: str) -> bool:
+    """Whether this helper is the first to take the text of cache key ``key`` (copies of one
+    file, under other names, have one key; their first reader tokenizes it, the others not)."""
+    from pipeline.entries import file_name
+
+    try:
+        os.close(os.open(os.path.join(entries(folder), file_name(key) + CLAIM), _NEW_FILE))
+    except FileExistsError:
+        return False
+    return True
 
 
 def work_on_dask_worker(folder: str, src, config) -> None:
@@ -490,7 +511,7 @@ def _watch(folder: str, driver: int) -> None:
     exec(_WATCH, {"__name__": "__watch__"})
 
 
-def _serve_dask(folder: str, address: str) -> int:
+def _serve_dask(folder: str, address: str, cores: int) -> int:
     """The head start of a DaskRunner run: the cluster's own workers, idle while the driver
     starts, do the sources ahead (:func:`_feed_dask`); this process only lists them and hands
     them out. No tokenizer check is answered (stdout is not read)."""
@@ -499,14 +520,14 @@ def _serve_dask(folder: str, address: str) -> int:
     try:
         local = _sources(config, folder)
         make_folders(folder)
-        _feed_dask(folder, address, local, config, driver)
+        _feed_dask(folder, address, cores, local, config, driver)
     except Exception as err:  # noqa: BLE001 - only a head start: the run does it all itself
         _LOG.debug("no head start on the Dask cluster at %s: %s", address, err)
     _watch(folder, driver)
     return 0
 
 
-def _feed_dask(folder: str, address: str, sources: list, config, driver: int) -> None:
+def _feed_dask(folder: str, address: str, cores: int, sources: list, config, driver: int) -> None:
     """Hand ``sources`` to the workers of the cluster at ``address``, a task a source
     (:func:`work_on_dask_worker`), no more at a time than the workers have threads less
     ``SPARE_CORES`` (``processes_for``; a task waiting at the scheduler when the run's own
@@ -524,7 +545,7 @@ def _feed_dask(folder: str, address: str, sources: list, config, driver: int) ->
         if not threads or not all(is_this_host(w) for w in threads):
             return
         # on the cores the driver (importing Beam, making the graph) and the scheduler leave
-        slots = processes_for(sum(threads.values()), os.cpu_count() or 1)
+        slots = processes_for(sum(threads.values()), cores)
         pending, todo = [], sources[::-1]  # popped: largest first
         while todo or pending:
             if os.path.exists(os.path.join(folder, STOP)) or os.getppid() != driver:
@@ -548,15 +569,15 @@ shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    dask_mode = len(sys.argv) == 4 and sys.argv[2] == "--dask"
+    dask_mode = len(sys.argv) == 5 and sys.argv[2] == "--dask"
     if len(sys.argv) != 3 and not dask_mode:
         sys.exit(
-            "usage: python -m pipeline.head_start FOLDER (PROCESSES | --dask ADDRESS) "
+            "usage: python -m pipeline.head_start FOLDER (PROCESSES | --dask ADDRESS CORES) "
             "(pipeline.run starts it)"
         )
     try:
         if dask_mode:
-            sys.exit(_serve_dask(sys.argv[1], sys.argv[3]))
+            sys.exit(_serve_dask(sys.argv[1], sys.argv[3], int(sys.argv[4])))
         sys.exit(_serve(sys.argv[1], int(sys.argv[2])))
     except KeyboardInterrupt:
         sys.exit(130)

@@ -990,6 +990,30 @@ def test_head_start_helpers_take_nothing_once_told_to_stop(tmp_path, qwen3):
     assert taken == read_source(src, BuildConfig().read_settings) and not kept.exists()
 
 
+def test_the_head_start_tokenizes_a_text_that_two_sources_hold_once(tmp_path, books_dir, qwen3):
+    """Copies of one book under two names (a corpus replicated, or duplicates that duplicate
+    removal drops later) are one text: the head start tokenizes it once and reads both. The
+    copies came first in the largest-first order and were all tokenized by parallel helpers,
+    each entry replacing the last: 12 books of work for 2 entries on nvidia-h200."""
+    from pipeline import head_start
+    from pipeline.config import BuildConfig
+    from pipeline.discover import discover
+
+    books = tmp_path / "books"
+    books.mkdir()
+    for name in ("a.txt", "b.txt"):
+        shutil.copy(books_dir / BOOKS[0], books / name)
+    sources, _ = discover(books=[str(books)])
+    folder = tmp_path / "ahead"
+    head_start.make_folders(str(folder))
+    head_start._work(str(folder), sources, BuildConfig(), qwen3)
+    done = sorted((folder / head_start.DONE / f).read_text() for f in os.listdir(folder / "done"))
+    assert len(done) == 2 and done[0].startswith("0 0"), done  # both read, one tokenized
+    assert int(done[1].split()[0]) == 1 and int(done[1].split()[1]) > 10_000, done
+    assert len(list((folder / head_start.ENTRIES).glob("*.npz"))) == 1
+    assert all(head_start.read_items(str(folder), s) for s in sources)
+
+
 def test_the_head_start_takes_only_local_books_and_repositories_within_its_caps(
     tmp_path, books_dir, monkeypatch, qwen3_dir
 ):
