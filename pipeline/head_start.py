@@ -1,5 +1,6 @@
-"""Tokenization started before Beam: the cores of a ``multi_processing`` run, idle while the
-driver and the workers import Beam and the runner starts, tokenize the largest sources ahead.
+"""Tokenization started before Beam: the cores of a ``multi_processing`` run (or the workers of
+a Dask cluster on this machine), idle while the driver and the workers import Beam and the
+runner starts, tokenize the largest sources ahead.
 
 On nvidia-h200's 16 cores a 16-worker run reads its first file 4-5.5 s after it starts: the
 driver's Beam import (~1.9 s), its graph and ``to_runner_api`` (~1.4 s), the runner's first
@@ -13,6 +14,11 @@ largest first (the order the run's workers take them in), reads it with the read
 function and stores each document's entry (ids, chapters, windows, scores: the tokenize step's
 own function, ``transforms.samples.entries.tokenize_entries``) under its cache key, as the read
 step's early tokenizer does (``pipeline/steps/early.py``).
+
+Copies of one text under other names (a replicated corpus, duplicates that duplicate removal
+drops later) have one cache key: the first helper to read one claims the key and tokenizes it,
+the others only read (the run's take removes an entry, so every copy tokenized ahead but one
+was work lost: session 19's and 20's paired rounds had the helpers on such copies).
 
 When the run's workers begin to read, the first of them writes ``STOP``: each helper finishes
 the source in hand and exits. The run's read step takes every source as always; a source the
@@ -28,14 +34,20 @@ helper the run may not need), without ``--incremental`` (its cache decides what 
 unless the environment sets ``LONGCTX_HEAD_START=0``. What: local books and repositories of
 at most :data:`SOURCE_CAP` bytes each, :data:`BUDGET` in all.
 
-Not on DaskRunner, measured: a Dask cluster's workers on this machine also idle while the
-driver starts (~5 s of a 27-s run at 16 workers, 300 MB), and the head start served them with
-the same folder (a scheduler at an address of this machine, closed where the workers were
-elsewhere). On nvidia-h200's CPUs, 3 paired rounds (docs/benchmarks.md, "Session 19"): 26.8 s
-without, 27.9 s with (1.04), the runs' CPU up by ~50 s while the workers' tokenizing time did
-not fall; turned off again.
+DaskRunner with a cluster up (``--dask_client_address`` at an address of this machine,
+:func:`dask_address`): its workers idle while the driver starts too (~4-6 s at 16 workers),
+and they, not helpers of this machine, do the work. The helper forks nothing and loads no
+tokenizer: it lists the sources and hands them to the cluster, a Dask task a source
+(:func:`work_on_dask_worker`: the same work, with the tokenizer the run's tokenize step then
+finds loaded in that worker), no more at a time than ``processes_for`` leaves of the cores,
+until ``STOP``; only where every worker is on this machine (they share the folder). Helpers of
+their own beside the cluster were tried in session 19 and left out (1.04x the wall time: 12
+more processes on 16 busy cores, and the copies above). On nvidia-h200's CPUs, 16 workers,
+300 MB (docs/benchmarks.md, "Session 21"): 0.89x the wall time with the copies claimed once
+(2 paired rounds), 0.97x before (7 rounds).
 
-Run as ``python -m pipeline.head_start FOLDER PROCESSES`` (the run's settings come on stdin).
+Run as ``python -m pipeline.head_start FOLDER PROCESSES`` (the run's settings come on stdin), or
+``python -m pipeline.head_start FOLDER --dask ADDRESS CORES``.
 """
 
 from __future__ import annotations

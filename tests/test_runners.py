@@ -1077,6 +1077,40 @@ def test_the_pool_is_sized_as_beam_reads_the_flags(argv, want):
     assert planned_workers(argv) == want
 
 
+@pytest.mark.parametrize(
+    "argv, want",
+    [
+        (["--runner", "DaskRunner", "--dask_client_address=127.0.0.1:8786"], "127.0.0.1:8786"),
+        (
+            ["--runner=DaskRunner", "--dask_client_address", "tcp://localhost:1"],
+            "tcp://localhost:1",
+        ),
+        (["--runner", "DaskRunner"], None),  # Beam's own cluster starts with the run
+        (["--runner", "DaskRunner", "--dask_client_address=192.0.2.7:8786"], None),  # elsewhere
+        (["--runner", "DaskRunner", "--dask_client_address=scheduler.example:8786"], None),
+        (["--dask_client_address=127.0.0.1:8786"], None),  # DirectRunner
+        (["--runner", "DaskRunner", "--dask_client_addr=127.0.0.1:8786"], None),  # no abbreviation
+    ],
+)
+def test_the_head_start_goes_to_a_dask_cluster_only_at_an_address_of_this_machine(argv, want):
+    from pipeline.head_start import dask_address
+
+    assert dask_address(argv) == want
+
+
+def test_a_dask_head_start_answers_no_tokenizer_check_and_closes(tmp_path, qwen3_dir):
+    """On Dask the helper loads no tokenizer: the driver's own check runs (``answers``); a
+    scheduler that is not there leaves nothing behind."""
+    from pipeline.config import BuildConfig
+    from pipeline.head_start import HeadStart
+
+    config = BuildConfig(tokenizer=str(qwen3_dir), output=str(tmp_path / "out"))
+    assert HeadStart.for_run(config, 0, cores=4, dask="127.0.0.1:1") is None  # below 8 cores
+    with HeadStart.for_run(config, 0, cores=16, dask=f"127.0.0.1:{_free_port()}") as ahead:
+        assert not ahead.answers and ahead.tokenizer_answer(timeout=1) == {}
+    assert ahead.report["sources"] == 0 and not os.path.exists(ahead.folder)
+
+
 def test_the_head_start_is_turned_off_by_its_environment_switch(monkeypatch, tmp_path):
     from pipeline.config import BuildConfig
     from pipeline.head_start import SWITCH, HeadStart
