@@ -707,7 +707,9 @@ def worker_timeline(folder: Path, t0: float, wall: float) -> dict:
     helpers = [  # the head start's helpers: sources read outside the read step
         p["discover.read_source"]
         for p in procs
-        if "discover.read_source" in p and "ReadSourceFn.process" not in p
+        if "discover.read_source" in p
+        and "ReadSourceFn.process" not in p
+        and "head_start.work_on" not in p  # a Dask worker's head-start tasks (below)
     ]
     checks = [p["tokenizer.check"] for p in procs if "tokenizer.check" in p]
     head = {}
@@ -723,8 +725,14 @@ def worker_timeline(folder: Path, t0: float, wall: float) -> dict:
             min(h["last"] for h in helpers),
             max(h["last"] for h in helpers),
         ]
-    on_workers = [p["head_start.work_on"] for p in procs if "head_start.work_on" in p]
-    if on_workers:  # a Dask cluster's workers doing the head start (pipeline.head_start)
+    # a Dask cluster's workers doing the head start (pipeline.head_start): their whole tasks
+    # (a worker's first loads the tokenizer), else what older timelines had
+    on_workers = [
+        p.get("head_start.task") or p["head_start.work_on"]
+        for p in procs
+        if "head_start.work_on" in p or "head_start.task" in p
+    ]
+    if on_workers:
         head["worker_tasks"] = sum(w["calls"] for w in on_workers)
         head["worker_tasks_s"] = round(sum(w["s"] for w in on_workers), 2)
         head["worker_tasks_began_s"] = [

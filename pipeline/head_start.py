@@ -66,6 +66,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from pipeline import remote
@@ -108,10 +109,10 @@ def processes_for(workers: int, cores: int) -> int:
 def dask_address(argv: list[str]) -> str | None:
     """The scheduler's address of a DaskRunner run of ``argv`` whose cluster is up already and
     has it on this machine (``--dask_client_address``, as ``python -m pipeline.dask_cluster``
-    here prints it), else None: Beam's own local cluster starts with the run, and a scheduler
-    file or another machine's address leaves the workers' whereabouts to the helper, which
-    checks each worker's address anyway. Read before Beam is imported, with Beam's flag names
-    (exact, no abbreviations)."""
+    here prints it), else None (no head start): Beam's own local cluster starts with the run,
+    and a scheduler file or another machine's address say nothing of where the workers are.
+    The helper checks each worker's address too. Read before Beam is imported, with Beam's
+    flag names (exact, no abbreviations)."""
     import argparse
 
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
@@ -285,9 +286,11 @@ def stop(folder: str) -> None:
 
 
 def wait_for(folder: str, doc_id: str) -> None:
-    """Return once no helper works on source ``doc_id`` (at once if none took it)."""
+    """Return once no helper works on source ``doc_id`` (at once if none took it). The run's
+    read step calls it for each source: the file it makes where none is there marks the source
+    taken, so no helper starts on it afterwards (``_take``)."""
     try:
-        fd = os.open(os.path.join(folder, HELD, source_mark(doc_id)), os.O_RDONLY)
+        fd = os.open(os.path.join(folder, HELD, source_mark(doc_id)), os.O_RDONLY | os.O_CREAT)
     except OSError:
         return
     try:
@@ -322,16 +325,20 @@ def has_entry(folder: str, key: str) -> bool:
 
 
 def _report(folder: str) -> dict:
-    """What the helpers did: sources, documents and tokens they finished; the entries nobody
+    """What the helpers did: sources whose documents they tokenized, with those documents and
+    tokens, and sources ``read`` in all (a copy of a text tokenized once is read only); the
+    entries nobody
     took (a document that duplicate removal changed, or left out) and the sources read ahead
     that the read step did not take (none, unless the run failed)."""
-    sources = documents = tokens = 0
+    sources = documents = tokens = read = 0
     with contextlib.suppress(OSError):
         for name in os.listdir(os.path.join(folder, DONE)):
             with contextlib.suppress(OSError, ValueError):
                 with open(os.path.join(folder, DONE, name)) as f:
                     d, t = (int(x) for x in f.read().split())
-                sources, documents, tokens = sources + 1, documents + d, tokens + t
+                read += 1
+                if d:  # a source whose texts another source's helper tokenized: read only
+                    sources, documents, tokens = sources + 1, documents + d, tokens + t
     left = {}
     for sub, suffix in ((ENTRIES, ".npz"), (READ, "")):
         try:
@@ -341,6 +348,7 @@ def _report(folder: str) -> dict:
         left[sub] = sum(n.endswith(suffix) and ".tmp-" not in n for n in names)
     return {
         "sources": sources,
+        "read": read,
         "documents": documents,
         "tokens": tokens,
         "untaken": left[ENTRIES],
@@ -349,15 +357,24 @@ def _report(folder: str) -> dict:
 
 
 def _take(folder: str, doc_id: str) -> int | None:
-    """Take source ``doc_id`` (a file made in one step, then locked); its descriptor, or None
-    if another helper took it."""
-    try:
-        fd = os.open(
-            os.path.join(folder, HELD, source_mark(doc_id)), os.O_CREAT | os.O_EXCL | os.O_RDWR
-        )
-    except FileExistsError:
+    """Take source ``doc_id``: its file in ``held/`` appears already locked (made and locked
+    under a name of its own, then linked in place), so the run's read step, which makes the
+    file itself if it is not there (:func:`wait_for`), either finds it locked or has taken the
+    source first. The descriptor, or None if the source is taken."""
+    path = os.path.join(folder, HELD, source_mark(doc_id))
+    if os.path.exists(path):
         return None
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    own = f"{path}.{os.getpid()}-{threading.get_ident()}"
+    fd = os.open(own, os.O_CREAT | os.O_EXCL | os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.link(own, path)
+    except OSError:  # FileExistsError: taken meanwhile
+        os.close(fd)
+        return None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(own)
     return fd
 
 
@@ -368,11 +385,13 @@ def _work(folder: str, sources: list, config, tok) -> None:
     for src in sources:
         if os.path.exists(os.path.join(folder, STOP)) or os.getppid() != parent:
             return
-        _work_on(folder, src, config, tok)
+        _work_on(folder, src, config, lambda: tok)
 
 
-def _work_on(folder: str, src, config, tok) -> None:
-    """Source ``src`` read and its documents' entries stored, unless another took it."""
+def _work_on(folder: str, src, config, tokenizer) -> None:
+    """Source ``src`` read and its documents' entries stored, unless it is taken already;
+    ``tokenizer()`` gives the tokenizer (loaded once the source is taken). Given up, the
+    source left to the run, where the folder is gone: the run has ended (HeadStart.close)."""
     from pipeline.discover import read_source
     from pipeline.entries import document_key, store_local, write_whole
     from transforms.documents import TextDocument
@@ -382,10 +401,14 @@ def _work_on(folder: str, src, config, tok) -> None:
         worth_tokenizing_early,
     )
 
-    fd = _take(folder, src.doc_id)
+    try:
+        fd = _take(folder, src.doc_id)
+    except OSError:  # no folder: the run has ended, or this machine does not see it
+        return
     if fd is None:
         return
     try:
+        tok = tokenizer()
         items = list(read_source(src, config.read_settings))
         docs, keys = [], []
         for d in items:
@@ -394,6 +417,8 @@ def _work_on(folder: str, src, config, tok) -> None:
                 if _claim(folder, key):  # a text another source holds too is made once
                     docs.append(d)
                     keys.append(key)
+        if not os.path.isdir(folder):  # the run ended while this read
+            return
         n_tokens = 0
         for key, entry in zip(keys, tokenize_entries(docs, tok, config), strict=True):
             store_local(entries(folder), key, entry)
@@ -422,13 +447,15 @@ def _claim(folder: str, key: str) -> bool:
 
 def work_on_dask_worker(folder: str, src, config) -> None:
     """A Dask task (:func:`_feed_dask`): source ``src`` done ahead by the worker that runs it,
-    with the tokenizer the run's tokenize step then finds loaded in this process; nothing once
-    the run's workers have begun."""
-    if os.path.exists(os.path.join(folder, STOP)):
+    with the tokenizer the run's tokenize step then finds loaded in this process (taken
+    first, loaded after); nothing once the run's workers have begun or the run has ended."""
+    if os.path.exists(os.path.join(folder, STOP)) or not os.path.isdir(folder):
         return
     from transforms.samples.tokenize import load_tokenizer
 
-    _work_on(folder, src, config, load_tokenizer(config.tokenizer, config.trust_remote_code))
+    _work_on(
+        folder, src, config, lambda: load_tokenizer(config.tokenizer, config.trust_remote_code)
+    )
 
 
 def make_folders(folder: str) -> None:
@@ -541,9 +568,10 @@ def _serve_dask(folder: str, address: str, cores: int) -> int:
 
 def _feed_dask(folder: str, address: str, cores: int, sources: list, config, driver: int) -> None:
     """Hand ``sources`` to the workers of the cluster at ``address``, a task a source
-    (:func:`work_on_dask_worker`), no more at a time than the workers have threads less
-    ``SPARE_CORES`` (``processes_for``; a task waiting at the scheduler when the run's own
-    arrive would go before them), until ``STOP``,
+    (:func:`work_on_dask_worker`), no more at a time than ``processes_for`` gives for the
+    workers' threads on this machine's ``cores`` (the fewer of the threads and the cores less
+    ``SPARE_CORES``; a task waiting at the scheduler when the run's own arrive would go before
+    them), until ``STOP``,
     the driver gone, or the end. Only where every worker is on this machine: they must see
     the folder, as the run's steps on them then do."""
     if not sources:

@@ -128,11 +128,9 @@ def prepare(
     check_arguments(argv)  # after check_runner: it imports the runner and its option classes
     config = BuildConfig.from_options(lc)
     # DaskRunner: the cluster's workers load the tokenizer while this prepares and the graph
-    # is made (a background thread: nothing here waits for it); with a head start on them,
-    # its first task on each does
-    warming = None
-    if not (head_start and head_start.dask):
-        warming = warm_dask_workers(options, config.tokenizer, config.trust_remote_code)
+    # is made (a background thread: nothing here waits for it; a head start's task on a
+    # worker at the same time waits for this load, not parsing it twice)
+    warming = warm_dask_workers(options, config.tokenizer, config.trust_remote_code)
     # the report's plots: helper processes import matplotlib while the pipeline runs
     plotter = PlotRenderer()
     # The tokenizer loads (a hub download, or parsing tokenizer.json) in a helper process

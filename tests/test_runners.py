@@ -862,16 +862,22 @@ def test_the_head_start_tokenizes_ahead_and_the_output_is_byte_identical(
     assert not os.path.exists(report["folder"])  # removed with the run
 
 
+@pytest.mark.parametrize("dedup", [True, False], ids=["dedup", "no-dedup"])
 def test_a_dask_clusters_idle_workers_tokenize_ahead_and_the_output_is_byte_identical(
-    tmp_path, books_dir, qwen3_dir, dask_cluster
+    tmp_path, books_dir, qwen3_dir, dask_cluster, copy_dir, dedup
 ):
     """Issue 20, DaskRunner: with a cluster up on this machine its workers idle while the
     driver imports Beam and builds the graph; the head start hands them the largest sources
     (a Dask task each, ``pipeline.head_start._feed_dask``), and the run's steps on the same
-    workers take what they did. Every source is read once, on a worker (the head start's
-    helper process reads none), and the output is the bytes of an in_memory run."""
+    workers take what they did. Every source is read once in the cluster's processes (the
+    helper process reads nothing: it has no tokenizer, test_a_dask_head_start_answers_...),
+    a book and its copy under another name included (dropped by duplicate removal, or kept),
+    and the output is the bytes of an in_memory run."""
     out = tmp_path / "out"
-    inputs = list(map(str, _inputs(books_dir, qwen3_dir)))
+    inputs = [
+        *map(str, _inputs(books_dir, qwen3_dir, copy_dir)),
+        *([] if dedup else ["--no-dedup"]),
+    ]
     ref_out = tmp_path / "in_memory"
     ref = run_cli("pipeline.run", "--runner", "DirectRunner", "--output", ref_out, *inputs)
     assert ref.returncode == 0, ref.stderr[-3000:]
@@ -890,8 +896,9 @@ def test_a_dask_clusters_idle_workers_tokenize_ahead_and_the_output_is_byte_iden
     for f in (tmp_path / "timeline").glob("*.json"):  # the cluster's processes only
         for name, (_, n, _, _) in json.loads(f.read_text()).items():
             calls[name] = calls.get(name, 0) + n
-    assert calls.get("discover.read_source") == len(BOOKS) + 2, calls
-    assert calls.get("ReadSourceFn.process") == len(BOOKS) + 2, calls
+    assert calls.get("discover.read_source") == len(BOOKS) + 3, calls
+    assert calls.get("ReadSourceFn.process") == len(BOOKS) + 3, calls
+    assert calls.get("head_start.work_on", 0) >= 2, calls  # in the workers, not the helper
     assert not os.path.exists(report["folder"])
 
 
@@ -960,6 +967,9 @@ def test_a_source_a_helper_holds_is_waited_for_until_the_helper_ends_or_dies(tmp
     assert holder.stdout.readline().strip() == "held"
     head_start.wait_for(str(tmp_path), "book/b")  # not taken: no wait
     assert holder.poll() is None
+    # and the run has it now: a helper that comes after does not start on it (it would read
+    # and tokenize it a second time)
+    assert head_start._take(str(tmp_path), "book/b") is None
     threading_timer = __import__("threading").Timer(1.0, holder.kill)
     threading_timer.start()
     head_start.wait_for(str(tmp_path), "book/a")  # returns when the holder is gone
@@ -1098,16 +1108,26 @@ def test_the_head_start_goes_to_a_dask_cluster_only_at_an_address_of_this_machin
     assert dask_address(argv) == want
 
 
-def test_a_dask_head_start_answers_no_tokenizer_check_and_closes(tmp_path, qwen3_dir):
-    """On Dask the helper loads no tokenizer: the driver's own check runs (``answers``); a
-    scheduler that is not there leaves nothing behind."""
+def test_a_dask_head_start_answers_no_tokenizer_check_and_gives_up_on_no_scheduler(
+    tmp_path, qwen3_dir
+):
+    """On Dask the helper loads no tokenizer: the driver's own check runs (``answers``). A
+    scheduler that is not there: the helper gives up after its connection's timeout, becomes
+    the watcher (it does not hang or die), and closing leaves nothing behind."""
     from pipeline.config import BuildConfig
     from pipeline.head_start import HeadStart
 
-    config = BuildConfig(tokenizer=str(qwen3_dir), output=str(tmp_path / "out"))
+    config = BuildConfig(books=[str(REPO / "README.md")], tokenizer=str(qwen3_dir))
+    config = replace(config, output=str(tmp_path / "out"))
     assert HeadStart.for_run(config, 0, cores=4, dask="127.0.0.1:1") is None  # below 8 cores
     with HeadStart.for_run(config, 0, cores=16, dask=f"127.0.0.1:{_free_port()}") as ahead:
         assert not ahead.answers and ahead.tokenizer_answer(timeout=1) == {}
+        cmdline = Path(f"/proc/{ahead._proc.pid}/cmdline")
+        deadline = time.monotonic() + 60
+        while "-S" not in cmdline.read_text().split("\0"):
+            assert time.monotonic() < deadline, "the helper never gave up on the scheduler"
+            time.sleep(0.1)
+        assert os.path.isdir(Path(ahead.folder) / "held")  # it had listed the sources
     assert ahead.report["sources"] == 0 and not os.path.exists(ahead.folder)
 
 

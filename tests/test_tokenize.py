@@ -94,6 +94,39 @@ def test_a_local_tokenizer_loaded_again_is_not_read_again_unless_its_files_chang
     assert changed.end_of_text_id == first.end_of_text_id
 
 
+def test_two_threads_loading_one_tokenizer_at_once_parse_it_once(tmp_path, qwen3_dir, monkeypatch):
+    """A Dask worker's warm-up (in its event loop) and the head start's first task on it (in
+    its task thread) load the run's tokenizer at the same moment: one parses it, the other
+    gets the same object (two parses cost ~1 s of CPU each on a busy 16-core machine)."""
+    import shutil
+    import threading
+
+    from transforms.samples import tokenize
+
+    folder = tmp_path / "tok"
+    shutil.copytree(qwen3_dir, folder)
+    parses = []
+    from_str = tokenize.Tokenizer.from_str
+
+    def counted(text):
+        parses.append(threading.current_thread().name)
+        return from_str(text)
+
+    monkeypatch.setattr(tokenize.Tokenizer, "from_str", staticmethod(counted))
+    got, go = [], threading.Barrier(2)
+
+    def load():
+        go.wait()
+        got.append(load_tokenizer(str(folder)))
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(parses) == 1 and got[0] is got[1]
+
+
 _FORK_AFTER_TABLES = """
 import os, sys
 from transforms.samples.tokenize import load_tokenizer

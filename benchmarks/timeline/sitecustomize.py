@@ -24,8 +24,9 @@ _STARTED = time.time()  # this module runs as the interpreter starts (site)
 def _dump() -> None:
     try:
         tmp = os.path.join(_DIR, f".{os.getpid()}.tmp")
+        text = json.dumps(dict(_ACC))  # a copy made at once: another thread may add a key
         with open(tmp, "w") as f:
-            json.dump(_ACC, f)
+            f.write(text)
         os.replace(tmp, os.path.join(_DIR, f"{os.getpid()}.json"))
     except OSError:
         pass
@@ -185,6 +186,8 @@ def _hook_head_start(mod) -> None:
     """The head start's work on one source where it is imported (a Dask worker's task; the
     helper processes of DirectRunner's run it as ``__main__``, which no hook sees)."""
     mod._work_on = _wrap_call("head_start.work_on", mod._work_on)
+    # a Dask worker's whole task: the tokenizer's load on its first one too
+    mod.work_on_dask_worker = _wrap_call("head_start.task", mod.work_on_dask_worker)
 
 
 _DRIVER = {

@@ -29,7 +29,9 @@ from __future__ import annotations
 import hashlib
 import json
 import lzma
+import os
 import re
+import threading
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -192,6 +194,21 @@ def _files_key(spec: str | None) -> tuple | None:
     return tuple(key)
 
 
+# One load at a time in a process: a Dask worker's warm-up (pipeline.runners) and the head
+# start's first task on it (pipeline.head_start) ask at once, and the second waits for the
+# first's parse instead of parsing again. A new lock in a forked child (a thread of the parent
+# may have held it at the fork).
+_LOADING = threading.Lock()
+
+
+def _new_lock() -> None:
+    global _LOADING
+    _LOADING = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock)
+
+
 def load_tokenizer(spec: str | None, trust_remote_code: bool = False) -> LoadedTokenizer:
     """Load ``--tokenizer``; raises :class:`TokenizerError` with a message naming the flag.
 
@@ -199,6 +216,13 @@ def load_tokenizer(spec: str | None, trust_remote_code: bool = False) -> LoadedT
     (``--trust-remote-code``); the network is used only for a Hub id."""
     files_key = _files_key(spec)
     if files_key in _BY_FILES:
+        return _BY_FILES[files_key]
+    with _LOADING:
+        return _load(spec, trust_remote_code, files_key)
+
+
+def _load(spec: str | None, trust_remote_code: bool, files_key: tuple | None) -> LoadedTokenizer:
+    if files_key in _BY_FILES:  # loaded by the thread this one waited for
         return _BY_FILES[files_key]
     eos_hint = None
     if spec in (None, "", BUNDLED):
