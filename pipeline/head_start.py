@@ -18,7 +18,7 @@ step's early tokenizer does (``pipeline/steps/early.py``).
 Copies of one text under other names (a replicated corpus, duplicates that duplicate removal
 drops later) have one cache key: the first helper to read one claims the key and tokenizes it,
 the others only read (the run's take removes an entry, so every copy tokenized ahead but one
-was work lost: session 19's and 20's paired rounds had the helpers on such copies).
+was work lost: the benchmarks' replicated corpus had the helpers on such copies).
 
 When the run's workers begin to read, the first of them writes ``STOP``: each helper finishes
 the source in hand and exits. The run's read step takes every source as always; a source the
@@ -571,9 +571,8 @@ def _feed_dask(folder: str, address: str, cores: int, sources: list, config, dri
     (:func:`work_on_dask_worker`), no more at a time than ``processes_for`` gives for the
     workers' threads on this machine's ``cores`` (the fewer of the threads and the cores less
     ``SPARE_CORES``; a task waiting at the scheduler when the run's own arrive would go before
-    them), until ``STOP``,
-    the driver gone, or the end. Only where every worker is on this machine: they must see
-    the folder, as the run's steps on them then do."""
+    them), until ``STOP``, the driver gone, or the end. Only where every worker is on this
+    machine: they must see the folder, as the run's steps on them then do."""
     if not sources:
         return
     from distributed import Client
@@ -586,6 +585,8 @@ def _feed_dask(folder: str, address: str, cores: int, sources: list, config, dri
             return
         # on the cores the driver (importing Beam, making the graph) and the scheduler leave
         slots = processes_for(sum(threads.values()), cores)
+        if not slots:
+            return
         pending, todo = [], sources[::-1]  # popped: largest first
         while todo or pending:
             if os.path.exists(os.path.join(folder, STOP)) or os.getppid() != driver:
