@@ -1134,6 +1134,35 @@ def test_a_dask_head_start_answers_no_tokenizer_check_and_gives_up_on_no_schedul
     assert ahead.report["sources"] == 0 and not os.path.exists(ahead.folder)
 
 
+def test_a_head_start_folder_whose_run_is_gone_is_removed_by_the_next_run(tmp_path):
+    """A driver killed with its watcher (a process group or cgroup killed whole) leaves its
+    head start's folder in the temporary folder, up to twice 2 GiB: the next run's head start
+    removes it. A folder whose driver lives (this process; or a pid now used by another
+    process, told apart by its start time) and one without a driver file stay."""
+    from pipeline.head_start import DRIVER, PREFIX, _process_mark, remove_stale_folders
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    folders = {}
+    for name, mark in [
+        ("dead", f"{gone.pid} 12345"),
+        ("reused", f"{os.getpid()} 1"),  # this pid, another start: that driver is gone
+        ("alive", _process_mark(os.getpid())),
+        ("unmarked", None),
+    ]:
+        folder = tmp_path / f"{PREFIX}{name}"
+        (folder / "entries").mkdir(parents=True)
+        (folder / "entries" / "x.npz").write_bytes(b"0" * 1000)
+        if mark:
+            (folder / DRIVER).write_text(mark)
+        folders[name] = folder
+    (tmp_path / "other-folder").mkdir()
+    removed = remove_stale_folders(str(tmp_path))
+    assert sorted(removed) == sorted(str(folders[n]) for n in ("dead", "reused"))
+    assert folders["alive"].exists() and folders["unmarked"].exists()
+    assert (tmp_path / "other-folder").exists()
+
+
 def test_the_head_start_is_turned_off_by_its_environment_switch(monkeypatch, tmp_path):
     from pipeline.config import BuildConfig
     from pipeline.head_start import SWITCH, HeadStart
