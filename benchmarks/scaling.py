@@ -672,6 +672,12 @@ def stop_dask(proc: subprocess.Popen) -> None:
 TIMELINE_SITE = REPO / "benchmarks" / "timeline"
 
 
+def _span(values) -> list:
+    """``[first, last]`` of some times."""
+    values = list(values)
+    return [min(values), max(values)]
+
+
 def worker_timeline(folder: Path, t0: float, wall: float) -> dict:
     """What ``benchmarks/timeline/sitecustomize.py`` recorded in each process: per process, the
     seconds in each DoFn method and its first start / last end (seconds from the run's start),
@@ -717,14 +723,8 @@ def worker_timeline(folder: Path, t0: float, wall: float) -> dict:
         head["tokenizer_checked_s"] = min(c["last"] for c in checks)
     if helpers:  # its helpers: when they began tokenizing, and ended
         head["helpers"] = len(helpers)
-        head["helpers_began_s"] = [
-            min(h["first"] for h in helpers),
-            max(h["first"] for h in helpers),
-        ]
-        head["helpers_last_read_s"] = [
-            min(h["last"] for h in helpers),
-            max(h["last"] for h in helpers),
-        ]
+        head["helpers_began_s"] = _span(h["first"] for h in helpers)
+        head["helpers_last_read_s"] = _span(h["last"] for h in helpers)
     # a Dask cluster's workers doing the head start (pipeline.head_start): their whole tasks
     # (a worker's first loads the tokenizer), else what older timelines had
     on_workers = [
@@ -735,14 +735,8 @@ def worker_timeline(folder: Path, t0: float, wall: float) -> dict:
     if on_workers:
         head["worker_tasks"] = sum(w["calls"] for w in on_workers)
         head["worker_tasks_s"] = round(sum(w["s"] for w in on_workers), 2)
-        head["worker_tasks_began_s"] = [
-            min(w["first"] for w in on_workers),
-            max(w["first"] for w in on_workers),
-        ]
-        head["worker_tasks_ended_s"] = [
-            min(w["last"] for w in on_workers),
-            max(w["last"] for w in on_workers),
-        ]
+        head["worker_tasks_began_s"] = _span(w["first"] for w in on_workers)
+        head["worker_tasks_ended_s"] = _span(w["last"] for w in on_workers)
     both = [p for p in procs if "TokenizeFn.process" in p and "ReadSourceFn.process" in p]
     tok = [p["TokenizeFn.process"] for p in both]  # the fused stage's workers, pairwise
     reads = [p["ReadSourceFn.process"] for p in both]
@@ -764,14 +758,14 @@ def worker_timeline(folder: Path, t0: float, wall: float) -> dict:
         serving = [p["harness.run"]["first"] for p in both if "harness.run" in p]
         if harness and serving:  # a worker's harness: begun (after the fork), serving
             out.update(
-                workers_harness_s=[min(harness), max(harness)],
-                workers_serving_s=[min(serving), max(serving)],
+                workers_harness_s=_span(harness),
+                workers_serving_s=_span(serving),
             )
         if started and imported:  # the start divided: workers launched, imported, set up
             out.update(
-                workers_started_s=[min(started), max(started)],
-                workers_imported_s=[min(imported), max(imported)],
-                workers_set_up_s=[min(setups), max(setups)] if setups else None,
+                workers_started_s=_span(started),
+                workers_imported_s=_span(imported),
+                workers_set_up_s=_span(setups) if setups else None,
             )
         out.update(
             startup_s=min(r["first"] for r in reads),

@@ -493,8 +493,9 @@ def _claim(folder: str, key: str) -> bool:
 def work_on_dask_worker(folder: str, src, config) -> None:
     """A Dask task (:func:`_feed_dask`): source ``src`` done ahead by the worker that runs it,
     with the tokenizer the run's tokenize step then finds loaded in this process (taken
-    first, loaded after); nothing once the run's workers have begun or the run has ended."""
-    if os.path.exists(os.path.join(folder, STOP)) or not os.path.isdir(folder):
+    first, loaded after); nothing once the run's workers have begun or the run has ended (no
+    folder: ``_work_on`` cannot take the source)."""
+    if os.path.exists(os.path.join(folder, STOP)):
         return
     from transforms.samples.tokenize import load_tokenizer
 

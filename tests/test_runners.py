@@ -113,6 +113,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _timeline_calls(folder: Path) -> dict[str, int]:
+    """The calls of each hooked function, summed over the processes that wrote ``folder``
+    (``benchmarks/timeline/sitecustomize.py``)."""
+    calls: dict[str, int] = {}
+    for f in folder.glob("*.json"):
+        for name, (_, n, _, _) in json.loads(f.read_text()).items():
+            calls[name] = calls.get(name, 0) + n
+    return calls
+
+
 @pytest.fixture
 def dask_cluster(tmp_path):
     """A local cluster of 2 workers; its address. Its processes count the calls of the
@@ -166,10 +176,7 @@ def test_dask_runner_on_two_workers_is_byte_identical(
     # Each source read once and each document tokenized once. Beam 2.77's DaskRunner computes
     # a side input by running the graph above it again inside a task: with ToList's and
     # duplicate removal's side inputs, every source was read 4 times and tokenized twice.
-    calls = {}
-    for f in (tmp_path / "timeline").glob("*.json"):
-        for name, (_, n, _, _) in json.loads(f.read_text()).items():
-            calls[name] = calls.get(name, 0) + n
+    calls = _timeline_calls(tmp_path / "timeline")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["rejects_by_reason"].get("duplicate") == 1, manifest["counts"]
     assert calls.get("discover.read_source") == len(BOOKS) + 3, calls
@@ -848,17 +855,24 @@ def test_the_head_start_tokenizes_ahead_and_the_output_is_byte_identical(
     assert ref.returncode == 0, ref.stderr[-3000:]
     argv = ["--runner", "DirectRunner", "--direct_running_mode", "multi_processing",
             "--direct_num_workers", "2", "--output", str(out), "--quiet", *inputs]  # fmt: skip
+    # 2 workers on 16 cores: 2 helpers, each had finished a source when the workers began
+    _run_with_head_start(argv, direct_out, out)
+
+
+def _run_with_head_start(argv: list[str], ref_out: Path, out: Path) -> None:
+    """A run of ``argv`` (its output ``out``) as 16 cores would make it, started once the
+    head start has finished 2 sources (``_HEAD_START_RUN``): it succeeded, its output is
+    ``ref_out``'s bytes, the head start tokenized at least those 2 sources, every source read
+    ahead and every entry made ahead was used by the run, and its folder went with the run."""
     report = 'print(json.dumps({"status": status, "reports": reports}))'
     proc = run_patched(_HEAD_START_RUN, argv, report)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.splitlines()[-1])
     assert result["status"] == 0
     [report] = result["reports"]
-    # 2 workers on 16 cores: 2 helpers, each had finished a source when the workers began
     assert report["sources"] >= 2 and report["tokens"] > 100_000, report
-    # every source read ahead and every entry made ahead was used by the run
     assert report["untaken"] == 0 and report["unread"] == 0, report
-    _outputs_equal(direct_out, out)
+    _outputs_equal(ref_out, out)
     assert not os.path.exists(report["folder"])  # removed with the run
 
 
@@ -886,23 +900,11 @@ def test_a_dask_clusters_idle_workers_tokenize_ahead_and_the_output_is_byte_iden
         assert ref.returncode == 0, ref.stderr[-3000:]
     argv = ["--runner", "DaskRunner", f"--dask_client_address={dask_cluster}",
             "--output", str(out), "--quiet", *inputs]  # fmt: skip
-    report = 'print(json.dumps({"status": status, "reports": reports}))'
-    proc = run_patched(_HEAD_START_RUN, argv, report)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.splitlines()[-1])
-    assert result["status"] == 0
-    [report] = result["reports"]
-    assert report["sources"] >= 2 and report["tokens"] > 100_000, report
-    assert report["untaken"] == 0 and report["unread"] == 0, report
-    _outputs_equal(ref_out, out)
-    calls = {}
-    for f in (tmp_path / "timeline").glob("*.json"):  # the cluster's processes only
-        for name, (_, n, _, _) in json.loads(f.read_text()).items():
-            calls[name] = calls.get(name, 0) + n
+    _run_with_head_start(argv, ref_out, out)
+    calls = _timeline_calls(tmp_path / "timeline")  # the cluster's processes only
     assert calls.get("discover.read_source") == len(BOOKS) + 3, calls
     assert calls.get("ReadSourceFn.process") == len(BOOKS) + 3, calls
     assert calls.get("head_start.work_on", 0) >= 2, calls  # in the workers, not the helper
-    assert not os.path.exists(report["folder"])
 
 
 _HEAD_START_DRIVER = """
