@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import forkserver
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LONGCTX_SHARED_DATA", REPO.parent / "shared" / "data"))
 BOOKS = SHARED / "books"
@@ -44,9 +46,19 @@ def qwen3(qwen3_dir):
     return load_tokenizer(str(qwen3_dir))
 
 
+_FORK_SERVERS: dict[str, forkserver.ForkServer] = {}  # by group
+
+
 def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: int = 900):
-    """Run ``python -m module args`` the way a user does; returns CompletedProcess."""
+    """Run ``python -m module args`` the way a user does; returns CompletedProcess. A run of
+    the pipeline is a child of this process's fork server (``tests/forkserver.py``)."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    group = forkserver.MODULES.get(module)
+    if group and os.environ.get(forkserver.SWITCH) != "0":
+        if group not in _FORK_SERVERS:
+            _FORK_SERVERS[group] = forkserver.ForkServer(REPO, group)
+        if _FORK_SERVERS[group].takes(env):
+            return _FORK_SERVERS[group].run(module, args, cwd or REPO, env, timeout)
     return subprocess.run(
         [sys.executable, "-m", module, *map(str, args)],
         capture_output=True,
