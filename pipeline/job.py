@@ -49,7 +49,7 @@ from pipeline.plots import PlotRenderer
 from pipeline.report import validation_shortfall, write_report
 from pipeline.runners import (
     check_runner,
-    dask_partitions,
+    dask_groups,
     make_runner,
     runner_traits,
     share_cores,
@@ -58,7 +58,7 @@ from pipeline.runners import (
     warm_dask_workers,
 )
 from pipeline.source_queue import SourceQueue
-from pipeline.steps import BuildDataset
+from pipeline.steps import BuildDataset, early
 from pipeline.steps.tokenize import Progress
 from pipeline.tokenizer_probe import TokenizerProbe
 from pipeline.worker_pool import WorkerPool
@@ -73,7 +73,7 @@ from schemas.layout import (
     SHARD_STATS,
 )
 from schemas.manifest import Manifest, build_manifest, parse_manifest
-from transforms.balance import lpt_bins
+from transforms.balance import guided_groups, lpt_bins
 from transforms.samples.tokenize import TokenizerError
 
 _LOG = logging.getLogger("longctx")
@@ -194,13 +194,19 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
     if workers and len(job.sources) > 1:
         ids = [s.doc_id for s in job.sources]
         queue = SourceQueue.create(ids, job.source_bytes, workers)
-    # DaskRunner: the sources in groups of about equal size (LPT), one partition a group
-    groups, options = None, job.options
+    # DaskRunner: the sources in groups, one partition a group: on a cluster of this machine
+    # groups that shrink as they go, taken largest first by the partitions as each starts (a
+    # queue); elsewhere groups of about equal size (LPT) in a fixed partition each
+    groups, group_queue, options = None, None, job.options
     # (one source needs no groups, nor a question to the scheduler)
-    partitions = dask_partitions(job.options) if len(job.sources) > 1 else None
-    if partitions:
-        n = min(partitions, len(job.sources))
-        groups = source_groups(job.sources, job.source_bytes, n)
+    dask = dask_groups(job.options) if len(job.sources) > 1 else None
+    if dask:
+        n = min(dask.groups, len(job.sources))
+        if dask.here and _work_in_the_read_stage(config, staging) and _dask_queue_wanted():
+            groups = source_groups(job.sources, job.source_bytes, n, workers=dask.threads)
+            group_queue = SourceQueue.of_groups(groups)
+        else:
+            groups = source_groups(job.sources, job.source_bytes, n)
         from apache_beam.runners.dask.dask_runner import DaskOptions
 
         # on a copy: the manifest records the options the user gave, and a run again with them
@@ -222,6 +228,7 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
             runner=runner_traits(job.options, groups),
             queue=queue,
             source_groups=groups,
+            group_queue=group_queue,
             head_start=job.head_start.folder if job.head_start else None,
             plot_path=plot_path,
         )
@@ -235,8 +242,9 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
     finally:
         if job.warming:  # long done (a connection that hangs is a daemon's: not waited for)
             job.warming.join(timeout=1.0)
-        if queue:
-            queue.remove()
+        for q in (queue, group_queue):
+            if q:
+                q.remove()
         if job.workers:  # its server and workers wind down while the run is finalized
             job.workers.release()
     if progress and progress.tty:
@@ -248,16 +256,36 @@ def _previous_manifest(out: str) -> Manifest | None:
     return parse_manifest(read_text(path)) if FileSystems.exists(path) else None
 
 
-def source_groups(sources: list, sizes: list[int], n: int) -> list[list]:
-    """``sources`` in ``n`` groups of about equal size (LPT, ``transforms/balance.py``). A source
-    whose size is not known here (a remote file, a Hub dataset: 0 bytes in ``sizes``) counts
-    as large as the largest known one, so it gets a group of its own rather than joining the
-    largest book's."""
+def source_groups(
+    sources: list, sizes: list[int], n: int, workers: int | None = None
+) -> list[list]:
+    """``sources`` in ``n`` groups of about equal size (LPT, ``transforms/balance.py``), or,
+    given the ``workers`` that take them in turn, up to ``n`` groups largest first, shrinking
+    as they go (``guided_groups``). A source whose size is not known here (a remote file, a
+    Hub dataset: 0 bytes in ``sizes``) counts as large as the largest known one, so it gets a
+    group of its own rather than joining the largest book's."""
     known = [s.kind != HF and not remote.is_remote(s.path) for s in sources]
     largest = max((b for b, k in zip(sizes, known, strict=True) if k), default=0) or 1
     sized = [b if k else largest for b, k in zip(sizes, known, strict=True)]
+    if workers:
+        return [[sources[i] for i in group] for group in guided_groups(sized, n, workers)]
     bins = lpt_bins(sized, n)
     return [[s for s, b in zip(sources, bins, strict=True) if b == k] for k in range(n)]
+
+
+DASK_QUEUE = "LONGCTX_DASK_QUEUE"  # "0": fixed groups of equal size on a cluster here too
+
+
+def _dask_queue_wanted() -> bool:
+    return os.environ.get(DASK_QUEUE) != "0"
+
+
+def _work_in_the_read_stage(config, staging: str) -> bool:
+    """Whether the encoder's work happens in the stage that reads the sources, the stage that
+    a group's partition runs: without duplicate removal (read and tokenize one stage), or with
+    it and the early tokenizer (``pipeline/steps/early.py``). Otherwise the tokenize step is a
+    stage of its own, after the duplicates are found, over partitions fixed by then."""
+    return not config.dedup or early.enabled(config, staging)
 
 
 def _beam_options(options: PipelineOptions) -> dict:

@@ -352,7 +352,22 @@ def _local_groups() -> int:
     return GROUPS_PER_THREAD * CPU_COUNT
 
 
+@dataclasses.dataclass(frozen=True)
+class DaskGroups:
+    """What a DaskRunner run spreads its sources by (``dask_groups``)."""
+
+    groups: int  # how many groups (one partition each)
+    threads: int  # the cluster's worker threads
+    here: bool  # every worker on this machine: a local temporary folder is theirs too
+
+
 def dask_partitions(options: PipelineOptions) -> int | None:
+    """``dask_groups``' number of groups, or None."""
+    shape = dask_groups(options)
+    return shape.groups if shape else None
+
+
+def dask_groups(options: PipelineOptions) -> DaskGroups | None:
     """On DaskRunner, how many groups to spread the sources over: ``GROUPS_PER_THREAD`` for
     each of the cluster's worker threads (asked of the scheduler at ``--dask_client_address``;
     without one Beam starts a local cluster with a thread per core). None on other runners,
@@ -371,8 +386,8 @@ def dask_partitions(options: PipelineOptions) -> int | None:
     dask = options.view_as(DaskOptions)
     if dask.npartitions or dask.partition_size:
         return None
-    if not dask.address and not dask.scheduler_file:
-        return _local_groups()
+    if not dask.address and not dask.scheduler_file:  # Beam's own cluster, on this machine
+        return DaskGroups(_local_groups(), _local_groups() // GROUPS_PER_THREAD, True)
     # in a daemon thread with a deadline: a Client's timeout covers the connection, not the
     # handshake after it, and a scheduler that accepts and never answers would hold the run
     # forever (a daemon, so that the run's exit does not wait for it either)
@@ -395,7 +410,7 @@ def dask_partitions(options: PipelineOptions) -> int | None:
         )
     if isinstance(answer[0], Exception):
         raise answer[0]
-    threads = answer[0]
+    threads, here = answer[0]
     if not threads:
         _LOG.warning(
             "the Dask cluster has no worker yet: its partitions are left to Beam's default "
@@ -406,7 +421,7 @@ def dask_partitions(options: PipelineOptions) -> int | None:
     _LOG.info(
         "the Dask cluster has %d worker threads: the sources go in %d groups", threads, groups
     )
-    return groups
+    return DaskGroups(groups, threads, here)
 
 
 def warm_dask_workers(options: PipelineOptions, tokenizer: str | None, trust_remote_code=False):
@@ -467,15 +482,18 @@ DASK_ASK_S = 30  # how long to wait for a Dask cluster's first worker
 GROUPS_PER_THREAD = 8
 
 
-def _dask_threads(dask) -> int:
+def _dask_threads(dask) -> tuple[int, bool]:
     """The worker threads of the cluster at ``dask``'s address, once it has a worker (waited
-    for up to ``DASK_ASK_S``); 0 if none came."""
+    for up to ``DASK_ASK_S``; 0 if none came), and whether every worker is on this machine."""
+    from pipeline.head_start import is_this_host
+
     with _client(dask) as client:
         try:
             client.wait_for_workers(1, timeout=DASK_ASK_S)
         except TimeoutError:
-            return 0
-        return sum(client.nthreads().values())
+            return 0, False
+        threads = client.nthreads()  # by worker address
+        return sum(threads.values()), all(is_this_host(a) for a in threads)
 
 
 def _client(dask):

@@ -17,7 +17,9 @@ first takes back what it had claimed, so every source is read exactly once in th
 
 from __future__ import annotations
 
+import functools
 import os
+import pickle
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -29,6 +31,15 @@ def largest_first(sizes: Sequence[int]) -> list[int]:
     unknown as 0: as given). The run's workers take them so, and the head start
     (``pipeline/head_start.py``) too, so that what it takes ahead is what they take first."""
     return sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
+
+
+GROUPS = "groups.pickle"  # SourceQueue.of_groups: the groups, in the queue's folder
+
+
+@functools.lru_cache(maxsize=4)
+def _groups(folder: str) -> list[list]:
+    with open(os.path.join(folder, GROUPS), "rb") as f:
+        return pickle.load(f)
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,23 @@ class SourceQueue:
         order = largest_first(sizes)
         folder = tempfile.mkdtemp(prefix="longctx-sources-")
         return cls(folder, tuple(doc_ids[i] for i in order), tickets)
+
+    @classmethod
+    def of_groups(cls, groups: Sequence[Sequence]) -> SourceQueue:
+        """A queue of ``groups`` of sources in the order given, one ticket each: ticket k takes
+        the next group nobody has taken (DaskRunner on a cluster of this machine, one
+        partition a ticket, ``pipeline.steps.read.ClaimGroupFn``). The groups are written to
+        the queue's folder, where :meth:`group` reads them: the graph carries only the
+        tickets."""
+        folder = tempfile.mkdtemp(prefix="longctx-sources-")
+        with open(os.path.join(folder, GROUPS), "wb") as f:
+            pickle.dump([list(g) for g in groups], f, protocol=pickle.HIGHEST_PROTOCOL)
+        return cls(folder, tuple(str(k) for k in range(len(groups))), len(groups))
+
+    def group(self, taken: str) -> list:
+        """The sources of the group ``taken`` (a name in :attr:`order`), read from the folder
+        once a process."""
+        return _groups(self.folder)[int(taken)]
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -181,6 +181,9 @@ def test_dask_runner_on_two_workers_is_byte_identical(
     assert manifest["counts"]["rejects_by_reason"].get("duplicate") == 1, manifest["counts"]
     assert calls.get("discover.read_source") == len(BOOKS) + 3, calls
     assert calls.get("TokenizeFn.process") == manifest["counts"]["documents"], calls
+    # a cluster of this machine: each of the 6 partitions took the next group as it started
+    # (largest first; pipeline.job.source_groups, SourceQueue.of_groups)
+    assert calls.get("ClaimGroupFn.process") == len(BOOKS) + 3, calls
     # Both workers read: the sources go to the cluster in 2 x GROUPS_PER_THREAD groups of about equal size
     # (pipeline.runners.dask_partitions). Beam's default put up to 128 sources in one partition:
     # one worker read and tokenized everything.
@@ -194,10 +197,14 @@ def test_dask_runner_on_two_workers_is_byte_identical(
     assert "npartitions" not in manifest["config"]["beam_options"], manifest["config"]
 
 
-def test_dask_runner_without_dedup_is_byte_identical(tmp_path, dask_cluster, books_dir, qwen3_dir):
+def test_dask_runner_without_dedup_is_byte_identical(
+    tmp_path, dask_cluster, books_dir, qwen3_dir, monkeypatch
+):
     """``--no-dedup`` builds another graph (no signatures, no join of the drops; read and
     tokenize one stage): on Dask, gathered and spread again (``Repartition``), its output is
-    DirectRunner's, byte for byte."""
+    DirectRunner's, byte for byte. Here with the groups of equal size in fixed partitions, as
+    on a cluster of other machines (``LONGCTX_DASK_QUEUE=0``)."""
+    monkeypatch.setenv("LONGCTX_DASK_QUEUE", "0")
     outs = {}
     for runner in ("DirectRunner", "DaskRunner"):
         outs[runner] = tmp_path / runner
@@ -214,6 +221,9 @@ def test_dask_runner_without_dedup_is_byte_identical(tmp_path, dask_cluster, boo
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
     _outputs_equal(outs["DaskRunner"], outs["DirectRunner"])
+    calls = _timeline_calls(tmp_path / "timeline")
+    assert calls.get("discover.read_source") == len(BOOKS) + 2, calls
+    assert "ClaimGroupFn.process" not in calls, calls
 
 
 def test_the_dask_cluster_stops_on_ctrl_c_when_started_in_the_background():

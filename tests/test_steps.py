@@ -245,6 +245,50 @@ def test_lpt_bins_balance_sizes_over_workers():
         lpt_bins(sizes, 0)
 
 
+def test_guided_groups_shrink_as_they_go_and_hold_every_item_once():
+    """DaskRunner on a cluster of this machine: the groups are taken in order by whichever
+    partition starts next, so the first are large and the last the smallest (the workers end
+    close together); each item once, each group at least one, largest items first."""
+    from transforms.balance import guided_groups
+
+    sizes = [(i * 37) % 41 + 1 for i in range(60)]  # all different, not in order
+    groups = guided_groups(sizes, 16, 2)
+    assert len(groups) == 16 and all(groups)
+    assert sorted(i for g in groups for i in g) == list(range(60))
+    flat = [i for g in groups for i in g]
+    assert flat == sorted(range(60), key=lambda i: (-sizes[i], i))  # largest first
+    totals = [sum(sizes[i] for i in g) for g in groups]
+    # the first group a quarter of the whole (half a worker's share of 2), the last ones small
+    assert totals[0] >= sum(sizes) / 4 and max(totals[-4:]) < totals[0] / 10, totals
+    assert totals[:4] == sorted(totals[:4], reverse=True)
+    assert guided_groups(sizes, 16, 2) == groups  # the same inputs, the same groups
+    assert guided_groups([0, 0, 0], 2, 1) == [[0], [1, 2]]  # the last takes what is left
+    assert guided_groups([5], 4, 2) == [[0]] and guided_groups([], 3, 1) == []
+    with pytest.raises(ValueError, match="at least 1"):
+        guided_groups(sizes, 0, 2)
+
+
+def test_a_partition_takes_the_next_group_as_it_starts_whatever_its_index():
+    """``ClaimGroupFn``: the tickets run in the scheduler's order (not by index); the first to
+    run takes the first (largest) group, and a ticket run again takes the same group."""
+    from pipeline.source_queue import SourceQueue
+    from pipeline.steps.read import ClaimGroupFn
+
+    queue = SourceQueue.of_groups([["a", "b"], ["c"], ["d"]])
+    try:
+        claim = ClaimGroupFn(queue)
+        assert [list(claim.process(t)) for t in (2, 0, 2, 1)] == [
+            ["a", "b"],
+            ["c"],
+            ["a", "b"],
+            ["d"],
+        ]
+        assert list(claim.process(3)) == []  # no group left
+        assert queue.claimed() == {"0": 2, "1": 0, "2": 1}
+    finally:
+        queue.remove()
+
+
 def test_sources_given_in_groups_are_not_reshuffled(tmp_path, qwen3_dir):
     """DaskRunner gets the sources in groups of about equal size, one partition each
     (``source_groups``): no Reshuffle deals them out again at random. Elsewhere the Reshuffle

@@ -21,3 +21,35 @@ def lpt_bins(sizes: Sequence[int], bins: int) -> list[int]:
         out[i] = b
         heapq.heappush(heap, (load + sizes[i], count + 1, b))
     return out
+
+
+def guided_groups(sizes: Sequence[int], groups: int, workers: int) -> list[list[int]]:
+    """Items (indexes of ``sizes``) in up to ``groups`` groups that are handed out in order,
+    each to the next worker that is free: largest items first, each group a share of what is
+    left that shrinks as the groups go (guided self-scheduling: at least half a worker's share
+    of the rest, ``rest / (2 x workers)``, and at least an equal share of the rest over the
+    groups left), so the first groups are large, the last ones the smallest and the workers
+    end close together. Every item in exactly one group, each group at least one item; fewer
+    groups than asked when there are fewer items. Equal inputs give equal outputs."""
+    if groups < 1 or workers < 1:
+        raise ValueError(f"groups and workers must be at least 1, got {groups}, {workers}")
+    order = sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
+    n = min(groups, len(order))
+    out: list[list[int]] = []
+    rest, taken = sum(sizes), 0
+    for k in range(n):
+        groups_left = n - k
+        target = max(rest / (2 * workers), rest / groups_left)
+        group, total = [order[taken]], sizes[order[taken]]
+        taken += 1
+        # an item more while the group is short of its share, leaving one for each group
+        # after; the last group takes whatever is left
+        while taken < len(order) and (
+            groups_left == 1 or (total < target and len(order) - taken > groups_left - 1)
+        ):
+            group.append(order[taken])
+            total += sizes[order[taken]]
+            taken += 1
+        out.append(group)
+        rest -= total
+    return out

@@ -33,7 +33,7 @@ from pipeline.runners import RunnerTraits
 from pipeline.steps import early
 from pipeline.steps.common import DOCUMENTS, MAIN, REJECTS, STATS, SUMMARY, Repartition
 from pipeline.steps.plan import CutSegments, PlanSamples
-from pipeline.steps.read import ReadDocuments
+from pipeline.steps.read import ClaimGroupFn, ReadDocuments
 from pipeline.steps.tokenize import Tokenize
 from pipeline.steps.write import WriteRunFiles, WriteShards
 
@@ -62,6 +62,7 @@ class BuildDataset(beam.PTransform):
         head_start=None,
         plot_path=None,
         source_groups=None,
+        group_queue=None,
     ):
         super().__init__()
         self.config, self.sources, self.discovery_rejects = config, sources, discovery_rejects
@@ -75,12 +76,22 @@ class BuildDataset(beam.PTransform):
         self.plot_path = plot_path  # where the plan step writes the plots' data, or None
         # the sources in groups of about equal size, one partition each (DaskRunner), or None
         self.source_groups = source_groups
+        # or those groups in a SourceQueue (a cluster of this machine): each partition takes
+        # the next group as it starts, the largest first
+        self.group_queue = group_queue
 
     def expand(self, pbegin):
         config, staging, runner = self.config, self.staging, self.runner
         side_inputs, gather = runner.side_inputs_once, bool(runner.partitions)
         tokenize_early = early.enabled(config, staging)
-        if self.source_groups:
+        if self.group_queue:
+            sources = (
+                pbegin
+                | "CreateTickets"
+                >> beam.Create(list(range(self.group_queue.tickets)), reshuffle=False)
+                | "ClaimGroups" >> beam.ParDo(ClaimGroupFn(self.group_queue))
+            )
+        elif self.source_groups:
             sources = (
                 pbegin
                 | "CreateSources" >> beam.Create(self.source_groups, reshuffle=False)

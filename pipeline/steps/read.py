@@ -6,6 +6,7 @@ never lets one bad input end a long run).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import apache_beam as beam
@@ -122,6 +123,23 @@ class ClaimSourcesFn(beam.DoFn):
         by_id = {s.doc_id: s for s in sources}
         for doc_id in self.queue.claims(ticket[0]):
             yield by_id[doc_id]
+
+
+class ClaimGroupFn(beam.DoFn):
+    """A partition's ticket -> the sources of the group it takes from the run's queue of
+    groups (``SourceQueue.of_groups``; DaskRunner on a cluster of this machine): the k-th
+    partition to start takes the k-th group, the largest first, in whatever order the
+    scheduler runs the partitions (not by their index), so the last groups to run are the
+    smallest. Run again, a ticket takes the same group."""
+
+    def __init__(self, queue: SourceQueue):
+        self.queue = queue
+
+    def process(self, ticket: int):
+        with contextlib.closing(self.queue.claims(ticket)) as claims:
+            taken = next(claims, None)
+        if taken is not None:
+            yield from self.queue.group(taken)
 
 
 class ReadDocuments(beam.PTransform):
