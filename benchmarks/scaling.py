@@ -1341,6 +1341,13 @@ def command_line(args, workers) -> str:
     return cmd
 
 
+def _copy(path, dest: str | None) -> None:
+    """The results file to ``--copy-to`` (none there, or the same file: SCALING_RESULTS under
+    $OUT on the device, nothing to copy)."""
+    if dest and not (os.path.exists(dest) and os.path.samefile(path, dest)):
+        shutil.copy(path, dest)
+
+
 def workers_main(args) -> None:
     t_start = time.time()
     deadline = t_start + args.budget_s if args.budget_s else None
@@ -1410,8 +1417,7 @@ def workers_main(args) -> None:
                 "markdown": markdown(rows, order, config, pairs),
             },
         )
-        if args.copy_to:
-            shutil.copy(path, args.copy_to)
+        _copy(path, args.copy_to)
 
     todo = [(m, n) for m, n in order if not finished(rows.get(key(m, n)))]
     print(f"{len(order) - len(todo)} of {len(order)} rows done in {path}", flush=True)
@@ -1513,8 +1519,7 @@ def workers_main(args) -> None:
             "complete": not left_rows,
         },
     )
-    if args.copy_to:
-        shutil.copy(path, args.copy_to)
+    _copy(path, args.copy_to)
     if not left_rows and not args.keep_corpus:
         for p in work.glob("corpus-*"):
             shutil.rmtree(p, ignore_errors=True)
