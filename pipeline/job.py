@@ -194,29 +194,29 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
     if workers and len(job.sources) > 1:
         ids = [s.doc_id for s in job.sources]
         queue = SourceQueue.create(ids, job.source_bytes, workers)
-    # DaskRunner: the sources in groups, one partition a group: on a cluster of this machine
-    # groups that shrink as they go, taken largest first by the partitions as each starts (a
-    # queue); elsewhere groups of about equal size (LPT) in a fixed partition each
     groups, group_queue, options = None, None, job.options
-    # (one source needs no groups, nor a question to the scheduler)
-    dask = dask_groups(job.options) if len(job.sources) > 1 else None
-    if dask:
-        n = min(dask.groups, len(job.sources))
-        if dask.here and _work_in_the_read_stage(config, staging) and _dask_queue_wanted():
-            groups = source_groups(job.sources, job.source_bytes, n, workers=dask.threads)
-            group_queue = SourceQueue.of_groups(groups)
-        else:
-            groups = source_groups(job.sources, job.source_bytes, n)
-        from apache_beam.runners.dask.dask_runner import DaskOptions
-
-        # on a copy: the manifest records the options the user gave, and a run again with them
-        # chooses again
-        options = copy.deepcopy(job.options)
-        options.view_as(DaskOptions).npartitions = len(groups)
     # the plots' data, written by the plan step for the driver's plot renderer, which watches a
     # local staging folder only
     plot_path = None if remote.is_remote(staging) else FileSystems.join(staging, PLOT_DATA)
     try:
+        # DaskRunner: the sources in groups, one partition a group: on a cluster of this machine
+        # groups that shrink as they go, taken largest first by the partitions as each starts (a
+        # queue); elsewhere groups of about equal size (LPT) in a fixed partition each
+        # (one source needs no groups, nor a question to the scheduler)
+        dask = dask_groups(job.options) if len(job.sources) > 1 else None
+        if dask:
+            n = min(dask.groups, len(job.sources))
+            if dask.here and _work_in_the_read_stage(config, staging) and _dask_queue_wanted():
+                groups = source_groups(job.sources, job.source_bytes, n, workers=dask.threads)
+                group_queue = SourceQueue.of_groups(groups)
+            else:
+                groups = source_groups(job.sources, job.source_bytes, n)
+            from apache_beam.runners.dask.dask_runner import DaskOptions
+
+            # on a copy: the manifest records the options the user gave, and a run again with them
+            # chooses again
+            options = copy.deepcopy(job.options)
+            options.view_as(DaskOptions).npartitions = len(groups)
         pipeline = beam.Pipeline(runner=make_runner(options, job.workers), options=options)
         _ = pipeline | "BuildDataset" >> BuildDataset(
             config=config,

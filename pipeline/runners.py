@@ -358,7 +358,7 @@ class DaskGroups:
 
     groups: int  # how many groups (one partition each)
     threads: int  # the cluster's worker threads
-    here: bool  # every worker on this machine: a local temporary folder is theirs too
+    here: bool  # every worker sees this process's temporary folder: a folder made there too
 
 
 def dask_partitions(options: PipelineOptions) -> int | None:
@@ -484,16 +484,49 @@ GROUPS_PER_THREAD = 8
 
 def _dask_threads(dask) -> tuple[int, bool]:
     """The worker threads of the cluster at ``dask``'s address, once it has a worker (waited
-    for up to ``DASK_ASK_S``; 0 if none came), and whether every worker is on this machine."""
-    from pipeline.head_start import is_this_host
+    for up to ``DASK_ASK_S``; 0 if none came), and whether every worker sees this process's
+    temporary folder as its own (``sees_this_folder``: a folder made there is theirs too)."""
+    import tempfile
 
     with _client(dask) as client:
         try:
             client.wait_for_workers(1, timeout=DASK_ASK_S)
         except TimeoutError:
             return 0, False
-        threads = client.nthreads()  # by worker address
-        return sum(threads.values()), all(is_this_host(a) for a in threads)
+        threads = sum(client.nthreads().values())
+        folder = tempfile.gettempdir()
+        st = os.stat(folder)
+        try:
+            seen = client.run(sees_this_folder, folder, st.st_dev, st.st_ino, _boot(), os.getuid())
+        except Exception as err:  # noqa: BLE001 - a worker that cannot answer: not shared
+            _LOG.debug("the Dask workers could not say where they are: %s", err)
+            return threads, False
+        return threads, bool(seen) and all(seen.values())
+
+
+def sees_this_folder(folder: str, dev: int, ino: int, boot: str, uid: int) -> bool:
+    """On a Dask worker: whether ``folder`` is the driver's (the same machine since its boot,
+    the same device and inode, not another container's ``/tmp``) and this worker may use a
+    folder the driver makes in it (``tempfile.mkdtemp``'s are its user's alone)."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return False
+    return (
+        (st.st_dev, st.st_ino) == (dev, ino)
+        and _boot() == boot
+        and os.getuid() in (uid, 0)
+        and os.access(folder, os.R_OK | os.W_OK | os.X_OK)
+    )
+
+
+def _boot() -> str:
+    """This machine since its last boot (Linux's boot id), else its name."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return socket.gethostname()
 
 
 def _client(dask):

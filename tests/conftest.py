@@ -57,7 +57,7 @@ def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: int = 900
     if group and os.environ.get(forkserver.SWITCH) != "0":
         if group not in _FORK_SERVERS:
             _FORK_SERVERS[group] = forkserver.ForkServer(REPO, group)
-        if _FORK_SERVERS[group].takes(env):
+        if _FORK_SERVERS[group].takes(env, cwd or REPO):
             return _FORK_SERVERS[group].run(module, args, cwd or REPO, env, timeout)
     return subprocess.run(
         [sys.executable, "-m", module, *map(str, args)],

@@ -18,13 +18,20 @@ a plain subprocess instead:
   or what is read at import (``LONGCTX_LEAN_BEAM``) can only be the server's: a run whose
   environment differs there goes to a plain subprocess (``_NEEDS_A_NEW_INTERPRETER``);
 - nothing is parsed or started in the server (no tokenizer, no thread of Beam's): a child
-  forked from it starts them, as a new process would.
+  forked from it starts them, as a new process would;
+- every child has the server's seed for ``hash()`` of strings, where each new interpreter
+  draws its own: a test that compares two runs' bytes runs one of them in a new interpreter
+  (``LONGCTX_TEST_FORKSERVER=0``), or a result that hangs on the order of a set would not
+  show.
+
+A server ends with the pytest process that started it (it checks every second).
 
 ``LONGCTX_TEST_FORKSERVER=0`` runs every command in a plain subprocess."""
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -66,7 +73,8 @@ MODULES = {module: group for group, (modules, _) in GROUPS.items() for module in
 # what is read at a process's start or at an import (Python, the C library, OpenMP, torch, the
 # Hugging Face libraries, Beam's lean import)
 _NEEDS_A_NEW_INTERPRETER = ("PYTHON", "MALLOC_", "LD_", "OMP_", "MKL_", "KMP_", "TORCH",
-                            "HF_", "TRANSFORMERS_", "TOKENIZERS_", "LONGCTX_LEAN_BEAM")  # fmt: skip
+                            "HF_", "TRANSFORMERS_", "TOKENIZERS_", "LONGCTX_LEAN_BEAM",
+                            "LONGCTX_BEAM_MEMO")  # fmt: skip
 
 
 def _differs_at_start(env: dict, server_env: dict) -> bool:
@@ -105,9 +113,10 @@ class ForkServer:
             self.proc.wait(timeout=30)
         shutil.rmtree(self.folder, ignore_errors=True)
 
-    def takes(self, env: dict) -> bool:
-        """Whether a run with ``env`` can be forked from this server."""
-        return not _differs_at_start(env, self.env)
+    def takes(self, env: dict, cwd) -> bool:
+        """Whether a run with ``env`` in the folder ``cwd`` can be forked from this server (a
+        folder that is not there: ``subprocess`` raises, as it would)."""
+        return os.path.isdir(cwd) and not _differs_at_start(env, self.env)
 
     def run(self, module: str, args, cwd, env: dict, timeout: float):
         """As ``subprocess.run([python, -m, module, *args], capture_output=True, text=True,
@@ -134,9 +143,14 @@ class ForkServer:
                 conn.settimeout(timeout)
                 try:
                     line = reply.readline()
-                except TimeoutError:
-                    os.kill(pid, signal.SIGKILL)
-                    raise subprocess.TimeoutExpired(cmd, timeout, _read(out), _read(err)) from None
+                except BaseException as stop:  # the child goes too, as subprocess.run's
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                    if isinstance(stop, TimeoutError):
+                        raise subprocess.TimeoutExpired(
+                            cmd, timeout, _read(out), _read(err)
+                        ) from None
+                    raise
                 if not line:
                     raise RuntimeError(f"the test fork server ended during a run of {module}")
                 code = int(line)
@@ -164,60 +178,80 @@ def _serve(path: str, group: str) -> None:
             import_beam()
     for name in GROUPS[group][1]:
         importlib.import_module(name)
+    client = os.getppid()  # gone (the pytest process killed): the server goes too
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path + ".tmp")
     listener.listen(16)
+    listener.settimeout(1.0)
     os.rename(path + ".tmp", path)  # the client waits for the name: bound and listening
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    open_conns: set[socket.socket] = set()
     while True:
-        conn, _ = listener.accept()
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            if os.getppid() != client:
+                os._exit(0)
+            continue
+        conn.settimeout(None)
         request = json.loads(conn.makefile("r").readline())
         sys.stdout.flush(), sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            listener.close()
-            conn.close()
+            for sock in (listener, conn, *list(open_conns)):  # a new process has none of them
+                sock.close()
             _child(request)  # never returns
         conn.sendall(f"{pid}\n".encode())
         # the run's end is waited for in a thread: the next request (a test that starts two
         # runs at once, one holding the output's lock) is forked meanwhile
-        threading.Thread(target=_report, args=(conn, pid), daemon=True).start()
+        open_conns.add(conn)
+        threading.Thread(target=_report, args=(conn, pid, open_conns), daemon=True).start()
 
 
-def _report(conn: socket.socket, pid: int) -> None:
+def _report(conn: socket.socket, pid: int, open_conns: set) -> None:
     _, status = os.waitpid(pid, 0)
+    open_conns.discard(conn)
     with conn:
         conn.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
 
 
 def _child(request: dict) -> None:
-    """Become ``python -m MODULE ARGS`` with the request's folder, environment and streams;
-    end with its exit status."""
+    """Become ``python -m MODULE ARGS`` with the request's streams, folder and environment, in
+    a ``__main__`` of its own; end with its exit status (a KeyboardInterrupt: killed by
+    SIGINT, as the interpreter ends then)."""
     import runpy
     import traceback
+    import types
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    exit_, status = _exit, _status  # the server's, whatever the run defines
+    main = types.ModuleType("__main__")
     code = 1
     try:
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
-        tempfile.tempdir = None  # TMPDIR as the request's environment has it
         for fd, name, mode in ((0, os.devnull, os.O_RDONLY), (1, request["stdout"], os.O_WRONLY),
                                (2, request["stderr"], os.O_WRONLY)):  # fmt: skip
             target = os.open(name, mode)
             os.dup2(target, fd)
             os.close(target)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        tempfile.tempdir = None  # TMPDIR as the request's environment has it
         sys.path[0] = os.getcwd()  # as with ``python -m`` (the server's is its script's folder)
         sys.argv = [request["module"], *request["args"]]
+        sys.modules["__main__"] = main
         runpy._run_module_as_main(request["module"])  # as ``python -m`` runs it
         code = 0
     except SystemExit as stop:
-        code = _status(stop.code)
+        code = status(stop.code)
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        code = -signal.SIGINT
     except BaseException:  # noqa: BLE001 - as the interpreter reports an uncaught one
         traceback.print_exc()
         code = 1
-    _exit(code)
+    main.__dict__.clear()  # the run's module-level objects end (an open file is flushed)
+    exit_(code)
 
 
 def _status(code) -> int:
@@ -230,7 +264,8 @@ def _status(code) -> int:
 
 
 def _exit(code: int) -> None:
-    """The interpreter's exit: the other threads waited for, the exit handlers, the streams."""
+    """The interpreter's exit: the other threads waited for, the exit handlers, the streams
+    (a negative ``code``: killed by that signal)."""
     shutdown = getattr(threading, "_shutdown", None)
     if shutdown:
         shutdown()
@@ -240,6 +275,9 @@ def _exit(code: int) -> None:
             stream.flush()
         except Exception:  # noqa: BLE001
             code = code or 120
+    if code < 0:
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
     os._exit(code)
 
 

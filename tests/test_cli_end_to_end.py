@@ -351,13 +351,15 @@ def test_shards_load_with_datasets(out16k):
     assert sum(len(x) for x in ds2["input_ids"]) == m["shards"][0]["tokens"]
 
 
-def test_overlap_parquet_and_determinism(tmp_path, books_dir, qwen3_dir, out16k):
+def test_overlap_parquet_and_determinism(tmp_path, books_dir, qwen3_dir, out16k, monkeypatch):
     a, b = tmp_path / "a", tmp_path / "b"
     books = tmp_path / "books"  # the longest book and two short ones: the suite's time
     books.mkdir()
     for name in WITH_OVERLAP:
         shutil.copy(books_dir / name, books / name)
     for out in (a, b):
+        # b in a new interpreter: its own seed for hash() (tests/forkserver.py)
+        monkeypatch.setenv("LONGCTX_TEST_FORKSERVER", "0" if out == b else "1")
         _run(
             out,
             books,

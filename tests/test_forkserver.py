@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -70,8 +74,51 @@ def test_the_folder_and_environment_of_the_call_reach_the_forked_run(monkeypatch
         assert proc.stdout.split()[0] == "no"
         proc = server.run("show", [], REPO, env, 60)  # not on the path from another folder
         assert proc.returncode == 1 and "No module named show" in proc.stderr
+        # the run's own __main__: its names do not reach the server's exit, and a file left
+        # open at module level is flushed as the interpreter's end would
+        (tmp_path / "leave").mkdir()
+        (tmp_path / "leave" / "__main__.py").write_text(
+            "f = open('left.txt', 'w')\nf.write('data')\n_exit = _status = None\n"
+        )
+        proc = server.run("leave", [], tmp_path, env, 60)
+        assert proc.returncode == 0, proc.stderr
+        assert (tmp_path / "left.txt").read_text() == "data"
     finally:
         server.close()
+
+
+def test_a_server_ends_with_the_process_that_started_it(tmp_path):
+    """A pytest worker killed (no atexit) leaves no server holding Beam behind."""
+    code = (
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from tests.forkserver import ForkServer\n"
+        f"server = ForkServer(__import__('pathlib').Path({str(REPO)!r}), 'pipeline')\n"
+        "print(server.proc.pid, server.folder, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    client = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    folder = ""
+    try:
+        pid, folder = client.stdout.readline().split()
+        client.kill()
+        client.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while _alive(int(pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(int(pid))
+    finally:
+        client.kill()
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
 
 
 @pytest.mark.parametrize(
@@ -90,4 +137,5 @@ def test_what_a_new_interpreter_reads_at_its_start_goes_to_a_subprocess(change, 
             self.env = {"PATH": "/bin", "OMP_NUM_THREADS": "1"}
 
     env = dict(Server().env, **change)
-    assert Server().takes(env) is forked
+    assert Server().takes(env, REPO) is forked
+    assert not Server().takes(env, REPO / "no-such-folder")  # subprocess raises, as it would

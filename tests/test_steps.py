@@ -268,6 +268,22 @@ def test_guided_groups_shrink_as_they_go_and_hold_every_item_once():
         guided_groups(sizes, 0, 2)
 
 
+def test_a_dask_worker_shares_the_drivers_folder_only_on_its_machine_and_user(tmp_path):
+    """The group queue's folder is made in the driver's temporary folder: used only where each
+    worker sees that very folder (same boot, device and inode: not a container's own /tmp, not
+    a tunnelled cluster's loopback) and may enter it."""
+    from pipeline.runners import _boot, sees_this_folder
+
+    st = os.stat(tmp_path)
+    here = (str(tmp_path), st.st_dev, st.st_ino, _boot(), os.getuid())
+    assert sees_this_folder(*here)
+    assert not sees_this_folder(here[0], st.st_dev, st.st_ino + 1, *here[3:])  # another /tmp
+    assert not sees_this_folder(*here[:3], "another-boot", os.getuid())
+    assert not sees_this_folder(str(tmp_path / "gone"), *here[1:])
+    if os.getuid() != 0:  # root may enter any user's folder
+        assert not sees_this_folder(*here[:4], os.getuid() + 1)
+
+
 def test_a_partition_takes_the_next_group_as_it_starts_whatever_its_index():
     """``ClaimGroupFn``: the tickets run in the scheduler's order (not by index); the first to
     run takes the first (largest) group, and a ticket run again takes the same group."""

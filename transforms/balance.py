@@ -28,8 +28,9 @@ def guided_groups(sizes: Sequence[int], groups: int, workers: int) -> list[list[
     each to the next worker that is free: largest items first, each group a share of what is
     left that shrinks as the groups go (guided self-scheduling: at least half a worker's share
     of the rest, ``rest / (2 x workers)``, and at least an equal share of the rest over the
-    groups left), so the first groups are large, the last ones the smallest and the workers
-    end close together. Every item in exactly one group, each group at least one item; fewer
+    groups left), so the first groups are large and the last ones small (not strictly
+    shrinking: a group of the equal shares can outweigh one before it), and the workers end
+    close together. Every item in exactly one group, each group at least one item; fewer
     groups than asked when there are fewer items. Equal inputs give equal outputs."""
     if groups < 1 or workers < 1:
         raise ValueError(f"groups and workers must be at least 1, got {groups}, {workers}")
