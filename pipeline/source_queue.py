@@ -14,12 +14,12 @@ is a local temporary folder of the driver's machine, which every ``multi_process
 shares. A ticket run again (a bundle retried after a failure, whose outputs Beam discarded)
 first takes back what it had claimed, so every source is read exactly once in the outputs.
 
-DaskRunner on a cluster whose workers are all on this machine takes groups of sources the same
-way (:meth:`SourceQueue.of_groups`): one ticket a partition, each taking one group as it
+DaskRunner on a cluster whose workers all see the driver's temporary folder (this machine's,
+``pipeline.runners.sees_this_folder``) takes groups of sources the same way (:meth:`SourceQueue.of_groups`): one ticket a partition, each taking one group as it
 starts. Dask runs a bag's partitions in the order its graph's priorities set, not by their
 index, so fixed groups of equal size left the last group anywhere: on nvidia-h200's 16 cores
 the workers' stage ended 2.7-3.4 s apart. With groups that shrink as they go, taken largest
-first, 0.23-0.30 s apart, 0.91x the wall time (docs/benchmarks.md, "Session 22").
+first, 0.23-0.35 s apart, 0.91x and 0.93x the wall time (docs/benchmarks.md, "Session 22").
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class SourceQueue:
     @classmethod
     def of_groups(cls, groups: Sequence[Sequence]) -> SourceQueue:
         """A queue of ``groups`` of sources in the order given, one ticket each: ticket k takes
-        the next group nobody has taken (DaskRunner on a cluster of this machine, one
+        the next group nobody has taken (DaskRunner on a cluster that sees this folder, one
         partition a ticket, ``pipeline.steps.read.ClaimGroupFn``). The groups are written to
         the queue's folder, where :meth:`group` reads them: the graph carries only the
         tickets."""
