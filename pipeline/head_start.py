@@ -515,7 +515,7 @@ def _sources(config, folder: str) -> list:
     the budget (records files: many short documents, nothing to tokenize ahead)."""
     from pipeline.discover import BOOK, REPO, discover_inputs
     from pipeline.guard import input_bytes
-    from pipeline.source_queue import largest_first
+    from transforms.balance import largest_first
 
     sources, _ = discover_inputs(config)
     sizes = [input_bytes([s.path]) for s in sources]  # as the driver's (Job.source_bytes)

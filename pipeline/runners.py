@@ -361,12 +361,6 @@ class DaskGroups:
     here: bool  # every worker sees this process's temporary folder: a folder made there too
 
 
-def dask_partitions(options: PipelineOptions) -> int | None:
-    """``dask_groups``' number of groups, or None."""
-    shape = dask_groups(options)
-    return shape.groups if shape else None
-
-
 def dask_groups(options: PipelineOptions) -> DaskGroups | None:
     """On DaskRunner, how many groups to spread the sources over: ``GROUPS_PER_THREAD`` for
     each of the cluster's worker threads (asked of the scheduler at ``--dask_client_address``;
@@ -387,7 +381,8 @@ def dask_groups(options: PipelineOptions) -> DaskGroups | None:
     if dask.npartitions or dask.partition_size:
         return None
     if not dask.address and not dask.scheduler_file:  # Beam's own cluster, on this machine
-        return DaskGroups(_local_groups(), _local_groups() // GROUPS_PER_THREAD, True)
+        groups = _local_groups()
+        return DaskGroups(groups, groups // GROUPS_PER_THREAD, True)
     # in a daemon thread with a deadline: a Client's timeout covers the connection, not the
     # handshake after it, and a scheduler that accepts and never answers would hold the run
     # forever (a daemon, so that the run's exit does not wait for it either)
@@ -470,7 +465,7 @@ def _load_tokenizer_here(tokenizer: str | None, trust_remote_code: bool) -> bool
 
 
 DASK_ASK_S = 30  # how long to wait for a Dask cluster's first worker
-# DaskRunner: groups of sources a worker thread (dask_partitions). Since the shuffles after the
+# DaskRunner: groups of sources a worker thread (dask_groups). Since the shuffles after the
 # tokenize step go over one partition (Repartition), more groups cost only their reading and
 # tokenizing tasks, not a shuffle task per pair of partitions. Four against two, 16 workers,
 # 300 MB, 5 paired rounds on the device: 0.96x the wall time (24.0 s against 24.9, medians),

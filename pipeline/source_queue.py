@@ -32,13 +32,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-
-def largest_first(sizes: Sequence[int]) -> list[int]:
-    """The order sources are taken in: indexes of ``sizes``, largest first (ties, and sizes
-    unknown as 0: as given). The run's workers take them so, and the head start
-    (``pipeline/head_start.py``) too, so that what it takes ahead is what they take first."""
-    return sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
-
+from transforms.balance import largest_first
 
 GROUPS = "groups.pickle"  # SourceQueue.of_groups: the groups, in the queue's folder
 

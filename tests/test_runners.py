@@ -185,7 +185,7 @@ def test_dask_runner_on_two_workers_is_byte_identical(
     # (largest first; pipeline.job.source_groups, SourceQueue.of_groups)
     assert calls.get("ClaimGroupFn.process") == len(BOOKS) + 3, calls
     # Both workers read: the sources go to the cluster in 2 x GROUPS_PER_THREAD groups of about equal size
-    # (pipeline.runners.dask_partitions). Beam's default put up to 128 sources in one partition:
+    # (pipeline.runners.dask_groups). Beam's default put up to 128 sources in one partition:
     # one worker read and tokenized everything.
     readers = [
         f
@@ -286,7 +286,7 @@ def test_a_dask_scheduler_without_workers_leaves_the_partitions_to_beam(monkeypa
         options = PipelineOptions(["--runner", "DaskRunner", f"--dask_client_address={address}"])
         runners.check_runner(options)
         started = time.time()
-        assert runners.dask_partitions(options) is None
+        assert runners.dask_groups(options) is None
         assert time.time() - started < 30
 
 
@@ -310,7 +310,7 @@ def test_a_dask_scheduler_that_never_answers_stops_the_run(monkeypatch):
         runners.check_runner(options)
         started = time.time()
         with pytest.raises(UsageError, match="accepted a connection but did not answer"):
-            runners.dask_partitions(options)
+            runners.dask_groups(options)
         assert time.time() - started < 20
 
 
@@ -339,19 +339,20 @@ def test_unknown_sizes_count_as_large_when_grouping_sources():
 def test_dask_partitions_are_a_few_for_each_of_the_clusters_threads(dask_cluster):
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.runners import GROUPS_PER_THREAD, check_runner, dask_partitions
+    from pipeline.runners import GROUPS_PER_THREAD, check_runner, dask_groups
 
     def partitions(*flags):
         options = PipelineOptions(["--runner", "DaskRunner", *flags])
         check_runner(options)
-        return dask_partitions(options)
+        shape = dask_groups(options)
+        return shape.groups if shape else None
 
     # 2 workers, 1 thread each
     assert partitions(f"--dask_client_address={dask_cluster}") == 2 * GROUPS_PER_THREAD
     # the user's choice stands
     assert partitions(f"--dask_client_address={dask_cluster}", "--dask_npartitions=3") is None
     assert partitions(f"--dask_client_address={dask_cluster}", "--dask_partition_size=5") is None
-    assert dask_partitions(PipelineOptions(["--runner", "DirectRunner"])) is None
+    assert dask_groups(PipelineOptions(["--runner", "DirectRunner"])) is None
 
 
 def test_the_read_step_puts_the_processs_imports_out_of_the_collectors_sweeps(

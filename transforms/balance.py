@@ -6,6 +6,13 @@ import heapq
 from collections.abc import Sequence
 
 
+def largest_first(sizes: Sequence[int]) -> list[int]:
+    """Indexes of ``sizes``, largest first (ties, and sizes unknown as 0: as given): the order
+    work is handed out in (``lpt_bins``, ``guided_groups``, the run's source queue, and the
+    head start, so that what it takes ahead is what the workers take first)."""
+    return sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
+
+
 def lpt_bins(sizes: Sequence[int], bins: int) -> list[int]:
     """The bin (0 .. bins-1) of each item: largest first, each to the bin with the least total
     so far (ties: the bin with the fewest items, then the lowest), Graham's LPT rule, whose
@@ -16,7 +23,7 @@ def lpt_bins(sizes: Sequence[int], bins: int) -> list[int]:
         raise ValueError(f"bins must be at least 1, got {bins}")
     heap = [(0, 0, b) for b in range(bins)]
     out = [0] * len(sizes)
-    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+    for i in largest_first(sizes):
         load, count, b = heapq.heappop(heap)
         out[i] = b
         heapq.heappush(heap, (load + sizes[i], count + 1, b))
@@ -34,7 +41,7 @@ def guided_groups(sizes: Sequence[int], groups: int, workers: int) -> list[list[
     groups than asked when there are fewer items. Equal inputs give equal outputs."""
     if groups < 1 or workers < 1:
         raise ValueError(f"groups and workers must be at least 1, got {groups}, {workers}")
-    order = sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
+    order = largest_first(sizes)
     n = min(groups, len(order))
     out: list[list[int]] = []
     rest, taken = sum(sizes), 0
