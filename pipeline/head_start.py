@@ -65,11 +65,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
-from pipeline import remote
+from pipeline import remote, run_folders
 from pipeline.tokenizer_probe import ANSWER_KEYS
 
 _LOG = logging.getLogger("longctx")
@@ -86,7 +85,6 @@ SPARE_CORES = 4  # left to the driver, the worker pool's server and the plot hel
 SWITCH = "LONGCTX_HEAD_START"  # "0" in the environment: no head start
 STOP = "STOP"
 PREFIX = "longctx-head-start-"  # the folders' names in the temporary folder
-DRIVER = "driver"  # FOLDER/driver: "PID START" of the run's driver (remove_stale_folders)
 ENTRIES = "entries"  # FOLDER/entries/KEY.npz: the early tokenizer's entries (cache format)
 HELD = "held"  # FOLDER/held/ID: a source taken, locked while it is worked on
 DONE = "done"  # FOLDER/done/ID: "documents tokens" of a source finished
@@ -170,10 +168,8 @@ class HeadStart:
         """``processes`` helper tokenizers forked here; or, with ``dask`` (a scheduler's
         address), none: the cluster's workers on this machine's ``cores`` do the sources
         (:func:`_feed_dask`)."""
-        remove_stale_folders()
-        self.folder = tempfile.mkdtemp(prefix=PREFIX)
-        with contextlib.suppress(OSError), open(os.path.join(self.folder, DRIVER), "w") as f:
-            f.write(_process_mark(os.getpid()) or str(os.getpid()))
+        # marked as this driver's; the head-start folders of drivers gone are removed
+        self.folder = run_folders.make(PREFIX)
         self.processes = processes
         self.dask = dask
         self.report: dict | None = None  # after close(): what the helper did
@@ -280,46 +276,6 @@ class HeadStart:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _process_mark(pid: int) -> str | None:
-    """``"PID START"`` of a live process (its start in clock ticks since boot: a pid used
-    again later is another process), or None where it is gone or unknown."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return f"{pid} {fields[19]}"  # field 22, counted after the command's ")"
-
-
-def remove_stale_folders(root: str | None = None) -> list[str]:
-    """Remove the head-start folders in ``root`` (the temporary folder) whose run is gone: a
-    driver killed together with its head start's watcher (a process group or a cgroup killed
-    whole, the OOM killer) leaves its folder, up to twice ``BUDGET`` of read texts and entries.
-    A folder whose ``DRIVER`` process is alive, or that cannot be told, is left. The folders
-    removed."""
-    root = root or tempfile.gettempdir()
-    removed = []
-    try:
-        names = [n for n in os.listdir(root) if n.startswith(PREFIX)]
-    except OSError:
-        return removed
-    for name in names:
-        folder = os.path.join(root, name)
-        try:
-            with open(os.path.join(folder, DRIVER)) as f:
-                mark = f.read().strip()
-            pid = int(mark.split()[0])
-        except (OSError, ValueError, IndexError):
-            continue  # being made, or not ours to judge
-        if _process_mark(pid) == mark:  # its driver runs
-            continue
-        if " " not in mark and os.path.exists(f"/proc/{pid}"):
-            continue  # no start time recorded: a live pid may still be its driver
-        shutil.rmtree(folder, ignore_errors=True)
-        removed.append(folder)
-    return removed
 
 
 def stop(folder: str) -> None:

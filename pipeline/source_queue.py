@@ -11,7 +11,8 @@ finished the last one (list scheduling, as a runner with dynamic work rebalancin
 A claim is a file named by the source's place in the order, made in one step (a hard link to a
 file that holds the ticket), so that no two workers take the same source; the queue's folder
 is a local temporary folder of the driver's machine, which every ``multi_processing`` worker
-shares. A ticket run again (a bundle retried after a failure, whose outputs Beam discarded)
+shares (marked as its driver's: a driver killed with SIGKILL leaves it to the next run,
+``pipeline/run_folders.py``). A ticket run again (a bundle retried after a failure, whose outputs Beam discarded)
 first takes back what it had claimed, so every source is read exactly once in the outputs.
 
 DaskRunner on a cluster whose workers all see the driver's temporary folder (this machine's,
@@ -28,13 +29,16 @@ import functools
 import os
 import pickle
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from pipeline import run_folders
 from transforms.balance import largest_first
 
 GROUPS = "groups.pickle"  # SourceQueue.of_groups: the groups, in the queue's folder
+# the queues' folders in the temporary folder: each marked as its driver's, and removed by a
+# later run once that driver is gone (a driver killed with SIGKILL removes nothing itself)
+PREFIX = "longctx-sources-"
 
 
 @functools.lru_cache(maxsize=4)
@@ -57,7 +61,7 @@ class SourceQueue:
         if len(doc_ids) != len(sizes):
             raise ValueError("one size per source")
         order = largest_first(sizes)
-        folder = tempfile.mkdtemp(prefix="longctx-sources-")
+        folder = run_folders.make(PREFIX)
         return cls(folder, tuple(doc_ids[i] for i in order), tickets)
 
     @classmethod
@@ -67,7 +71,7 @@ class SourceQueue:
         partition a ticket, ``pipeline.steps.read.ClaimGroupFn``). The groups are written to
         the queue's folder, where :meth:`group` reads them: the graph carries only the
         tickets."""
-        folder = tempfile.mkdtemp(prefix="longctx-sources-")
+        folder = run_folders.make(PREFIX)
         with open(os.path.join(folder, GROUPS), "wb") as f:
             pickle.dump([list(g) for g in groups], f, protocol=pickle.HIGHEST_PROTOCOL)
         return cls(folder, tuple(str(k) for k in range(len(groups))), len(groups))

@@ -4,6 +4,7 @@ DaskRunner on a real dask.distributed cluster of 2 worker processes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -1147,33 +1148,86 @@ def test_a_dask_head_start_answers_no_tokenizer_check_and_gives_up_on_no_schedul
     assert ahead.report["sources"] == 0 and not os.path.exists(ahead.folder)
 
 
-def test_a_head_start_folder_whose_run_is_gone_is_removed_by_the_next_run(tmp_path):
-    """A driver killed with its watcher (a process group or cgroup killed whole) leaves its
-    head start's folder in the temporary folder, up to twice 2 GiB: the next run's head start
-    removes it. A folder whose driver lives (this process; or a pid now used by another
-    process, told apart by its start time) and one without a driver file stay."""
-    from pipeline.head_start import DRIVER, PREFIX, _process_mark, remove_stale_folders
+@pytest.mark.parametrize("kind", ["head-start", "source-queue"])
+def test_a_run_folder_whose_driver_is_gone_is_removed_by_the_next_run(tmp_path, kind):
+    """A driver killed with its watcher (a process group or cgroup killed whole, SIGKILL)
+    leaves its head start's folder in the temporary folder, up to twice 2 GiB, and its source
+    queue's (a claim file a source): the next run's folder of the same kind removes it. A
+    folder whose driver lives (this process; or a pid now used by another process, told apart
+    by its start time), one without a driver file, and other folders stay."""
+    from pipeline import head_start, source_queue
+    from pipeline.run_folders import DRIVER, process_mark, remove_stale
 
+    prefix = {"head-start": head_start.PREFIX, "source-queue": source_queue.PREFIX}[kind]
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     folders = {}
     for name, mark in [
         ("dead", f"{gone.pid} 12345"),
         ("reused", f"{os.getpid()} 1"),  # this pid, another start: that driver is gone
-        ("alive", _process_mark(os.getpid())),
+        ("alive", process_mark(os.getpid())),
         ("unmarked", None),
     ]:
-        folder = tmp_path / f"{PREFIX}{name}"
+        folder = tmp_path / f"{prefix}{name}"
         (folder / "entries").mkdir(parents=True)
         (folder / "entries" / "x.npz").write_bytes(b"0" * 1000)
         if mark:
             (folder / DRIVER).write_text(mark)
         folders[name] = folder
     (tmp_path / "other-folder").mkdir()
-    removed = remove_stale_folders(str(tmp_path))
+    other_kind = (
+        tmp_path / f"{head_start.PREFIX if kind == 'source-queue' else source_queue.PREFIX}x"
+    )
+    other_kind.mkdir()
+    (other_kind / DRIVER).write_text(
+        f"{gone.pid} 12345"
+    )  # another kind's: not this one's to remove
+    removed = remove_stale(prefix, str(tmp_path))
     assert sorted(removed) == sorted(str(folders[n]) for n in ("dead", "reused"))
     assert folders["alive"].exists() and folders["unmarked"].exists()
-    assert (tmp_path / "other-folder").exists()
+    assert (tmp_path / "other-folder").exists() and other_kind.exists()
+
+
+def test_a_killed_multi_processing_runs_source_queue_is_removed_by_the_next_run(
+    tmp_path, books_dir, qwen3_dir
+):
+    """A DirectRunner ``multi_processing`` driver killed with SIGKILL mid-run (with its pool
+    server and workers, as the OOM killer or a scheduler's time limit does) cannot remove its
+    source queue's folder; the next run on the machine removes it, and leaves none of its
+    own."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(REPO), TMPDIR=str(tmp), LONGCTX_HEAD_START="0")
+    argv = ["--runner", "DirectRunner", "--direct_running_mode", "multi_processing",
+            "--direct_num_workers", "2", "--tokenizer", str(qwen3_dir), "--quiet"]  # fmt: skip
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.run", *argv, "--books", str(books_dir),
+         "--output", str(tmp_path / "killed")],  # fmt: skip
+        cwd=REPO, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        # the queue made and marked as its driver's (a driver killed between the two leaves
+        # an empty folder of no one's)
+        while not list(tmp.glob("longctx-sources-*/driver")) and killed.poll() is None:
+            assert time.monotonic() < deadline, "no source queue appeared"
+            time.sleep(0.01)
+    finally:  # the driver, its pool server and its workers
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait(timeout=60)
+    assert killed.returncode == -signal.SIGKILL, "the run ended before its queue was marked"
+    left = list(tmp.glob("longctx-sources-*"))
+    assert len(left) == 1, left  # the killed driver's, not removed by it
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.run", *argv, "--books", str(books_dir / BOOKS[0]),
+         "--books", str(books_dir / BOOKS[1]), "--output", str(tmp_path / "next")],  # fmt: skip
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not left[0].exists()
+    assert not list(tmp.glob("longctx-sources-*"))  # nor one of its own
 
 
 def test_the_head_start_is_turned_off_by_its_environment_switch(monkeypatch, tmp_path):
