@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import sys
-import threading
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -48,14 +47,14 @@ from pipeline.output import (
 from pipeline.plots import PlotRenderer
 from pipeline.report import validation_shortfall, write_report
 from pipeline.runners import (
+    DaskAsk,
+    ask_dask,
     check_runner,
-    dask_groups,
     make_runner,
     runner_traits,
     share_cores,
     static_workers,
     translation_settings,
-    warm_dask_workers,
 )
 from pipeline.source_queue import SourceQueue
 from pipeline.steps import BuildDataset, early
@@ -103,8 +102,9 @@ class Job:
     input_bytes: int  # bytes of the local inputs: the disk-space check and the progress ETA
     source_bytes: list[int]  # the same per source (0: remote): the order workers take them in
     head_start: HeadStart | None = None  # multi_processing: tokenizing before the workers begin
-    # DaskRunner with a cluster up: its workers loading the tokenizer (warm_dask_workers)
-    warming: threading.Thread | None = None
+    # DaskRunner: the cluster asked for its shape and its workers loading the tokenizer, in
+    # the background (pipeline/runners.py:DaskAsk)
+    dask: DaskAsk | None = None
 
     def say(self, *args) -> None:
         if not self.config.quiet:
@@ -127,10 +127,11 @@ def prepare(
     check_runner(options)
     check_arguments(argv)  # after check_runner: it imports the runner and its option classes
     config = BuildConfig.from_options(lc)
-    # DaskRunner: the cluster's workers load the tokenizer while this prepares and the graph
-    # is made (a background thread: nothing here waits for it; a head start's task on a
-    # worker at the same time waits for this load, not parsing it twice)
-    warming = warm_dask_workers(options, config.tokenizer, config.trust_remote_code)
+    # DaskRunner: the cluster is asked how many threads it has (and whether its workers see
+    # this machine's temporary folder), then its workers load the tokenizer, while this
+    # prepares and the graph is made (a background thread: execute waits only for the answer;
+    # a head start's task on a worker at the same time waits for the load, not parsing twice)
+    dask = ask_dask(options, config.tokenizer, config.trust_remote_code)
     # the report's plots: helper processes import matplotlib while the pipeline runs
     plotter = PlotRenderer()
     # The tokenizer loads (a hub download, or parsing tokenizer.json) in a helper process
@@ -170,7 +171,7 @@ def prepare(
         n_input,
         source_bytes,
         head_start,
-        warming,
+        dask,
     )
 
 
@@ -203,7 +204,7 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
         # groups that shrink as they go, taken largest first by the partitions as each starts (a
         # queue); elsewhere groups of about equal size (LPT) in a fixed partition each
         # (one source needs no groups, nor a question to the scheduler)
-        dask = dask_groups(job.options) if len(job.sources) > 1 else None
+        dask = job.dask.groups() if job.dask and len(job.sources) > 1 else None
         if dask:
             n = min(dask.groups, len(job.sources))
             if dask.here and _work_in_the_read_stage(config, staging) and _dask_queue_wanted():
@@ -240,8 +241,8 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
             result = pipeline.run()
             result.wait_until_finish()
     finally:
-        if job.warming:  # long done (a connection that hangs is a daemon's: not waited for)
-            job.warming.join(timeout=1.0)
+        if job.dask and job.dask.thread:  # long done (a hung connection: a daemon's)
+            job.dask.thread.join(timeout=1.0)
         for q in (queue, group_queue):
             if q:
                 q.remove()

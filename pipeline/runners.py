@@ -354,109 +354,139 @@ def _local_groups() -> int:
 
 @dataclasses.dataclass(frozen=True)
 class DaskGroups:
-    """What a DaskRunner run spreads its sources by (``dask_groups``)."""
+    """What a DaskRunner run spreads its sources by (``DaskAsk.groups``)."""
 
     groups: int  # how many groups (one partition each)
     threads: int  # the cluster's worker threads
     here: bool  # every worker sees this process's temporary folder: a folder made there too
 
 
-def dask_groups(options: PipelineOptions) -> DaskGroups | None:
-    """On DaskRunner, how many groups to spread the sources over: ``GROUPS_PER_THREAD`` for
-    each of the cluster's worker threads (asked of the scheduler at ``--dask_client_address``;
-    without one Beam starts a local cluster with a thread per core). None on other runners,
-    and where ``--dask_npartitions`` or ``--dask_partition_size`` chose the partitions.
+class DaskAsk:
+    """What a DaskRunner run asks of its cluster, and the warm-up of its workers, begun as the
+    run is prepared (:func:`ask_dask`, called by ``pipeline.job.prepare``) so that the driver
+    does not wait for them on its own path: in one background thread and one connection,
+    first the question (:meth:`groups` waits for its answer), then each worker's load of the
+    run's tokenizer.
 
-    Beam 2.77's DaskRunner puts up to 128 elements in a partition by default, so a corpus of
-    fewer than 128 sources was one partition: one worker read and tokenized everything. With
-    one group a thread, Dask's scheduler at times gave one worker two groups at the start
-    (its ``worker-saturation`` of 1.1 rounds up to two tasks on a one-thread worker) and the
-    other none (2 of 6 runs, 2 workers); with more a thread, the groups left wait at the
-    scheduler and go to whichever worker is free (see GROUPS_PER_THREAD)."""
+    On nvidia-h200's 16 cores the question, asked when the graph was about to be made, held
+    the driver 0.8 s (session 23): a worker answers on its event loop, which the warm-up's
+    load of the tokenizer held (~0.4 s of parsing that keeps the GIL: a thread of the worker
+    would not free the loop). Now the question comes first, while the driver still lists the
+    inputs."""
+
+    def __init__(self, dask, fixed=None, ask: bool = False, warm: bool = False,
+                 tokenizer: str | None = None, trust_remote_code: bool = False):  # fmt: skip
+        self._dask, self._fixed, self._ask = dask, fixed, ask
+        self._answer: list = []
+        self._asked = threading.Event()
+        self.thread: threading.Thread | None = None
+        if ask or warm:
+            # a daemon: a scheduler that accepts and never answers holds only this thread, and
+            # the run's exit does not wait for it
+            self.thread = threading.Thread(
+                target=self._run, args=(ask, warm, tokenizer, trust_remote_code),
+                name="longctx-dask-ask", daemon=True,
+            )  # fmt: skip
+            self.thread.start()
+        if not ask:
+            self._asked.set()
+
+    def _run(self, ask: bool, warm: bool, tokenizer: str | None, trust_remote_code: bool) -> None:
+        try:
+            with _client(self._dask) as client:
+                if ask:
+                    try:
+                        self._answer.append(_dask_threads(client))
+                    except Exception as err:  # noqa: BLE001 - raised by groups()
+                        self._answer.append(err)
+                    self._asked.set()
+                if warm:
+                    client.run(
+                        _load_tokenizer_here, tokenizer, trust_remote_code, on_error="ignore"
+                    )
+        except Exception as err:  # noqa: BLE001 - the question's is raised by groups()
+            if ask and not self._asked.is_set():  # the connection failed
+                self._answer.append(err)
+                self._asked.set()
+            # the warm-up's is only a head start: the tokenize step loads it anyway
+            _LOG.debug("the Dask cluster: %s", err)
+
+    def groups(self) -> DaskGroups | None:
+        """How many groups to spread the sources over: ``GROUPS_PER_THREAD`` for each of the
+        cluster's worker threads (waited for, up to a deadline: a Client's timeout covers the
+        connection, not the handshake after it); None where the user chose the partitions
+        (``--dask_npartitions``, ``--dask_partition_size``) or the cluster has no worker yet.
+
+        Beam 2.77's DaskRunner puts up to 128 elements in a partition by default, so a corpus
+        of fewer than 128 sources was one partition: one worker read and tokenized everything.
+        With one group a thread, Dask's scheduler at times gave one worker two groups at the
+        start (its ``worker-saturation`` of 1.1 rounds up to two tasks on a one-thread worker)
+        and the other none (2 of 6 runs, 2 workers); with more a thread, the groups left wait
+        at the scheduler and go to whichever worker is free (see GROUPS_PER_THREAD)."""
+        if not self._ask:
+            return self._fixed
+        if not self._asked.wait(2 * DASK_ASK_S + 5):  # the connection, then a worker
+            where = self._dask.address or self._dask.scheduler_file
+            raise UsageError(
+                f"--runner DaskRunner: the Dask scheduler at {where} accepted a connection but "
+                f"did not answer within {2 * DASK_ASK_S + 5} s"
+            )
+        answer = self._answer[0]
+        if isinstance(answer, Exception):
+            raise answer
+        threads, here = answer
+        if not threads:
+            _LOG.warning(
+                "the Dask cluster has no worker yet: its partitions are left to Beam's default "
+                "(up to 128 sources a partition; --dask_npartitions chooses)"
+            )
+            return None
+        groups = GROUPS_PER_THREAD * threads
+        _LOG.info(
+            "the Dask cluster has %d worker threads: the sources go in %d groups", threads, groups
+        )
+        return DaskGroups(groups, threads, here)
+
+
+def ask_dask(
+    options: PipelineOptions, tokenizer: str | None = None, trust_remote_code: bool = False
+) -> DaskAsk | None:
+    """On DaskRunner, its :class:`DaskAsk`, begun; None on other runners. The cluster is asked
+    only where it is up already (``--dask_client_address`` or ``--dask_scheduler_file``) and
+    the partitions are left to the pipeline; Beam's own local cluster (it starts with the run)
+    has a thread per core of this machine.
+
+    The workers load ``tokenizer`` ahead where it is the bundled one or local files (no
+    download or repository code in a worker before the run asks for it): each worker parsed
+    it in the tokenize step's first ``setup``, 0.4-0.6 s after its first read, one worker
+    after another on nvidia-h200 (14 s of the 16 workers' CPU, session 19); the parse is
+    remembered per process (``transforms.samples.tokenize.load_tokenizer``), so the step finds
+    it done. A worker that cannot load it (a path its machine does not have) is left to the
+    step, which reports it."""
     if not _is_dask(options):
         return None
     from apache_beam.runners.dask.dask_runner import DaskOptions
 
-    dask = options.view_as(DaskOptions)
-    if dask.npartitions or dask.partition_size:
-        return None
-    if not dask.address and not dask.scheduler_file:  # Beam's own cluster, on this machine
-        groups = _local_groups()
-        return DaskGroups(groups, groups // GROUPS_PER_THREAD, True)
-    # in a daemon thread with a deadline: a Client's timeout covers the connection, not the
-    # handshake after it, and a scheduler that accepts and never answers would hold the run
-    # forever (a daemon, so that the run's exit does not wait for it either)
-    answer: list = []
-
-    def ask() -> None:
-        try:
-            answer.append(_dask_threads(dask))
-        except Exception as err:  # noqa: BLE001 - raised in the caller's thread below
-            answer.append(err)
-
-    asking = threading.Thread(target=ask, name="longctx-dask-threads", daemon=True)
-    asking.start()
-    asking.join(2 * DASK_ASK_S + 5)  # the connection, then the wait for a worker
-    if not answer:
-        where = dask.address or dask.scheduler_file
-        raise UsageError(
-            f"--runner DaskRunner: the Dask scheduler at {where} accepted a connection but did "
-            f"not answer within {2 * DASK_ASK_S + 5} s"
-        )
-    if isinstance(answer[0], Exception):
-        raise answer[0]
-    threads, here = answer[0]
-    if not threads:
-        _LOG.warning(
-            "the Dask cluster has no worker yet: its partitions are left to Beam's default "
-            "(up to 128 sources a partition; --dask_npartitions chooses)"
-        )
-        return None
-    groups = GROUPS_PER_THREAD * threads
-    _LOG.info(
-        "the Dask cluster has %d worker threads: the sources go in %d groups", threads, groups
-    )
-    return DaskGroups(groups, threads, here)
-
-
-def warm_dask_workers(options: PipelineOptions, tokenizer: str | None, trust_remote_code=False):
-    """On DaskRunner with a cluster already up (``--dask_client_address`` or
-    ``--dask_scheduler_file``), have each of its workers load the run's tokenizer now, while
-    the driver lists the inputs and builds the graph (``pipeline.job.prepare`` calls it first
-    thing): a background thread of the driver (its connection is off the run's path), which
-    returns the thread, or None where nothing is done (another
-    runner, Beam's own local cluster that starts with the run, a Hub id or a folder that needs
-    ``transformers``: no download or repository code in a worker before the run asks for it).
-
-    Each worker parsed the tokenizer in the tokenize step's first ``setup``, 0.4-0.6 s after its
-    first read, one worker after another on nvidia-h200 (14 s of the 16 workers' CPU in
-    ``TokenizeFn.setup``, session 19); the parse is remembered per process
-    (``transforms.samples.tokenize.load_tokenizer``), so the step finds it done. A worker that
-    cannot load it (a path its machine does not have) is left to the step, which reports it."""
     from pipeline.worker_pool import local_tokenizer
 
-    if not _is_dask(options) or local_tokenizer(tokenizer) is None:
-        return None
-    from apache_beam.runners.dask.dask_runner import DaskOptions
-
     dask = options.view_as(DaskOptions)
-    if not dask.address and not dask.scheduler_file:
-        return None
-
-    def warm() -> None:
-        try:
-            with _client(dask) as client:
-                client.run(_load_tokenizer_here, tokenizer, trust_remote_code, on_error="ignore")
-        except Exception as err:  # noqa: BLE001 - only a head start: the step loads it anyway
-            _LOG.debug("the Dask workers did not load the tokenizer ahead: %s", err)
-
-    thread = threading.Thread(target=warm, name="longctx-dask-warm", daemon=True)
-    thread.start()
-    return thread
+    chosen = bool(dask.npartitions or dask.partition_size)
+    if not dask.address and not dask.scheduler_file:  # Beam's own cluster, on this machine
+        groups = _local_groups()
+        return DaskAsk(
+            dask, None if chosen else DaskGroups(groups, groups // GROUPS_PER_THREAD, True)
+        )
+    return DaskAsk(
+        dask,
+        ask=not chosen,
+        warm=local_tokenizer(tokenizer) is not None,
+        tokenizer=tokenizer,
+        trust_remote_code=trust_remote_code,
+    )
 
 
 def _load_tokenizer_here(tokenizer: str | None, trust_remote_code: bool) -> bool:
-    """On a Dask worker (``warm_dask_workers``): the tokenize step's own load, and its newline
+    """On a Dask worker (``DaskAsk``): the tokenize step's own load, and its newline
     tables (built at the first encode otherwise)."""
     from transforms.samples.tokenize import load_tokenizer
 
@@ -465,7 +495,7 @@ def _load_tokenizer_here(tokenizer: str | None, trust_remote_code: bool) -> bool
 
 
 DASK_ASK_S = 30  # how long to wait for a Dask cluster's first worker
-# DaskRunner: groups of sources a worker thread (dask_groups). Since the shuffles after the
+# DaskRunner: groups of sources a worker thread (DaskAsk.groups). Since the shuffles after the
 # tokenize step go over one partition (Repartition), more groups cost only their reading and
 # tokenizing tasks, not a shuffle task per pair of partitions. Four against two, 16 workers,
 # 300 MB, 5 paired rounds on the device: 0.96x the wall time (24.0 s against 24.9, medians),
@@ -477,26 +507,25 @@ DASK_ASK_S = 30  # how long to wait for a Dask cluster's first worker
 GROUPS_PER_THREAD = 8
 
 
-def _dask_threads(dask) -> tuple[int, bool]:
-    """The worker threads of the cluster at ``dask``'s address, once it has a worker (waited
-    for up to ``DASK_ASK_S``; 0 if none came), and whether every worker sees this process's
-    temporary folder as its own (``sees_this_folder``: a folder made there is theirs too)."""
+def _dask_threads(client) -> tuple[int, bool]:
+    """The worker threads of the cluster of ``client``, once it has a worker (waited for up to
+    ``DASK_ASK_S``; 0 if none came), and whether every worker sees this process's temporary
+    folder as its own (``sees_this_folder``: a folder made there is theirs too)."""
     import tempfile
 
-    with _client(dask) as client:
-        try:
-            client.wait_for_workers(1, timeout=DASK_ASK_S)
-        except TimeoutError:
-            return 0, False
-        threads = sum(client.nthreads().values())
-        folder = tempfile.gettempdir()
-        st = os.stat(folder)
-        try:
-            seen = client.run(sees_this_folder, folder, st.st_dev, st.st_ino, _boot(), os.getuid())
-        except Exception as err:  # noqa: BLE001 - a worker that cannot answer: not shared
-            _LOG.debug("the Dask workers could not say where they are: %s", err)
-            return threads, False
-        return threads, bool(seen) and all(seen.values())
+    try:
+        client.wait_for_workers(1, timeout=DASK_ASK_S)
+    except TimeoutError:
+        return 0, False
+    threads = sum(client.nthreads().values())
+    folder = tempfile.gettempdir()
+    st = os.stat(folder)
+    try:
+        seen = client.run(sees_this_folder, folder, st.st_dev, st.st_ino, _boot(), os.getuid())
+    except Exception as err:  # noqa: BLE001 - a worker that cannot answer: not shared
+        _LOG.debug("the Dask workers could not say where they are: %s", err)
+        return threads, False
+    return threads, bool(seen) and all(seen.values())
 
 
 def sees_this_folder(folder: str, dev: int, ino: int, boot: str, uid: int) -> bool:

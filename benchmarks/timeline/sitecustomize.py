@@ -238,7 +238,8 @@ class _AfterImport:
 # The stack sampler (BEAM_TIMELINE_STACKS=<ms>): every <ms>, each thread's CPU time since the
 # last sample (Linux: /proc/self/task/<tid>/stat) is put on the Python stack it is in now, and
 # summed by (half-second bucket, thread, innermost frames) in ``BEAM_TIMELINE_DIR/<pid>.stacks.json``;
-# read by ``benchmarks/stacks.py``. It sees where CPU goes outside the hooked DoFns: the driver
+# read by ``benchmarks/stacks.py``. With BEAM_TIMELINE_WALL=1 each main thread's stack is also
+# counted in wall seconds, as the thread "MainThread wall". It sees where CPU goes outside the hooked DoFns: the driver
 # before the first read, a Dask scheduler, the tail after the last tokenize. Threads without a
 # Python frame (the tokenizer's rayon pool) are summed as one "native" entry.
 _STACK_BUCKET_S = 0.5
@@ -293,9 +294,15 @@ def _sample_stacks(interval: float) -> None:
             counts[key] = round(counts.get(key, 0.0) + seconds, 4)
 
     atexit.register(dump)
+    # BEAM_TIMELINE_WALL=1: the main thread's stack also counted in wall seconds ("MainThread
+    # wall"), so that where it waits (a lock, a socket, another process) shows too
+    wall = os.environ.get("BEAM_TIMELINE_WALL") == "1"
+    main = threading.main_thread().ident
+    before = time.time()
     while True:
         time.sleep(interval)
         now = time.time()
+        elapsed, before = now - before, now
         bucket = int(now / _STACK_BUCKET_S)
         threads = {t.ident: t for t in threading.enumerate()}
         frames = sys._current_frames()
@@ -315,6 +322,8 @@ def _sample_stacks(interval: float) -> None:
                 stack.append(f"{os.path.basename(c.co_filename)}:{c.co_name}:{f.f_lineno}")
                 f = f.f_back
             add(f"{bucket}|{t.name}|" + ";".join(reversed(stack)), spent)
+            if wall and ident == main:
+                add(f"{bucket}|MainThread wall|" + ";".join(reversed(stack)), elapsed)
         try:
             native = [int(x) for x in os.listdir("/proc/self/task")]
         except OSError:
