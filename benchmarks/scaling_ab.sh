@@ -5,14 +5,15 @@
 # round after round (A B A B ...), so that drift of the machine falls on both alike.
 #
 # Here, once per base (needs git):
-#   bash benchmarks/scaling_ab.sh prepare REF   # .carry/scaling/base.tar: `git archive REF`
+#   bash benchmarks/scaling_ab.sh prepare REF   # .carry/scaling/base.tar: REF's pipeline (~2 MB)
 # There (the bundles as for benchmarks/scaling.sh):
 #   command: SCALING_AB_WORKERS=16 SCALING_AB_ROUNDS=3 bash benchmarks/scaling_ab.sh
 #   carry:   .carry/ablation/beam-site.tar.xz .carry/ablation/books.tar.xz .carry/scaling
 # Or one tree under two settings: without .carry/scaling/base.tar (or with SCALING_AB_SAME=1)
 # both sides run the working tree, with SCALING_AB_BASE_ENV and SCALING_AB_HEAD_ENV (e.g.
 # "SCALING_RAYON_THREADS=2": each worker's tokenizer threads instead of the pipeline's C//N).
-# Prints each run's wall seconds and writes $OUT/scaling_ab.json (SCALING_AB_NAME; base ref, rounds, walls, each
+# Prints each run's wall seconds and writes $OUT/scaling_ab.json (SCALING_AB_NAME; each round's
+# row and log in SCALING_AB_RES, /tmp/scaling-ab: under $OUT they come back from a call cut short; base ref, rounds, walls, each
 # run's row with its worker timeline); the corpus is scaling.sh's (SCALING_CORPUS_MB, 300).
 # Before the rounds it imports matplotlib twice and logs both times: the report's plot helpers
 # build matplotlib's font cache on a fresh machine, once, which no later run pays.
@@ -25,7 +26,10 @@ log() { echo "[scaling_ab $(date +%H:%M:%S) +${SECONDS}s] $*"; }
 if [ "${1:-}" = prepare ]; then
   ref=${2:?usage: bash benchmarks/scaling_ab.sh prepare REF}
   mkdir -p .carry/scaling
-  git archive --format=tar "$ref" > .carry/scaling/base.tar || exit 1
+  # only what the pipeline runs from (the benchmark's scripts are the working tree's on both
+  # sides): the whole tree beside the bundles passed the device's 64 MiB of carried files
+  git archive --format=tar "$ref" pipeline transforms schemas pyproject.toml \
+    > .carry/scaling/base.tar || exit 1
   git rev-parse "$ref" > .carry/scaling/base.ref
   log "base $(cat .carry/scaling/base.ref) -> .carry/scaling/base.tar"
   exit 0
@@ -54,7 +58,7 @@ log "base: $REF ${BASE_ENV:+($BASE_ENV)}; head: working tree ${HEAD_ENV:+($HEAD_
 for i in 1 2; do
   log "import matplotlib.pyplot ($i): $($PY -c 'import time; t = time.time(); import matplotlib.pyplot; print(f"{time.time() - t:.2f} s")' 2>&1 | tail -1)"
 done
-RES=/tmp/scaling-ab
+RES=${SCALING_AB_RES:-/tmp/scaling-ab}  # each round's row and log (under $OUT: kept if the call is cut)
 rm -rf "$RES" && mkdir -p "$RES"
 for r in $(seq 1 "$ROUNDS"); do
   for side in base head; do

@@ -368,11 +368,13 @@ class DaskAsk:
     first the question (:meth:`groups` waits for its answer), then each worker's load of the
     run's tokenizer.
 
-    On nvidia-h200's 16 cores the question, asked when the graph was about to be made, held
-    the driver 0.8 s (session 23): a worker answers on its event loop, which the warm-up's
-    load of the tokenizer held (~0.4 s of parsing that keeps the GIL: a thread of the worker
-    would not free the loop). Now the question comes first, while the driver still lists the
-    inputs."""
+    On nvidia-h200's 16 cores, in one profiled run, the question, asked when the graph was
+    about to be made, held the driver 0.8 s: a worker answers on its event loop, which the
+    warm-up's load of the tokenizer holds (~0.4 s of parsing that keeps the GIL: a thread of
+    the worker would not free the loop). Here the question comes first, while the driver still
+    lists the inputs. In a 3-round A/B against asking on the driver's path the wall time did
+    not change (1.05x, within the loan's noise; docs/benchmarks.md, "Session 23"): one
+    connection instead of two, no speed claimed."""
 
     def __init__(self, dask, fixed=None, ask: bool = False, warm: bool = False,
                  tokenizer: str | None = None, trust_remote_code: bool = False):  # fmt: skip

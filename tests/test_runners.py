@@ -384,8 +384,8 @@ def test_dask_workers_load_the_tokenizer_and_answer_the_runs_question_in_the_bac
     cluster already up, the driver has every worker load it while the graph is made; not for
     Beam's own local cluster (it starts with the run), a Hub id, or another runner. The
     cluster's shape is asked in the same background thread, begun as the run is prepared
-    (the question, asked later on the driver's path, held it 0.8 s on the device: session
-    23); its answer is the cluster's."""
+    (asked later, on the driver's path, the question held it 0.8 s in one profiled run on
+    the device: session 23); its answer is the cluster's."""
     from apache_beam.options.pipeline_options import PipelineOptions
     from distributed import Client
 
