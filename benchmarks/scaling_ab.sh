@@ -13,7 +13,8 @@
 # both sides run the working tree, with SCALING_AB_BASE_ENV and SCALING_AB_HEAD_ENV (e.g.
 # "SCALING_RAYON_THREADS=2": each worker's tokenizer threads instead of the pipeline's C//N).
 # Prints each run's wall seconds and writes $OUT/scaling_ab.json (SCALING_AB_NAME; each round's
-# row and log in SCALING_AB_RES, /tmp/scaling-ab: under $OUT they come back from a call cut short; base ref, rounds, walls, each
+# row and log in SCALING_AB_RES, /tmp/scaling-ab (a folder of its own under $OUT: they come back
+# from a call cut short; earlier base-*/head-* files in it are replaced); base ref, rounds, walls, each
 # run's row with its worker timeline); the corpus is scaling.sh's (SCALING_CORPUS_MB, 300).
 # Before the rounds it imports matplotlib twice and logs both times: the report's plot helpers
 # build matplotlib's font cache on a fresh machine, once, which no later run pays.
@@ -59,7 +60,7 @@ for i in 1 2; do
   log "import matplotlib.pyplot ($i): $($PY -c 'import time; t = time.time(); import matplotlib.pyplot; print(f"{time.time() - t:.2f} s")' 2>&1 | tail -1)"
 done
 RES=${SCALING_AB_RES:-/tmp/scaling-ab}  # each round's row and log (under $OUT: kept if the call is cut)
-rm -rf "$RES" && mkdir -p "$RES"
+mkdir -p "$RES" && rm -f "$RES"/base-*.json "$RES"/base-*.log "$RES"/head-*.json "$RES"/head-*.log  # the rounds' files only: RES may be $OUT
 for r in $(seq 1 "$ROUNDS"); do
   for side in base head; do
     tree=$ROOT; vars=$HEAD_ENV

@@ -6,11 +6,14 @@ and the functions they were in.
     BEAM_TIMELINE_STACKS=20 SCALING_ARGS=... bash benchmarks/scaling.sh   # or scaling.py
     python benchmarks/stacks.py WORK/timeline --from 3 --to 9.5 --top 12
     python benchmarks/stacks.py WORK/timeline --to 20 --parts   # the workers', by part
+    python benchmarks/stacks.py WORK/timeline --to 8 --wall     # BEAM_TIMELINE_WALL=1: waits
 
 Times are seconds after the driver's start (the process whose timeline has ``job.execute``).
 Each sample puts the thread's CPU time since the last one on the stack it is in then: CPU seconds,
 not wall time, so a thread waiting on a lock or a socket adds nothing; threads without a Python
-frame (the tokenizer's rayon pool) show as "native threads".
+frame (the tokenizer's rayon pool) show as "native threads". With ``BEAM_TIMELINE_WALL=1`` in the
+run's environment each main thread's stack is also counted in wall seconds, kept apart and shown
+by ``--wall``: where a thread waits shows there.
 """
 
 from __future__ import annotations
@@ -35,10 +38,17 @@ def driver_start(folder: Path) -> float:
 
 
 def summarize(
-    folder: Path, t_from: float, t_to: float, top: int, depth: int, min_s: float = 0.05
+    folder: Path,
+    t_from: float,
+    t_to: float,
+    top: int,
+    depth: int,
+    min_s: float = 0.05,
+    wall: bool = False,
 ) -> str:
     t0 = driver_start(folder)
-    lines = [f"window {t_from:g}-{t_to:g} s after the driver's start"]
+    what = "wall s" if wall else "CPU s"  # --wall: the main threads' samples in wall seconds
+    lines = [f"window {t_from:g}-{t_to:g} s after the driver's start ({what})"]
     for f in sorted(folder.glob("*.stacks.json")):
         try:
             data = json.loads(f.read_text())
@@ -49,7 +59,7 @@ def summarize(
         busy_threads: Counter = Counter()
         inclusive: Counter = Counter()
         leaves: Counter = Counter()
-        for key, n in data["cpu_s"].items():
+        for key, n in data.get("wall_s" if wall else "cpu_s", {}).items():
             b, thread, stack = key.split("|", 2)
             t = int(b) * bucket - t0
             if not (t_from <= t < t_to):
@@ -65,13 +75,13 @@ def summarize(
         if seconds < min_s:
             continue
         argv = " ".join(data["argv"])[:90]
-        lines.append(f"\n## {f.name.split('.')[0]} {argv}: {seconds:.2f} CPU s")
+        lines.append(f"\n## {f.name.split('.')[0]} {argv}: {seconds:.2f} {what}")
         lines.append(
             "threads: " + ", ".join(f"{t} {n:.2f}" for t, n in busy_threads.most_common(6))
         )
-        lines.append("functions (inclusive, CPU s):")
+        lines.append(f"functions (inclusive, {what}):")
         lines += [f"  {n:6.2f} {fn}" for fn, n in inclusive.most_common(top)]
-        lines.append(f"innermost {depth} frames (CPU s):")
+        lines.append(f"innermost {depth} frames ({what}):")
         lines += [f"  {n:6.2f} {st}" for st, n in leaves.most_common(top)]
     return "\n".join(lines)
 
@@ -129,11 +139,16 @@ def main() -> None:
     ap.add_argument(
         "--parts", action="store_true", help="the workers' CPU-s by part (PARTS), summed"
     )
+    ap.add_argument(
+        "--wall", action="store_true",
+        help="each main thread's stacks in wall seconds (a run with BEAM_TIMELINE_WALL=1)",
+    )  # fmt: skip
     args = ap.parse_args()
     if args.parts:
         print(parts(args.folder, args.t_from, args.t_to))
         return
-    print(summarize(args.folder, args.t_from, args.t_to, args.top, args.depth, args.min_s))
+    print(summarize(args.folder, args.t_from, args.t_to, args.top, args.depth, args.min_s,
+                    args.wall))  # fmt: skip
 
 
 if __name__ == "__main__":

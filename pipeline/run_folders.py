@@ -4,10 +4,13 @@ driver is gone.
 A run removes its folders as it ends (``finally`` blocks, a watcher process). A driver killed
 with SIGKILL (the OOM killer, a scheduler's time limit, a process group or cgroup killed whole)
 runs none of that, and a scheduled job that is killed night after night would fill the
-temporary folder. So each folder holds its driver's pid and start time (:data:`DRIVER`), and
-the next run of any driver on the machine removes the folders of the same kind whose driver no
-longer runs (:func:`remove_stale`). A folder whose driver is alive, or that cannot be told
-(being made, no mark, another user's), is left.
+temporary folder. So each folder holds a mark of its driver (:data:`DRIVER`: its pid, its
+start time, and where that pid means something: the machine since its boot and the pid
+namespace), and the next run that makes a folder of the same kind removes the folders whose
+driver no longer runs (:func:`remove_stale`). A folder is left where its driver runs, where
+the mark says another machine or pid namespace made it (a temporary folder shared with a
+container, or over a network: its pid says nothing here), or where it cannot be told (being
+made, no mark, another user's folder).
 
 Kinds (prefixes): the head start's (``pipeline/head_start.py``: read texts and entries, up to
 twice its budget) and the source queue's (``pipeline/source_queue.py``: one claim file a
@@ -18,9 +21,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 
-DRIVER = "driver"  # FOLDER/driver: "PID START" of the run's driver
+DRIVER = "driver"  # FOLDER/driver: "PID START WHERE" of the run's driver
+NO_START = "-"  # the start time where it cannot be read (no /proc: macOS)
 
 
 def process_mark(pid: int) -> str | None:
@@ -34,17 +39,48 @@ def process_mark(pid: int) -> str | None:
     return f"{pid} {fields[19]}"  # field 22, counted after the command's ")"
 
 
+def boot() -> str:
+    """This machine since its last boot (Linux's boot id), else its name."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return socket.gethostname()
+
+
+def where() -> str:
+    """Where this process's pids mean something: the machine since its last boot
+    (:func:`boot`) and its pid namespace (a container has its own)."""
+    try:
+        namespace = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        namespace = "-"
+    return f"{boot()}:{namespace}"
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (asked of the kernel: no /proc needed)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's: it exists
+        return True
+    return True
+
+
 def make(prefix: str) -> str:
     """A new folder ``prefix*`` in the temporary folder, marked as this process's (the run's
     driver); the folders of the same kind whose driver is gone are removed first."""
     remove_stale(prefix)
     folder = tempfile.mkdtemp(prefix=prefix)
+    mark = process_mark(os.getpid()) or f"{os.getpid()} {NO_START}"
     # the mark appears whole (a driver killed while writing it would leave an empty one, a
     # folder never judged); killed before it appears, an empty folder of no one's is left
     part = os.path.join(folder, f".{DRIVER}.part")
     try:
         with open(part, "w") as f:
-            f.write(process_mark(os.getpid()) or str(os.getpid()))
+            f.write(f"{mark} {where()}")
         os.replace(part, os.path.join(folder, DRIVER))
     except OSError:
         pass  # unmarked: never judged stale, removed by its run as before
@@ -52,9 +88,10 @@ def make(prefix: str) -> str:
 
 
 def remove_stale(prefix: str, root: str | None = None) -> list[str]:
-    """Remove the folders ``prefix*`` in ``root`` (the temporary folder) whose ``DRIVER``
-    process no longer runs; the folders removed."""
+    """Remove the folders ``prefix*`` in ``root`` (the temporary folder) whose ``DRIVER`` was
+    a process of this machine and pid namespace that no longer runs; the folders removed."""
     root = root or tempfile.gettempdir()
+    here = where()
     removed = []
     try:
         names = [n for n in os.listdir(root) if n.startswith(prefix)]
@@ -64,14 +101,17 @@ def remove_stale(prefix: str, root: str | None = None) -> list[str]:
         folder = os.path.join(root, name)
         try:
             with open(os.path.join(folder, DRIVER)) as f:
-                mark = f.read().strip()
-            pid = int(mark.split()[0])
+                fields = f.read().split()
+            pid, start = int(fields[0]), fields[1] if len(fields) > 1 else NO_START
         except (OSError, ValueError, IndexError):
             continue  # being made, or not ours to judge
-        if process_mark(pid) == mark:  # its driver runs
-            continue
-        if " " not in mark and os.path.exists(f"/proc/{pid}"):
+        if len(fields) > 2 and fields[2] != here:
+            continue  # another machine's or container's pid
+        if start != NO_START and process_mark(pid) == f"{pid} {start}":
+            continue  # its driver runs
+        if start == NO_START and _alive(pid):
             continue  # no start time recorded: a live pid may still be its driver
         shutil.rmtree(folder, ignore_errors=True)
-        removed.append(folder)
+        if not os.path.exists(folder):
+            removed.append(folder)
     return removed

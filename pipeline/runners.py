@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipeline import run_folders
 from pipeline.errors import UsageError
 from pipeline.worker_pool import TOKENIZER_THREADS, WorkerPool, serve_workers, worker_environment
 
@@ -424,7 +425,11 @@ class DaskAsk:
         With one group a thread, Dask's scheduler at times gave one worker two groups at the
         start (its ``worker-saturation`` of 1.1 rounds up to two tasks on a one-thread worker)
         and the other none (2 of 6 runs, 2 workers); with more a thread, the groups left wait
-        at the scheduler and go to whichever worker is free (see GROUPS_PER_THREAD)."""
+        at the scheduler and go to whichever worker is free (see GROUPS_PER_THREAD).
+
+        The threads are counted once a worker is up: a cluster whose workers are still
+        starting is counted as it is then (``python -m pipeline.dask_cluster`` prints its
+        address once all of its workers are up)."""
         if not self._ask:
             return self._fixed
         if not self._asked.wait(2 * DASK_ASK_S + 5):  # the connection, then a worker
@@ -523,7 +528,9 @@ def _dask_threads(client) -> tuple[int, bool]:
     folder = tempfile.gettempdir()
     st = os.stat(folder)
     try:
-        seen = client.run(sees_this_folder, folder, st.st_dev, st.st_ino, _boot(), os.getuid())
+        seen = client.run(
+            sees_this_folder, folder, st.st_dev, st.st_ino, run_folders.boot(), os.getuid()
+        )
     except Exception as err:  # noqa: BLE001 - a worker that cannot answer: not shared
         _LOG.debug("the Dask workers could not say where they are: %s", err)
         return threads, False
@@ -540,19 +547,10 @@ def sees_this_folder(folder: str, dev: int, ino: int, boot: str, uid: int) -> bo
         return False
     return (
         (st.st_dev, st.st_ino) == (dev, ino)
-        and _boot() == boot
+        and run_folders.boot() == boot
         and os.getuid() in (uid, 0)
         and os.access(folder, os.R_OK | os.W_OK | os.X_OK)
     )
-
-
-def _boot() -> str:
-    """This machine since its last boot (Linux's boot id), else its name."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return socket.gethostname()
 
 
 def _client(dask):

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -1163,20 +1164,29 @@ def test_a_dask_head_start_answers_no_tokenizer_check_and_gives_up_on_no_schedul
 def test_a_run_folder_whose_driver_is_gone_is_removed_by_the_next_run(tmp_path, kind):
     """A driver killed with its watcher (a process group or cgroup killed whole, SIGKILL)
     leaves its head start's folder in the temporary folder, up to twice 2 GiB, and its source
-    queue's (a claim file a source): the next run's folder of the same kind removes it. A
-    folder whose driver lives (this process; or a pid now used by another process, told apart
-    by its start time), one without a driver file, and other folders stay."""
+    queue's (a claim file a source): the next run's folder of the same kind removes it. Left:
+    a folder whose driver lives (this process; or a pid now used by another process, told
+    apart by its start time), one marked by another machine or pid namespace (a temporary
+    folder shared with a container: its pid says nothing here), one without a mark, other
+    folders, and another kind's. Without a start time (no /proc, macOS) a live pid keeps its
+    folder: every other run's folder was removed there."""
     from pipeline import head_start, source_queue
-    from pipeline.run_folders import DRIVER, process_mark, remove_stale
+    from pipeline.run_folders import DRIVER, process_mark, remove_stale, where
 
     prefix = {"head-start": head_start.PREFIX, "source-queue": source_queue.PREFIX}[kind]
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
+    here = where()
     folders = {}
     for name, mark in [
-        ("dead", f"{gone.pid} 12345"),
-        ("reused", f"{os.getpid()} 1"),  # this pid, another start: that driver is gone
-        ("alive", process_mark(os.getpid())),
+        ("dead", f"{gone.pid} 12345 {here}"),
+        ("reused", f"{os.getpid()} 1 {here}"),  # this pid, another start: that driver is gone
+        ("unplaced", f"{gone.pid} 12345"),  # marked before the place was recorded
+        ("dead-no-start", f"{gone.pid} - {here}"),
+        ("alive", f"{process_mark(os.getpid())} {here}"),
+        ("alive-no-start", f"{os.getpid()} - {here}"),
+        ("another-namespace", f"{gone.pid} 12345 {here.split(':')[0]}:4026531836000"),
+        ("another-machine", f"{gone.pid} 12345 another-boot-id:{here.split(':')[1]}"),
         ("unmarked", None),
     ]:
         folder = tmp_path / f"{prefix}{name}"
@@ -1190,13 +1200,35 @@ def test_a_run_folder_whose_driver_is_gone_is_removed_by_the_next_run(tmp_path, 
         tmp_path / f"{head_start.PREFIX if kind == 'source-queue' else source_queue.PREFIX}x"
     )
     other_kind.mkdir()
-    (other_kind / DRIVER).write_text(
-        f"{gone.pid} 12345"
-    )  # another kind's: not this one's to remove
+    (other_kind / DRIVER).write_text(f"{gone.pid} 12345 {here}")  # not this kind's to remove
     removed = remove_stale(prefix, str(tmp_path))
-    assert sorted(removed) == sorted(str(folders[n]) for n in ("dead", "reused"))
-    assert folders["alive"].exists() and folders["unmarked"].exists()
+    gone_ones = ("dead", "reused", "unplaced", "dead-no-start")
+    assert sorted(removed) == sorted(str(folders[n]) for n in gone_ones)
+    assert all(folders[n].exists() for n in folders if n not in gone_ones)
     assert (tmp_path / "other-folder").exists() and other_kind.exists()
+
+
+def test_the_run_folders_are_marked_as_their_drivers(tmp_path, qwen3_dir, monkeypatch):
+    """The folders a run makes carry its driver's mark (the Dask groups' queue and the head
+    start's too, not only the DirectRunner queue of the test below), and removing the stale
+    ones never takes a live run's: two queues made one after the other both stay."""
+    from pipeline.config import BuildConfig
+    from pipeline.head_start import HeadStart
+    from pipeline.run_folders import DRIVER, process_mark, where
+    from pipeline.source_queue import SourceQueue
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    mine = f"{process_mark(os.getpid())} {where()}"
+    first = SourceQueue.create(["a", "b"], [2, 1], 2)
+    second = SourceQueue.of_groups([["a"], ["b"]])
+    config = replace(BuildConfig(books=[str(REPO / "README.md")], tokenizer=str(qwen3_dir)),
+                     output=str(tmp_path / "out"))  # fmt: skip
+    with HeadStart.for_run(config, 0, cores=16, dask=f"127.0.0.1:{_free_port()}") as ahead:
+        folders = [first.folder, second.folder, ahead.folder]
+        assert all(Path(f, DRIVER).read_text() == mine for f in folders), folders
+        assert list(first.claims(0)) == ["a", "b"]  # the first queue still works
+    for q in (first, second):
+        q.remove()
 
 
 def test_a_killed_multi_processing_runs_source_queue_is_removed_by_the_next_run(

@@ -272,10 +272,11 @@ def test_a_dask_worker_shares_the_drivers_folder_only_on_its_machine_and_user(tm
     """The group queue's folder is made in the driver's temporary folder: used only where each
     worker sees that very folder (same boot, device and inode: not a container's own /tmp, not
     a tunnelled cluster's loopback) and may enter it."""
-    from pipeline.runners import _boot, sees_this_folder
+    from pipeline.run_folders import boot
+    from pipeline.runners import sees_this_folder
 
     st = os.stat(tmp_path)
-    here = (str(tmp_path), st.st_dev, st.st_ino, _boot(), os.getuid())
+    here = (str(tmp_path), st.st_dev, st.st_ino, boot(), os.getuid())
     assert sees_this_folder(*here)
     assert not sees_this_folder(here[0], st.st_dev, st.st_ino + 1, *here[3:])  # another /tmp
     assert not sees_this_folder(*here[:3], "another-boot", os.getuid())

@@ -239,7 +239,7 @@ class _AfterImport:
 # last sample (Linux: /proc/self/task/<tid>/stat) is put on the Python stack it is in now, and
 # summed by (half-second bucket, thread, innermost frames) in ``BEAM_TIMELINE_DIR/<pid>.stacks.json``;
 # read by ``benchmarks/stacks.py``. With BEAM_TIMELINE_WALL=1 each main thread's stack is also
-# counted in wall seconds, as the thread "MainThread wall". It sees where CPU goes outside the hooked DoFns: the driver
+# counted in wall seconds, apart (``wall_s``; ``stacks.py --wall``). It sees where CPU goes outside the hooked DoFns: the driver
 # before the first read, a Dask scheduler, the tail after the last tokenize. Threads without a
 # Python frame (the tokenizer's rayon pool) are summed as one "native" entry.
 _STACK_BUCKET_S = 0.5
@@ -275,7 +275,7 @@ def _sample_stacks(interval: float) -> None:
         try:
             for _ in range(3):
                 try:
-                    snapshot = dict(counts)
+                    snapshot, wall_snapshot = dict(counts), dict(walls)
                     break
                 except RuntimeError:  # changed size during the copy
                     continue
@@ -284,7 +284,8 @@ def _sample_stacks(interval: float) -> None:
             tmp = f"{path}.tmp-{threading.get_ident()}"
             with open(tmp, "w") as f:
                 json.dump({"argv": sys.argv[:4], "bucket_s": _STACK_BUCKET_S,
-                           "interval_s": interval, "cpu_s": snapshot}, f)  # fmt: skip
+                           "interval_s": interval, "cpu_s": snapshot,
+                           "wall_s": wall_snapshot}, f)  # fmt: skip
             os.replace(tmp, path)
         except Exception:  # noqa: BLE001 - a benchmark aid must not break the run
             pass
@@ -294,9 +295,11 @@ def _sample_stacks(interval: float) -> None:
             counts[key] = round(counts.get(key, 0.0) + seconds, 4)
 
     atexit.register(dump)
-    # BEAM_TIMELINE_WALL=1: the main thread's stack also counted in wall seconds ("MainThread
-    # wall"), so that where it waits (a lock, a socket, another process) shows too
+    # BEAM_TIMELINE_WALL=1: the main thread's stack also counted in wall seconds, apart
+    # ("wall_s"; benchmarks/stacks.py --wall), so that where it waits (a lock, a socket,
+    # another process) shows too
     wall = os.environ.get("BEAM_TIMELINE_WALL") == "1"
+    walls: dict = {}
     main = threading.main_thread().ident
     before = time.time()
     while True:
@@ -323,7 +326,8 @@ def _sample_stacks(interval: float) -> None:
                 f = f.f_back
             add(f"{bucket}|{t.name}|" + ";".join(reversed(stack)), spent)
             if wall and ident == main:
-                add(f"{bucket}|MainThread wall|" + ";".join(reversed(stack)), elapsed)
+                key = f"{bucket}|MainThread|" + ";".join(reversed(stack))
+                walls[key] = round(walls.get(key, 0.0) + elapsed, 4)
         try:
             native = [int(x) for x in os.listdir("/proc/self/task")]
         except OSError:
