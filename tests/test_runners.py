@@ -1141,10 +1141,11 @@ def test_a_dask_head_start_answers_no_tokenizer_check_and_gives_up_on_no_schedul
     tmp_path, qwen3_dir
 ):
     """On Dask the helper loads no tokenizer: the driver's own check runs (``answers``). A
-    scheduler that is not there: the helper gives up after its connection's timeout, becomes
-    the watcher (it does not hang or die), and closing leaves nothing behind."""
+    scheduler that is not there (the connection refused): the helper gives up at once, not
+    after its Client's 10-s timeout, becomes the watcher (it does not hang or die), and
+    closing leaves nothing behind."""
     from pipeline.config import BuildConfig
-    from pipeline.head_start import HeadStart
+    from pipeline.head_start import DASK_CONNECT_S, HeadStart
 
     config = BuildConfig(books=[str(REPO / "README.md")], tokenizer=str(qwen3_dir))
     config = replace(config, output=str(tmp_path / "out"))
@@ -1156,6 +1157,9 @@ def test_a_dask_head_start_answers_no_tokenizer_check_and_gives_up_on_no_schedul
         while "-S" not in cmdline.read_text().split("\0"):
             assert time.monotonic() < deadline, "the helper never gave up on the scheduler"
             time.sleep(0.1)
+        # its imports and the listing take seconds on a busy machine; the Client's timeout
+        # would add 10 more
+        assert time.monotonic() < deadline - 60 + DASK_CONNECT_S, "waited out the timeout"
         assert os.path.isdir(Path(ahead.folder) / "held")  # it had listed the sources
     assert ahead.report["sources"] == 0 and not os.path.exists(ahead.folder)
 
