@@ -156,6 +156,21 @@ def is_this_host(address: str) -> bool:
     return False
 
 
+def reachable(address: str, timeout: float = 5.0) -> bool:
+    """Whether something accepts a connection at ``[scheme://]host:port`` (a scheduler, a job
+    server): a refused connection answers at once."""
+    import socket
+
+    host, _, port = address.split("://")[-1].rpartition(":")
+    try:
+        with socket.create_connection(
+            (host.strip("[]") or "localhost", int(port)), timeout=timeout
+        ):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 def source_mark(doc_id: str) -> str:
     """A source's file name in ``held/`` and ``done/`` (ids hold ``/``)."""
     return hashlib.sha1(doc_id.encode("utf-8")).hexdigest()
@@ -581,8 +596,8 @@ def _feed_dask(folder: str, address: str, cores: int, sources: list, config, dri
 
     from pipeline.head_start import work_on_dask_worker  # by reference: not this __main__'s
 
-    if not _answers(address):
-        return  # nobody there: a Client would retry until its timeout
+    if not reachable(address, timeout=2.0):
+        return  # nobody there: a Client would retry a refused connection until its timeout
     with Client(address, timeout=DASK_CONNECT_S, set_as_default=False) as client:
         threads = client.nthreads()  # every worker's, by address
         if not threads or not all(is_this_host(w) for w in threads):
@@ -602,19 +617,6 @@ def _feed_dask(folder: str, address: str, cores: int, sources: list, config, dri
             time.sleep(0.02)
     # leaving: the tasks not begun are dropped with their futures; those begun finish the
     # source in hand (its lock held until then)
-
-
-def _answers(address: str) -> bool:
-    """Whether something accepts a connection at the scheduler's ``[tcp://]host:port`` (a
-    refused one answers at once; distributed's Client retries it until its timeout)."""
-    import socket
-
-    host, _, port = address.split("://")[-1].rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=2):
-            return True
-    except (OSError, ValueError):
-        return False
 
 
 # The head start's last part, alone in a fresh interpreter (no site: nothing but os, shutil)

@@ -203,7 +203,7 @@ def execute(job: Job, staging: str, tokens_cache: str | None) -> None:
         # DaskRunner: the sources in groups, one partition a group: on a cluster of this machine
         # groups that shrink as they go, taken largest first by the partitions as each starts (a
         # queue); elsewhere groups of about equal size (LPT) in a fixed partition each
-        # (one source needs no groups, nor a question to the scheduler)
+        # (one source needs no groups: the cluster's answer is not waited for)
         dask = job.dask.groups() if job.dask and len(job.sources) > 1 else None
         if dask:
             n = min(dask.groups, len(job.sources))

@@ -15,7 +15,6 @@ import dataclasses
 import logging
 import os
 import shutil
-import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,6 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipeline import run_folders
 from pipeline.errors import UsageError
+from pipeline.head_start import reachable
 from pipeline.worker_pool import TOKENIZER_THREADS, WorkerPool, serve_workers, worker_environment
 
 DASK = "apache_beam.runners.dask.dask_runner.DaskRunner"
@@ -31,16 +31,6 @@ _LOG = logging.getLogger("longctx")
 KNOWN = (
     f"DirectRunner, PortableRunner, FlinkRunner, SparkRunner, DataflowRunner, PrismRunner, {DASK}"
 )
-
-
-def _reachable(address: str, timeout: float = 5.0) -> bool:
-    host, _, port = address.rpartition(":")
-    host = host.replace("tcp://", "").strip("[]") or "localhost"
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            return True
-    except (OSError, ValueError):
-        return False
 
 
 def check_runner(options: PipelineOptions) -> None:
@@ -73,14 +63,14 @@ def check_runner(options: PipelineOptions) -> None:
         from apache_beam.runners.dask.dask_runner import DaskOptions
 
         address = options.view_as(DaskOptions).address
-        if address and not _reachable(address):
+        if address and not reachable(address):
             raise UsageError(
                 f"--runner {name}: no Dask scheduler answers at --dask_client_address={address};"
                 " start one with: python -m pipeline.dask_cluster --workers 2"
             )
     if name in ("PortableRunner", "FlinkRunner", "SparkRunner"):
         endpoint = opts.get("job_endpoint")
-        if endpoint and endpoint != "embed" and not _reachable(endpoint):
+        if endpoint and endpoint != "embed" and not reachable(endpoint):
             raise UsageError(
                 f"--runner {name}: no job server answers at --job_endpoint={endpoint}; start the "
                 "Flink/Spark job server there, or use --job_endpoint=embed for a local run"
