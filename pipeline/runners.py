@@ -390,19 +390,21 @@ class DaskAsk:
                 if ask:
                     try:
                         self._answer.append(_dask_threads(client))
-                    except Exception as err:  # noqa: BLE001 - raised by groups()
-                        self._answer.append(err)
+                    except BaseException as err:  # noqa: BLE001 - raised by groups()
+                        self._answer.append(_as_error(err))
                     self._asked.set()
                 if warm:
                     client.run(
                         _load_tokenizer_here, tokenizer, trust_remote_code, on_error="ignore"
                     )
-        except Exception as err:  # noqa: BLE001 - the question's is raised by groups()
+        except BaseException as err:  # noqa: BLE001 - the question's is raised by groups()
+            # (distributed's CancelledError is a BaseException: without an answer groups()
+            # would wait out its deadline and blame the scheduler)
             if ask and not self._asked.is_set():  # the connection failed
-                self._answer.append(err)
+                self._answer.append(_as_error(err))
                 self._asked.set()
             # the warm-up's is only a head start: the tokenize step loads it anyway
-            _LOG.debug("the Dask cluster: %s", err)
+            _LOG.debug("the Dask cluster: %r", err)
 
     def groups(self) -> DaskGroups | None:
         """How many groups to spread the sources over: ``GROUPS_PER_THREAD`` for each of the
@@ -443,6 +445,14 @@ class DaskAsk:
             "the Dask cluster has %d worker threads: the sources go in %d groups", threads, groups
         )
         return DaskGroups(groups, threads, here)
+
+
+def _as_error(err: BaseException) -> Exception:
+    """``err`` as an Exception for the run's failure path (distributed's CancelledError is a
+    BaseException, which that path would not catch)."""
+    if isinstance(err, Exception):
+        return err
+    return RuntimeError(f"the Dask cluster did not answer: {err!r}")
 
 
 def ask_dask(

@@ -316,6 +316,34 @@ def test_a_dask_scheduler_that_never_answers_stops_the_run(monkeypatch):
         assert time.time() - started < 20
 
 
+def test_a_cancelled_question_to_the_cluster_fails_the_run_at_once(monkeypatch):
+    """distributed raises asyncio's CancelledError (a BaseException) when a connection is torn
+    down mid-call: the background question died with it, and the run waited out its 65-s
+    deadline to blame a scheduler "that accepted a connection but did not answer". It fails
+    at once now, with an Exception the run's failure path reports."""
+    pytest.importorskip("distributed", reason="pip install -e '.[test]' brings dask")
+    import asyncio
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from distributed import LocalCluster
+
+    from pipeline import runners
+
+    def cancelled(client):
+        raise asyncio.CancelledError()
+
+    monkeypatch.setattr(runners, "_dask_threads", cancelled)
+    with LocalCluster(
+        n_workers=0, processes=False, protocol="tcp", dashboard_address=None
+    ) as cluster:
+        address = cluster.scheduler_address
+        options = PipelineOptions(["--runner", "DaskRunner", f"--dask_client_address={address}"])
+        started = time.time()
+        with pytest.raises(RuntimeError, match="did not answer: CancelledError"):
+            runners.ask_dask(options).groups()
+        assert time.time() - started < 20
+
+
 def test_unknown_sizes_count_as_large_when_grouping_sources():
     """Remote files and Hub datasets count 0 bytes in the run's sizes. Placed as empty, such a
     source joined the group of the largest book; it counts as large as the largest known one,
