@@ -4,7 +4,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms.samples.packing import Piece, _CapacityIndex, pack_best_fit
+from transforms.samples.packing import (
+    SCAN_MAX,
+    Piece,
+    _CapacityIndex,
+    _indexed_best_fit,
+    _scan_best_fit,
+    pack_best_fit,
+)
 from transforms.samples.plan import PlanSettings, plan_samples
 
 
@@ -46,6 +53,21 @@ def test_empty_and_bad_pieces():
         pack_best_fit([Piece("a", 0, 9)], seq_len=8)
     with pytest.raises(ValueError, match="1..seq_len"):
         pack_best_fit([Piece("a", 0, 0)], seq_len=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    seq_len=st.integers(1, 40),
+    lengths=st.lists(st.integers(1, 40), max_size=2 * SCAN_MAX),
+)
+def test_a_scan_of_the_open_samples_packs_as_the_capacity_index_does(seq_len, lengths):
+    """Small calls (at most SCAN_MAX pieces: one source's windows, at pack_related's first
+    level) scan the open samples instead of building the index (a 262,144-counter list at
+    --seq-len 65536: 0.22 s of a 458-source plan). Both give the same samples, ties
+    included (the lowest sample id among equally full ones)."""
+    pieces = [Piece(f"d{i % 7}", i, min(n, seq_len)) for i, n in enumerate(lengths)]
+    order = sorted(pieces, key=lambda p: (-p.length, p.doc_id, p.start))
+    assert ids(_scan_best_fit(order, seq_len)) == ids(_indexed_best_fit(order, seq_len))
 
 
 def test_capacity_index():
