@@ -12,6 +12,9 @@ the mark says another machine or pid namespace made it (a temporary folder share
 container, or over a network: its pid says nothing here), or where it cannot be told (being
 made, no mark, another user's folder).
 
+Whether a process runs (:func:`running`) is asked here for the worker pool's forked workers
+too (``pipeline/worker_pool.py``).
+
 Kinds (prefixes): the head start's (``pipeline/head_start.py``: read texts and entries, up to
 twice its budget) and the source queue's (``pipeline/source_queue.py``: one claim file a
 source, and a Dask run's groups).
@@ -58,15 +61,21 @@ def where() -> str:
     return f"{boot()}:{namespace}"
 
 
-def _alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists (asked of the kernel: no /proc needed)."""
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs: a zombie (exited, not yet reaped by its parent) does not."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
         return False
-    except OSError:  # another user's: it exists
+    except OSError:  # no /proc (macOS): a signal 0 reaches a zombie too, the best there is
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
         return True
-    return True
 
 
 def make(prefix: str) -> str:
@@ -109,7 +118,7 @@ def remove_stale(prefix: str, root: str | None = None) -> list[str]:
             continue  # another machine's or container's pid
         if start != NO_START and process_mark(pid) == f"{pid} {start}":
             continue  # its driver runs
-        if start == NO_START and _alive(pid):
+        if start == NO_START and running(pid):
             continue  # no start time recorded: a live pid may still be its driver
         shutil.rmtree(folder, ignore_errors=True)
         if not os.path.exists(folder):

@@ -381,8 +381,6 @@ class DaskAsk:
                 name="longctx-dask-ask", daemon=True,
             )  # fmt: skip
             self.thread.start()
-        if not ask:
-            self._asked.set()
 
     def _run(self, ask: bool, warm: bool, tokenizer: str | None, trust_remote_code: bool) -> None:
         try:

@@ -37,6 +37,7 @@ import sys
 import threading
 import time
 
+from pipeline import run_folders
 from pipeline.errors import exit_now
 from pipeline.tokenizer_probe import NO_SPEC
 
@@ -140,25 +141,8 @@ def _orphan_exit(pid: int) -> int | None:
     try:
         got, status = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:  # not the driver's: reaped by init, or soon to be
-        return None if _running(pid) else 0
+        return None if run_folders.running(pid) else 0
     return os.waitstatus_to_exitcode(status) if got else None
-
-
-def _running(pid: int) -> bool:
-    """Whether ``pid`` runs: a zombie (exited, not yet reaped by its parent) does not."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc (macOS): a signal 0 reaches a zombie too, the best there is
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        return True
 
 
 class WorkerPool:
