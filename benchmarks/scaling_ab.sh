@@ -5,11 +5,12 @@
 # round after round (A B A B ...), so that drift of the machine falls on both alike.
 #
 # Here, once per base (needs git):
-#   bash benchmarks/scaling_ab.sh prepare REF   # .carry/scaling/base.tar: REF's pipeline (~2 MB)
+#   bash benchmarks/scaling_ab.sh prepare REF [NAME]  # .carry/scaling/NAME.tar (base.tar): REF's pipeline (~2 MB)
 # There (the bundles as for benchmarks/scaling.sh):
 #   command: SCALING_AB_WORKERS=16 SCALING_AB_ROUNDS=3 bash benchmarks/scaling_ab.sh
+#   (SCALING_AB_BASE=NAME: the base prepared as NAME, for two bases in one call)
 #   carry:   .carry/ablation/beam-site.tar.xz .carry/ablation/books.tar.xz .carry/scaling
-# Or one tree under two settings: without .carry/scaling/base.tar (or with SCALING_AB_SAME=1)
+# Or one tree under two settings: without the base's archive (or with SCALING_AB_SAME=1)
 # both sides run the working tree, with SCALING_AB_BASE_ENV and SCALING_AB_HEAD_ENV (e.g.
 # "SCALING_RAYON_THREADS=2": each worker's tokenizer threads instead of the pipeline's C//N).
 # Prints each run's wall seconds and writes $OUT/scaling_ab.json (SCALING_AB_NAME; each round's
@@ -25,14 +26,15 @@ PY=${PYTHON:-python3}
 log() { echo "[scaling_ab $(date +%H:%M:%S) +${SECONDS}s] $*"; }
 
 if [ "${1:-}" = prepare ]; then
-  ref=${2:?usage: bash benchmarks/scaling_ab.sh prepare REF}
+  ref=${2:?usage: bash benchmarks/scaling_ab.sh prepare REF [NAME]}
+  name=${3:-base}
   mkdir -p .carry/scaling
   # only what the pipeline runs from (the benchmark's scripts are the working tree's on both
   # sides): the whole tree beside the bundles passed the device's 64 MiB of carried files
   git archive --format=tar "$ref" pipeline transforms schemas pyproject.toml \
-    > .carry/scaling/base.tar || exit 1
-  git rev-parse "$ref" > .carry/scaling/base.ref
-  log "base $(cat .carry/scaling/base.ref) -> .carry/scaling/base.tar"
+    > ".carry/scaling/$name.tar" || exit 1
+  git rev-parse "$ref" > ".carry/scaling/$name.ref"
+  log "base $(cat ".carry/scaling/$name.ref") -> .carry/scaling/$name.tar"
   exit 0
 fi
 
@@ -42,10 +44,11 @@ BASE_ENV=${SCALING_AB_BASE_ENV:-}
 HEAD_ENV=${SCALING_AB_HEAD_ENV:-}
 MODE=${SCALING_AB_MODE:-multi_processing}
 NAME=${SCALING_AB_NAME:-scaling_ab}  # $OUT/NAME.json: two comparisons in one call keep both
-if [ -f .carry/scaling/base.tar ] && [ -z "${SCALING_AB_SAME:-}" ]; then
+ARCHIVE=.carry/scaling/${SCALING_AB_BASE:-base}
+if [ -f "$ARCHIVE.tar" ] && [ -z "${SCALING_AB_SAME:-}" ]; then
   BASE=/tmp/scaling-ab-base
-  REF=$(cat .carry/scaling/base.ref 2>/dev/null)
-  rm -rf "$BASE" && mkdir -p "$BASE" && tar xf .carry/scaling/base.tar -C "$BASE"
+  REF=$(cat "$ARCHIVE.ref" 2>/dev/null)
+  rm -rf "$BASE" && mkdir -p "$BASE" && tar xf "$ARCHIVE.tar" -C "$BASE"
   # the benchmark's own scripts (and benchmarks/timeline) are the working tree's on both sides:
   # only the pipeline differs
   cp -r "$ROOT/benchmarks/." "$BASE/benchmarks/"
