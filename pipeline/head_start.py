@@ -83,10 +83,7 @@ MIN_CORES = 8  # below this the driver's and the server's imports keep the cores
 # a huge input may take long.
 SOURCE_CAP = 64 << 20
 BUDGET = 2 << 30
-# Dask: cores left to the driver, the scheduler and the plot helper (the tasks run at the
-# workers' own priority). The multi_processing helpers, at a lower priority, take every core
-# (pipeline.priority): what the driver's start needs it gets first.
-SPARE_CORES = 4
+SPARE_CORES = 4  # left to the driver, the worker pool's server and the plot helpers' imports
 SWITCH = "LONGCTX_HEAD_START"  # "0" in the environment: no head start
 STOP = "STOP"
 PREFIX = "longctx-head-start-"  # the folders' names in the temporary folder
@@ -104,12 +101,11 @@ ANSWER_WAIT_S = 60.0
 DASK_CONNECT_S = 10.0  # the Dask helper's connection to the scheduler (else: no head start)
 
 
-def processes_for(workers: int, cores: int, spare: int = 0) -> int:
-    """Helper tokenizers for a run of ``workers`` workers on ``cores`` cores, ``spare`` of them
-    left to others (0: none)."""
+def processes_for(workers: int, cores: int) -> int:
+    """Helper tokenizers for a run of ``workers`` workers on ``cores`` cores (0: none)."""
     if cores < MIN_CORES:
         return 0
-    return max(0, min(workers, cores - spare))
+    return max(0, min(workers, cores - SPARE_CORES))
 
 
 def dask_address(argv: list[str]) -> str | None:
@@ -612,7 +608,7 @@ def _feed_dask(folder: str, address: str, cores: int, sources: list, config, dri
         if not threads or not all(is_this_host(w) for w in threads):
             return
         # on the cores the driver (importing Beam, making the graph) and the scheduler leave
-        slots = processes_for(sum(threads.values()), cores, SPARE_CORES)
+        slots = processes_for(sum(threads.values()), cores)
         if not slots:
             return
         pending, todo = [], sources[::-1]  # popped: largest first
