@@ -26,9 +26,7 @@ head start holds is waited for (a lock the helper holds while it works: a helper
 releases it); what the helper read is taken from here instead of read again (the same
 function's output: code is parsed once), and its documents' entries instead of tokenized.
 Anything missing (a helper gone, a document that duplicate removal changed) is read or
-tokenized as before. The output is byte-identical; only where the work ran changes. The helper
-and its forks run at a lower CPU priority (``pipeline.priority``): they only fill the cores
-that the driver's start, the pool's server and the starting workers leave.
+tokenized as before. The output is byte-identical; only where the work ran changes.
 
 Where: DirectRunner ``multi_processing`` with at least :data:`MIN_CORES` cores, a local
 output and the bundled or a local tokenizer.json (no Hub download or repository code in a
@@ -70,7 +68,7 @@ import sys
 import threading
 import time
 
-from pipeline import priority, remote, run_folders
+from pipeline import remote, run_folders
 from pipeline.tokenizer_probe import ANSWER_KEYS
 
 _LOG = logging.getLogger("longctx")
@@ -507,7 +505,6 @@ def _sources(config, folder: str) -> list:
 
 
 def _serve(folder: str, processes: int) -> int:
-    priority.lower()  # it fills the cores the run's start leaves idle; its forks inherit it
     config = pickle.loads(sys.stdin.buffer.read())
     os.environ.setdefault("RAYON_NUM_THREADS", "1")  # one core each: they run side by side
     driver = os.getppid()
@@ -573,9 +570,7 @@ def _watch(folder: str, driver: int) -> None:
 def _serve_dask(folder: str, address: str, cores: int) -> int:
     """The head start of a DaskRunner run: the cluster's own workers, idle while the driver
     starts, do the sources ahead (:func:`_feed_dask`); this process only lists them and hands
-    them out. No tokenizer check is answered (stdout is not read). It runs at a lower priority
-    (``pipeline.priority``); the tasks it hands out run at the workers' own."""
-    priority.lower()
+    them out. No tokenizer check is answered (stdout is not read)."""
     config = pickle.loads(sys.stdin.buffer.read())
     driver = os.getppid()
     try:

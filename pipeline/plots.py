@@ -31,7 +31,6 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import exit_now
-from pipeline.priority import lower
 from schemas.columns import DOCUMENT_SCHEMA
 from schemas.layout import REPORT_PLOTS
 from transforms.code.dependency_score import MIN_TOKENS
@@ -256,10 +255,7 @@ class PlotRenderer:
     cores or more, on 2 it cost the run 2% in an A/B); when the data is there it forks the
     ``workers`` drawers, which share what it imported. One helper per plot, each importing
     matplotlib, cost ~3 s of CPU each on 16 busy cores (session 14's rows: 11.8 s for four).
-    The helper and its drawers are one process group: :meth:`close` stops them all. Where it
-    warms up (many cores) the helper runs at a lower CPU priority, its drawers too
-    (``pipeline.priority``): it fills cores beside the run's start, and at the run's end, when
-    it draws, the cores are idle.
+    The helper and its drawers are one process group: :meth:`close` stops them all.
     """
 
     WAIT_S = 300  # the longest render() waits for the helper before drawing here
@@ -444,8 +440,6 @@ def _prime_arrow() -> None:
 
 
 def _worker(warm_up: bool) -> None:
-    if warm_up:  # many cores: it only fills idle ones, beside the run's start (pipeline.priority)
-        lower()
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1122,43 +1122,6 @@ def test_the_head_start_uses_the_cores_the_run_leaves_idle(workers, cores, want)
     assert processes_for(workers, cores) == want
 
 
-def test_the_work_that_fills_idle_cores_runs_at_a_lower_cpu_priority(tmp_path, qwen3_dir):
-    """The head start's helper (its forks inherit it), the Dask head start's feeder and the
-    plot helper that warms up on many cores only fill cores beside the run's start: each runs
-    FILL_IN_NICE above the driver's nice value, so that the driver, the pool's server and the
-    starting workers get the cores first (29 processes asked for 16 on nvidia-h200). The
-    driver keeps its own value."""
-    from pipeline.config import BuildConfig
-    from pipeline.head_start import HeadStart
-    from pipeline.plots import PlotRenderer
-    from pipeline.priority import FILL_IN_NICE
-
-    base = os.getpriority(os.PRIO_PROCESS, 0)
-    want = min(19, base + FILL_IN_NICE)
-
-    def nice_of(pid: int) -> int:
-        deadline = time.monotonic() + 60  # it lowers itself first thing, once started
-        while (value := os.getpriority(os.PRIO_PROCESS, pid)) != want:
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        return value
-
-    config = BuildConfig(books=[str(REPO / "README.md")], tokenizer=str(qwen3_dir))
-    config = replace(config, output=str(tmp_path / "out"))
-    with HeadStart(config, 1) as ahead:
-        assert "tokenizer" in ahead.tokenizer_answer()
-        assert os.getpriority(os.PRIO_PROCESS, ahead._proc.pid) == want
-    with HeadStart(config, 0, dask=f"127.0.0.1:{_free_port()}", cores=16) as feeder:
-        assert nice_of(feeder._proc.pid) == want
-    plotter = PlotRenderer(workers=1, warm_up=True)
-    try:
-        assert nice_of(plotter.proc.pid) == want
-    finally:
-        plotter.close()
-    assert os.getpriority(os.PRIO_PROCESS, 0) == base
-
-
 @pytest.mark.parametrize(
     "argv, want",
     [
