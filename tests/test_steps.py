@@ -798,8 +798,9 @@ def test_early_tokenizer_skips_documents_the_incremental_cache_holds(
 
 def test_tokenize_step_batches_short_documents_and_loses_none(tmp_path, qwen3_dir, books_dir):
     """Many short records are encoded in batches of BATCH_DOCS (one tokenizer call each, the last
-    batch emitted by finish_bundle): every document comes out once, with the ids that tokenizing
-    it alone gives."""
+    batch emitted by finish_bundle), and each batch's ids go to one file of the token store:
+    every document comes out once, its run of the file (``tokens_offset``, ``n_tokens``) holds
+    the ids that tokenizing it alone gives, and the runs tile each file, one file a batch."""
     from pipeline.steps.tokenize import BATCH_DOCS
     from transforms.samples.tokenize import encode_document, load_tokenizer
 
@@ -811,13 +812,29 @@ def test_tokenize_step_batches_short_documents_and_loses_none(tmp_path, qwen3_di
     ]
     config = BuildConfig(tokenizer=str(qwen3_dir), seq_len=512, output=str(tmp_path / "out"))
     staging = str(tmp_path / "staging")
+    where = tmp_path / "where.json"  # each document's place in the store, as the step said
+
+    def keep(out):
+        rows = [(d.doc_id, d.tokens_path, d.tokens_offset, d.n_tokens) for d in out]
+        where.write_text(json.dumps(rows))
+
     with _pipeline() as p:
         out = p | beam.Create(docs) | Tokenize(config, staging, early=True)
-        assert_that(out | beam.Map(lambda d: d.doc_id), equal_to([d.doc_id for d in docs]))
+        assert_that(out, keep)
+    rows = json.loads(where.read_text())
+    assert sorted(r[0] for r in rows) == sorted(d.doc_id for d in docs)
     tok = load_tokenizer(str(qwen3_dir), False)
-    for doc in docs[::37] + docs[-3:]:
-        stored = np.fromfile(token_store.path_for(staging, doc.doc_id), dtype="<i4")
-        np.testing.assert_array_equal(stored, encode_document(doc, tok))
+    by_id = {d.doc_id: d for d in docs}
+    for doc_id, path, offset, n_tokens in rows:
+        stored = token_store.read(path, offset, n_tokens)
+        np.testing.assert_array_equal(stored, encode_document(by_id[doc_id], tok))
+    files = {path for _, path, _, _ in rows}
+    assert len(files) == 2  # the full batch's and the bundle's last
+    for path in files:
+        runs = sorted((offset, n) for _, p, offset, n in rows if p == path)
+        assert runs[0][0] == 0
+        assert all(a + n == b for (a, n), (b, _) in zip(runs, runs[1:], strict=False))
+        assert os.path.getsize(path) == 4 * sum(n for _, n in runs)
 
 
 def test_windows_of_a_long_book_are_scored_by_the_tokenize_step(tmp_path, books_dir, qwen3_dir):

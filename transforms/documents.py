@@ -81,6 +81,7 @@ class TokenizedDocument:
     content_sha256: str
     n_tokens: int
     tokens_path: str
+    tokens_offset: int = 0  # where its ids begin in that file (a batch's file: several documents)
     language: str = ""
     source: str = ""
     dependency_edges: int = 0
@@ -126,7 +127,8 @@ class TokenizedDocument:
 
 class SegmentRef(NamedTuple):
     """Where one segment of a sample comes from: ``length`` ids of document ``doc_id`` from
-    ``start``, read from the token store file ``tokens_path``; ``score`` is its dependency score
+    ``start``, read from the token store file ``tokens_path`` (the document's ids begin at
+    ``tokens_offset`` there); ``score`` is its dependency score
     where the tokenize step computed it (the whole document, or one of its windows; else
     None and the writer scores it);
     ``context``: its first tokens that repeat the previous window's (``--overlap``)."""
@@ -139,3 +141,4 @@ class SegmentRef(NamedTuple):
     tokens_path: str
     score: float | None = None
     context: int = 0  # leading tokens that only give context (the --overlap repeat)
+    tokens_offset: int = 0

@@ -139,7 +139,15 @@ class CutSegmentsFn(beam.DoFn):
             # a reference only: the shard writer reads the ids (and scores a piece not scored)
             score = doc.segment_score(a.start, a.length)
             ref = SegmentRef(
-                a.sample, a.slot, doc_id, a.start, a.length, doc.tokens_path, score, a.context
+                a.sample,
+                a.slot,
+                doc_id,
+                a.start,
+                a.length,
+                doc.tokens_path,
+                score,
+                a.context,
+                doc.tokens_offset,
             )
             yield MAIN, ((a.split, a.shard, shards[a.split]), ref)
         yield DOCUMENTS, document_row(doc, len(assignments))

@@ -92,11 +92,20 @@ class TokenizeFn(beam.DoFn):
             yield WindowedValue(out, MIN_TIMESTAMP, [GlobalWindow()])
 
     def _flush(self):
+        """The batch encoded with one tokenizer call, its ids stored in one file of the token
+        store (each document's run of it: its offset), where it holds more than one."""
         batch, self._batch, self._batch_chars = self._batch, [], 0
+        if not batch:
+            return
         entries = tokenize_entries([doc for doc, _, _ in batch], self.tok, self.config)
-        for (doc, sha, key), entry in zip(batch, entries, strict=True):
+        stored = [None] * len(batch)
+        if len(batch) > 1:
+            path = token_store.batch_path(self.staging, [doc.doc_id for doc, _, _ in batch])
+            offsets = token_store.store_batch(path, [entry["tokens"] for entry in entries])
+            stored = [(path, offset) for offset in offsets]
+        for (doc, sha, key), entry, where in zip(batch, entries, stored, strict=True):
             self._store_in_cache(key, entry)
-            yield self._emit(doc, sha, key, entry, reused=False)
+            yield self._emit(doc, sha, key, entry, reused=False, stored=where)
 
     def _store_in_cache(self, key, entry: dict) -> None:
         if self.cache_dir:
@@ -104,12 +113,16 @@ class TokenizeFn(beam.DoFn):
 
             cache.store(self.cache_dir, key, **entry)
 
-    def _emit(self, doc: TextDocument, sha: str, key, entry: dict, *, reused: bool):
-        """Store the ids, count, report progress; the TokenizedDocument that goes on."""
+    def _emit(self, doc: TextDocument, sha: str, key, entry: dict, *, reused: bool, stored=None):
+        """Store the ids (where ``stored``, ``(path, offset)``, does not say where a batch's
+        file holds them already), count, report progress; the TokenizedDocument that goes on."""
         Metrics.counter(NAMESPACE, "documents_reused" if reused else "documents_tokenized").inc()
         n = int(entry["tokens"].shape[0])
-        tokens_path = token_store.path_for(self.staging, doc.doc_id)
-        token_store.store(tokens_path, entry["tokens"])
+        if stored is None:
+            tokens_path, tokens_offset = token_store.path_for(self.staging, doc.doc_id), 0
+            token_store.store(tokens_path, entry["tokens"])
+        else:
+            tokens_path, tokens_offset = stored
         Metrics.counter(NAMESPACE, f"documents_{doc.kind}").inc()
         Metrics.counter(NAMESPACE, f"tokens_{doc.kind}").inc(n)
         Metrics.distribution(NAMESPACE, f"doc_tokens_{doc.kind}").update(n)
@@ -122,6 +135,7 @@ class TokenizeFn(beam.DoFn):
             content_sha256=sha,
             n_tokens=n,
             tokens_path=tokens_path,
+            tokens_offset=tokens_offset,
             chapters=entry["chapters"],
             starts=entry["starts"],
             lengths=entry["lengths"],

@@ -94,7 +94,9 @@ class WriteShardFn(beam.DoFn):
             for batch in batches_of_samples(refs, rows_per_batch(self.seq_len)):
                 segments = []
                 for ref in batch:
-                    tokens = token_store.read(ref.tokens_path, ref.start, ref.length)
+                    tokens = token_store.read(
+                        ref.tokens_path, ref.tokens_offset + ref.start, ref.length
+                    )
                     score = dependency_score(tokens) if ref.score is None else ref.score
                     segments.append(
                         Segment(
