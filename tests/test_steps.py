@@ -879,3 +879,59 @@ def test_windows_of_a_long_book_are_scored_by_the_tokenize_step(tmp_path, books_
     cut_and_check()
     with np.load(entry) as data:
         assert "window_scores" in data.files
+
+
+def test_the_records_shuffled_per_document_pickle_compactly_and_come_back_whole(
+    tmp_path, books_dir, qwen3
+):
+    """A ``TokenizedDocument`` and a ``DocInfo`` cross each stage pickled by Beam, one per
+    document: they pickle as their fields' values with each numpy array as raw bytes
+    (``compact_reduce``), not numpy's own pickling (23 -> 14 us a round trip of a short
+    record's document; 100,000 records 53.5 -> 48 s on 2 cores). Every field comes back equal:
+    the windows, window scores (NaN for a window too short to score), chapters and score of
+    a real long book and of a short record, the arrays' dtypes and shapes, writable; a field
+    without an array stays None."""
+    import pickle
+
+    from pipeline.steps.plan import doc_info
+    from transforms.samples.entries import tokenize_entry
+
+    config = BuildConfig(seq_len=8192, output=str(tmp_path / "out"))
+    text = (books_dir / "austen-pride-and-prejudice.txt").read_text(encoding="utf-8")
+    made = []
+    for doc in (
+        TextDocument("book/austen", "book", "austen.txt", [text], chapters=[0, 5000]),
+        TextDocument("docs/r/1", "book", "r.jsonl", [text[:900]], source="docs/r"),
+    ):
+        entry = tokenize_entry(doc, qwen3, config)
+        made.append(
+            TokenizedDocument.from_text(
+                doc,
+                content_sha256="0" * 64,
+                n_tokens=int(entry["tokens"].shape[0]),
+                tokens_path="/staging/tokens/x.bin",
+                tokens_offset=77,
+                chapters=entry["chapters"],
+                starts=entry["starts"],
+                lengths=entry["lengths"],
+                score=entry["score"],
+                window_scores=entry.get("window_scores"),
+            )
+        )
+    long_book, record = made
+    assert len(long_book.starts) > 10 and np.isnan(long_book.window_scores).any()
+    records = [*made, doc_info(long_book), doc_info(record)]
+    records.append(TokenizedDocument("docs/r/2", "book", "r.jsonl", [], 0, "", 0, "p"))
+    for original in records:
+        data = pickle.dumps(original, pickle.HIGHEST_PROTOCOL)
+        back = pickle.loads(data)
+        assert type(back) is type(original)
+        for name, value in vars(original).items():
+            got = getattr(back, name)
+            if isinstance(value, np.ndarray):
+                assert got.dtype == value.dtype and got.shape == value.shape, name
+                np.testing.assert_array_equal(got, value, err_msg=name)  # NaN where NaN
+                assert got.flags.writeable, name
+            else:
+                assert got == value and type(got) is type(value), name
+    assert len(pickle.dumps(record, 5)) < 0.6 * len(pickle.dumps(vars(record), 5))

@@ -18,6 +18,47 @@ CODE = "code"
 KINDS = (BOOK, CODE)
 
 
+def compact_reduce(record) -> tuple:
+    """``__reduce__`` for a record dataclass that runners shuffle one per document (a
+    ``TokenizedDocument``, a ``DocInfo``): its fields' values in order, a numpy array as
+    ``(dtype, shape, bytes)``. Beam pickles each such record that crosses a stage, and numpy's
+    own pickling of the few small arrays a record holds was most of the cost: 23 us a round
+    trip of a short record's ``TokenizedDocument``, 13 us this way (and 747 bytes -> 299).
+    Arrays come back writable, as numpy's unpickling gives them."""
+    import numpy as np
+
+    state = record.__dict__
+    values = tuple(
+        (v.dtype.str, v.shape, bytearray(v.tobytes())) if isinstance(v, np.ndarray) else v
+        for v in (state[name] for name in _field_names(type(record)))
+    )
+    return _rebuild, (type(record), values)
+
+
+def _rebuild(cls, values: tuple):
+    """The record :func:`compact_reduce` took apart (no ``__init__``: the values are its own)."""
+    import numpy as np
+
+    record = object.__new__(cls)
+    state = record.__dict__
+    for name, value in zip(_field_names(cls), values, strict=True):
+        if type(value) is tuple and len(value) == 3 and type(value[2]) is bytearray:
+            dtype, shape, data = value
+            value = np.frombuffer(data, dtype=dtype).reshape(shape)
+        state[name] = value
+    return record
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
+    return names
+
+
 @dataclass
 class TextDocument:
     """A document as read from disk, before tokenization.
@@ -94,6 +135,8 @@ class TokenizedDocument:
     window_scores: np.ndarray | None = None  # each window's score (NaN: too short to score)
     cache_key: str | None = None  # --incremental: the cache entry it came from or went to
     reused: bool = False  # --incremental: loaded from the cache instead of tokenized
+
+    __reduce__ = compact_reduce  # pickled compactly: Beam pickles one a document per stage
 
     @classmethod
     def from_text(cls, doc: TextDocument, **tokenized) -> TokenizedDocument:

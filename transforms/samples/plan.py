@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from transforms.documents import Reject
+from transforms.documents import Reject, compact_reduce
 from transforms.samples.mixture import select_mixture
 from transforms.samples.packing import Piece, fill_free_room, pack_related
 from transforms.samples.windowing import window_document
@@ -65,6 +65,8 @@ class DocInfo:
     lengths: np.ndarray | None = None
     cache_key: str | None = None  # --incremental bookkeeping; not used by the plan
     reused: bool = False  # --incremental: loaded from the cache, not tokenized
+
+    __reduce__ = compact_reduce  # pickled compactly: Beam pickles one a document per stage
 
 
 @dataclass(frozen=True)
