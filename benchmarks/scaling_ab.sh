@@ -45,6 +45,10 @@ HEAD_ENV=${SCALING_AB_HEAD_ENV:-}
 MODE=${SCALING_AB_MODE:-multi_processing}
 NAME=${SCALING_AB_NAME:-scaling_ab}  # $OUT/NAME.json: two comparisons in one call keep both
 ARCHIVE=.carry/scaling/${SCALING_AB_BASE:-base}
+if [ -n "${SCALING_AB_BASE:-}" ] && [ ! -f "$ARCHIVE.tar" ]; then
+  log "SCALING_AB_BASE=$SCALING_AB_BASE: no $ARCHIVE.tar (bash benchmarks/scaling_ab.sh prepare REF $SCALING_AB_BASE, and carry .carry/scaling)"
+  exit 2
+fi
 if [ -f "$ARCHIVE.tar" ] && [ -z "${SCALING_AB_SAME:-}" ]; then
   BASE=/tmp/scaling-ab-base
   REF=$(cat "$ARCHIVE.ref" 2>/dev/null)

@@ -218,9 +218,11 @@ def test_every_token_of_many_short_records_lands_in_exactly_one_sample(
 ):
     """Short records are encoded in batches, and a batch's ids share one file of the token
     store, each record at its offset (a file a record cost ~170 us each to make and delete:
-    17 s of a 68-s run of 100,000 records). 700 paragraphs of three real books, several
-    batches and a bundle's last, partial one: every record's ids, read back from the shards,
-    are those of tokenizing it alone, each in exactly one place."""
+    17 s of a 68-s run of 100,000 records). 700 paragraphs of two real books, several
+    batches and a bundle's last, partial one, at --seq-len 256 so that many records are cut
+    into windows (a segment that starts inside a record of a batch's file): every record's
+    ids, read back from the shards, are those of tokenizing it alone, each in exactly one
+    place."""
     from pipeline.discover import discover, read_source
     from pipeline.steps.tokenize import BATCH_DOCS
 
@@ -233,7 +235,7 @@ def test_every_token_of_many_short_records_lands_in_exactly_one_sample(
     jsonl.write_text("".join(json.dumps({"id": i, "text": p}) + "\n" for i, p in enumerate(paras)))
     out = tmp_path / "out"
     args = ["--runner", "DirectRunner", "--documents", jsonl, "--tokenizer", qwen3_dir]
-    proc = run_cli("pipeline.run", *args, "--seq-len", "4096", "--no-dedup", "--output", out)
+    proc = run_cli("pipeline.run", *args, "--seq-len", "256", "--no-dedup", "--output", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sources, _ = discover(documents=[str(jsonl)])
     read = [d for s in sources for d in read_source(s, ReadSettings())]
@@ -242,6 +244,7 @@ def test_every_token_of_many_short_records_lands_in_exactly_one_sample(
     docs = _read_arrow(out / "documents.arrow").to_pylist()
     segs = _segments(out)
     assert sorted(segs) == sorted(expected) == sorted(d["doc_id"] for d in docs)
+    assert sum(len(pieces) > 1 for pieces in segs.values()) > 20  # records cut into windows
     for d in docs:
         pieces = sorted(segs[d["doc_id"]], key=lambda p: p[0])
         assert [p[0] for p in pieces] == np.r_[0, np.cumsum([len(p[1]) for p in pieces])][

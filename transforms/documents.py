@@ -7,7 +7,7 @@ array of ``n_tokens`` ids (separators and the end-of-text token included); it is
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
@@ -20,32 +20,46 @@ KINDS = (BOOK, CODE)
 
 def compact_reduce(record) -> tuple:
     """``__reduce__`` for a record dataclass that runners shuffle one per document (a
-    ``TokenizedDocument``, a ``DocInfo``): its fields' values in order, a numpy array as
-    ``(dtype, shape, bytes)``. Beam pickles each such record that crosses a stage, and numpy's
-    own pickling of the few small arrays a record holds was most of the cost: 23 us a round
-    trip of a short record's ``TokenizedDocument``, 13 us this way (and 747 bytes -> 299).
-    Arrays come back writable, as numpy's unpickling gives them."""
+    ``TokenizedDocument``, a ``DocInfo``): its fields' values in order, a plain numeric numpy
+    array as ``(dtype, shape, bytes)``. Beam pickles each such record that crosses a stage,
+    and numpy's own pickling of the few small arrays a record holds was most of the cost: 23
+    us a round trip of a short record's ``TokenizedDocument``, 14 us this way (and 747 bytes
+    -> 299). Arrays come back writable, as numpy's unpickling gives them. Any other value
+    (an object or structured array, a masked array) is pickled as it always was."""
     import numpy as np
 
-    state = record.__dict__
-    values = tuple(
-        (v.dtype.str, v.shape, bytearray(v.tobytes())) if isinstance(v, np.ndarray) else v
-        for v in (state[name] for name in _field_names(type(record)))
-    )
-    return _rebuild, (type(record), values)
+    values, arrays = [], []
+    for i, name in enumerate(_field_names(type(record))):
+        value = getattr(record, name)
+        if type(value) is np.ndarray and not value.dtype.hasobject and value.dtype.names is None:
+            value = (value.dtype.str, value.shape, bytearray(value.tobytes()))
+            arrays.append(i)
+        values.append(value)
+    return _rebuild, (type(record), tuple(values), tuple(arrays))
 
 
-def _rebuild(cls, values: tuple):
-    """The record :func:`compact_reduce` took apart (no ``__init__``: the values are its own)."""
+def _rebuild(cls, values: tuple, arrays: tuple[int, ...] = ()):
+    """The record :func:`compact_reduce` took apart (no ``__init__``: the values are its own);
+    ``arrays``: the positions of the values that are arrays as bytes. A field the values
+    predate (the class gained it since they were pickled) gets its default."""
     import numpy as np
 
+    names = _field_names(cls)
+    if len(values) > len(names):
+        raise ValueError(f"{cls.__name__}: {len(values)} values for {len(names)} fields")
     record = object.__new__(cls)
     state = record.__dict__
-    for name, value in zip(_field_names(cls), values, strict=True):
-        if type(value) is tuple and len(value) == 3 and type(value[2]) is bytearray:
-            dtype, shape, data = value
-            value = np.frombuffer(data, dtype=dtype).reshape(shape)
-        state[name] = value
+    state.update(zip(names, values, strict=False))
+    for i in arrays:
+        dtype, shape, data = values[i]
+        state[names[i]] = np.frombuffer(data, dtype=dtype).reshape(shape)
+    for f in fields(cls)[len(values) :]:
+        if f.default is not MISSING:
+            state[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            state[f.name] = f.default_factory()
+        else:
+            raise ValueError(f"{cls.__name__}: no value for {f.name}, which has no default")
     return record
 
 

@@ -136,6 +136,13 @@ class CutSegmentsFn(beam.DoFn):
             return
         doc, (shards, assignments) = docs[0], plans[0]
         for a in assignments:
+            # a segment past the document's end would read the next document's ids, in a
+            # batch's file of the token store: a plan that gives one is a bug, stopped here
+            if a.start < 0 or a.length < 0 or a.start + a.length > doc.n_tokens:
+                raise RuntimeError(
+                    f"document {doc_id}: a segment of {a.length} tokens from {a.start} "
+                    f"passes its {doc.n_tokens} tokens"
+                )
             # a reference only: the shard writer reads the ids (and scores a piece not scored)
             score = doc.segment_score(a.start, a.length)
             ref = SegmentRef(
