@@ -4,13 +4,13 @@
 A document's ids are a file of its own (:func:`store`), or, for the documents the tokenize step
 encodes together (a batch of up to 256 short records; not on Beam 2.77's DaskRunner, where
 each document is encoded alone), one run of a file the batch shares (:func:`store_batch`): its
-offset in the file travels with the path. A file for each of 100,000
-records cost the tokenize step ~85 us a record to create and the publish ~87 us a record to
-delete (a 2-core machine: 8.5 s and 8.7 s of a 68-s run).
+offset in the file travels with the path. A file for each of 100,000 records cost the tokenize
+step ~85 us a record to create and the publish ~87 us a record to delete (a 2-core machine:
+8.5 s and 8.7 s of a 68-s run).
 
-Only references (path, start, length) travel through the runner's shuffles, so the memory a
-runner holds for them does not grow with the corpus: the ids themselves go through the disk
-(or the output's object store), once in and once out. The folder is part of the staging folder
+Only references (path, offset, start, length) travel through the runner's shuffles, so the
+memory a runner holds for them does not grow with the corpus: the ids themselves go through the
+disk (or the output's object store), once in and once out. The folder is part of the staging folder
 and goes with it when the output is published. Files are raw little-endian int32 arrays.
 """
 

@@ -53,13 +53,14 @@ def _rebuild(cls, values: tuple, arrays: tuple[int, ...] = ()):
     for i in arrays:
         dtype, shape, data = values[i]
         state[names[i]] = np.frombuffer(data, dtype=dtype).reshape(shape)
-    for f in fields(cls)[len(values) :]:
-        if f.default is not MISSING:
-            state[f.name] = f.default
-        elif f.default_factory is not MISSING:
-            state[f.name] = f.default_factory()
-        else:
-            raise ValueError(f"{cls.__name__}: no value for {f.name}, which has no default")
+    if len(values) < len(names):
+        for f in fields(cls)[len(values) :]:
+            if f.default is not MISSING:
+                state[f.name] = f.default
+            elif f.default_factory is not MISSING:
+                state[f.name] = f.default_factory()
+            else:
+                raise ValueError(f"{cls.__name__}: no value for {f.name}, which has no default")
     return record
 
 
