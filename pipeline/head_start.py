@@ -69,6 +69,7 @@ import threading
 import time
 
 from pipeline import remote, run_folders
+from pipeline.errors import interrupt_ends_at_once
 from pipeline.tokenizer_probe import ANSWER_KEYS
 
 _LOG = logging.getLogger("longctx")
@@ -508,24 +509,26 @@ def _serve(folder: str, processes: int) -> int:
     config = pickle.loads(sys.stdin.buffer.read())
     os.environ.setdefault("RAYON_NUM_THREADS", "1")  # one core each: they run side by side
     driver = os.getppid()
-    try:
+    # Ctrl-C during the start ends this process at once (its forks keep Python's handling)
+    with interrupt_ends_at_once():
         try:
-            from pipeline.tokenizer_probe import check
+            try:
+                from pipeline.tokenizer_probe import check
 
-            answer, tok = check(config.tokenizer, config.trust_remote_code)
-            with contextlib.suppress(OSError):
-                os.write(1, json.dumps(answer).encode() + b"\n")
-        finally:  # answered or not: the end of it (the helpers forked below do not hold it)
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 1)
-            os.close(devnull)
-        if tok is None:
-            raise ValueError(answer)
-        tok.newline_tables()  # built once before the fork, not in every helper
-        local = _sources(config, folder)
-        make_folders(folder)
-    except Exception:  # noqa: BLE001 - the driver reports a bad flag or input, by name
-        local = []
+                answer, tok = check(config.tokenizer, config.trust_remote_code)
+                with contextlib.suppress(OSError):
+                    os.write(1, json.dumps(answer).encode() + b"\n")
+            finally:  # answered or not: the end of it (the helpers forked below do not hold it)
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 1)
+                os.close(devnull)
+            if tok is None:
+                raise ValueError(answer)
+            tok.newline_tables()  # built once before the fork, not in every helper
+            local = _sources(config, folder)
+            make_folders(folder)
+        except Exception:  # noqa: BLE001 - the driver reports a bad flag or input, by name
+            local = []
     # what the helpers read allocates fast (ast): the imports and the tokenizer out of the
     # collector's sweeps, as the run's read step does (pipeline.steps.common.freeze_heap_once)
     gc.freeze()

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 
-from pipeline.errors import exit_now
+from pipeline.errors import exit_now, interrupt_ends_at_once
 
 NO_SPEC = "-"  # argv for "no --tokenizer given": the bundled tokenizer (the pool's too)
 # check()'s answers have exactly one of these keys (pipeline/head_start.py tells them apart
@@ -120,9 +120,8 @@ def check(spec: str | None, trust_remote_code: bool):
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[2] not in ("0", "1"):
         sys.exit("usage: python -m pipeline.tokenizer_probe SPEC 0|1 (pipeline.run starts it)")
-    try:
-        spec = None if sys.argv[1] == NO_SPEC else sys.argv[1]
-        print(json.dumps(check(spec, sys.argv[2] == "1")[0]))
-    except KeyboardInterrupt:  # Ctrl-C at the run's start: the run reports it, once
-        sys.exit(130)
+    spec = None if sys.argv[1] == NO_SPEC else sys.argv[1]
+    with interrupt_ends_at_once():  # Ctrl-C at the run's start: the run reports it, once
+        answer = check(spec, sys.argv[2] == "1")[0]
+    print(json.dumps(answer))
     exit_now(0)  # the driver waits for this process's end: no teardown of the tokenizer

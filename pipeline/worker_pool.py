@@ -38,7 +38,7 @@ import threading
 import time
 
 from pipeline import run_folders
-from pipeline.errors import exit_now
+from pipeline.errors import exit_now, interrupt_ends_at_once
 from pipeline.tokenizer_probe import NO_SPEC
 
 HARNESS = "apache_beam.runners.worker.sdk_worker_main"
@@ -333,21 +333,24 @@ def _serve(tokenizer: str, trust_remote_code: bool, log_level: str, answers_fd: 
         logging.getLogger(name).addFilter(_not_expected)
     from pipeline.beam_import import import_beam, no_collections
 
-    with no_collections():  # on the start's path: the workers are forked after these
-        import_beam()  # this process runs the pipeline's steps only: Beam without its connectors
-        from apache_beam.runners.worker import sdk_worker_main
+    # Ctrl-C during the start ends this process at once (the workers forked later keep Python's
+    # own handling)
+    with interrupt_ends_at_once():
+        with no_collections():  # on the start's path: the workers are forked after these
+            import_beam()  # the pipeline's steps only: Beam without its connectors
+            from apache_beam.runners.worker import sdk_worker_main
 
-        import pipeline.steps  # noqa: F401  (the DoFns the runner sends, unpickled here)
+            import pipeline.steps  # noqa: F401  (the DoFns the runner sends, unpickled here)
 
-    if tokenizer:
-        from transforms.samples.tokenize import load_tokenizer
+        if tokenizer:
+            from transforms.samples.tokenize import load_tokenizer
 
-        # kept in the module's cache, where the tokenize step's setup finds it, with the
-        # per-token lookup tables that windowing needs (0.2-0.4 s: built once here, not in
-        # every worker); a bad --tokenizer is the driver's to report, by flag
-        with contextlib.suppress(Exception):
-            tok = load_tokenizer(None if tokenizer == NO_SPEC else tokenizer, trust_remote_code)
-            tok.newline_tables()
+            # kept in the module's cache, where the tokenize step's setup finds it, with the
+            # per-token lookup tables that windowing needs (0.2-0.4 s: built once here, not in
+            # every worker); a bad --tokenizer is the driver's to report, by flag
+            with contextlib.suppress(Exception):
+                tok = load_tokenizer(None if tokenizer == NO_SPEC else tokenizer, trust_remote_code)
+                tok.newline_tables()
 
     answers = os.fdopen(answers_fd, "wb", buffering=0)
 

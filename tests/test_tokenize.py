@@ -464,6 +464,37 @@ def test_a_multi_processing_run_never_parses_the_tokenizer_in_the_driver(qwen3_d
     assert described == load_tokenizer(str(qwen3_dir)).describe()
 
 
+def test_ctrl_c_inside_a_weakref_callback_ends_a_helper_start_at_once():
+    """Python raises Ctrl-C's KeyboardInterrupt wherever the main thread is; inside a weakref
+    callback (the import machinery's module locks have one) it cannot propagate: Python
+    prints "Exception ignored in ..." and goes on, the interrupt lost (a helper's start did
+    so once in CI). Under ``interrupt_ends_at_once`` the process ends at once with 130 and
+    prints nothing; without it (the control) the callback's interrupt is lost."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = (
+        "import contextlib, os, signal, sys, time, weakref\n"
+        "from pipeline.errors import interrupt_ends_at_once\n"
+        "class Held: pass\n"
+        "def callback(_):\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    end = time.monotonic() + 2\n"
+        "    while time.monotonic() < end: pass  # the signal is handled here\n"
+        "guard = interrupt_ends_at_once() if sys.argv[1] == '1' else contextlib.nullcontext()\n"
+        "with guard:\n"
+        "    held = Held(); ref = weakref.ref(held, callback); del held\n"
+        "    print('went on')\n"
+    )
+    run = [sys.executable, "-c", code]
+    lost = subprocess.run([*run, "0"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert "Exception ignored" in lost.stderr and lost.stdout == "went on\n"
+    ended = subprocess.run([*run, "1"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert (ended.returncode, ended.stdout, ended.stderr) == (130, "", "")
+
+
 def _tokenizers_loaded(pid: int) -> bool:
     """Whether the process has loaded the tokenizers library (its main code is running and
     about to parse the tokenizer, ~0.5 s)."""
