@@ -111,7 +111,7 @@ def interrupt_ends_at_once(status: int = 130):
     helper's start (imports, the tokenizer's parse), which has nothing to clean up. Python's
     own KeyboardInterrupt, raised where it cannot propagate (a weakref callback of the import
     machinery), is printed as "Exception ignored in ..." under the run's message and lost,
-    and the helper goes on (seen in CI: 1 run in several hundred). Main thread only."""
+    and the helper goes on (seen once in session 24's CI runs). Main thread only."""
     previous = signal.signal(signal.SIGINT, lambda *_: os._exit(status))
     try:
         yield
