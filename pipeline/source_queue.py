@@ -12,8 +12,9 @@ A claim is a file named by the source's place in the order, made in one step (a 
 file that holds the ticket), so that no two workers take the same source; the queue's folder
 is a local temporary folder of the driver's machine, which every ``multi_processing`` worker
 shares (marked as its driver's: a driver killed with SIGKILL leaves it to the next run,
-``pipeline/run_folders.py``). A ticket run again (a bundle retried after a failure, whose outputs Beam discarded)
-first takes back what it had claimed, so every source is read exactly once in the outputs.
+``pipeline/run_folders.py``). A ticket run again (a bundle retried after a failure, whose
+outputs Beam discarded) first takes back what it had claimed, so every source is read exactly
+once in the outputs.
 
 DaskRunner on a cluster whose workers all see the driver's temporary folder (this machine's,
 ``pipeline.runners.sees_this_folder``) takes groups of sources the same way (:meth:`SourceQueue.of_groups`): one ticket a partition, each taking one group as it
