@@ -374,7 +374,10 @@ def test_cli_writes_every_metric_and_plot(tmp_path, tiny, eval_data):
         (n, d, 1) for n in (256, 512) for d in (0.0, 0.25, 0.5, 0.75, 1.0)
     ]
     signal = result["order_signal"]
-    assert signal["difference"] == 0.0 and signal["far_loss_project"] == signal["far_loss_baseline"]
+    # the same documents scored twice: equal up to the CPU kernels' last bits (CI once saw 6.6e-9;
+    # the model's losses are ~7.6, and a wrong pairing of segments moves them by far more)
+    assert signal["difference"] == pytest.approx(0.0, abs=1e-6)
+    assert signal["far_loss_project"] == pytest.approx(signal["far_loss_baseline"], abs=1e-6)
     assert signal["tokens_project"] == 4 * 512 + 188  # positions >= 512 of the 1024s and the 700
     for name in ("per_position_loss.png", "context_gain.png", "passkey.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
