@@ -41,14 +41,17 @@ mkdir -p "$WORK/jobs" "$WORK/runs" "$WORK/data" "$RESULTS" "$OUT"
 # what earlier machines measured (committed) is not measured again
 [ "$SMOKE" = 1 ] || cp -rn "$SEED/." "$RESULTS/" 2>/dev/null
 
-model() {  # model SHAPE -> the folder of a random-initialised model of that shape (built once)
-  local dir=$WORK/model-$1 name
-  case $1 in
+model() {  # model SHAPE[lN] -> the folder of a random-initialised model of that shape (built once);
+  # a trailing lN keeps the shape's widths at N layers (8bl8: the 8B shape, 8 layers)
+  local dir=$WORK/model-$1 name base=$1 layers=""
+  if [[ $1 =~ ^(.+)l([0-9]+)$ ]]; then base=${BASH_REMATCH[1]} layers=${BASH_REMATCH[2]}; fi
+  case $base in
     1b) name=llama-3.2-1b ;; 8b) name=llama-3.1-8b ;; q8b) name=qwen3-8b ;;
     qtiny) name=qwen3-tiny ;; tiny*) name=tiny ;;
   esac
   if [ ! -f "$dir/.done" ]; then
-    $PY -m train.random_model --shape "$name" --tokenizer "$TOK" --out "$dir" >&2 && touch "$dir/.done"
+    $PY -m train.random_model --shape "$name" --tokenizer "$TOK" --out "$dir" \
+      ${layers:+--num-layers "$layers"} >&2 && touch "$dir/.done"
   fi
   mkdir -p "$RESULTS/config-$1" && cp "$dir/config.json" "$RESULTS/config-$1/"
   echo "$dir"

@@ -13,6 +13,12 @@
 #   max-8b-524288    the longest: 32 x 4 GiB of checkpoints do not fit the host, so the plan
 #                    keeps the first layers' on the GPU (~15 minutes a step: quadratic attention);
 #   maxp-q8b-262144  the Qwen3-8B shape (36 layers, QK-norm) as maxp-8b-262144.
+#   maxp-8bl8-524288, bare-8bl8-524288, then maxp-8bl8-262144, bare-8bl8-262144
+#                    the launcher against bare Unsloth at >= 500K, where bare Unsloth cannot run
+#                    the full depth on this host (it offloads all 32 layers: 128 GiB): the 8B
+#                    shape's widths at 8 layers (32 GiB offloaded, page-locked on both paths),
+#                    one document a row; the 262,144 pair ties this proxy to the full depth's
+#                    ratio there (maxp-8b-262144 / bare-8b-262144 = 1.084, session 7).
 # keep-8b-131072's first result (before-keeper/) shows the kept layers lost: the Trainer re-armed
 # every layer when train() began; train.launch now sets them again then (make_checkpoint_keeper).
 # benchmarks/results/one_gpu.json is written by `benchmarks/one_gpu.py` from the results only.
@@ -35,9 +41,9 @@ SMOKE=${ONE_GPU_SMOKE:-0} BUDGET_S=${ONE_GPU_BUDGET_S:-560} GPU_ONLY=${ONE_GPU_O
 # shellcheck source=benchmarks/gpu_runs.sh
 source benchmarks/gpu_runs.sh
 if [ "$SMOKE" = 1 ]; then
-  B=tiny Q=qtiny L1=512 L2=1024 L3=2048 KEEP_GIB=16.0001 JOB_TIMEOUT_S=600 BARE=0
+  B=tiny Q=qtiny P=tinyl1 L1=512 L2=1024 L3=2048 KEEP_GIB=16.0001 JOB_TIMEOUT_S=600 BARE=0
 else
-  B=8b Q=q8b L1=131072 L2=262144 L3=524288 KEEP_GIB=24 JOB_TIMEOUT_S=${ONE_GPU_JOB_TIMEOUT_S:-1500} BARE=1
+  B=8b Q=q8b P=8bl8 L1=131072 L2=262144 L3=524288 KEEP_GIB=24 JOB_TIMEOUT_S=${ONE_GPU_JOB_TIMEOUT_S:-1500} BARE=1
   GPU_MEMORY_GIB=140
 fi
 DOC_TOKENS=0  # each run passes its own: one document a row
@@ -59,6 +65,10 @@ drive() {
   [ "$BARE" = 1 ] && bare_job 0 "$B" bare "$L2" 1 "$L2" "--load-in-4bit --lora-r 32 --tiled-mlp"
   job 0 "$B" max "$L3" 1 "$L3"
   job 0 "$Q" maxp "$L2" 1 "$L2"
+  for L in "$L3" "$L2"; do  # the reduced-depth pairs: launcher, then bare Unsloth, same row
+    job 0 "$P" maxp "$L" 1 "$L"
+    [ "$BARE" = 1 ] && bare_job 0 "$P" bare "$L" 1 "$L" "--load-in-4bit --lora-r 32 --tiled-mlp"
+  done
   echo "[$(date +%H:%M:%S)] all runs done"
 }
 

@@ -413,6 +413,30 @@ def test_qwen3_shapes_build_qwen3_models(tmp_path, qwen3_dir):
     assert abs(big.n_params / 1e9 - 8.19) < 0.01
 
 
+def test_num_layers_builds_a_shallower_model_of_the_same_widths(tmp_path, qwen3_dir):
+    """--num-layers changes the depth only (benchmarks/one_gpu.sh's 8B-wide proxy at 524,288
+    tokens); 0 layers is refused up front, naming the flag."""
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    cli = [sys.executable, "-m", "train.random_model", "--shape", "qwen3-tiny"]
+    cli += ["--tokenizer", qwen3_dir]
+    done = subprocess.run([*cli, "--out", tmp_path / "m", "--num-layers", "1"], capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["num_hidden_layers"] == 1
+    assert {k: cfg[k] for k in ("hidden_size", "intermediate_size", "num_attention_heads")} == {
+        k: SHAPES["qwen3-tiny"][k]
+        for k in ("hidden_size", "intermediate_size", "num_attention_heads")
+    }
+    assert len(AutoModelForCausalLM.from_pretrained(tmp_path / "m").model.layers) == 1
+    bad = subprocess.run([*cli, "--out", tmp_path / "z", "--num-layers", "0"], capture_output=True)
+    assert bad.returncode == 2 and b"--num-layers 0" in bad.stderr
+    assert not (tmp_path / "z").exists()
+
+
 def test_a_dry_run_does_not_keep_layers_for_this_machines_ram(monkeypatch):
     """The plan may be made on another machine than the one that trains: without
     --host-memory-gib a dry run plans every layer offloaded and warns about this machine's RAM

@@ -17,7 +17,9 @@ a 16,384-token vocabulary, e.g. from ``python -m train.tokenizer``):
 embeddings, 8.19B parameters with Qwen3's vocabulary); ``qwen3-tiny`` the same family for tests.
 
 ``--max-position-embeddings`` and ``--rope-theta`` override a shape's values (e.g. a 1-2K stage-1
-pretraining window with a smaller theta).
+pretraining window with a smaller theta); ``--num-layers`` its depth, widths kept (e.g. the 8B
+shape with 8 layers, whose offloaded checkpoints a 126 GiB host holds at 524,288 tokens where the
+full 32 layers' 128 GiB do not: ``benchmarks/one_gpu.sh``).
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ def build(
     *,
     max_position_embeddings: int | None = None,
     rope_theta: float | None = None,
+    num_layers: int | None = None,
 ) -> Path:
     import torch
     from tokenizers import Tokenizer
@@ -139,6 +142,10 @@ def build(
         values["max_position_embeddings"] = max_position_embeddings
     if rope_theta is not None:
         values["rope_theta"] = rope_theta
+    if num_layers is not None:
+        if num_layers < 1:
+            raise ValueError(f"--num-layers {num_layers}: a model needs at least one layer")
+        values["num_hidden_layers"] = num_layers
     family = values.pop("model_type", "llama")
     config_cls, model_cls = (
         (Qwen3Config, Qwen3ForCausalLM) if family == "qwen3" else (LlamaConfig, LlamaForCausalLM)
@@ -183,7 +190,16 @@ def main(argv=None) -> None:
     p.add_argument(
         "--rope-theta", type=float, default=None, help="RoPE base (default: the shape's)"
     )
+    p.add_argument(
+        "--num-layers",
+        type=int,
+        default=None,
+        help="decoder layers (default: the shape's); the shape's widths at a smaller depth, "
+        "e.g. an 8B-wide model whose offloaded checkpoints fit a host that the full depth's do not",
+    )
     a = p.parse_args(argv)
+    if a.num_layers is not None and a.num_layers < 1:
+        p.error(f"--num-layers {a.num_layers}: a model needs at least one layer")
     print(
         build(
             a.shape,
@@ -192,6 +208,7 @@ def main(argv=None) -> None:
             a.seed,
             max_position_embeddings=a.max_position_embeddings,
             rope_theta=a.rope_theta,
+            num_layers=a.num_layers,
         )
     )
 
