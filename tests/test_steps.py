@@ -461,10 +461,10 @@ def test_tokenize_stores_ids_that_decode_to_the_text(tmp_path, qwen3_dir, qwen3)
     doc = TextDocument("book/a", "book", "a.txt", [BOOK_TEXT])
     staging = str(tmp_path / "staging")
     with _pipeline() as p:
-        docs = p | beam.Create([doc]) | Tokenize(config, staging)
+        batches = p | beam.Create([doc]) | Tokenize(config, staging)
         assert_that(
-            docs | beam.Map(lambda d: (d.doc_id, d.reused, d.n_tokens > 0)),
-            equal_to([("book/a", False, True)]),
+            batches | beam.Map(lambda b: [(d.doc_id, d.reused, d.n_tokens > 0) for d in b]),
+            equal_to([[("book/a", False, True)]]),
         )
     path = token_store.path_for(staging, "book/a")
     ids = np.fromfile(path, dtype="<i4")
@@ -489,20 +489,33 @@ def _tokenized(doc_id: str, n: int, tokens_path: str = "") -> TokenizedDocument:
 
 
 def test_plan_samples_windows_packs_and_holds_out_whole_documents():
-    docs = [_tokenized("long", 10), _tokenized("short", 3), _tokenized("mid", 5)]
+    # two batches, as the tokenize step gives them: the plan comes back a batch at a time,
+    # keyed by the batch's first document
+    batches = [[_tokenized("long", 10), _tokenized("short", 3)], [_tokenized("mid", 5)]]
     settings = PlanSettings(seq_len=4, overlap=1, samples_per_shard=2)
     with _pipeline() as p:
-        planned = p | beam.Create(docs) | PlanSamples(settings)
+        planned = p | beam.Create(batches) | PlanSamples(settings)
         pieces = planned[MAIN] | "Pieces" >> beam.Map(
-            lambda kv: (kv[0], sorted((a.start, a.length, a.split) for a in kv[1][1]))
+            lambda kv: (
+                kv[0],
+                {
+                    d: sorted((a.start, a.length, a.split) for a in got)
+                    for d, got in kv[1][1].items()
+                },
+            )
         )
         assert_that(
             pieces,
             equal_to(
                 [
-                    ("long", [(0, 4, "train"), (3, 4, "train"), (6, 4, "train")]),
-                    ("mid", [(0, 4, "train"), (3, 2, "train")]),
-                    ("short", [(0, 3, "train")]),
+                    (
+                        "long",
+                        {
+                            "long": [(0, 4, "train"), (3, 4, "train"), (6, 4, "train")],
+                            "short": [(0, 3, "train")],
+                        },
+                    ),
+                    ("mid", {"mid": [(0, 4, "train"), (3, 2, "train")]}),
                 ]
             ),
             label="Pieces",
@@ -514,9 +527,9 @@ def test_plan_samples_windows_packs_and_holds_out_whole_documents():
         )
     held_out = PlanSettings(seq_len=4, overlap=1, samples_per_shard=2, eval_fraction=0.3)
     with _pipeline() as p:
-        planned = p | beam.Create(docs) | PlanSamples(held_out)
-        splits = planned[MAIN] | "Splits" >> beam.Map(
-            lambda kv: (kv[0], sorted({a.split for a in kv[1][1]}))
+        planned = p | beam.Create(batches) | PlanSamples(held_out)
+        splits = planned[MAIN] | "Splits" >> beam.FlatMap(
+            lambda kv: [(d, sorted({a.split for a in got})) for d, got in kv[1][1].items()]
         )
         # sha256 of "0|long", "0|mid", "0|short": 33bd.., 6f9a.., 846d..: long comes first
         # and its 10 of 18 tokens reach 0.3, so long alone is held out, whole
@@ -535,9 +548,9 @@ def test_cut_and_write_shards_put_each_token_in_its_sample(tmp_path):
         docs.append(_tokenized(doc_id, n, path))
     settings = PlanSettings(seq_len=4, samples_per_shard=8)
     with _pipeline() as p:
-        tokenized = p | beam.Create(docs)
+        tokenized = p | beam.Create([docs])  # one batch of two documents
         planned = tokenized | PlanSamples(settings)
-        keyed = tokenized | beam.Map(lambda d: (d.doc_id, d))
+        keyed = tokenized | beam.Map(lambda batch: (batch[0].doc_id, batch))
         cut = {"doc": keyed, "plan": planned[MAIN]} | CutSegments()
         stats = cut[MAIN] | WriteShards(staging, "arrow", 4)
         assert_that(
@@ -546,8 +559,8 @@ def test_cut_and_write_shards_put_each_token_in_its_sample(tmp_path):
             label="Stats",
         )
         assert_that(
-            cut[DOCUMENTS] | beam.Map(lambda r: (r["doc_id"], r["n_segments"])),
-            equal_to([("a", 2), ("b", 1)]),
+            cut[DOCUMENTS] | beam.Map(lambda rows: [(r["doc_id"], r["n_segments"]) for r in rows]),
+            equal_to([[("a", 2), ("b", 1)]]),
             label="Rows",
         )
     with pa.OSFile(f"{staging}/shards/train-00000-of-00001.arrow") as fh:
@@ -729,9 +742,9 @@ def test_read_step_tokenizes_long_documents_early_and_the_tokenize_step_uses_the
         | beam.Create(sources)
         | ReadDocuments(config.read_settings, dedup=True, early=(config, staging, None))
     )
-    docs = read[MAIN] | Tokenize(config, staging, early=True)
+    batches = read[MAIN] | Tokenize(config, staging, early=True)
     assert_that(
-        docs | beam.Map(lambda d: d.doc_id),
+        batches | beam.FlatMap(lambda batch: [d.doc_id for d in batch]),
         equal_to(
             [
                 "book/austen-pride-and-prejudice",
@@ -764,7 +777,7 @@ def test_tokenize_step_without_an_early_entry_tokenizes_itself(tmp_path, qwen3_d
         | beam.Create([TextDocument("book/a", "book", "a.txt", [text])])
         | Tokenize(config, staging, early=True)
     )
-    assert_that(docs | beam.Map(lambda d: d.n_tokens > 30000), equal_to([True]))
+    assert_that(docs | beam.Map(lambda b: [d.n_tokens > 30000 for d in b]), equal_to([[True]]))
     result = p.run()
     result.wait_until_finish()
     assert _counter(result, "documents_early") == 0
@@ -815,14 +828,16 @@ def test_tokenize_step_batches_short_documents_and_loses_none(tmp_path, qwen3_di
     where = tmp_path / "where.json"  # each document's place in the store, as the step said
 
     def keep(out):
-        rows = [(d.doc_id, d.tokens_path, d.tokens_offset, d.n_tokens) for d in out]
-        where.write_text(json.dumps(rows))
+        rows = [(d.doc_id, d.tokens_path, d.tokens_offset, d.n_tokens) for b in out for d in b]
+        where.write_text(json.dumps([rows, [len(b) for b in out]]))
 
     with _pipeline() as p:
         out = p | beam.Create(docs) | Tokenize(config, staging, early=True)
         assert_that(out, keep)
-    rows = json.loads(where.read_text())
+    rows, sizes = json.loads(where.read_text())
     assert sorted(r[0] for r in rows) == sorted(d.doc_id for d in docs)
+    # a batch goes on as one element (the steps after pay per element, not per record)
+    assert sorted(sizes) == [44, BATCH_DOCS]
     tok = load_tokenizer(str(qwen3_dir), False)
     by_id = {d.doc_id: d for d in docs}
     for doc_id, path, offset, n_tokens in rows:
@@ -863,9 +878,11 @@ def test_windows_of_a_long_book_are_scored_by_the_tokenize_step(tmp_path, books_
             read = p | beam.Create(sources) | ReadDocuments(ReadSettings(), dedup=False)
             tokenized = read[MAIN] | Tokenize(config, staging, cache_dir=cache_dir)
             planned = tokenized | PlanSamples(PlanSettings(seq_len=seq_len, samples_per_shard=8))
-            keyed = tokenized | beam.Map(lambda d: (d.doc_id, d))
+            keyed = tokenized | beam.Map(lambda batch: (batch[0].doc_id, batch))
             cut = {"doc": keyed, "plan": planned[MAIN]} | CutSegments()
-            refs = cut[MAIN] | beam.Map(lambda kv: (kv[1].start, kv[1].length, kv[1].score))
+            refs = cut[MAIN] | beam.FlatMap(
+                lambda kv: [(r.start, r.length, r.score) for r in kv[1]]
+            )
             assert_that(refs, check)
 
     cache_dir = str(tmp_path / "cache")
@@ -956,13 +973,53 @@ def test_a_plan_segment_past_its_document_stops_the_cut(tmp_path):
 
     doc = TokenizedDocument("docs/r/1", "book", "r.jsonl", [], 10, "", 10, "/s/t.bin", 40)
     fits = Assignment(sample=0, slot=0, start=4, length=6, shard=0)
-    out = list(
-        CutSegmentsFn().process(("docs/r/1", {"doc": [doc], "plan": [({"train": 1}, [fits])]}))
-    )
-    (_, (_, ref)), (_, row) = out
+
+    def cut(assignments):
+        plan = ({"train": 1}, {"docs/r/1": assignments})
+        return list(CutSegmentsFn().process(("docs/r/1", {"doc": [[doc]], "plan": [plan]})))
+
+    (_, (_, [ref])), (_, [row]) = cut([fits])
     assert (ref.start, ref.length, ref.tokens_offset) == (4, 6, 40) and row["n_segments"] == 1
     past = Assignment(sample=0, slot=0, start=4, length=7, shard=0)
     with pytest.raises(RuntimeError, match="passes its 10 tokens"):
-        list(
-            CutSegmentsFn().process(("docs/r/1", {"doc": [doc], "plan": [({"train": 1}, [past])]}))
-        )
+        cut([past])
+
+
+def test_the_cut_keeps_a_batch_together_and_skips_its_left_out_documents():
+    """The tokenize step's batch of short records goes through the join and the cut as one
+    element: the cut gives one list of references per shard the batch reaches and one list of
+    documents.arrow rows, for the documents the plan kept (a document left out by --mix gets
+    neither); a plan naming a document the batch lacks is a wiring bug, stopped here."""
+    from pipeline.steps.plan import CutSegmentsFn
+    from transforms.samples.plan import Assignment
+
+    batch = [
+        TokenizedDocument(f"docs/r/{i}", "book", "r.jsonl", [], 5, "", 5, "/s/t.bin", 5 * i)
+        for i in range(3)
+    ]
+    plan = {
+        "docs/r/0": [Assignment(sample=0, slot=0, start=0, length=5, shard=0)],
+        "docs/r/2": [
+            Assignment(sample=1, slot=0, start=0, length=3, shard=1),
+            Assignment(sample=2, slot=0, start=3, length=2, shard=0, split="validation"),
+        ],
+    }
+    shards = {"train": 2, "validation": 1}
+    grouped = {"doc": [batch], "plan": [(shards, plan)]}
+    out = list(CutSegmentsFn().process(("docs/r/0", grouped)))
+    refs = {
+        key: [(r.doc_id, r.start, r.tokens_offset) for r in got] for tag, (key, got) in out[:-1]
+    }
+    assert [tag for tag, _ in out] == [MAIN, MAIN, MAIN, DOCUMENTS]
+    assert refs == {
+        ("train", 0, 2): [("docs/r/0", 0, 0)],
+        ("train", 1, 2): [("docs/r/2", 0, 10)],
+        ("validation", 0, 1): [("docs/r/2", 3, 10)],
+    }
+    assert [(r["doc_id"], r["n_segments"]) for r in out[-1][1]] == [
+        ("docs/r/0", 1),
+        ("docs/r/2", 2),
+    ]
+    stray = {"doc": [batch[:2]], "plan": [(shards, plan)]}
+    with pytest.raises(RuntimeError, match="docs/r/2"):
+        list(CutSegmentsFn().process(("docs/r/0", stray)))

@@ -20,6 +20,12 @@ windows and path; CutSegments and WriteShards move references (``SegmentRef``), 
 WriteShards reads the slices back while it streams each shard one record batch at a time. What
 the runner buffers between steps is therefore a few hundred bytes per piece, whatever the
 corpus size.
+
+What travels is a batch at a time: Tokenize emits the documents of one tokenizer call as one
+list (up to 256 short records; a long document alone), PlanSamples plans and CutSegments joins
+and cuts a batch as one element (keyed by its first document's id), and CutSegments gives one
+list of references per shard and one list of documents.arrow rows per batch. The runner's cost
+is per element at every step (~10-60 us), so a corpus of many short records pays it per batch.
 """
 
 from __future__ import annotations
@@ -127,7 +133,8 @@ class BuildDataset(beam.PTransform):
         planned = docs | "PlanSamples" >> PlanSamples(
             config.plan_settings, self.plot_path, side_inputs, gather
         )
-        keyed_docs = docs | "KeyDocs" >> beam.Map(lambda d: (d.doc_id, d))
+        # a batch of documents keyed by its first document's id (pipeline/steps/plan.py)
+        keyed_docs = docs | "KeyDocs" >> beam.Map(lambda batch: (batch[0].doc_id, batch))
         cut = {"doc": keyed_docs, "plan": planned[MAIN]} | "CutSegments" >> CutSegments()
         shard_stats = cut[MAIN] | "WriteShards" >> WriteShards(
             staging, config.shard_format, config.seq_len, runner.partitions

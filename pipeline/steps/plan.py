@@ -3,8 +3,12 @@
 ``PlanSamples`` gathers one small ``DocInfo`` per document (no tokens) into a single list and
 plans every sample at once (``transforms/samples/plan.py``), and writes what the report's plots
 are drawn from to the staging folder at once (drawn while the rest runs); ``CutSegments``
-joins each document with its assignments and emits segment references keyed by shard, plus
-its documents.arrow row.
+joins each batch of documents with its assignments and emits segment references keyed by
+shard, plus the batch's documents.arrow rows.
+
+Both take the tokenize step's batches (lists of TokenizedDocument s: a batch of short records
+encoded together, or one document) and keep them together: a batch is keyed by its first
+document's id (ids are unique in a run), so the join and the cut handle one element per batch.
 """
 
 from __future__ import annotations
@@ -70,16 +74,27 @@ def write_plot_data(path: str, infos: list[DocInfo], plan) -> None:
         _LOG.debug("the plots' data was not written ahead (%s: %s)", type(err).__name__, err)
 
 
-def plan_to_assignments(infos: list[DocInfo], settings: PlanSettings, plot_path: str | None = None):
-    """Whole-corpus plan -> ``(MAIN, (doc_id, (shards by split, [Assignment...])))`` per kept
-    document, ``(REJECTS, Reject)`` per document left out, and one ``(SUMMARY, dict)``; the
-    plots' data to ``plot_path`` (:func:`write_plot_data`) first, where given."""
+def doc_infos(batch: list[TokenizedDocument]) -> list[DocInfo]:
+    return [doc_info(d) for d in batch]
+
+
+def plan_to_assignments(
+    batches: list[list[DocInfo]], settings: PlanSettings, plot_path: str | None = None
+):
+    """Whole-corpus plan of the batches' documents -> ``(MAIN, (key, (shards by split,
+    {doc_id: [Assignment...]})))`` per batch with a kept document (``key``: its first
+    document's id), ``(REJECTS, Reject)`` per document left out, and one ``(SUMMARY, dict)``;
+    the plots' data to ``plot_path`` (:func:`write_plot_data`) first, where given."""
+    infos = [info for batch in batches for info in batch]
     plan = plan_samples(infos, settings)
     if plot_path:
         write_plot_data(plot_path, infos, plan)
     Metrics.counter(NAMESPACE, "samples").inc(plan.n_samples)
-    for doc_id, assignments in plan.by_doc.items():
-        yield MAIN, (doc_id, (plan.shards, assignments))
+    by_doc = plan.by_doc
+    for batch in batches:
+        kept = {i.doc_id: by_doc[i.doc_id] for i in batch if i.doc_id in by_doc}
+        if kept:
+            yield MAIN, (batch[0].doc_id, (plan.shards, kept))
     for reject in plan.left_out:
         Metrics.counter(NAMESPACE, f"rejects_{reject.reason}").inc()
         yield REJECTS, reject
@@ -96,7 +111,8 @@ def plan_to_assignments(infos: list[DocInfo], settings: PlanSettings, plot_path:
 
 
 class PlanSamples(beam.PTransform):
-    """TokenizedDocument s -> ``{MAIN: (doc_id, plan), REJECTS: left out, SUMMARY: dict}``."""
+    """Batches of TokenizedDocument s -> ``{MAIN: (batch key, plan), REJECTS: left out,
+    SUMMARY: dict}``."""
 
     def __init__(
         self,
@@ -113,7 +129,7 @@ class PlanSamples(beam.PTransform):
     def expand(self, docs):
         return (
             docs
-            | "DocInfo" >> beam.Map(doc_info)
+            | "DocInfo" >> beam.Map(doc_infos)
             | "CollectInfos" >> Collect(self.with_side_inputs, self.gather)
             | "Plan"
             >> beam.FlatMap(plan_to_assignments, settings=self.settings, plot_path=self.plot_path)
@@ -122,19 +138,39 @@ class PlanSamples(beam.PTransform):
 
 
 class CutSegmentsFn(beam.DoFn):
-    """(doc_id, {doc, plan}) -> segment references keyed by ``(split, shard, n_shards)``, plus
-    the document's documents.arrow row."""
+    """(batch key, {doc: [batch], plan: [(shards, {doc_id: assignments})]}) -> lists of
+    segment references keyed by ``(split, shard, n_shards)`` (one list per shard the batch
+    reaches), plus the list of the batch's documents.arrow rows (its kept documents)."""
 
     def process(self, element):
-        doc_id, grouped = element
-        docs, plans = list(grouped["doc"]), list(grouped["plan"])
-        if len(docs) != 1 or len(plans) > 1:
+        key, grouped = element
+        batches, plans = list(grouped["doc"]), list(grouped["plan"])
+        if len(batches) != 1 or len(plans) > 1:
             raise RuntimeError(
-                f"document {doc_id}: {len(docs)} token arrays and {len(plans)} plans"
+                f"batch of document {key}: {len(batches)} batches and {len(plans)} plans"
             )
-        if not plans:  # left out by --mix / --min-dependency-score: listed in rejects.jsonl
+        if not plans:  # all left out by --mix / --min-dependency-score: in rejects.jsonl
             return
-        doc, (shards, assignments) = docs[0], plans[0]
+        (shards, by_doc), batch = plans[0], batches[0]
+        unknown = set(by_doc) - {doc.doc_id for doc in batch}
+        if unknown:
+            raise RuntimeError(f"batch of document {key}: plans for {sorted(unknown)[:3]}")
+        refs: dict[tuple, list[SegmentRef]] = {}
+        rows = []
+        for doc in batch:
+            assignments = by_doc.get(doc.doc_id)
+            if assignments is None:  # left out: listed in rejects.jsonl
+                continue
+            self._cut(doc, shards, assignments, refs)
+            rows.append(document_row(doc, len(assignments)))
+        for shard, shard_refs in refs.items():
+            yield MAIN, (shard, shard_refs)
+        if rows:
+            yield DOCUMENTS, rows
+
+    @staticmethod
+    def _cut(doc: TokenizedDocument, shards: dict, assignments, refs: dict) -> None:
+        doc_id = doc.doc_id
         for a in assignments:
             # a segment past the document's end would read the next document's ids, in a
             # batch's file of the token store: a plan that gives one is a bug, stopped here
@@ -156,13 +192,12 @@ class CutSegmentsFn(beam.DoFn):
                 a.context,
                 doc.tokens_offset,
             )
-            yield MAIN, ((a.split, a.shard, shards[a.split]), ref)
-        yield DOCUMENTS, document_row(doc, len(assignments))
+            refs.setdefault((a.split, a.shard, shards[a.split]), []).append(ref)
 
 
 class CutSegments(beam.PTransform):
-    """``{"doc": (doc_id, TokenizedDocument), "plan": (doc_id, plan)}`` -> ``{MAIN: keyed
-    segment references, DOCUMENTS: rows}``."""
+    """``{"doc": (batch key, [TokenizedDocument...]), "plan": (batch key, plan)}`` -> ``{MAIN:
+    lists of segment references keyed by shard, DOCUMENTS: lists of rows}``."""
 
     def expand(self, joined):
         return (

@@ -76,7 +76,8 @@ class ahead:  # noqa: N801 - used as a context manager, like open()
 
 
 class WriteShardFn(beam.DoFn):
-    """((split, shard, n_shards), segment references) -> one shard file in the staging folder,
+    """((split, shard, n_shards), lists of segment references: one per batch of documents
+    cut) -> one shard file in the staging folder,
     written one record batch (about 64 MiB of ids) at a time from the token store, the next
     batch made while the last is written; yields its stats (path, split, rows, tokens, sha256,
     sample_tokens)."""
@@ -87,7 +88,8 @@ class WriteShardFn(beam.DoFn):
     def process(self, element):
         from pipeline.output import rows_per_batch, write_tables
 
-        (split, shard, n_shards), refs = element
+        (split, shard, n_shards), lists = element
+        refs = [ref for refs_of_batch in lists for ref in refs_of_batch]
         sample_tokens: list[int] = []
 
         def tables():
@@ -127,7 +129,8 @@ def _json_bytes(obj) -> bytes:
 
 
 class WriteShards(beam.PTransform):
-    """Keyed segment references -> shard files in the staging folder; returns each shard's
+    """Lists of segment references keyed by shard -> shard files in the staging folder;
+    returns each shard's
     stats (one dict a shard, for :class:`WriteRunFiles`)."""
 
     def __init__(self, staging: str, fmt: str, seq_len: int, spread: int | None = None):
@@ -156,7 +159,8 @@ RUN_FILES = {
 
 
 def write_run_files(tagged: list[tuple[str, object]], staging: str) -> list[str]:
-    """``(tag, element)`` pairs, all of a run's -> its whole-corpus files in ``staging``:
+    """``(tag, element)`` pairs, all of a run's (a DOCUMENTS element: a list of rows) -> its
+    whole-corpus files in ``staging``:
     the shard stats (sorted by path), documents.arrow (sorted by doc_id), rejects.jsonl
     (sorted lines) and the plan summary (exactly one). A tag with no element still gets its
     file (no documents: an empty table). Returns the paths written."""
@@ -169,7 +173,7 @@ def write_run_files(tagged: list[tuple[str, object]], staging: str) -> list[str]
 
     paths = {tag: FileSystems.join(staging, name) for tag, name in RUN_FILES.items()}
     write_bytes(paths[STATS], _json_bytes(sorted(parts[STATS], key=lambda s: s["path"])))
-    documents = build_document_table(parts[DOCUMENTS])
+    documents = build_document_table([row for rows in parts[DOCUMENTS] for row in rows])
     write_tables([documents], DOCUMENT_SCHEMA, paths[DOCUMENTS], "arrow")
     lines = sorted(json.dumps(r.to_json_dict(), ensure_ascii=False) for r in parts[REJECTS])
     write_bytes(paths[REJECTS], "".join(line + "\n" for line in lines).encode("utf-8"))
