@@ -130,9 +130,7 @@ class BuildDataset(beam.PTransform):
         )
         # what the tokenize step passes on is small (references, windows): in one partition
         docs = tokenized | "Gather" >> Repartition(1) if gather else tokenized
-        planned = docs | "PlanSamples" >> PlanSamples(
-            config.plan_settings, self.plot_path, side_inputs, gather
-        )
+        planned = docs | "PlanSamples" >> PlanSamples(config.plan_settings, self.plot_path, gather)
         # a batch of documents keyed by its first document's id (pipeline/steps/plan.py)
         keyed_docs = docs | "KeyDocs" >> beam.Map(lambda batch: (batch[0].doc_id, batch))
         cut = {"doc": keyed_docs, "plan": planned[MAIN]} | "CutSegments" >> CutSegments()
@@ -148,4 +146,4 @@ class BuildDataset(beam.PTransform):
             DOCUMENTS: cut[DOCUMENTS],
             REJECTS: (read[REJECTS], planned[REJECTS], discovery),
             SUMMARY: planned[SUMMARY],
-        } | "WriteRunFiles" >> WriteRunFiles(staging, side_inputs, gather)
+        } | "WriteRunFiles" >> WriteRunFiles(staging, gather)

@@ -118,19 +118,17 @@ class PlanSamples(beam.PTransform):
         self,
         settings: PlanSettings,
         plot_path: str | None = None,
-        side_inputs: bool = True,
         gather: bool = False,
     ):
         super().__init__()
         self.settings, self.plot_path = settings, plot_path
-        self.with_side_inputs = side_inputs  # False: none (Collect)
         self.gather = gather  # DaskRunner: collect in one partition (Collect)
 
     def expand(self, docs):
         return (
             docs
             | "DocInfo" >> beam.Map(doc_infos)
-            | "CollectInfos" >> Collect(self.with_side_inputs, self.gather)
+            | "CollectInfos" >> Collect(self.gather)
             | "Plan"
             >> beam.FlatMap(plan_to_assignments, settings=self.settings, plot_path=self.plot_path)
             | "SplitPlan" >> SplitTagged(MAIN, REJECTS, SUMMARY)

@@ -191,10 +191,9 @@ class WriteRunFiles(beam.PTransform):
     which depends on every other, is also what Beam 2.77's DaskRunner needs at the end (it
     computes only the graph of the pipeline's last transform)."""
 
-    def __init__(self, staging: str, side_inputs: bool = True, gather: bool = False):
+    def __init__(self, staging: str, gather: bool = False):
         super().__init__()
         self.staging = staging
-        self.with_side_inputs = side_inputs  # False: none (Collect)
         self.gather = gather  # DaskRunner: collect in one partition (Collect)
 
     def expand(self, parts: dict):
@@ -208,6 +207,6 @@ class WriteRunFiles(beam.PTransform):
         return (
             tagged
             | "AllParts" >> beam.Flatten()
-            | "CollectParts" >> Collect(self.with_side_inputs, self.gather)
+            | "CollectParts" >> Collect(self.gather)
             | "WriteFiles" >> beam.Map(write_run_files, self.staging)
         )
