@@ -917,7 +917,7 @@ PHASES = [  # (label, runs as)
     ("token store writes", "per document (all workers)"),
     ("tokenize step, other", "per document (all workers)"),
     ("plan: whole-corpus packing", "once, in one process"),
-    ("cut segments", "per document (all workers)"),
+    ("cut segments", "per batch of documents (all workers)"),
     ("write shards", "per shard (parallel up to the shard count)"),
     ("write documents.arrow and rejects", "once, in one process"),
     ("Beam: graph, runner, shuffles", "mostly the runner's own (driver)"),
@@ -966,8 +966,8 @@ def phase_child(out_json: str, argv: list[str]) -> int:
         "cut": _patch([planm.CutSegmentsFn], "process", "cut", _timed_process),
         "shards": _patch([writem.WriteShardFn], "process", "shards", _timed_process),
         "shard_scores": _patch([writem], "dependency_score", "shard_scores"),
-        "documents": _patch([writem], "_write_documents", "documents"),
-        "rejects": _patch([writem], "_write_rejects", "rejects"),
+        # the whole-corpus files (documents.arrow, rejects.jsonl, shard stats, plan summary)
+        "documents": _patch([writem], "write_run_files", "documents"),
     }
     t_run = time.time()
     rc = prun.run(argv)

@@ -156,8 +156,7 @@ def _build_graph(tmp_path, qwen3_dir, side_inputs: bool, grouped=False) -> tuple
 def test_the_graph_for_dask_reads_no_side_input(tmp_path, qwen3_dir):
     """``side_inputs_once=False`` (what the run gives BuildDataset on DaskRunner,
     ``pipeline.runners.runner_traits``): no step of the whole graph reads a side
-    input. The default graph reads some (duplicate removal's drops, the collects), so the check
-    can fail."""
+    input. The default graph reads one (duplicate removal's drops), so the check can fail."""
     assert _build_graph(tmp_path / "a", qwen3_dir, side_inputs=False)[1] == []
     assert _build_graph(tmp_path / "b", qwen3_dir, side_inputs=True)[1] != []
 
@@ -548,7 +547,7 @@ def test_cut_and_write_shards_put_each_token_in_its_sample(tmp_path):
         docs.append(_tokenized(doc_id, n, path))
     settings = PlanSettings(seq_len=4, samples_per_shard=8)
     with _pipeline() as p:
-        tokenized = p | beam.Create([docs])  # one batch of two documents
+        tokenized = p | beam.Create([[d] for d in docs])  # two batches, one shard
         planned = tokenized | PlanSamples(settings)
         keyed = tokenized | beam.Map(lambda batch: (batch[0].doc_id, batch))
         cut = {"doc": keyed, "plan": planned[MAIN]} | CutSegments()
@@ -560,7 +559,7 @@ def test_cut_and_write_shards_put_each_token_in_its_sample(tmp_path):
         )
         assert_that(
             cut[DOCUMENTS] | beam.Map(lambda rows: [(r["doc_id"], r["n_segments"]) for r in rows]),
-            equal_to([[("a", 2), ("b", 1)]]),
+            equal_to([[("a", 2)], [("b", 1)]]),
             label="Rows",
         )
     with pa.OSFile(f"{staging}/shards/train-00000-of-00001.arrow") as fh:
@@ -614,11 +613,14 @@ def test_ahead_makes_one_item_ahead_in_order_and_raises_where_it_is_used():
     assert threading.active_count() == before
 
 
-def test_write_run_files_writes_the_four_files_sorted_from_one_collect(tmp_path):
+@pytest.mark.parametrize("with_documents", [False, True], ids=["no-documents", "two-batches"])
+def test_write_run_files_writes_the_four_files_sorted_from_one_collect(tmp_path, with_documents):
     """The run's whole-corpus files from one last step: every part lands in its own file,
-    sorted, rejects from several producers together, and a part with no element still gets
-    its (empty) file: the finalize step reads all four."""
+    sorted, rejects from several producers together, documents.arrow's rows from every batch's
+    list, and a part with no element still gets its (empty) file: the finalize step reads all
+    four."""
     from pipeline.output import read_table
+    from transforms.samples.tables import document_row
 
     staging = str(tmp_path / "staging")
     os.makedirs(staging)
@@ -630,7 +632,17 @@ def test_write_run_files_writes_the_four_files_sorted_from_one_collect(tmp_path)
     with _pipeline() as p:
         written = {
             STATS: p | "Stats" >> beam.Create(stats),
-            DOCUMENTS: p | "Documents" >> beam.Create([], reshuffle=False),
+            DOCUMENTS: p
+            | "Documents"
+            >> beam.Create(
+                [
+                    [document_row(_tokenized(d, 3), 1) for d in ("b", "c")],
+                    [document_row(_tokenized("a", 5), 2)],
+                ]
+                if with_documents
+                else [],
+                reshuffle=False,
+            ),
             REJECTS: (
                 p | "ReadRejects" >> beam.Create([Reject("/in/z.bin", "binary", "NUL bytes")]),
                 p | "PlanRejects" >> beam.Create([Reject("/in/a.txt", "mix", "left out")]),
@@ -646,7 +658,9 @@ def test_write_run_files_writes_the_four_files_sorted_from_one_collect(tmp_path)
         assert json.load(f) == summary
     with open(os.path.join(staging, "rejects.jsonl")) as f:
         assert [json.loads(line)["path"] for line in f] == ["/in/a.txt", "/in/z.bin"]
-    assert read_table(os.path.join(staging, "documents.arrow")).num_rows == 0
+    rows = read_table(os.path.join(staging, "documents.arrow")).to_pylist()
+    expected = [("a", 5, 2), ("b", 3, 1), ("c", 3, 1)] if with_documents else []
+    assert [(r["doc_id"], r["n_tokens"], r["n_segments"]) for r in rows] == expected
 
 
 def test_write_run_files_refuses_a_missing_part_and_a_second_summary(tmp_path):
@@ -1023,3 +1037,34 @@ def test_the_cut_keeps_a_batch_together_and_skips_its_left_out_documents():
     stray = {"doc": [batch[:2]], "plan": [(shards, plan)]}
     with pytest.raises(RuntimeError, match="docs/r/2"):
         list(CutSegmentsFn().process(("docs/r/0", stray)))
+
+
+def test_an_incremental_rerun_sends_the_reused_records_on_in_batches(
+    tmp_path, qwen3_dir, books_dir
+):
+    """--incremental: on a rerun every short record comes from the cache, not from a tokenizer
+    call; such records go on in lists of BATCH_DOCS too (the last from finish_bundle), so the
+    steps after pay per list, not per record, and none is lost or repeated."""
+    from pipeline.steps.tokenize import BATCH_DOCS
+
+    text = (books_dir / "austen-pride-and-prejudice.txt").read_text(encoding="utf-8")
+    docs = [
+        TextDocument(f"rec/{i}", "book", f"r{i}", [text[i * 500 : i * 500 + 400]])
+        for i in range(BATCH_DOCS + 30)
+    ]
+    config = BuildConfig(tokenizer=str(qwen3_dir), seq_len=512, output=str(tmp_path / "out"))
+    cache_dir = str(tmp_path / "cache")
+    seen = tmp_path / "seen.json"
+
+    def keep(out):
+        seen.write_text(json.dumps([[(d.doc_id, d.reused) for d in batch] for batch in out]))
+
+    for run in ("first", "rerun"):
+        with _pipeline() as p:
+            out = p | beam.Create(docs) | Tokenize(config, str(tmp_path / run), cache_dir=cache_dir)
+            assert_that(out, keep)
+        batches = json.loads(seen.read_text())
+        got = sorted(doc_id for batch in batches for doc_id, _ in batch)
+        assert got == sorted(d.doc_id for d in docs), run
+        assert sorted(len(b) for b in batches) == [30, BATCH_DOCS], run
+        assert {reused for batch in batches for _, reused in batch} == {run == "rerun"}, run

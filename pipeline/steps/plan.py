@@ -8,7 +8,11 @@ shard, plus the batch's documents.arrow rows.
 
 Both take the tokenize step's batches (lists of TokenizedDocument s: a batch of short records
 encoded together, or one document) and keep them together: a batch is keyed by its first
-document's id (ids are unique in a run), so the join and the cut handle one element per batch.
+document's id (ids are unique in a run: the planner refuses a repeated one), so the join and
+the cut handle one element per batch. Both read the tokenize step's one output, as every
+runner computes a collection read twice once; a runner that computed it again for the second
+reader, in other batches, would stop the cut with a mismatch ("plans for ..."), never drop or
+repeat a document.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ def write_plot_data(path: str, infos: list[DocInfo], plan) -> None:
 
 
 def doc_infos(batch: list[TokenizedDocument]) -> list[DocInfo]:
+    """A batch's planner records, in its order (the first one's id keys the batch)."""
     return [doc_info(d) for d in batch]
 
 

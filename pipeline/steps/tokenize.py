@@ -68,20 +68,21 @@ class TokenizeFn(beam.DoFn):
     def start_bundle(self):
         self._batch: list[tuple[TextDocument, str, str | None]] = []
         self._batch_chars = 0
+        self._ready: list[TokenizedDocument] = []  # found in the cache or made early
 
     def process(self, doc: TextDocument):
-        """Documents found in the cache or made early are emitted at once; the others wait in a
-        batch encoded with one tokenizer call (``BATCH_DOCS`` / ``BATCH_CHARS``), flushed when
-        full and at the end of the bundle."""
+        """Documents found in the cache or made early go on in lists of ``BATCH_DOCS``; the
+        others wait in a batch encoded with one tokenizer call (``BATCH_DOCS`` /
+        ``BATCH_CHARS``); both flushed when full and at the end of the bundle."""
         sha = content_sha256(doc)
         key, entry = self._cached(sha)
         if entry is not None:
-            yield [self._emit(doc, sha, key, entry, reused=True)]
+            yield from self._ready_one(self._emit(doc, sha, key, entry, reused=True))
             return
         entry = self._early(doc, sha, key)
         if entry is not None:
             self._store_in_cache(key, entry)
-            yield [self._emit(doc, sha, key, entry, reused=False)]
+            yield from self._ready_one(self._emit(doc, sha, key, entry, reused=False))
             return
         self._batch.append((doc, sha, key))
         self._batch_chars += sum(len(t) for t in doc.texts)
@@ -94,8 +95,21 @@ class TokenizeFn(beam.DoFn):
         from apache_beam.utils.timestamp import MIN_TIMESTAMP
         from apache_beam.utils.windowed_value import WindowedValue
 
-        for out in self._flush():
+        ready, self._ready = self._ready, []
+        for out in (*self._flush(), *([ready] if ready else [])):
             yield WindowedValue(out, MIN_TIMESTAMP, [GlobalWindow()])
+
+    def _ready_one(self, done: TokenizedDocument):
+        """A document made without a tokenizer call here: it goes on in a list with others
+        like it (an ``--incremental`` rerun of many short records: one element a list, not a
+        document), or alone where the runner drops what ``finish_bundle`` emits."""
+        if not self.batch:
+            yield [done]
+            return
+        self._ready.append(done)
+        if len(self._ready) >= BATCH_DOCS:
+            ready, self._ready = self._ready, []
+            yield ready
 
     def _flush(self):
         """The batch encoded with one tokenizer call, its ids stored in one file of the token

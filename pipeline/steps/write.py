@@ -4,6 +4,7 @@ into the run's staging folder."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import queue
 import threading
@@ -76,11 +77,10 @@ class ahead:  # noqa: N801 - used as a context manager, like open()
 
 
 class WriteShardFn(beam.DoFn):
-    """((split, shard, n_shards), lists of segment references: one per batch of documents
-    cut) -> one shard file in the staging folder,
-    written one record batch (about 64 MiB of ids) at a time from the token store, the next
-    batch made while the last is written; yields its stats (path, split, rows, tokens, sha256,
-    sample_tokens)."""
+    """((split, shard, n_shards), lists of segment references, one per batch of documents cut)
+    -> one shard file in the staging folder, written one record batch (about 64 MiB of ids) at
+    a time from the token store, the next batch made while the last is written; yields its
+    stats (path, split, rows, tokens, sha256, sample_tokens)."""
 
     def __init__(self, staging: str, fmt: str, seq_len: int):
         self.staging, self.fmt, self.seq_len = staging, fmt, seq_len
@@ -89,7 +89,7 @@ class WriteShardFn(beam.DoFn):
         from pipeline.output import rows_per_batch, write_tables
 
         (split, shard, n_shards), lists = element
-        refs = [ref for refs_of_batch in lists for ref in refs_of_batch]
+        refs = itertools.chain.from_iterable(lists)  # sorted once, by batches_of_samples
         sample_tokens: list[int] = []
 
         def tables():
@@ -130,8 +130,7 @@ def _json_bytes(obj) -> bytes:
 
 class WriteShards(beam.PTransform):
     """Lists of segment references keyed by shard -> shard files in the staging folder;
-    returns each shard's
-    stats (one dict a shard, for :class:`WriteRunFiles`)."""
+    returns each shard's stats (one dict a shard, for :class:`WriteRunFiles`)."""
 
     def __init__(self, staging: str, fmt: str, seq_len: int, spread: int | None = None):
         super().__init__()
