@@ -14,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import uuid
+import zipfile
 
 import numpy as np
 
@@ -46,11 +48,47 @@ def encode(entry: dict) -> bytes:
 
 
 def decode(data: bytes) -> dict:
-    loaded = np.load(io.BytesIO(data), allow_pickle=False)
-    entry = {k: loaded[k] for k in loaded.files}
+    entry = _plain_arrays(data)
+    if entry is None:  # anything np.savez of plain 1-D or 0-d arrays would not write
+        loaded = np.load(io.BytesIO(data), allow_pickle=False)
+        entry = {k: loaded[k] for k in loaded.files}
     score = float(entry["score"])
     entry["score"] = None if np.isnan(score) else score
     return entry
+
+
+# The header ``np.save`` writes for a plain 1-D or 0-d array (format 1.0), which is what
+# ``encode`` stores: ids, offsets, windows, scores.
+_NPY_MAGIC = b"\x93NUMPY\x01\x00"
+_NPY_HEADER = re.compile(
+    r"\{'descr': '([<|][iuf][1248])', 'fortran_order': False, 'shape': \((\d*),?\), \} *\n\Z"
+)
+
+
+def _plain_arrays(data: bytes) -> dict | None:
+    """The arrays of an entry, read without ``np.load``, whose header parsing (``ast``) was
+    most of a short record's load: 282 -> 92 us an entry on this machine, an ``--incremental``
+    rerun of 100,000 records loading one each. Only the members ``encode`` writes (stored,
+    format 1.0, little-endian numeric, C order, 1-D or 0-d); None for anything else, which
+    ``np.load`` then reads. Arrays come back writable, as ``np.load`` gives them."""
+    out = {}
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        for info in z.infolist():
+            if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
+                return None
+            raw = z.read(info)
+            if raw[:8] != _NPY_MAGIC:
+                return None
+            end = 10 + int.from_bytes(raw[8:10], "little")
+            match = _NPY_HEADER.match(raw[10:end].decode("latin1"))
+            if match is None:
+                return None
+            dtype, length = np.dtype(match[1]), match[2]
+            shape = (int(length),) if length else ()
+            if len(raw) - end != dtype.itemsize * (int(length) if length else 1):
+                return None
+            out[info.filename[:-4]] = np.frombuffer(raw, dtype, offset=end).reshape(shape).copy()
+    return out
 
 
 def write_whole(path: str, data: bytes) -> None:

@@ -101,3 +101,59 @@ def test_damaged_cache_entry_counts_as_tokenized_not_reused(damaged_rerun):
     tokenized again and must be counted so."""
     _, _, _, rerun = damaged_rerun
     assert rerun["incremental"] == {"documents_reused": 2, "documents_tokenized": 1}
+
+
+def test_entries_read_without_np_load_equal_np_loads_and_others_fall_back(
+    tmp_path, books_dir, qwen3
+):
+    """The cache's entries are read by a parser of the plain arrays ``encode`` writes (np.load's
+    header parsing was most of a short record's load). Every array of real entries (a long book
+    with chapters and windows, a short record, a score of None, NaN window scores) comes back
+    as np.load gives it: dtype, shape, values, writable. What ``encode`` never writes (a
+    compressed archive, a 2-D or big-endian array) is read by np.load, the same as before."""
+    import io
+
+    from pipeline import entries
+    from pipeline.config import BuildConfig
+    from transforms.documents import TextDocument
+    from transforms.samples.entries import tokenize_entry
+
+    config = BuildConfig(seq_len=8192, output=str(tmp_path / "out"))
+    text = (books_dir / "austen-pride-and-prejudice.txt").read_text(encoding="utf-8")
+    made = [
+        tokenize_entry(
+            TextDocument("book/a", "book", "a.txt", [text], chapters=[0, 9000]), qwen3, config
+        ),
+        tokenize_entry(TextDocument("docs/r/1", "book", "r.jsonl", [text[:700]]), qwen3, config),
+    ]
+    made.append(dict(made[1], score=None))
+    assert len(made[0]["starts"]) > 10 and np.isnan(made[0]["window_scores"]).any()
+    for entry in made:
+        data = entries.encode(entry)
+        fast = entries._plain_arrays(data)
+        assert fast is not None
+        slow = np.load(io.BytesIO(data), allow_pickle=False)
+        assert sorted(fast) == sorted(slow.files)
+        for name in slow.files:
+            got, want = fast[name], slow[name]
+            assert got.dtype == want.dtype and got.shape == want.shape, name
+            np.testing.assert_array_equal(got, want, err_msg=name)  # NaN where NaN
+            assert got.flags.writeable, name
+        back = entries.decode(data)
+        assert back["score"] == entry["score"]
+        np.testing.assert_array_equal(back["tokens"], entry["tokens"])
+    odd = {
+        "compressed": lambda buf: np.savez_compressed(
+            buf, score=np.float64(1.5), tokens=np.arange(5)
+        ),
+        "2-D": lambda buf: np.savez(buf, score=np.float64(1.5), tokens=np.arange(6).reshape(2, 3)),
+        "big-endian": lambda buf: np.savez(
+            buf, score=np.float64(1.5), tokens=np.arange(5, dtype=">i4")
+        ),
+    }
+    for name, write in odd.items():
+        buf = io.BytesIO()
+        write(buf)
+        assert entries._plain_arrays(buf.getvalue()) is None, name
+        back = entries.decode(buf.getvalue())
+        assert back["score"] == 1.5 and back["tokens"].sum() == 10 + 5 * (name == "2-D"), name

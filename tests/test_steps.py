@@ -757,27 +757,33 @@ def test_read_step_tokenizes_long_documents_early_and_the_tokenize_step_uses_the
         | ReadDocuments(config.read_settings, dedup=True, early=(config, staging, None))
     )
     batches = read[MAIN] | Tokenize(config, staging, early=True)
-    assert_that(
-        batches | beam.FlatMap(lambda batch: [d.doc_id for d in batch]),
-        equal_to(
-            [
-                "book/austen-pride-and-prejudice",
-                "book/carroll-alices-adventures-in-wonderland",
-                "book/short",
-            ]
-        ),
-    )
+    where = tmp_path / "where.json"
+
+    def keep(out):
+        where.write_text(
+            json.dumps(
+                {d.doc_id: (d.tokens_path, d.tokens_offset, d.n_tokens) for b in out for d in b}
+            )
+        )
+
+    assert_that(batches, keep)
     result = p.run()
     result.wait_until_finish()
     assert _counter(result, "documents_early") == 2
     assert _counter(result, "documents_not_early") == 0
     assert _counter(result, "documents_tokenized") == 3
     assert not list((tmp_path / "staging" / early.EARLY_DIR).iterdir())  # each entry taken
+    stored_at = json.loads(where.read_text())
+    assert sorted(stored_at) == [
+        "book/austen-pride-and-prejudice",
+        "book/carroll-alices-adventures-in-wonderland",
+        "book/short",
+    ]
     # the ids stored are those of tokenizing the document directly
     tok = load_tokenizer(str(qwen3_dir), False)
     for item in discover(books=[str(books)])[0]:
         (doc,) = read_source(item, config.read_settings)
-        stored = np.fromfile(token_store.path_for(staging, doc.doc_id), dtype="<i4")
+        stored = token_store.read(*stored_at[doc.doc_id])
         np.testing.assert_array_equal(stored, tokenize_entry(doc, tok, config)["tokens"])
 
 
@@ -1043,9 +1049,11 @@ def test_an_incremental_rerun_sends_the_reused_records_on_in_batches(
     tmp_path, qwen3_dir, books_dir
 ):
     """--incremental: on a rerun every short record comes from the cache, not from a tokenizer
-    call; such records go on in lists of BATCH_DOCS too (the last from finish_bundle), so the
-    steps after pay per list, not per record, and none is lost or repeated."""
+    call; such records go on in lists of BATCH_DOCS too (the last from finish_bundle), their
+    ids in one file of the token store a list, so the steps after pay per list, not per
+    record: none is lost or repeated, and each one's run of its file holds its own ids."""
     from pipeline.steps.tokenize import BATCH_DOCS
+    from transforms.samples.tokenize import encode_document, load_tokenizer
 
     text = (books_dir / "austen-pride-and-prejudice.txt").read_text(encoding="utf-8")
     docs = [
@@ -1057,14 +1065,25 @@ def test_an_incremental_rerun_sends_the_reused_records_on_in_batches(
     seen = tmp_path / "seen.json"
 
     def keep(out):
-        seen.write_text(json.dumps([[(d.doc_id, d.reused) for d in batch] for batch in out]))
+        rows = [
+            [(d.doc_id, d.reused, d.tokens_path, d.tokens_offset, d.n_tokens) for d in b]
+            for b in out
+        ]
+        seen.write_text(json.dumps(rows))
 
     for run in ("first", "rerun"):
         with _pipeline() as p:
             out = p | beam.Create(docs) | Tokenize(config, str(tmp_path / run), cache_dir=cache_dir)
             assert_that(out, keep)
         batches = json.loads(seen.read_text())
-        got = sorted(doc_id for batch in batches for doc_id, _ in batch)
+        got = sorted(row[0] for batch in batches for row in batch)
         assert got == sorted(d.doc_id for d in docs), run
         assert sorted(len(b) for b in batches) == [30, BATCH_DOCS], run
-        assert {reused for batch in batches for _, reused in batch} == {run == "rerun"}, run
+        assert {row[1] for batch in batches for row in batch} == {run == "rerun"}, run
+        assert all(len({row[2] for row in batch}) == 1 for batch in batches), run
+    tok = load_tokenizer(str(qwen3_dir), False)
+    by_id = {d.doc_id: d for d in docs}
+    for batch in batches:
+        for doc_id, _, path, offset, n_tokens in batch:
+            stored = token_store.read(path, offset, n_tokens)
+            np.testing.assert_array_equal(stored, encode_document(by_id[doc_id], tok))

@@ -25,6 +25,9 @@ _LOG = logging.getLogger("longctx")
 # instead of one each (4,000 records of 2 KB: 0.55 s in 4,000 calls, 0.20 s in batches of 256).
 BATCH_DOCS = 256
 BATCH_CHARS = 1 << 20
+# Documents reused from the cache or made early wait to go on together, their ids stored in
+# one file of the token store, up to BATCH_DOCS documents or this many ids (4 MiB)
+READY_TOKENS = 1 << 20
 
 
 class TokenizeFn(beam.DoFn):
@@ -68,7 +71,9 @@ class TokenizeFn(beam.DoFn):
     def start_bundle(self):
         self._batch: list[tuple[TextDocument, str, str | None]] = []
         self._batch_chars = 0
-        self._ready: list[TokenizedDocument] = []  # found in the cache or made early
+        # found in the cache or made early: (doc, sha, key, entry, reused), and their ids
+        self._ready: list[tuple] = []
+        self._ready_tokens = 0
 
     def process(self, doc: TextDocument):
         """Documents found in the cache or made early go on in lists of ``BATCH_DOCS``; the
@@ -77,12 +82,12 @@ class TokenizeFn(beam.DoFn):
         sha = content_sha256(doc)
         key, entry = self._cached(sha)
         if entry is not None:
-            yield from self._ready_one(self._emit(doc, sha, key, entry, reused=True))
+            yield from self._ready_one((doc, sha, key, entry, True))
             return
         entry = self._early(doc, sha, key)
         if entry is not None:
             self._store_in_cache(key, entry)
-            yield from self._ready_one(self._emit(doc, sha, key, entry, reused=False))
+            yield from self._ready_one((doc, sha, key, entry, False))
             return
         self._batch.append((doc, sha, key))
         self._batch_chars += sum(len(t) for t in doc.texts)
@@ -95,21 +100,24 @@ class TokenizeFn(beam.DoFn):
         from apache_beam.utils.timestamp import MIN_TIMESTAMP
         from apache_beam.utils.windowed_value import WindowedValue
 
-        ready, self._ready = self._ready, []
-        for out in (*self._flush(), *([ready] if ready else [])):
+        for out in (*self._flush(), *self._flush_ready()):
             yield WindowedValue(out, MIN_TIMESTAMP, [GlobalWindow()])
 
-    def _ready_one(self, done: TokenizedDocument):
-        """A document made without a tokenizer call here: it goes on in a list with others
-        like it (an ``--incremental`` rerun of many short records: one element a list, not a
-        document), or alone where the runner drops what ``finish_bundle`` emits."""
-        if not self.batch:
-            yield [done]
-            return
-        self._ready.append(done)
-        if len(self._ready) >= BATCH_DOCS:
-            ready, self._ready = self._ready, []
-            yield ready
+    def _ready_one(self, item: tuple):
+        """A document made without a tokenizer call here, ``(doc, sha, key, entry, reused)``:
+        it goes on in a list with others like it, their ids in one file (an ``--incremental``
+        rerun of many short records: one element and one file a list, not a document), or
+        alone where the runner drops what ``finish_bundle`` emits."""
+        self._ready.append(item)
+        self._ready_tokens += int(item[3]["tokens"].shape[0])
+        full = len(self._ready) >= BATCH_DOCS or self._ready_tokens >= READY_TOKENS
+        if full or not self.batch:
+            yield from self._flush_ready()
+
+    def _flush_ready(self):
+        ready, self._ready, self._ready_tokens = self._ready, [], 0
+        if ready:
+            yield self._emit_batch(ready)
 
     def _flush(self):
         """The batch encoded with one tokenizer call, its ids stored in one file of the token
@@ -119,16 +127,24 @@ class TokenizeFn(beam.DoFn):
         if not batch:
             return
         entries = tokenize_entries([doc for doc, _, _ in batch], self.tok, self.config)
-        stored = [None] * len(batch)
-        if len(batch) > 1:
-            path = token_store.batch_path(self.staging, [doc.doc_id for doc, _, _ in batch])
-            offsets = token_store.store_batch(path, [entry["tokens"] for entry in entries])
-            stored = [(path, offset) for offset in offsets]
-        out = []
-        for (doc, sha, key), entry, where in zip(batch, entries, stored, strict=True):
+        made = []
+        for (doc, sha, key), entry in zip(batch, entries, strict=True):
             self._store_in_cache(key, entry)
-            out.append(self._emit(doc, sha, key, entry, reused=False, stored=where))
-        yield out
+            made.append((doc, sha, key, entry, False))
+        yield self._emit_batch(made)
+
+    def _emit_batch(self, items: list[tuple]) -> list[TokenizedDocument]:
+        """``(doc, sha, key, entry, reused)`` s -> their TokenizedDocument s, the ids of more
+        than one stored in one file of the token store (each document's run: its offset)."""
+        stored = [None] * len(items)
+        if len(items) > 1:
+            path = token_store.batch_path(self.staging, [item[0].doc_id for item in items])
+            offsets = token_store.store_batch(path, [item[3]["tokens"] for item in items])
+            stored = [(path, offset) for offset in offsets]
+        return [
+            self._emit(doc, sha, key, entry, reused=reused, stored=where)
+            for (doc, sha, key, entry, reused), where in zip(items, stored, strict=True)
+        ]
 
     def _store_in_cache(self, key, entry: dict) -> None:
         if self.cache_dir:
