@@ -1087,3 +1087,65 @@ def test_an_incremental_rerun_sends_the_reused_records_on_in_batches(
         for doc_id, _, path, offset, n_tokens in batch:
             stored = token_store.read(path, offset, n_tokens)
             np.testing.assert_array_equal(stored, encode_document(by_id[doc_id], tok))
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batched", "dask"])
+def test_reused_documents_wait_up_to_ready_tokens_and_go_on_in_order(
+    tmp_path, qwen3_dir, books_dir, monkeypatch, batch
+):
+    """Documents reused from the cache wait in a list until it holds READY_TOKENS ids (here
+    made small); one that holds as many alone goes alone, after what waits; the lists keep
+    the documents' order, share one file each and read back each document's own ids. Where the
+    runner drops finish_bundle's outputs (``batch=False``, DaskRunner) each goes alone at
+    once and nothing waits for finish_bundle."""
+    from pipeline import cache
+    from pipeline.steps import tokenize as step
+
+    text = (books_dir / "austen-pride-and-prejudice.txt").read_text(encoding="utf-8")
+    sizes = [300, 400, 5000, 350, 300, 380, 420, 310]  # characters; the 5000 is the big one
+    docs = [
+        TextDocument(f"rec/{i}", "book", f"r{i}", [text[i * 6000 : i * 6000 + n]])
+        for i, n in enumerate(sizes)
+    ]
+    config = BuildConfig(tokenizer=str(qwen3_dir), seq_len=512, output=str(tmp_path / "out"))
+    cache_dir = str(tmp_path / "cache")
+
+    def run(staging: str, **options):
+        fn = step.TokenizeFn(config, str(tmp_path / staging), cache_dir=cache_dir, **options)
+        fn.setup()
+        fn.start_bundle()
+        per_call = [list(fn.process(d)) for d in docs]
+        last = [w.value for w in fn.finish_bundle()]
+        return per_call, last
+
+    run("first")  # fills the cache
+    monkeypatch.setattr(step, "READY_TOKENS", 200)
+    per_call, last = run("rerun", batch=batch)
+    lists = [out for outs in per_call for out in outs] + last
+    assert [d.doc_id for out in lists for d in out] == [d.doc_id for d in docs]
+    assert all(d.reused for out in lists for d in out)
+    if not batch:
+        assert [len(outs) for outs in per_call] == [1] * len(docs) and last == []
+        assert all(len(out) == 1 for out in lists)
+    else:  # the rule, over the documents' sizes in ids
+        expected, waiting, total = [], [], 0
+        for d in (x for out in lists for x in out):
+            if d.n_tokens >= 200:
+                expected += [waiting] * bool(waiting) + [[d.doc_id]]
+                waiting, total = [], 0
+                continue
+            waiting.append(d.doc_id)
+            total += d.n_tokens
+            if total >= 200:
+                expected.append(waiting)
+                waiting, total = [], 0
+        expected += [waiting] * bool(waiting)
+        assert [[d.doc_id for d in out] for out in lists] == expected
+        # the big one came while two waited (~170 ids): they went first, then it alone
+        assert expected[:2] == [["rec/0", "rec/1"], ["rec/2"]] and last
+    for out in lists:
+        assert len({d.tokens_path for d in out}) == 1
+        for d in out:
+            entry = cache.load(cache_dir, d.cache_key)
+            got = token_store.read(d.tokens_path, d.tokens_offset, d.n_tokens)
+            np.testing.assert_array_equal(got, entry["tokens"])

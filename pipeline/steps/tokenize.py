@@ -106,12 +106,17 @@ class TokenizeFn(beam.DoFn):
     def _ready_one(self, item: tuple):
         """A document made without a tokenizer call here, ``(doc, sha, key, entry, reused)``:
         it goes on in a list with others like it, their ids in one file (an ``--incremental``
-        rerun of many short records: one element and one file a list, not a document), or
-        alone where the runner drops what ``finish_bundle`` emits."""
+        rerun of many short records: one element and one file a list, not a document). It
+        goes alone where the runner drops what ``finish_bundle`` emits, and when it holds
+        ``READY_TOKENS`` ids or more (what waits goes first: the lists keep their order)."""
+        n = int(item[3]["tokens"].shape[0])
+        if n >= READY_TOKENS or not self.batch:  # alone, in a file of its own: no copy
+            yield from self._flush_ready()
+            yield self._emit_batch([item])
+            return
         self._ready.append(item)
-        self._ready_tokens += int(item[3]["tokens"].shape[0])
-        full = len(self._ready) >= BATCH_DOCS or self._ready_tokens >= READY_TOKENS
-        if full or not self.batch:
+        self._ready_tokens += n
+        if len(self._ready) >= BATCH_DOCS or self._ready_tokens >= READY_TOKENS:
             yield from self._flush_ready()
 
     def _flush_ready(self):

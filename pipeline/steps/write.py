@@ -4,7 +4,6 @@ into the run's staging folder."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import queue
 import threading
@@ -89,7 +88,10 @@ class WriteShardFn(beam.DoFn):
         from pipeline.output import rows_per_batch, write_tables
 
         (split, shard, n_shards), lists = element
-        refs = itertools.chain.from_iterable(lists)  # sorted once, by batches_of_samples
+        # a list, made here: tables() runs in ahead's thread, and a runner may hand the
+        # group's values as an iterable read through its state API, whose handler Beam's
+        # worker finds in a thread-local of the bundle's thread (sdk_worker.py)
+        refs = [ref for refs_of_batch in lists for ref in refs_of_batch]
         sample_tokens: list[int] = []
 
         def tables():
