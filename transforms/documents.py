@@ -21,12 +21,12 @@ KINDS = (BOOK, CODE)
 def compact_reduce(record) -> tuple:
     """``__reduce__`` for a record dataclass that runners shuffle, one per document, inside
     the tokenize step's batches (a ``TokenizedDocument``, a ``DocInfo``): its fields' values
-    in order, a plain numeric numpy
-    array as ``(dtype, shape, bytes)``. Beam pickles each such record that crosses a stage,
-    and numpy's own pickling of the few small arrays a record holds was most of the cost: 23
-    us a round trip of a short record's ``TokenizedDocument``, 14 us this way (and 747 bytes
-    -> 299). Arrays come back writable, as numpy's unpickling gives them. Any other value
-    (an object or structured array, a masked array) is pickled as it always was."""
+    in order, a plain numeric numpy array as ``(dtype, shape, bytes)``. Beam pickles each such
+    record that crosses a stage, and numpy's own pickling of the few small arrays a record
+    holds was most of the cost: 23 us a round trip of a short record's ``TokenizedDocument``,
+    14 us this way (and 747 bytes -> 299). Arrays come back writable, as numpy's unpickling
+    gives them. Any other value (an object or structured array, a masked array) is pickled as
+    it always was."""
     import numpy as np
 
     values, arrays = [], []

@@ -76,9 +76,10 @@ class TokenizeFn(beam.DoFn):
         self._ready_tokens = 0
 
     def process(self, doc: TextDocument):
-        """Documents found in the cache or made early go on in lists of ``BATCH_DOCS``; the
-        others wait in a batch encoded with one tokenizer call (``BATCH_DOCS`` /
-        ``BATCH_CHARS``); both flushed when full and at the end of the bundle."""
+        """Documents found in the cache or made early go on in lists (``BATCH_DOCS`` /
+        ``READY_TOKENS``: :meth:`_ready_one`); the others wait in a batch encoded with one
+        tokenizer call (``BATCH_DOCS`` / ``BATCH_CHARS``); both flushed when full and at the
+        end of the bundle."""
         sha = content_sha256(doc)
         key, entry = self._cached(sha)
         if entry is not None:

@@ -161,10 +161,10 @@ RUN_FILES = {
 
 def write_run_files(tagged: list[tuple[str, object]], staging: str) -> list[str]:
     """``(tag, element)`` pairs, all of a run's (a DOCUMENTS element: a list of rows) -> its
-    whole-corpus files in ``staging``:
-    the shard stats (sorted by path), documents.arrow (sorted by doc_id), rejects.jsonl
-    (sorted lines) and the plan summary (exactly one). A tag with no element still gets its
-    file (no documents: an empty table). Returns the paths written."""
+    whole-corpus files in ``staging``: the shard stats (sorted by path), documents.arrow
+    (sorted by doc_id), rejects.jsonl (sorted lines) and the plan summary (exactly one). A tag
+    with no element still gets its file (no documents: an empty table). Returns the paths
+    written."""
     parts: dict[str, list] = {tag: [] for tag in RUN_FILES}
     for tag, element in tagged:
         parts[tag].append(element)  # an unknown tag: KeyError, a wiring error
