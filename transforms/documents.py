@@ -159,7 +159,7 @@ class TokenizedDocument:
         """The tokenized form of ``doc``: every field the two records share is copied (so a
         new document attribute needs adding once, to both records), ``tokenized`` gives the
         rest (``n_tokens``, ``tokens_path``, windows, score...) and wins over a shared name."""
-        shared = {f.name for f in fields(cls)} & {f.name for f in fields(TextDocument)}
+        shared = set(_field_names(cls)).intersection(_field_names(TextDocument))
         values = {name: getattr(doc, name) for name in shared}
         values["files"] = list(doc.files)
         values["n_bytes"] = doc.n_bytes
@@ -187,10 +187,9 @@ class TokenizedDocument:
 class SegmentRef(NamedTuple):
     """Where one segment of a sample comes from: ``length`` ids of document ``doc_id`` from
     ``start``, read from the token store file ``tokens_path`` (the document's ids begin at
-    ``tokens_offset`` there); ``score`` is its dependency score
-    where the tokenize step computed it (the whole document, or one of its windows; else
-    None and the writer scores it);
-    ``context``: its first tokens that repeat the previous window's (``--overlap``)."""
+    ``tokens_offset`` there); ``score`` is its dependency score where the tokenize step
+    computed it (the whole document, or one of its windows; else None and the writer scores
+    it); ``context``: its first tokens that repeat the previous window's (``--overlap``)."""
 
     sample: int
     slot: int
